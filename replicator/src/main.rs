@@ -1,1 +1,68 @@
-fn main() {}
+//! sluice-replicator: runs beside the user's Postgres. Today it connects to the database and
+//! serves `/healthz`; streaming Postgres Changes builds on this.
+//!
+//! - [`config`]: environment variables, checked at start.
+//! - [`health`]: the HTTP health endpoint.
+
+mod config;
+mod health;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio_postgres::NoTls;
+use tracing::{error, info};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_target(false)
+        .init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let config = config::Config::from_env().map_err(|e| e.to_string())?;
+    let pg: tokio_postgres::Config = config.database_url.parse().map_err(|e| format!("{e}"))?;
+    info!("connecting to Postgres at {}", describe(&pg));
+    let (client, connection) = pg.connect(NoTls).await.map_err(|e| {
+        format!(
+            "cannot connect to Postgres at {} ({e}): check SLUICE_DATABASE_URL and that the server is running and accepts connections",
+            describe(&pg)
+        )
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            error!("the Postgres connection ended: {e}");
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|e| format!("cannot listen on SLUICE_HTTP_ADDR={} ({e}): choose a free address", config.http_addr))?;
+    info!("serving http://{}/healthz", config.http_addr);
+    axum::serve(listener, health::router(Arc::new(client)))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+            info!("shutting down");
+        })
+        .await
+        .map_err(|e| format!("the HTTP server failed: {e}"))
+}
+
+/// `host:port/dbname` for log lines, without the password.
+fn describe(pg: &tokio_postgres::Config) -> String {
+    let host = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", pg.get_dbname().unwrap_or("(default db)"))
+}

@@ -1,11 +1,13 @@
 //! The sans-IO core of sluice, compiled for the gateway worker (wasm32) and the replicator (native).
 //! Nothing here reads a clock, draws randomness or does I/O: callers pass those in.
 //!
+//! - [`connect`]: the decision on a WebSocket upgrade, tenant and Durable Object names.
 //! - [`frame`]: the wire: V1/V2 text frames, V2 binary frames, reply/push builders, fan-out encoding.
 //! - [`join`]: topics and `phx_join` payloads.
 //! - [`jwt`]: token verification with upstream's error texts.
 //! - [`session`]: one socket's channels and what each inbound message makes happen.
 
+pub mod connect;
 pub mod frame;
 pub mod join;
 pub mod jwt;

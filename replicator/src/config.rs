@@ -1,0 +1,75 @@
+//! Typed configuration from environment variables. Every problem is reported at start with the
+//! variable's name and what a valid value looks like.
+
+use std::net::SocketAddr;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `SLUICE_DATABASE_URL`: the Postgres the replicator serves, as a libpq connection string or URL.
+    pub database_url: String,
+    /// `SLUICE_HTTP_ADDR`: where `/healthz` is served (default 127.0.0.1:9187).
+    pub http_addr: SocketAddr,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let database_url = get("SLUICE_DATABASE_URL").filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+            ConfigError(
+                "SLUICE_DATABASE_URL is not set: set it to the database to replicate, \
+                 e.g. postgres://postgres@127.0.0.1:5432/postgres"
+                    .into(),
+            )
+        })?;
+        database_url.parse::<tokio_postgres::Config>().map_err(|e| {
+            ConfigError(format!(
+                "SLUICE_DATABASE_URL is not a valid connection string ({e}): \
+                 use postgres://user:password@host:port/dbname or 'host=... port=... user=... dbname=...'"
+            ))
+        })?;
+        let http_addr = match get("SLUICE_HTTP_ADDR") {
+            None => SocketAddr::from(([127, 0, 0, 1], 9187)),
+            Some(v) => v.parse().map_err(|_| {
+                ConfigError(format!("SLUICE_HTTP_ADDR={v:?} is not an address: use host:port, e.g. 127.0.0.1:9187"))
+            })?,
+        };
+        Ok(Config { database_url, http_addr })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config(&[("SLUICE_DATABASE_URL", "postgres://u@localhost/db")]).unwrap();
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:9187");
+    }
+
+    #[test]
+    fn errors_name_the_variable_and_the_fix() {
+        assert!(config(&[]).unwrap_err().0.starts_with("SLUICE_DATABASE_URL is not set"));
+        assert!(config(&[("SLUICE_DATABASE_URL", "postgres://u@h:notaport/db")]).unwrap_err().0.contains("not a valid connection string"));
+        let e = config(&[("SLUICE_DATABASE_URL", "postgres://u@h/db"), ("SLUICE_HTTP_ADDR", "nope")]).unwrap_err();
+        assert!(e.0.contains("SLUICE_HTTP_ADDR=\"nope\""), "{e}");
+    }
+}

@@ -1,0 +1,101 @@
+//! The connect-time decision for a WebSocket upgrade (PROTOCOL.md 1.2–1.4) and the naming of the
+//! Durable Objects a socket lands in (DESIGN.md).
+
+use crate::frame::Vsn;
+use crate::jwt::{self, AuthError, Claims};
+
+/// What the client presented when opening the socket.
+pub struct ConnectRequest<'a> {
+    pub host: &'a str,
+    /// `x-api-key` header; takes precedence over the `apikey` query parameter.
+    pub header_key: Option<&'a str>,
+    pub query_key: Option<&'a str>,
+    pub vsn: Option<&'a str>,
+}
+
+/// An accepted connection.
+#[derive(Debug, PartialEq)]
+pub struct Accepted {
+    pub tenant: String,
+    pub vsn: Vsn,
+    pub claims: Claims,
+}
+
+/// A refused connection: an HTTP status and the `{"error": ...}` text.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub status: u16,
+    pub message: String,
+    /// Whether upstream's connect error backoff applies (token problems).
+    pub delay: bool,
+}
+
+pub fn authorize(req: &ConnectRequest, secret: &[u8], now_secs: i64) -> Result<Accepted, Refused> {
+    let Some(vsn) = Vsn::from_param(req.vsn) else {
+        return Err(Refused { status: 400, message: "Unsupported vsn: use 1.0.0 or 2.0.0".into(), delay: false });
+    };
+    let token = req.header_key.or(req.query_key).unwrap_or("");
+    let claims = jwt::verify(token, secret, now_secs).map_err(|e: AuthError| Refused {
+        status: 401,
+        message: e.connect_message(),
+        delay: true,
+    })?;
+    Ok(Accepted { tenant: tenant_from_host(req.host), vsn, claims })
+}
+
+/// Tenant = the first DNS label of the host, port removed (upstream `get_external_id`).
+pub fn tenant_from_host(host: &str) -> String {
+    let host = host.rsplit_once(':').filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit())).map_or(host, |(h, _)| h);
+    host.split('.').next().unwrap_or(host).to_string()
+}
+
+/// `hub:{tenant}:{region}:{shard}`: the SocketHub that holds a socket.
+pub fn hub_name(tenant: &str, region: &str, shard: u32) -> String {
+    format!("hub:{tenant}:{region}:{shard}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::tests::{sign, NOW, SECRET};
+    use serde_json::json;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn req<'a>(header_key: Option<&'a str>, query_key: Option<&'a str>, vsn: Option<&'a str>) -> ConnectRequest<'a> {
+        ConnectRequest { host: "realtime-dev.localhost:4000", header_key, query_key, vsn }
+    }
+
+    #[test]
+    fn tenants() {
+        assert_eq!(tenant_from_host("abc.supabase.co"), "abc");
+        assert_eq!(tenant_from_host("realtime-dev.localhost:4000"), "realtime-dev");
+        assert_eq!(tenant_from_host("localhost"), "localhost");
+        assert_eq!(tenant_from_host("127.0.0.1:8787"), "127");
+    }
+
+    #[test]
+    fn accepts_query_key_and_prefers_header() {
+        let good = sign(json!({"role": "anon", "exp": NOW + 60}));
+        let ok = authorize(&req(None, Some(&good), Some("2.0.0")), SECRET, NOW).unwrap();
+        assert_eq!((ok.tenant.as_str(), ok.vsn, ok.claims.role.as_str()), ("realtime-dev", Vsn::V2, "anon"));
+        let refused = authorize(&req(Some("garbage"), Some(&good), None), SECRET, NOW).unwrap_err();
+        assert_eq!(refused.message, "The token provided is not a valid JWT");
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(
+            authorize(&req(None, None, None), SECRET, NOW),
+            Err(Refused { status: 401, message: "API key is missing".into(), delay: true })
+        );
+        let expired = sign(json!({"role": "anon", "exp": NOW - 1}));
+        assert_eq!(authorize(&req(None, Some(&expired), None), SECRET, NOW).unwrap_err().message, "Token has expired");
+        assert_eq!(authorize(&req(None, None, Some("9")), SECRET, NOW).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn hub_names() {
+        assert_eq!(hub_name("t", "eu", 3), "hub:t:eu:3");
+    }
+}
