@@ -1,0 +1,90 @@
+// Clients for the end-to-end suites: the real @supabase/supabase-js, and a raw WebSocket for
+// what supabase-js cannot send (malformed frames, bad tokens).
+import { createClient } from '@supabase/supabase-js';
+import WebSocket from 'ws';
+
+export const VSNS = ['1.0.0', '2.0.0'];
+
+/** An unmodified supabase-js client speaking protocol `vsn`. Close it with `done(client)`. */
+export function supabase(url, key, vsn = '2.0.0') {
+  return createClient(url, key, {
+    auth: { persistSession: false, autoRefreshToken: false },
+    realtime: { vsn, heartbeatIntervalMs: 5000 },
+  });
+}
+
+export async function done(...clients) {
+  for (const c of clients) {
+    await c.removeAllChannels();
+    c.realtime.disconnect();
+  }
+}
+
+/** Subscribes `channel`; resolves on SUBSCRIBED, rejects on any other status with its error. */
+export function subscribe(channel) {
+  return new Promise((resolve, reject) => {
+    channel.subscribe((status, err) => {
+      if (status === 'SUBSCRIBED') resolve(channel);
+      else reject(new Error(`channel ${channel.topic}: ${status}${err ? `: ${err.message}` : ''}`));
+    });
+  });
+}
+
+/** A queue of events: `push` from callbacks, `next()` awaits the next one (rejects after `timeoutMs`). */
+export class Inbox {
+  constructor(name = 'inbox') {
+    this.name = name;
+    this.items = [];
+    this.waiters = [];
+  }
+  push = (item) => {
+    const waiter = this.waiters.shift();
+    if (waiter) waiter(item);
+    else this.items.push(item);
+  };
+  next(timeoutMs = 10_000) {
+    if (this.items.length) return Promise.resolve(this.items.shift());
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiters.splice(this.waiters.indexOf(wrapped), 1);
+        reject(new Error(`${this.name}: nothing arrived within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const wrapped = (item) => {
+        clearTimeout(timer);
+        resolve(item);
+      };
+      this.waiters.push(wrapped);
+    });
+  }
+}
+
+/** A channel with an inbox for broadcasts of every event, subscribed. */
+export async function joinWithInbox(client, topic, config = {}) {
+  const inbox = new Inbox(`${topic} on ${client.realtime.vsn}`);
+  const channel = client.channel(topic, { config });
+  channel.on('broadcast', { event: '*' }, inbox.push);
+  await subscribe(channel);
+  return { channel, inbox };
+}
+
+/**
+ * A raw WebSocket. Resolves with `{ ws, inbox }` once open (inbox gets every frame: parsed JSON
+ * for text, Buffer for binary), or rejects with `{ status, body }` when the upgrade is refused.
+ */
+export function rawSocket(url, { apikey, vsn, headers } = {}) {
+  const wsUrl = new URL('/realtime/v1/websocket', url.replace(/^http/, 'ws'));
+  if (apikey !== undefined) wsUrl.searchParams.set('apikey', apikey);
+  if (vsn) wsUrl.searchParams.set('vsn', vsn);
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(wsUrl, { headers });
+    const inbox = new Inbox('raw socket');
+    ws.on('message', (data, isBinary) => inbox.push(isBinary ? data : JSON.parse(data.toString())));
+    ws.on('open', () => resolve({ ws, inbox }));
+    ws.on('unexpected-response', (_req, res) => {
+      let body = '';
+      res.on('data', (c) => (body += c));
+      res.on('end', () => reject({ status: res.statusCode, body: JSON.parse(body) }));
+    });
+    ws.on('error', reject);
+  });
+}

@@ -1,0 +1,49 @@
+// The gateway worker in workerd: under `wrangler dev` for the local stack, or under wrangler's test
+// harness (Miniflare) for tests, which can also evict its Durable Objects from memory as
+// hibernation does.
+import { join } from 'node:path';
+import { createTestHarness } from 'wrangler';
+import { startProcess } from './process.mjs';
+
+/** Runs the worker of wrangler.toml in wrangler's test harness, with test-only vars and secrets. */
+export async function startGatewayHarness({ root, jwtSecret, vars = {} }) {
+  const server = createTestHarness({
+    root,
+    workers: [{ configPath: 'wrangler.toml', vars, secrets: { JWT_SECRET: jwtSecret } }],
+  });
+  const { url } = await server.listen();
+  const worker = server.getWorker();
+  return {
+    url: url.origin,
+    /** Lines the worker logged since start (console.log and friends). */
+    logLines: () => server.getLogs().map((l) => l.message ?? JSON.stringify(l)),
+    /** Evicts a SocketHub from memory, keeping its sockets open (hibernated), as workerd does when idle. */
+    evictHub: (name) => worker.evictDurableObject('SocketHub', { name, webSockets: 'hibernate' }),
+    stop: () => server.close(),
+  };
+}
+
+/** Runs `wrangler dev` (which builds the worker first) on 127.0.0.1:`port`. */
+export async function startGatewayWranglerDev({ root, port, jwtSecret, log = () => {} }) {
+  let ready;
+  const readyLine = new Promise((resolve) => (ready = resolve));
+  const proc = startProcess(
+    'wrangler',
+    join(root, 'node_modules/.bin/node'),
+    [join(root, 'node_modules/wrangler/bin/wrangler.js'), 'dev', '--ip', '127.0.0.1', '--port', String(port),
+      '--var', `JWT_SECRET:${jwtSecret}`, '--show-interactive-dev-session=false'],
+    {
+      cwd: root,
+      env: { WRANGLER_SEND_METRICS: 'false', FORCE_COLOR: '0' },
+      onLine: (line) => {
+        log(`[wrangler] ${line}`);
+        if (/Ready on http/.test(line)) ready();
+      },
+    },
+  );
+  const died = proc.exited.then(({ code }) => {
+    throw new Error(`wrangler dev exited (code ${code}) before it was ready; see its output above`);
+  });
+  await Promise.race([readyLine, died]);
+  return { url: `http://127.0.0.1:${port}`, lines: proc.lines, stop: () => proc.stop() };
+}

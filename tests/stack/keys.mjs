@@ -1,0 +1,31 @@
+// HS256 JWTs for local development and tests, signed like Supabase's anon and service-role keys.
+import { createHmac } from 'node:crypto';
+
+/** The local development secret (the one Supabase's own local stack and test suites use). */
+export const DEV_JWT_SECRET = 'super-secret-jwt-token-with-at-least-32-characters-long';
+
+const b64url = (data) => Buffer.from(data).toString('base64url');
+
+/** Signs `claims` with HS256 (or the given header fields) and `secret`. */
+export function signJwt(claims, secret = DEV_JWT_SECRET, header = {}) {
+  const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT', ...header }));
+  const body = b64url(JSON.stringify(claims));
+  const sig = createHmac('sha256', secret).update(`${head}.${body}`).digest('base64url');
+  return `${head}.${body}.${sig}`;
+}
+
+const nowSecs = () => Math.floor(Date.now() / 1000);
+
+/** A token for `role` that expires in `ttlSecs` (negative: already expired). */
+export function tokenFor(role, { ttlSecs = 3600, secret = DEV_JWT_SECRET, ...extra } = {}) {
+  return signJwt({ iss: 'sluice-dev', role, iat: nowSecs(), exp: nowSecs() + ttlSecs, ...extra }, secret);
+}
+
+/** The anon and service-role keys printed by `scripts/dev` (valid for ten years). */
+export function devKeys(secret = DEV_JWT_SECRET) {
+  const tenYears = 10 * 365 * 24 * 3600;
+  return {
+    anon: tokenFor('anon', { ttlSecs: tenYears, secret }),
+    serviceRole: tokenFor('service_role', { ttlSecs: tenYears, secret }),
+  };
+}

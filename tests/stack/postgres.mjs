@@ -1,0 +1,76 @@
+// A throwaway Postgres cluster with wal_level=logical: initdb into a folder, run on a free port
+// with its Unix socket in that folder, stop and remove on request.
+import { execFileSync } from 'node:child_process';
+import { chownSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { freePort, startProcess } from './process.mjs';
+
+/** The folder holding initdb/postgres: PG_BINDIR, else the newest /usr/lib/postgresql/N/bin. */
+export function postgresBinDir() {
+  if (process.env.PG_BINDIR) return process.env.PG_BINDIR;
+  const root = '/usr/lib/postgresql';
+  const versions = existsSync(root) ? readdirSync(root).filter((v) => /^\d+$/.test(v)).sort((a, b) => b - a) : [];
+  const found = versions.map((v) => join(root, v, 'bin')).find((bin) => existsSync(join(bin, 'initdb')));
+  if (!found) throw new Error('Postgres binaries not found: run scripts/bootstrap (it installs them with apt) or set PG_BINDIR');
+  return found;
+}
+
+/** Postgres refuses to run as root: when we are root, it runs as the `postgres` system user. */
+function postgresUser() {
+  if (process.getuid?.() !== 0) return {};
+  const id = (flag) => Number(execFileSync('id', [flag, 'postgres']).toString().trim());
+  return { uid: id('-u'), gid: id('-g') };
+}
+
+export class Postgres {
+  /** Creates a cluster in `dir` (wiped first) and starts it; resolves once it accepts connections. */
+  static async create({ dir, port, log = () => {} }) {
+    const pg = new Postgres(dir, port ?? (await freePort()), log);
+    pg.log(`creating a Postgres cluster in ${pg.data}`);
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true });
+    if (pg.user.uid !== undefined) chownSync(dir, pg.user.uid, pg.user.gid);
+    execFileSync(join(pg.bin, 'initdb'), ['-D', pg.data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-sync'], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+      ...pg.user,
+    });
+    await pg.start();
+    return pg;
+  }
+
+  constructor(dir, port, log) {
+    Object.assign(this, { dir, port, log, bin: postgresBinDir(), user: postgresUser(), server: null });
+    this.data = join(dir, 'data');
+    /** Superuser connection over TCP. */
+    this.url = `postgres://postgres@127.0.0.1:${port}/postgres`;
+  }
+
+  async start() {
+    const args = ['-D', this.data, '-p', String(this.port), '-k', this.dir, '-c', 'listen_addresses=127.0.0.1',
+      '-c', 'wal_level=logical', '-c', 'max_wal_senders=20', '-c', 'max_replication_slots=20',
+      '-c', 'fsync=off', '-c', 'full_page_writes=off'];
+    let ready;
+    const readyLine = new Promise((resolve) => (ready = resolve));
+    this.server = startProcess('postgres', join(this.bin, 'postgres'), args, {
+      ...this.user,
+      onLine: (line) => line.includes('database system is ready to accept connections') && ready(),
+    });
+    const server = this.server;
+    const died = server.exited.then(({ code }) => {
+      throw new Error(`Postgres exited (code ${code}) before it was ready:\n${server.lines.slice(-10).join('\n')}`);
+    });
+    await Promise.race([readyLine, died]);
+    this.log(`Postgres is ready on 127.0.0.1:${this.port} (wal_level=logical)`);
+  }
+
+  /** Fast shutdown: disconnects clients, then stops. */
+  async stop() {
+    await this.server?.stop('SIGINT');
+  }
+
+  /** Stops the server and deletes the cluster. */
+  async destroy() {
+    await this.stop();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,73 @@
+// Small helpers to run the stack's processes: free ports, child processes that die with us,
+// and waiting for a condition without fixed sleeps.
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+
+/** A TCP port that was free a moment ago on 127.0.0.1. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Polls `check` until it returns a truthy value (returned) or `timeoutMs` passes (throws with
+ * `what` in the message). For conditions no event announces, such as a server starting to listen.
+ */
+export async function waitFor(what, check, { timeoutMs = 30_000, intervalMs = 100 } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  let lastError;
+  while (Date.now() < deadline) {
+    try {
+      const value = await check();
+      if (value) return value;
+    } catch (e) {
+      lastError = e;
+    }
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? `: ${lastError.message}` : ''}`);
+}
+
+/**
+ * Spawns a long-running process (as `uid`/`gid` if given). Its output lines go to `onLine(line)` (and are kept in
+ * `.lines`); `stop()` ends it with SIGTERM (SIGKILL after 5 s) and resolves when it has exited.
+ */
+export function startProcess(name, cmd, args, { env = {}, cwd, uid, gid, onLine = () => {} } = {}) {
+  const child = spawn(cmd, args, { cwd, uid, gid, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const lines = [];
+  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  for (const stream of [child.stdout, child.stderr]) {
+    let buf = '';
+    stream.on('data', (chunk) => {
+      buf += chunk;
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        lines.push(line);
+        onLine(line);
+      }
+    });
+  }
+  return {
+    name,
+    child,
+    lines,
+    exited,
+    async stop(signal = 'SIGTERM') {
+      if (child.exitCode !== null || child.signalCode !== null) return exited;
+      child.kill(signal);
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+      const result = await exited;
+      clearTimeout(timer);
+      return result;
+    },
+  };
+}

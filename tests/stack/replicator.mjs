@@ -1,0 +1,25 @@
+// The replicator binary (built by scripts/test or scripts/dev), started against a database.
+import { join } from 'node:path';
+import { startProcess, waitFor } from './process.mjs';
+
+export function replicatorBinary(root) {
+  return join(root, 'target/debug/sluice-replicator');
+}
+
+/** Starts the replicator and resolves once its /healthz answers 200. */
+export async function startReplicator({ root, databaseUrl, port, log = () => {} }) {
+  const proc = startProcess('replicator', replicatorBinary(root), [], {
+    env: { SLUICE_DATABASE_URL: databaseUrl, SLUICE_HTTP_ADDR: `127.0.0.1:${port}`, RUST_LOG: 'info', NO_COLOR: '1' },
+    onLine: (line) => log(`[replicator] ${line}`),
+  });
+  const url = `http://127.0.0.1:${port}`;
+  const died = proc.exited.then(({ code }) => {
+    throw new Error(`the replicator exited (code ${code}) at start:\n${proc.lines.join('\n')}`);
+  });
+  await Promise.race([
+    died,
+    waitFor('the replicator /healthz', async () => (await fetch(`${url}/healthz`)).ok),
+  ]);
+  died.catch(() => {});
+  return { url, proc, stop: () => proc.stop() };
+}

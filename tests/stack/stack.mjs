@@ -1,0 +1,39 @@
+// The whole local stack: a throwaway Postgres, the replicator and the gateway worker, each on a
+// free port. Used by `scripts/dev` (with wrangler dev) and by the end-to-end tests (with wrangler's test harness).
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { devKeys, DEV_JWT_SECRET } from './keys.mjs';
+import { Postgres } from './postgres.mjs';
+import { freePort } from './process.mjs';
+import { startReplicator } from './replicator.mjs';
+import { startGatewayHarness, startGatewayWranglerDev } from './gateway.mjs';
+
+export const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
+
+/**
+ * Starts everything. `gateway` is 'harness' (tests) or 'wrangler' (scripts/dev); `name` picks
+ * the folder under .local/ that holds the cluster. Returns the parts, the URL clients use, the
+ * keys, and `stop()`, which stops all of it in reverse order.
+ */
+export async function startStack({ name = 'stack', gateway = 'harness', gatewayPort, vars = {}, log = () => {} } = {}) {
+  const started = [];
+  const stop = async () => {
+    for (const part of started.reverse()) await part.stop().catch((e) => log(`while stopping: ${e.message}`));
+  };
+  try {
+    const pg = await Postgres.create({ dir: join(ROOT, '.local', name, 'postgres'), log });
+    started.push({ stop: () => pg.destroy() });
+    log('starting the replicator');
+    const replicator = await startReplicator({ root: ROOT, databaseUrl: pg.url, port: await freePort(), log });
+    started.push(replicator);
+    log(`starting the gateway worker (${gateway === 'wrangler' ? 'wrangler dev' : 'wrangler test harness'})`);
+    const gw = gateway === 'wrangler'
+      ? await startGatewayWranglerDev({ root: ROOT, port: gatewayPort ?? (await freePort()), jwtSecret: DEV_JWT_SECRET, log })
+      : await startGatewayHarness({ root: ROOT, jwtSecret: DEV_JWT_SECRET, vars });
+    started.push(gw);
+    return { pg, replicator, gateway: gw, url: gw.url, jwtSecret: DEV_JWT_SECRET, keys: devKeys(), stop };
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+}
