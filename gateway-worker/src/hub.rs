@@ -95,6 +95,7 @@ impl DurableObject for SocketHub {
         self.state.accept_web_socket(&pair.server);
         pair.server.serialize_attachment(&session)?;
         index.insert(pair.server, &session);
+        console_log!("{}: accepted socket {} ({:?})", self.name(), session.id, session.vsn);
         Response::from_websocket(pair.client)
     }
 
@@ -160,10 +161,14 @@ impl SocketHub {
                     index.insert(ws.clone(), &session);
                 }
             }
-            console_log!("SocketHub: rebuilt the socket index from {} sockets", sockets.len());
+            console_log!("{}: rebuilt the socket index from {} sockets", self.name(), sockets.len());
             *slot = Some(index);
         }
         RefMut::map(slot, |s| s.as_mut().expect("index was just built"))
+    }
+
+    fn name(&self) -> String {
+        self.state.id().name().unwrap_or_else(|| "SocketHub".into())
     }
 
     fn forget(&self, ws: &WebSocket) {

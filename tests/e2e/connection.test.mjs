@@ -1,0 +1,110 @@
+// Connecting: token checks on the upgrade, malformed frames, and the channel protocol details
+// supabase-js relies on, driven with a raw WebSocket for both protocol versions.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { startStack } from '../stack/stack.mjs';
+import { signJwt, tokenFor } from '../stack/keys.mjs';
+import { rawSocket, VSNS } from './clients.mjs';
+
+let stack;
+before(async () => (stack = await startStack({ name: 'e2e-connection' })));
+after(async () => stack?.stop());
+
+/** Encodes a client message for `vsn`. */
+function frame(vsn, [joinRef, ref, topic, event, payload]) {
+  return JSON.stringify(vsn === '2.0.0' ? [joinRef, ref, topic, event, payload] : { join_ref: joinRef, ref, topic, event, payload });
+}
+
+/** Decodes a server text message (V1 objects have no join_ref) to [joinRef, ref, topic, event, payload]. */
+function parts(msg) {
+  return Array.isArray(msg) ? msg : [undefined, msg.ref, msg.topic, msg.event, msg.payload];
+}
+
+describe('connect-time authentication', () => {
+  const refused = async (opts) => {
+    try {
+      const { ws } = await rawSocket(stack.url, opts);
+      ws.close();
+    } catch (e) {
+      if (e.status) return e;
+      throw e;
+    }
+    assert.fail('the upgrade was accepted');
+  };
+
+  test('refusals carry upstream status and text', async () => {
+    const [expired, badSignature, missing, malformed, noRole, headerWins] = await Promise.all([
+      refused({ apikey: tokenFor('anon', { ttlSecs: -10 }) }),
+      refused({ apikey: tokenFor('anon', { secret: 'not-the-tenant-secret-but-long-enough-to-sign' }) }),
+      refused({}),
+      refused({ apikey: 'not-a-jwt' }),
+      refused({ apikey: signJwt({ exp: Math.floor(Date.now() / 1000) + 60 }) }),
+      refused({ apikey: stack.keys.anon, headers: { 'x-api-key': tokenFor('anon', { ttlSecs: -1 }) } }),
+    ]);
+    assert.deepEqual(expired, { status: 401, body: { error: 'Token has expired' } });
+    assert.deepEqual(badSignature, { status: 401, body: { error: 'Failed to validate JWT signature' } });
+    assert.deepEqual(missing, { status: 401, body: { error: 'API key is missing' } });
+    assert.deepEqual(malformed, { status: 401, body: { error: 'The token provided is not a valid JWT' } });
+    assert.deepEqual(noRole, { status: 401, body: { error: 'Fields `role` and `exp` are required in JWT' } });
+    assert.deepEqual(headerWins, { status: 401, body: { error: 'Token has expired' } }, 'x-api-key takes precedence over apikey');
+  });
+
+  test('a valid key in the x-api-key header is accepted', async () => {
+    const { ws } = await rawSocket(stack.url, { headers: { 'x-api-key': stack.keys.anon } });
+    ws.close();
+  });
+});
+
+for (const vsn of VSNS) {
+  describe(`channel protocol over vsn ${vsn}`, () => {
+    let ws, inbox;
+    before(async () => ({ ws, inbox } = await rawSocket(stack.url, { apikey: stack.keys.anon, vsn })));
+    after(() => ws.close());
+    const send = (...msg) => ws.send(frame(vsn, msg));
+
+    test('malformed frames are dropped and the socket stays open', async () => {
+      ws.send('this is not json');
+      ws.send('{"topic": "phoenix"}');
+      ws.send('[1, 2]');
+      ws.send(JSON.stringify(vsn === '2.0.0' ? { topic: 'phoenix', event: 'heartbeat', payload: {}, ref: '0' } : [null, '0', 'phoenix', 'heartbeat', {}]));
+      ws.send(Buffer.from([3, 200, 1, 2]));
+      ws.send(Buffer.from([9, 9, 9]));
+      send(null, 'hb-1', 'phoenix', 'heartbeat', {});
+      const [joinRef, ref, topic, event, payload] = parts(await inbox.next());
+      assert.deepEqual([ref, topic, event, payload], ['hb-1', 'phoenix', 'phx_reply', { status: 'ok', response: {} }]);
+      if (vsn === '2.0.0') assert.equal(joinRef, null);
+      assert.equal(ws.readyState, ws.OPEN);
+    });
+
+    test('join, duplicate join, leave and unmatched topics', async () => {
+      send('1', '1', 'realtime:proto', 'phx_join', { config: { broadcast: { ack: true } } });
+      let [joinRef, ref, , event, payload] = parts(await inbox.next());
+      assert.deepEqual([ref, event, payload], ['1', 'phx_reply', { status: 'ok', response: { postgres_changes: [] } }]);
+      if (vsn === '2.0.0') assert.equal(joinRef, '1');
+
+      // A second join of the same topic ends the first incarnation.
+      send('2', '2', 'realtime:proto', 'phx_join', { config: {} });
+      assert.deepEqual(parts(await inbox.next()).slice(1), ['1', 'realtime:proto', 'phx_close', {}]);
+      assert.equal(parts(await inbox.next())[1], '2');
+
+      send('2', '3', 'realtime:elsewhere', 'broadcast', { type: 'broadcast', event: 'x', payload: {} });
+      assert.deepEqual(parts(await inbox.next()).slice(1), ['3', 'realtime:elsewhere', 'phx_reply', { status: 'error', response: { reason: 'unmatched topic' } }]);
+
+      send('2', '4', 'realtime:proto', 'phx_leave', {});
+      assert.deepEqual(parts(await inbox.next()).slice(1), ['4', 'realtime:proto', 'phx_reply', { status: 'ok', response: {} }]);
+      assert.deepEqual(parts(await inbox.next()).slice(1), ['2', 'realtime:proto', 'phx_close', {}]);
+    });
+
+    test('join errors use upstream reasons', async () => {
+      send('5', '5', 'realtime:', 'phx_join', { config: {} });
+      assert.deepEqual(parts(await inbox.next())[4], { status: 'error', response: { reason: 'TopicNameRequired: You must provide a topic name' } });
+      send('6', '6', 'realtime:vault', 'phx_join', { config: { private: true } });
+      assert.deepEqual(parts(await inbox.next())[4], {
+        status: 'error',
+        response: { reason: 'Unauthorized: You do not have permissions to read from this Channel topic: vault' },
+      });
+      send('7', '7', 'not-realtime', 'phx_join', { config: {} });
+      assert.deepEqual(parts(await inbox.next())[4], { status: 'error', response: { reason: 'unmatched topic' } });
+    });
+  });
+}

@@ -1,0 +1,39 @@
+// A channel keeps working after its SocketHub loses its in-memory state: the hub is evicted from
+// memory with its sockets hibernated, as workerd does with an idle Durable Object, and the next
+// message wakes a fresh instance that must rebuild everything from the sockets' attachments.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { startStack } from '../stack/stack.mjs';
+import { waitFor } from '../stack/process.mjs';
+import { done, joinWithInbox, supabase } from './clients.mjs';
+
+let stack;
+before(async () => (stack = await startStack({ name: 'e2e-hibernation' })));
+after(async () => stack?.stop());
+
+const rebuilds = () => stack.gateway.logLines().filter((l) => l.includes('rebuilt the socket index')).length;
+
+test('broadcast and acks still work after the hub is evicted from memory', async (t) => {
+  const v2 = supabase(stack.url, stack.keys.anon);
+  const v1 = supabase(stack.url, stack.keys.anon, '1.0.0');
+  t.after(() => done(v2, v1));
+  const a = await joinWithInbox(v2, 'sleepy', { broadcast: { ack: true, self: true } });
+  const b = await joinWithInbox(v1, 'sleepy', { broadcast: { ack: true } });
+  const hub = await waitFor('the hub name in the worker log', () =>
+    stack.gateway.logLines().map((l) => l.match(/^(hub:\S+): accepted socket/)?.[1]).find(Boolean));
+
+  const before = rebuilds();
+  await stack.gateway.evictHub(hub);
+
+  // The first message after eviction reaches a new instance of the hub.
+  assert.equal(await b.channel.send({ type: 'broadcast', event: 'after-wake', payload: { n: 1 } }), 'ok');
+  assert.deepEqual((await a.inbox.next()).payload, { n: 1 });
+  assert.equal(rebuilds(), before + 1, 'a fresh hub instance rebuilt its index from the sockets');
+  const sockets = stack.gateway.logLines().findLast((l) => l.includes('rebuilt the socket index'));
+  assert.match(sockets, /from 2 sockets/);
+
+  // Membership options (ack, self) came back from the attachments too.
+  assert.equal(await a.channel.send({ type: 'broadcast', event: 'back', payload: { n: 2 } }), 'ok');
+  assert.deepEqual((await b.inbox.next()).payload, { n: 2 });
+  assert.deepEqual((await a.inbox.next()).payload, { n: 2 }, 'self:true survived');
+});
