@@ -1,0 +1,40 @@
+// The local stack for development (see scripts/dev): starts it, prints how to connect, and stops
+// everything on Ctrl-C or SIGTERM.
+import { startStack } from '../tests/stack/stack.mjs';
+
+const log = (line) => console.error(`    ${line}`);
+const port = Number(process.env.PORT ?? 8787);
+console.error('==> starting the local stack');
+const stack = await startStack({ name: 'dev', gateway: 'wrangler', gatewayPort: port, log });
+
+let stopping = false;
+async function shutdown() {
+  if (stopping) return;
+  stopping = true;
+  console.error('\n==> stopping the local stack');
+  await stack.stop();
+  console.error('==> stopped');
+  process.exit(0);
+}
+process.on('SIGINT', shutdown);
+process.on('SIGTERM', shutdown);
+
+console.log(`
+sluice is running.
+
+  Realtime URL      ${stack.url}   (WebSocket: ${stack.url.replace('http', 'ws')}/realtime/v1/websocket)
+  anon key          ${stack.keys.anon}
+  service-role key  ${stack.keys.serviceRole}
+  JWT secret        ${stack.jwtSecret}
+  Postgres          ${stack.pg.url}
+  replicator        ${stack.replicator.url}/healthz
+
+Connect with supabase-js:
+
+  import { createClient } from '@supabase/supabase-js'
+  const supabase = createClient('${stack.url}', '<anon key above>')
+  const room = supabase.channel('room1', { config: { broadcast: { self: true } } })
+  room.on('broadcast', { event: '*' }, (msg) => console.log('got', msg))
+  room.subscribe((status) => status === 'SUBSCRIBED' && room.send({ type: 'broadcast', event: 'hello', payload: { at: Date.now() } }))
+
+Press Ctrl-C to stop.`);
