@@ -2,8 +2,14 @@
 
 use worker::Env;
 
-/// The binding of the SocketHub Durable Object namespace.
+/// The bindings of the Durable Object namespaces.
 pub const SOCKET_HUB: &str = "SOCKET_HUB";
+pub const CHANNEL: &str = "CHANNEL";
+
+/// How many SocketHubs share a tenant's sockets in one region (`HUB_SHARDS`, default 1).
+pub fn hub_shards(env: &Env) -> u32 {
+    read(env, "HUB_SHARDS").and_then(|v| v.parse().ok()).filter(|n| *n >= 1).unwrap_or(1)
+}
 
 /// The HS256/384/512 secret tenants' tokens are signed with (`JWT_SECRET`).
 pub fn jwt_secret(env: &Env) -> Option<String> {

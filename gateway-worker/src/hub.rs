@@ -4,29 +4,43 @@
 //! memory while they stay open. Everything that must outlive that is in each socket's attachment:
 //! its [`Session`] (serializer, token role and expiry, joined channels). The in-memory [`Index`]
 //! (which sockets joined which topic) is only a cache, rebuilt from the attachments on wake.
+//!
+//! A broadcast goes straight to this hub's own members (the fast path), and through the topic's
+//! Channel Durable Object to other hubs only when that channel said it has members elsewhere.
+//! Presence always goes through the Channel, which holds the registry.
 
 use std::cell::{RefCell, RefMut};
 use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use sluice_shared::connect::{hub_name, Accepted};
-use sluice_shared::frame::{self, Broadcast, Vsn, WireFrame};
-use sluice_shared::session::{Effect, Session};
+use sluice_shared::frame::{self, Broadcast, Outbound, Vsn, WireFrame};
+use sluice_shared::internal::{channel_name, Access, ChannelOp, ChannelResponse, Delivery, HubEvent};
+use sluice_shared::join::{parse_topic, Topic};
+use sluice_shared::session::{Effect, Membership, Session};
 use worker::*;
 
-use crate::config::SOCKET_HUB;
+use crate::config::{self, CHANNEL, SOCKET_HUB};
+use crate::outbox::Outbox;
+use crate::random;
 
 const HEADER_SESSION: &str = "x-sluice-session";
+
+/// Spreads sockets over the shards. Per isolate; in production isolates are many and this is
+/// as good as random, locally it makes shard assignment predictable for tests.
+static NEXT_SHARD: AtomicU32 = AtomicU32::new(0);
 
 /// Hands an authenticated upgrade to the hub that will own the socket.
 pub async fn open_socket(env: &Env, accepted: &Accepted, region: &str) -> Result<Response> {
     let namespace = env.durable_object(SOCKET_HUB)?;
-    // One shard per tenant and region until hub sharding lands.
-    let name = hub_name(&accepted.tenant, region, 0);
+    let shard = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % config::hub_shards(env);
+    let name = hub_name(&accepted.tenant, region, shard);
     let stub = match location_hint(region) {
         Some(hint) => namespace.get_by_name_with_location_hint(&name, hint)?,
         None => namespace.get_by_name(&name)?,
     };
-    let session = Session::new(String::new(), accepted.vsn, accepted.claims.role.clone(), accepted.claims.exp);
+    let session = Session::new(String::new(), accepted.tenant.clone(), accepted.vsn, accepted.claims.role.clone(), accepted.claims.exp);
     let headers = Headers::new();
     headers.set("Upgrade", "websocket")?;
     headers.set(HEADER_SESSION, &serde_json::to_string(&session)?)?;
@@ -50,8 +64,12 @@ fn location_hint(region: &str) -> Option<&'static str> {
 #[durable_object]
 pub struct SocketHub {
     state: State,
+    env: Env,
     /// `None` after a (re)start until the first event needs it.
     index: RefCell<Option<Index>>,
+    /// Per topic, how many other hubs have members, as its Channel last said. Unknown: relay.
+    peers: RefCell<HashMap<String, usize>>,
+    outbox: Outbox,
 }
 
 /// Which sockets are joined to which topic. A cache of the sockets' attachments.
@@ -77,26 +95,27 @@ impl Index {
             !members.is_empty()
         });
     }
+
+    fn has_members(&self, topic: &str) -> bool {
+        self.topics.contains_key(topic)
+    }
 }
 
 impl DurableObject for SocketHub {
-    fn new(state: State, _env: Env) -> Self {
-        Self { state, index: RefCell::new(None) }
+    fn new(state: State, env: Env) -> Self {
+        Self { state, env, index: RefCell::new(None), peers: RefCell::default(), outbox: Outbox::default() }
     }
 
-    async fn fetch(&self, req: Request) -> Result<Response> {
-        let Some(session) = req.headers().get(HEADER_SESSION)? else {
-            return Response::error("SocketHub only accepts sockets from the gateway", 400);
-        };
-        let mut session: Session = serde_json::from_str(&session)?;
-        session.id = new_socket_id();
-        let pair = WebSocketPair::new()?;
-        let mut index = self.index();
-        self.state.accept_web_socket(&pair.server);
-        pair.server.serialize_attachment(&session)?;
-        index.insert(pair.server, &session);
-        console_log!("{}: accepted socket {} ({:?})", self.name(), session.id, session.vsn);
-        Response::from_websocket(pair.client)
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        match req.path().as_str() {
+            "/connect" => self.accept(&req),
+            "/internal/v1/deliver" => {
+                let delivery: Delivery = req.json().await?;
+                self.receive(delivery);
+                Response::ok("")
+            }
+            _ => Response::error("Not Found", 404),
+        }
     }
 
     async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
@@ -115,41 +134,130 @@ impl DurableObject for SocketHub {
                 return Ok(());
             }
         };
-        let channels_before = session.channels.clone();
-        let effects = session.handle(inbound, now_secs());
-        let mut index = self.index();
-        if session.channels != channels_before {
-            ws.serialize_attachment(&session)?;
-            index.insert(ws.clone(), &session);
-        }
-        for effect in effects {
-            match effect {
-                Effect::Send(out) => send(&ws, WireFrame::Text(frame::encode(session.vsn, &out))),
-                Effect::Broadcast { topic, broadcast, include_sender } => {
-                    let skip = (!include_sender).then_some(session.id.as_str());
-                    fan_out(&index, &topic, &broadcast, skip);
-                }
-            }
-        }
-        Ok(())
+        let before = session.channels.clone();
+        let effects = session.handle(inbound, now_secs(), &mut random::uuid);
+        self.save(&ws, &session, &before)?;
+        self.perform(&ws, &session, effects).await
     }
 
     async fn websocket_close(&self, ws: WebSocket, code: usize, _reason: String, _clean: bool) -> Result<()> {
-        self.forget(&ws);
         // Complete the closing handshake; the socket may already be gone.
         let code = u16::try_from(code).ok().filter(|c| *c >= 1000 && *c != 1005 && *c != 1006).unwrap_or(1000);
         let _ = ws.close(Some(code), Some("closed"));
-        Ok(())
+        self.socket_gone(&ws).await
     }
 
     async fn websocket_error(&self, ws: WebSocket, error: Error) -> Result<()> {
         console_warn!("socket error: {error}");
-        self.forget(&ws);
-        Ok(())
+        self.socket_gone(&ws).await
     }
 }
 
 impl SocketHub {
+    fn accept(&self, req: &Request) -> Result<Response> {
+        let Some(session) = req.headers().get(HEADER_SESSION)? else {
+            return Response::error("SocketHub only accepts sockets from the gateway", 400);
+        };
+        let mut session: Session = serde_json::from_str(&session)?;
+        session.id = socket_id();
+        let pair = WebSocketPair::new()?;
+        let mut index = self.index();
+        self.state.accept_web_socket(&pair.server);
+        pair.server.serialize_attachment(&session)?;
+        index.insert(pair.server, &session);
+        console_log!("{}: accepted socket {} ({:?})", self.name(), session.id, session.vsn);
+        Response::from_websocket(pair.client)
+    }
+
+    /// Persists the session and refreshes the index when its channels changed.
+    fn save(&self, ws: &WebSocket, session: &Session, channels_before: &[Membership]) -> Result<()> {
+        if session.channels != channels_before {
+            ws.serialize_attachment(session)?;
+            self.index().insert(ws.clone(), session);
+        }
+        Ok(())
+    }
+
+    /// Carries out a session's effects in order. Replies and local deliveries happen at once;
+    /// calls to Channels are awaited, joins before their reply, the rest after.
+    async fn perform(&self, ws: &WebSocket, session: &Session, effects: Vec<Effect>) -> Result<()> {
+        let mut later = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Send(out) => send(ws, WireFrame::Text(frame::encode(session.vsn, &out))),
+                Effect::Broadcast { topic, broadcast, include_sender } => {
+                    let skip = (!include_sender).then_some(session.id.as_str());
+                    fan_out(&self.index(), &topic, &Deliverable::Broadcast(&broadcast), skip);
+                    if self.peers.borrow().get(&topic) != Some(&0) {
+                        later.push((topic, ChannelOp::Broadcast { broadcast }));
+                    }
+                }
+                Effect::Join { topic, reply, presence_state } => {
+                    let ops = if presence_state { vec![ChannelOp::Subscribe, ChannelOp::PresenceState] } else { vec![ChannelOp::Subscribe] };
+                    let state = self.call_channel(session, &topic, ops).await.and_then(|r| r.presence_state.clone());
+                    send(ws, WireFrame::Text(frame::encode(session.vsn, &reply)));
+                    if presence_state {
+                        let state = state.unwrap_or_else(|| serde_json::json!({}));
+                        let push = frame::push(reply.join_ref.as_deref(), &topic, "presence_state", state);
+                        send(ws, WireFrame::Text(frame::encode(session.vsn, &push)));
+                    }
+                }
+                Effect::Leave { topic, untrack } => {
+                    if untrack {
+                        later.push((topic.clone(), ChannelOp::Untrack { socket: session.id.clone() }));
+                    }
+                    if !self.index().has_members(&topic) {
+                        later.push((topic, ChannelOp::Unsubscribe));
+                    }
+                }
+                Effect::Track { topic, key, meta } => later.push((topic, ChannelOp::Track { socket: session.id.clone(), key, meta })),
+                Effect::Untrack { topic } => later.push((topic, ChannelOp::Untrack { socket: session.id.clone() })),
+            }
+        }
+        for (topic, op) in later {
+            self.call_channel(session, &topic, vec![op]).await;
+        }
+        Ok(())
+    }
+
+    /// Sends ops to the topic's Channel through the outbox and records what it says of peers.
+    async fn call_channel(&self, session: &Session, topic: &str, ops: Vec<ChannelOp>) -> Option<Rc<ChannelResponse>> {
+        let Topic::Channel(sub_topic) = parse_topic(topic) else { return None };
+        let name = channel_name(&session.tenant, Access::Public, sub_topic);
+        let stub = || self.env.durable_object(CHANNEL)?.get_by_name(&name);
+        let response = self.outbox.send(stub, &name, &self.name(), topic, ops).await;
+        if let Some(r) = &response {
+            self.peers.borrow_mut().insert(topic.to_string(), r.peers);
+        }
+        response
+    }
+
+    /// Hands what a Channel delivered to this hub's members.
+    fn receive(&self, delivery: Delivery) {
+        let index = self.index();
+        for event in delivery.events {
+            match event {
+                HubEvent::Broadcast { broadcast } => fan_out(&index, &delivery.topic, &Deliverable::Broadcast(&broadcast), None),
+                HubEvent::PresenceDiff { diff } => {
+                    let out = frame::fanout(&delivery.topic, "presence_diff", diff);
+                    fan_out(&index, &delivery.topic, &Deliverable::Push(&out), None);
+                }
+                HubEvent::Peers { peers } => {
+                    self.peers.borrow_mut().insert(delivery.topic.clone(), peers);
+                }
+            }
+        }
+    }
+
+    /// A socket closed or failed: it leaves its channels, releasing its presences.
+    async fn socket_gone(&self, ws: &WebSocket) -> Result<()> {
+        let Ok(Some(mut session)) = ws.deserialize_attachment::<Session>() else { return Ok(()) };
+        self.index().remove(&session.id);
+        let effects = session.close();
+        let _ = ws.serialize_attachment(&session);
+        self.perform(ws, &session, effects).await
+    }
+
     /// The index, rebuilt from the sockets' attachments if this instance has not built it yet.
     fn index(&self) -> RefMut<'_, Index> {
         let mut slot = self.index.borrow_mut();
@@ -170,16 +278,17 @@ impl SocketHub {
     fn name(&self) -> String {
         self.state.id().name().unwrap_or_else(|| "SocketHub".into())
     }
-
-    fn forget(&self, ws: &WebSocket) {
-        if let Ok(Some(session)) = ws.deserialize_attachment::<Session>() {
-            self.index().remove(&session.id);
-        }
-    }
 }
 
-/// Delivers a broadcast to this hub's members of `topic`, encoding it once per serializer.
-fn fan_out(index: &Index, topic: &str, broadcast: &Broadcast, skip: Option<&str>) {
+/// What a hub fans out to its members of a topic.
+enum Deliverable<'a> {
+    Broadcast(&'a Broadcast),
+    /// A text push the same for everyone (`presence_diff`).
+    Push(&'a Outbound),
+}
+
+/// Delivers to this hub's members of `topic`, encoding once per serializer.
+fn fan_out(index: &Index, topic: &str, what: &Deliverable, skip: Option<&str>) {
     let Some(members) = index.topics.get(topic) else { return };
     let mut encoded: [Option<Option<WireFrame>>; 2] = [None, None];
     for socket_id in members {
@@ -187,8 +296,15 @@ fn fan_out(index: &Index, topic: &str, broadcast: &Broadcast, skip: Option<&str>
             continue;
         }
         let Some((ws, vsn)) = index.sockets.get(socket_id) else { continue };
-        let slot = &mut encoded[*vsn as usize];
-        if let Some(frame) = slot.get_or_insert_with(|| frame::encode_broadcast(*vsn, topic, broadcast)) {
+        let slot = &mut encoded[match vsn {
+            Vsn::V1 => 0,
+            Vsn::V2 => 1,
+        }];
+        let frame = slot.get_or_insert_with(|| match what {
+            Deliverable::Broadcast(b) => frame::encode_broadcast(*vsn, topic, b),
+            Deliverable::Push(out) => Some(WireFrame::Text(frame::encode(*vsn, out))),
+        });
+        if let Some(frame) = frame {
             send(ws, frame.clone());
         }
     }
@@ -208,8 +324,8 @@ fn now_secs() -> i64 {
     (Date::now().as_millis() / 1000) as i64
 }
 
-/// A socket id unique within its hub: time plus randomness.
-fn new_socket_id() -> String {
-    let random = (js_sys::Math::random() * (1u64 << 52) as f64) as u64;
-    format!("{:x}-{:x}", Date::now().as_millis(), random)
+/// A socket id unique within its hub.
+fn socket_id() -> String {
+    let [a, b, c, d, e, f, g, h] = random::bytes::<8>();
+    format!("{:x}-{:016x}", Date::now().as_millis(), u64::from_be_bytes([a, b, c, d, e, f, g, h]))
 }

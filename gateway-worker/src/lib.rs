@@ -3,16 +3,23 @@
 //!
 //! - [`connect`]: the Worker's WebSocket endpoints: tenant, apikey check, routing to a hub.
 //! - [`hub`]: the SocketHub Durable Object, which holds sockets through the Hibernation API.
+//! - [`channel`]: the Channel Durable Object: which hubs have members, presence, relaying.
+//! - [`outbox`]: ordered, coalesced calls from a hub to Channels.
 //! - [`config`]: settings read from the Worker's environment.
+//! - [`random`]: ids from the runtime's randomness.
 //!
 //! Protocol logic lives in `sluice-shared`; this crate only moves bytes and state.
 
 use worker::*;
 
+mod channel;
 mod config;
 mod connect;
 mod hub;
+mod outbox;
+mod random;
 
+pub use channel::Channel;
 pub use hub::SocketHub;
 
 #[event(fetch)]

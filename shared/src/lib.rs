@@ -4,11 +4,15 @@
 //! - [`connect`]: the decision on a WebSocket upgrade, tenant and Durable Object names.
 //! - [`frame`]: the wire: V1/V2 text frames, V2 binary frames, reply/push builders, fan-out encoding.
 //! - [`join`]: topics and `phx_join` payloads.
+//! - [`internal`]: wire types of the calls between Durable Objects.
 //! - [`jwt`]: token verification with upstream's error texts.
+//! - [`presence`]: a channel's presence registry and diffs.
 //! - [`session`]: one socket's channels and what each inbound message makes happen.
 
 pub mod connect;
 pub mod frame;
 pub mod join;
+pub mod internal;
 pub mod jwt;
+pub mod presence;
 pub mod session;

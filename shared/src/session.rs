@@ -4,7 +4,7 @@
 //! hibernation attachment.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::frame::{self, Broadcast, Inbound, InboundPayload, Outbound, Vsn};
 use crate::join::{parse_join, parse_topic, Topic};
@@ -14,6 +14,7 @@ use crate::jwt::AuthError;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Session {
     pub id: String,
+    pub tenant: String,
     pub vsn: Vsn,
     /// Role and expiry of the token the socket connected with.
     pub role: String,
@@ -30,6 +31,10 @@ pub struct Membership {
     #[serde(rename = "self")]
     pub broadcast_self: bool,
     pub ack: bool,
+    /// The key this socket's presence goes under: the client's, or generated at join.
+    pub presence_key: String,
+    /// Whether this socket has a presence tracked on the channel.
+    pub tracked: bool,
 }
 
 /// What the hub must do after a message.
@@ -39,22 +44,32 @@ pub enum Effect {
     Send(Outbound),
     /// Deliver to every socket joined to `topic`; to the sender only if `include_sender`.
     Broadcast { topic: String, broadcast: Broadcast, include_sender: bool },
+    /// The socket joined `topic`: register it with the channel, then send `reply`, then push the
+    /// channel's `presence_state` if `presence_state`.
+    Join { topic: String, reply: Outbound, presence_state: bool },
+    /// The socket is no longer on `topic` (leave, rejoin, close); `untrack` if it had a presence.
+    Leave { topic: String, untrack: bool },
+    /// Track (or update) this socket's presence on `topic`.
+    Track { topic: String, key: String, meta: Map<String, Value> },
+    /// Remove this socket's presence from `topic`.
+    Untrack { topic: String },
 }
 
 impl Session {
-    pub fn new(id: String, vsn: Vsn, role: String, exp: i64) -> Session {
-        Session { id, vsn, role, exp, channels: Vec::new() }
+    pub fn new(id: String, tenant: String, vsn: Vsn, role: String, exp: i64) -> Session {
+        Session { id, tenant, vsn, role, exp, channels: Vec::new() }
     }
 
     pub fn membership(&self, topic: &str) -> Option<&Membership> {
         self.channels.iter().find(|m| m.topic == topic)
     }
 
-    /// Handles one decoded client message at time `now_secs`.
-    pub fn handle(&mut self, msg: Inbound, now_secs: i64) -> Vec<Effect> {
+    /// Handles one decoded client message at time `now_secs`. `fresh_key` makes a presence key
+    /// for joins that did not bring one (a random UUID in production).
+    pub fn handle(&mut self, msg: Inbound, now_secs: i64, fresh_key: &mut dyn FnMut() -> String) -> Vec<Effect> {
         let topic = msg.topic.as_str();
         if msg.event == "phx_join" {
-            return self.join(&msg, now_secs);
+            return self.join(&msg, now_secs, fresh_key);
         }
         if parse_topic(topic) == Topic::Phoenix {
             return match msg.event.as_str() {
@@ -85,24 +100,50 @@ impl Session {
             "phx_leave" => {
                 self.channels.retain(|m| m.topic != topic);
                 vec![
+                    Effect::Leave { topic: topic.to_string(), untrack: member.tracked },
                     reply_ok(member.join_ref.as_deref(), &msg),
                     Effect::Send(frame::close(member.join_ref.as_deref(), topic)),
                 ]
             }
             "broadcast" => broadcast(&member, msg),
-            "presence" => vec![Effect::Send(frame::reply(
-                member.join_ref.as_deref(),
-                msg.ref_.as_deref(),
-                topic,
-                false,
-                json!({"reason": "Presence is not supported by this server yet"}),
-            ))],
+            "presence" => self.presence(&member, &msg),
             // access_token refreshes and unknown events need no answer.
             _ => Vec::new(),
         }
     }
 
-    fn join(&mut self, msg: &Inbound, now_secs: i64) -> Vec<Effect> {
+    /// The socket is going away: it leaves every channel.
+    pub fn close(&mut self) -> Vec<Effect> {
+        self.channels.drain(..).map(|m| Effect::Leave { topic: m.topic, untrack: m.tracked }).collect()
+    }
+
+    fn presence(&mut self, member: &Membership, msg: &Inbound) -> Vec<Effect> {
+        let reply = |ok: bool, response: Value| {
+            Effect::Send(frame::reply(member.join_ref.as_deref(), msg.ref_.as_deref(), &msg.topic, ok, response))
+        };
+        let InboundPayload::Json(payload) = &msg.payload else { return Vec::new() };
+        let event = payload.get("event").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
+        let topic = member.topic.clone();
+        let tracked = match event.as_str() {
+            "track" => true,
+            "untrack" => false,
+            _ => return vec![reply(false, json!({}))],
+        };
+        let effect = if tracked {
+            let Some(meta) = payload.get("payload").and_then(Value::as_object) else {
+                return vec![reply(false, json!({"reason": "Presence track payload must be a map"}))];
+            };
+            Effect::Track { topic: topic.clone(), key: member.presence_key.clone(), meta: meta.clone() }
+        } else {
+            Effect::Untrack { topic: topic.clone() }
+        };
+        if let Some(m) = self.channels.iter_mut().find(|m| m.topic == topic) {
+            m.tracked = tracked;
+        }
+        vec![effect, reply(true, json!({}))]
+    }
+
+    fn join(&mut self, msg: &Inbound, now_secs: i64, fresh_key: &mut dyn FnMut() -> String) -> Vec<Effect> {
         let topic = msg.topic.as_str();
         let error = |reason: String| {
             Effect::Send(frame::reply(msg.join_ref.as_deref(), msg.ref_.as_deref(), topic, false, json!({"reason": reason})))
@@ -115,6 +156,7 @@ impl Session {
         // A second join of a joined topic ends the old incarnation first.
         if let Some(old) = self.membership(topic).cloned() {
             self.channels.retain(|m| m.topic != topic);
+            effects.push(Effect::Leave { topic: topic.to_string(), untrack: old.tracked });
             effects.push(Effect::Send(frame::close(old.join_ref.as_deref(), topic)));
         }
         let payload = match &msg.payload {
@@ -133,19 +175,20 @@ impl Session {
                 "Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}"
             )));
         } else {
+            let presence_key = if config.presence_key.is_empty() { fresh_key() } else { config.presence_key.clone() };
             self.channels.push(Membership {
                 topic: topic.to_string(),
                 join_ref: msg.join_ref.clone(),
                 broadcast_self: config.broadcast_self,
                 ack: config.broadcast_ack,
+                presence_key,
+                tracked: false,
             });
-            effects.push(Effect::Send(frame::reply(
-                msg.join_ref.as_deref(),
-                msg.ref_.as_deref(),
-                topic,
-                true,
-                json!({"postgres_changes": []}),
-            )));
+            effects.push(Effect::Join {
+                topic: topic.to_string(),
+                reply: frame::reply(msg.join_ref.as_deref(), msg.ref_.as_deref(), topic, true, json!({"postgres_changes": []})),
+                presence_state: config.presence_enabled,
+            });
         }
         effects
     }
@@ -182,7 +225,7 @@ mod tests {
     const NOW: i64 = 1_800_000_000;
 
     fn session() -> Session {
-        Session::new("s1".into(), Vsn::V2, "anon".into(), NOW + 3600)
+        Session::new("s1".into(), "t".into(), Vsn::V2, "anon".into(), NOW + 3600)
     }
 
     fn msg(join_ref: Option<&str>, ref_: &str, topic: &str, event: &str, payload: Value) -> Inbound {
@@ -195,15 +238,20 @@ mod tests {
         }
     }
 
-    fn join(s: &mut Session, join_ref: &str, topic: &str, config: Value) -> Vec<Effect> {
-        s.handle(msg(Some(join_ref), join_ref, topic, "phx_join", json!({"config": config})), NOW)
+    fn handle(s: &mut Session, m: Inbound) -> Vec<Effect> {
+        s.handle(m, NOW, &mut || "generated-key".to_string())
     }
 
+    fn join(s: &mut Session, join_ref: &str, topic: &str, config: Value) -> Vec<Effect> {
+        handle(s, msg(Some(join_ref), join_ref, topic, "phx_join", json!({"config": config})))
+    }
+
+    /// What reaches the client, as V2 frames (join replies included).
     fn sent(effects: &[Effect]) -> Vec<Value> {
         effects
             .iter()
             .filter_map(|e| match e {
-                Effect::Send(o) => Some(serde_json::from_str(&frame::encode(Vsn::V2, o)).unwrap()),
+                Effect::Send(o) | Effect::Join { reply: o, .. } => Some(serde_json::from_str(&frame::encode(Vsn::V2, o)).unwrap()),
                 _ => None,
             })
             .collect()
@@ -259,7 +307,7 @@ mod tests {
     fn leave_replies_then_closes() {
         let mut s = session();
         join(&mut s, "1", "realtime:a", json!({}));
-        let e = s.handle(msg(Some("1"), "5", "realtime:a", "phx_leave", json!({})), NOW);
+        let e = handle(&mut s, msg(Some("1"), "5", "realtime:a", "phx_leave", json!({})));
         assert_eq!(
             sent(&e),
             vec![
@@ -269,21 +317,21 @@ mod tests {
         );
         assert!(s.channels.is_empty());
         // Leaving again is still answered ok.
-        let e = s.handle(msg(Some("1"), "6", "realtime:a", "phx_leave", json!({})), NOW);
+        let e = handle(&mut s, msg(Some("1"), "6", "realtime:a", "phx_leave", json!({})));
         assert_eq!(sent(&e)[0][4]["status"], "ok");
     }
 
     #[test]
     fn heartbeat() {
         let mut s = session();
-        let e = s.handle(msg(None, "12", "phoenix", "heartbeat", json!({})), NOW);
+        let e = handle(&mut s, msg(None, "12", "phoenix", "heartbeat", json!({})));
         assert_eq!(sent(&e), vec![json!([null, "12", "phoenix", "phx_reply", {"status":"ok","response":{}}])]);
     }
 
     #[test]
     fn unjoined_topic_is_unmatched() {
         let mut s = session();
-        let e = s.handle(msg(Some("1"), "2", "realtime:nope", "broadcast", json!({"event": "x"})), NOW);
+        let e = handle(&mut s, msg(Some("1"), "2", "realtime:nope", "broadcast", json!({"event": "x"})));
         assert_eq!(sent(&e)[0], json!(["1", "2", "realtime:nope", "phx_reply", {"status":"error","response":{"reason":"unmatched topic"}}]));
     }
 
@@ -293,13 +341,13 @@ mod tests {
         join(&mut s, "1", "realtime:a", json!({"broadcast": {"self": true, "ack": true}}));
         join(&mut s, "2", "realtime:b", json!({}));
         let payload = json!({"type": "broadcast", "event": "move", "payload": {"x": 1}});
-        let e = s.handle(msg(Some("1"), "3", "realtime:a", "broadcast", payload.clone()), NOW);
+        let e = handle(&mut s, msg(Some("1"), "3", "realtime:a", "broadcast", payload.clone()));
         assert_eq!(
             e[0],
             Effect::Broadcast { topic: "realtime:a".into(), broadcast: Broadcast::Json(payload.clone()), include_sender: true }
         );
         assert_eq!(sent(&e), vec![json!(["1", "3", "realtime:a", "phx_reply", {"status":"ok","response":{}}])]);
-        let e = s.handle(msg(Some("2"), "4", "realtime:b", "broadcast", payload), NOW);
+        let e = handle(&mut s, msg(Some("2"), "4", "realtime:b", "broadcast", payload));
         assert_eq!(e.len(), 1, "no ack without config.broadcast.ack");
         assert!(matches!(&e[0], Effect::Broadcast { include_sender: false, .. }));
     }
@@ -310,7 +358,7 @@ mod tests {
         join(&mut s, "1", "realtime:a", json!({}));
         let user = UserBroadcast { event: "e".into(), encoding: Encoding::Binary, payload: vec![1, 2], meta: None };
         let m = Inbound { join_ref: Some("1".into()), ref_: Some("2".into()), topic: "realtime:a".into(), event: "broadcast".into(), payload: InboundPayload::UserBroadcast(user.clone()) };
-        assert!(matches!(&s.handle(m, NOW)[0], Effect::Broadcast { broadcast: Broadcast::User(u), .. } if *u == user));
+        assert!(matches!(&handle(&mut s, m)[0], Effect::Broadcast { broadcast: Broadcast::User(u), .. } if *u == user));
     }
 
     #[test]
@@ -318,15 +366,61 @@ mod tests {
         let mut s = session();
         join(&mut s, "1", "realtime:a", json!({}));
         let payload = json!({"type": "broadcast", "event": "x", "payload": {}});
-        assert!(s.handle(msg(Some("0"), "2", "realtime:a", "broadcast", payload.clone()), NOW).is_empty());
-        assert_eq!(s.handle(msg(None, "3", "realtime:a", "broadcast", payload), NOW).len(), 1);
+        assert!(handle(&mut s, msg(Some("0"), "2", "realtime:a", "broadcast", payload.clone())).is_empty());
+        assert_eq!(handle(&mut s, msg(None, "3", "realtime:a", "broadcast", payload)).len(), 1);
     }
 
     #[test]
     fn non_object_broadcast_is_dropped() {
         let mut s = session();
         join(&mut s, "1", "realtime:a", json!({"broadcast": {"ack": true}}));
-        assert!(s.handle(msg(Some("1"), "2", "realtime:a", "broadcast", json!("nope")), NOW).is_empty());
+        assert!(handle(&mut s, msg(Some("1"), "2", "realtime:a", "broadcast", json!("nope"))).is_empty());
+    }
+
+    #[test]
+    fn join_generates_a_presence_key_when_none_given_and_asks_for_state() {
+        let mut s = session();
+        let e = join(&mut s, "1", "realtime:a", json!({"presence": {"enabled": true}}));
+        assert!(matches!(&e[0], Effect::Join { presence_state: true, .. }));
+        assert_eq!(s.channels[0].presence_key, "generated-key");
+        join(&mut s, "2", "realtime:b", json!({"presence": {"key": "ana"}}));
+        assert_eq!(s.channels[1].presence_key, "ana");
+    }
+
+    #[test]
+    fn track_update_and_untrack() {
+        let mut s = session();
+        join(&mut s, "1", "realtime:a", json!({"presence": {"key": "ana"}}));
+        let e = handle(&mut s, msg(Some("1"), "2", "realtime:a", "presence", json!({"type": "presence", "event": "TRACK", "payload": {"n": 1}})));
+        assert_eq!(e[0], Effect::Track { topic: "realtime:a".into(), key: "ana".into(), meta: json!({"n": 1}).as_object().unwrap().clone() });
+        assert_eq!(sent(&e), vec![json!(["1", "2", "realtime:a", "phx_reply", {"status": "ok", "response": {}}])]);
+        assert!(s.channels[0].tracked);
+        let e = handle(&mut s, msg(Some("1"), "3", "realtime:a", "presence", json!({"type": "presence", "event": "untrack"})));
+        assert_eq!(e[0], Effect::Untrack { topic: "realtime:a".into() });
+        assert!(!s.channels[0].tracked);
+    }
+
+    #[test]
+    fn bad_presence_messages_get_error_replies() {
+        let mut s = session();
+        join(&mut s, "1", "realtime:a", json!({}));
+        let e = handle(&mut s, msg(Some("1"), "2", "realtime:a", "presence", json!({"event": "track", "payload": [1]})));
+        assert_eq!(sent(&e)[0][4], json!({"status": "error", "response": {"reason": "Presence track payload must be a map"}}));
+        let e = handle(&mut s, msg(Some("1"), "3", "realtime:a", "presence", json!({"event": "dance"})));
+        assert_eq!(sent(&e)[0][4], json!({"status": "error", "response": {}}));
+        assert!(!s.channels[0].tracked);
+    }
+
+    #[test]
+    fn leaving_and_closing_release_presence() {
+        let mut s = session();
+        join(&mut s, "1", "realtime:a", json!({}));
+        join(&mut s, "2", "realtime:b", json!({}));
+        handle(&mut s, msg(Some("1"), "3", "realtime:a", "presence", json!({"event": "track", "payload": {}})));
+        let e = handle(&mut s, msg(Some("1"), "4", "realtime:a", "phx_leave", json!({})));
+        assert_eq!(e[0], Effect::Leave { topic: "realtime:a".into(), untrack: true });
+        assert_eq!(s.close(), vec![Effect::Leave { topic: "realtime:b".into(), untrack: false }]);
+        assert!(s.channels.is_empty());
     }
 
     #[test]

@@ -1,14 +1,14 @@
-// Broadcast between unmodified supabase-js clients of both protocol versions, through one hub.
+// Broadcast between unmodified supabase-js clients of both protocol versions, with one hub and
+// with four (sockets are spread over the hubs, so clients meet only through Channel objects).
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { startStack } from '../stack/stack.mjs';
-import { done, joinWithInbox, supabase } from './clients.mjs';
+import { done, hubsUsed, joinWithInbox, supabase } from './clients.mjs';
 
-let stack;
-before(async () => (stack = await startStack({ name: 'e2e-broadcast' })));
-after(async () => stack?.stop());
-
-describe('broadcast between a V2 (default) and a V1 client', () => {
+for (const hubs of [1, 4]) describe(`broadcast between V2 (default) and V1 clients, ${hubs} hub(s)`, () => {
+  let stack;
+  before(async () => (stack = await startStack({ name: `e2e-broadcast-${hubs}`, vars: { HUB_SHARDS: String(hubs) } })));
+  after(async () => stack?.stop());
   test('both directions, ack and self honoured', async (t) => {
     const v2 = supabase(stack.url, stack.keys.anon);
     const v1 = supabase(stack.url, stack.keys.anon, '1.0.0');
@@ -33,6 +33,23 @@ describe('broadcast between a V2 (default) and a V1 client', () => {
     await a.channel.send({ type: 'broadcast', event: 'marker', payload: {} });
     assert.equal((await b.inbox.next()).event, 'marker');
     assert.equal((await a.inbox.next()).event, 'marker');
+    assert.equal(hubsUsed(stack), Math.min(hubs, 2), 'with several hubs, the two sockets are on different ones');
+  });
+
+  test('order from one sender is kept for every receiver', async (t) => {
+    const sender = supabase(stack.url, stack.keys.anon);
+    const receivers = [supabase(stack.url, stack.keys.anon, '1.0.0'), supabase(stack.url, stack.keys.anon), supabase(stack.url, stack.keys.anon, '1.0.0')];
+    t.after(() => done(sender, ...receivers));
+    const s = await joinWithInbox(sender, 'ordered');
+    const rs = [];
+    for (const r of receivers) rs.push(await joinWithInbox(r, 'ordered'));
+    const n = 200;
+    for (let i = 0; i < n; i++) s.channel.send({ type: 'broadcast', event: 'seq', payload: { i } });
+    for (const r of rs) {
+      const got = [];
+      for (let i = 0; i < n; i++) got.push((await r.inbox.next()).payload.i);
+      assert.deepEqual(got, [...Array(n).keys()]);
+    }
   });
 
   test('binary payloads reach V2 clients and are skipped for V1', async (t) => {

@@ -88,3 +88,16 @@ export function rawSocket(url, { apikey, vsn, headers } = {}) {
     ws.on('error', reject);
   });
 }
+
+/** How many distinct hubs accepted sockets so far, from the worker's log. */
+export function hubsUsed(stack) {
+  return new Set(stack.gateway.logLines().map((l) => l.match(/^(hub:\S+): accepted socket/)?.[1]).filter(Boolean)).size;
+}
+
+/** Takes items from `inbox` until one satisfies `predicate`, and returns it. */
+export async function until(inbox, predicate, timeoutMs = 10_000) {
+  for (;;) {
+    const item = await inbox.next(timeoutMs);
+    if (predicate(item)) return item;
+  }
+}

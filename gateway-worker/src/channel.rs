@@ -1,0 +1,147 @@
+//! Channel: the Durable Object `ch:{tenant}:{public|private}:{topic}` of one channel.
+//!
+//! It knows which hubs have members (not which sockets) and holds the authoritative presence
+//! registry. Hubs call it with coalesced [`ChannelRequest`]s; it relays broadcasts to the *other*
+//! hubs and presence diffs to all of them, so fan-out costs one request per hub, not per client.
+//! Its state is in Durable Object storage, so eviction loses nothing.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use sluice_shared::internal::{ChannelOp, ChannelRequest, ChannelResponse, Delivery, HubEvent};
+use sluice_shared::presence::{phx_ref, Owner, Registry};
+use worker::*;
+
+use crate::config::SOCKET_HUB;
+use crate::random;
+
+#[derive(Default, Serialize, Deserialize)]
+struct ChannelState {
+    hubs: BTreeSet<String>,
+    presence: Registry,
+}
+
+#[durable_object]
+pub struct Channel {
+    state: State,
+    env: Env,
+    /// Loaded from storage on first use after a (re)start.
+    data: RefCell<Option<ChannelState>>,
+}
+
+const STATE_KEY: &str = "state";
+
+impl DurableObject for Channel {
+    fn new(state: State, env: Env) -> Self {
+        Self { state, env, data: RefCell::new(None) }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        if req.path() != "/internal/v1/channel" || req.method() != Method::Post {
+            return Response::error("Not Found", 404);
+        }
+        let request: ChannelRequest = req.json().await?;
+        self.load().await?;
+        let (response, deliveries, changed) = self.apply(&request);
+        if changed {
+            let data = self.data.borrow();
+            self.state.storage().put(STATE_KEY, data.as_ref().expect("loaded")).await?;
+        }
+        self.deliver(&request.topic, deliveries).await;
+        Response::from_json(&response)
+    }
+}
+
+impl Channel {
+    async fn load(&self) -> Result<()> {
+        if self.data.borrow().is_none() {
+            let stored: Option<ChannelState> = self.state.storage().get(STATE_KEY).await?;
+            self.data.borrow_mut().get_or_insert(stored.unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// Applies the ops in order: the response to the caller, the events for each hub, and whether
+    /// the state changed.
+    fn apply(&self, request: &ChannelRequest) -> (ChannelResponse, BTreeMap<String, Vec<HubEvent>>, bool) {
+        let mut slot = self.data.borrow_mut();
+        let data = slot.as_mut().expect("loaded");
+        let hub = &request.hub;
+        let mut out: BTreeMap<String, Vec<HubEvent>> = BTreeMap::new();
+        let mut changed = false;
+        let mut presence_state = None;
+        let to_all = |out: &mut BTreeMap<String, Vec<HubEvent>>, hubs: &BTreeSet<String>, event: HubEvent| {
+            for h in hubs {
+                out.entry(h.clone()).or_default().push(event.clone());
+            }
+        };
+        for op in &request.ops {
+            match op {
+                ChannelOp::Subscribe => {
+                    if data.hubs.insert(hub.clone()) {
+                        changed = true;
+                        let peers = data.hubs.len() - 1;
+                        let others: BTreeSet<String> = data.hubs.iter().filter(|h| *h != hub).cloned().collect();
+                        to_all(&mut out, &others, HubEvent::Peers { peers });
+                    }
+                }
+                ChannelOp::Unsubscribe => {
+                    if data.hubs.remove(hub) {
+                        changed = true;
+                        if let Some(diff) = data.presence.untrack(|o| &o.hub == hub) {
+                            to_all(&mut out, &data.hubs, HubEvent::PresenceDiff { diff: diff.to_payload() });
+                        }
+                        let peers = data.hubs.len().saturating_sub(1);
+                        to_all(&mut out, &data.hubs.clone(), HubEvent::Peers { peers });
+                    }
+                }
+                ChannelOp::Broadcast { broadcast } => {
+                    let others: BTreeSet<String> = data.hubs.iter().filter(|h| *h != hub).cloned().collect();
+                    to_all(&mut out, &others, HubEvent::Broadcast { broadcast: broadcast.clone() });
+                }
+                ChannelOp::Track { socket, key, meta } => {
+                    let owner = Owner { hub: hub.clone(), socket: socket.clone() };
+                    if let Some(diff) = data.presence.track(owner, key, meta.clone(), phx_ref(random::bytes())) {
+                        changed = true;
+                        to_all(&mut out, &data.hubs, HubEvent::PresenceDiff { diff: diff.to_payload() });
+                    }
+                }
+                ChannelOp::Untrack { socket } => {
+                    if let Some(diff) = data.presence.untrack(|o| &o.hub == hub && &o.socket == socket) {
+                        changed = true;
+                        to_all(&mut out, &data.hubs, HubEvent::PresenceDiff { diff: diff.to_payload() });
+                    }
+                }
+                ChannelOp::PresenceState => presence_state = Some(data.presence.state()),
+            }
+        }
+        let peers = data.hubs.len() - usize::from(data.hubs.contains(hub));
+        (ChannelResponse { peers, presence_state }, out, changed)
+    }
+
+    /// Sends each hub its events, all hubs at once.
+    async fn deliver(&self, topic: &str, deliveries: BTreeMap<String, Vec<HubEvent>>) {
+        let sends = deliveries.into_iter().map(|(hub, events)| async move {
+            let delivery = Delivery { topic: topic.to_string(), events };
+            if let Err(e) = self.post_to_hub(&hub, &delivery).await {
+                console_error!("channel {topic}: delivery to {hub} failed: {e}");
+            }
+        });
+        join_all(sends).await;
+    }
+
+    async fn post_to_hub(&self, hub: &str, delivery: &Delivery) -> Result<()> {
+        let headers = Headers::new();
+        headers.set("content-type", "application/json")?;
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post).with_headers(headers).with_body(Some(serde_json::to_string(delivery)?.into()));
+        let req = Request::new_with_init("https://hub/internal/v1/deliver", &init)?;
+        let res = self.env.durable_object(SOCKET_HUB)?.get_by_name(hub)?.fetch_with_request(req).await?;
+        if res.status_code() != 200 {
+            return Err(Error::RustError(format!("status {}", res.status_code())));
+        }
+        Ok(())
+    }
+}
