@@ -7,6 +7,7 @@
 //! - [`internal`]: wire types of the calls between Durable Objects.
 //! - [`jwt`]: token verification with upstream's error texts.
 //! - [`presence`]: a channel's presence registry and diffs.
+//! - [`rest`]: the REST broadcast API's requests and answers.
 //! - [`session`]: one socket's channels and what each inbound message makes happen.
 
 pub mod connect;
@@ -15,4 +16,5 @@ pub mod join;
 pub mod internal;
 pub mod jwt;
 pub mod presence;
+pub mod rest;
 pub mod session;

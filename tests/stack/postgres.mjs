@@ -1,8 +1,9 @@
 // A throwaway Postgres cluster with wal_level=logical: initdb into a folder, run on a free port
 // with its Unix socket in that folder, stop and remove on request.
 import { execFileSync } from 'node:child_process';
-import { chownSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { freePort, startProcess } from './process.mjs';
 
 /** The folder holding initdb/postgres: PG_BINDIR, else the newest /usr/lib/postgresql/N/bin. */
@@ -22,9 +23,31 @@ function postgresUser() {
   return { uid: id('-u'), gid: id('-g') };
 }
 
+/** Whether `user` ({uid, gid}) can enter the nearest existing folder at or above `dir`. */
+function canEnter(user, dir) {
+  let existing = dir;
+  while (!existsSync(existing)) existing = dirname(existing);
+  try {
+    execFileSync('/bin/sh', ['-c', 'cd "$1"', 'sh', existing], { stdio: 'ignore', ...user });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export class Postgres {
-  /** Creates a cluster in `dir` (wiped first) and starts it; resolves once it accepts connections. */
+  /**
+   * Creates a cluster in `dir` (wiped first) and starts it; resolves once it accepts connections.
+   * When the `postgres` user cannot reach `dir` (a checkout in a private folder), the cluster goes
+   * to a fresh folder under the system's temp folder instead.
+   */
   static async create({ dir, port, log = () => {} }) {
+    const user = postgresUser();
+    if (user.uid !== undefined && !canEnter(user, dir)) {
+      const fallback = mkdtempSync(join(tmpdir(), 'sluice-pg-'));
+      log(`the postgres user cannot reach ${dir}; using ${fallback}`);
+      dir = fallback;
+    }
     const pg = new Postgres(dir, port ?? (await freePort()), log);
     pg.log(`creating a Postgres cluster in ${pg.data}`);
     rmSync(dir, { recursive: true, force: true });
