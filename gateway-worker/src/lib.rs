@@ -2,6 +2,7 @@
 //! WebSockets at the edge.
 //!
 //! - [`connect`]: the Worker's WebSocket endpoints: tenant, apikey check, routing to a hub.
+//! - [`api`]: the HTTP API: REST broadcast.
 //! - [`hub`]: the SocketHub Durable Object, which holds sockets through the Hibernation API.
 //! - [`channel`]: the Channel Durable Object: which hubs have members, presence, relaying.
 //! - [`outbox`]: ordered, coalesced calls from a hub to Channels.
@@ -12,6 +13,7 @@
 
 use worker::*;
 
+mod api;
 mod channel;
 mod config;
 mod connect;
@@ -25,9 +27,17 @@ pub use hub::SocketHub;
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let path = req.path();
-    match (req.method(), path.as_str()) {
+    // Supabase's gateway strips /realtime/v1 before the server; sluice is reached directly.
+    let route = path.strip_prefix("/realtime/v1").filter(|r| r.starts_with("/api/")).unwrap_or(&path);
+    match (req.method(), route) {
         (Method::Get, "/realtime/v1/websocket" | "/socket/websocket") => connect::websocket(req, &env).await,
         (Method::Get, "/healthcheck") => Response::ok("ok"),
+        (Method::Options, r) if r.starts_with("/api/broadcast") => api::preflight(),
+        (Method::Post, "/api/broadcast") => api::broadcast_batch(req, &env).await,
+        (Method::Post, r) if r.starts_with("/api/broadcast/") => match sluice_shared::rest::single_route(r) {
+            Some((topic, event)) => api::broadcast_single(req, &env, topic, event).await,
+            None => Response::error("Not Found", 404),
+        },
         _ => Response::error("Not Found", 404),
     }
 }

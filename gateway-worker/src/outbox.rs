@@ -67,7 +67,8 @@ impl Outbox {
     }
 }
 
-async fn post(stub: &impl Fn() -> Result<Stub>, request: &ChannelRequest) -> Result<ChannelResponse> {
+/// One request to a Channel, outside any queue (the REST API's relays).
+pub async fn post(stub: &impl Fn() -> Result<Stub>, request: &ChannelRequest) -> Result<ChannelResponse> {
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;
     let mut init = RequestInit::new();

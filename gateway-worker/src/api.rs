@@ -1,0 +1,108 @@
+//! The HTTP API (PROTOCOL.md 5.2–5.3, 8): REST broadcast, batch and single. Parsing and answers
+//! are `sluice_shared::rest`; this module authenticates and hands messages to Channels.
+
+use std::collections::BTreeMap;
+
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+use sluice_shared::connect::tenant_from_host;
+use sluice_shared::frame::Broadcast;
+use sluice_shared::internal::{channel_name, Access, ChannelOp, ChannelRequest};
+use sluice_shared::jwt;
+use sluice_shared::rest::{self, Refusal};
+use worker::*;
+
+use crate::config::{self, CHANNEL};
+use crate::outbox;
+
+/// `POST /api/broadcast`: many text broadcasts, each to its topic's channel.
+pub async fn broadcast_batch(mut req: Request, env: &Env) -> Result<Response> {
+    let tenant = match authenticate(&req, env) {
+        Ok(tenant) => tenant,
+        Err(refusal) => return answer(refusal),
+    };
+    let body = req.bytes().await?;
+    let messages = match rest::parse_batch(&body) {
+        Ok(messages) => messages,
+        Err(refusal) => return answer(refusal),
+    };
+    // Private channels need the RLS write check of Realtime Authorization, not built yet:
+    // like upstream's unauthorized private messages, they are skipped.
+    let mut per_topic: BTreeMap<String, Vec<Broadcast>> = BTreeMap::new();
+    for m in messages.into_iter().filter(|m| !m.private) {
+        per_topic.entry(m.topic).or_default().push(m.broadcast);
+    }
+    let sends = per_topic.into_iter().map(|(topic, broadcasts)| relay(env, &tenant, topic, broadcasts));
+    for result in join_all(sends).await {
+        result?;
+    }
+    accepted()
+}
+
+/// `POST /api/broadcast/:topic/events/:event`: one user broadcast, JSON or binary.
+pub async fn broadcast_single(mut req: Request, env: &Env, topic: String, event: String) -> Result<Response> {
+    let tenant = match authenticate(&req, env) {
+        Ok(tenant) => tenant,
+        Err(refusal) => return answer(refusal),
+    };
+    let private = req.url()?.query_pairs().any(|(k, v)| k == "private" && v == "true");
+    if private {
+        return answer(Refusal { status: 403, body: json!({"message": "Unauthorized"}) });
+    }
+    let content_type = req.headers().get("content-type")?;
+    let body = req.bytes().await?;
+    match rest::single_broadcast(&event, content_type.as_deref(), &body) {
+        Ok(broadcast) => {
+            relay(env, &tenant, topic, vec![broadcast]).await?;
+            accepted()
+        }
+        Err(refusal) => answer(refusal),
+    }
+}
+
+/// CORS preflight: the API is open to browsers, as upstream's.
+pub fn preflight() -> Result<Response> {
+    let mut res = Response::empty()?.with_status(204);
+    let headers = res.headers_mut();
+    headers.set("access-control-allow-methods", "POST, OPTIONS")?;
+    headers.set("access-control-allow-headers", "authorization, apikey, content-type, x-client-info")?;
+    headers.set("access-control-max-age", "86400")?;
+    cors(res)
+}
+
+/// The tenant of a request whose token verifies with the tenant secret.
+fn authenticate(req: &Request, env: &Env) -> std::result::Result<String, Refusal> {
+    let headers = req.headers();
+    let (authorization, apikey) = (headers.get("authorization").ok().flatten(), headers.get("apikey").ok().flatten());
+    let token = rest::caller_token(authorization.as_deref(), apikey.as_deref()).ok_or_else(Refusal::unauthorized)?;
+    let secret = config::jwt_secret(env).ok_or_else(Refusal::unauthorized)?;
+    let now_secs = (Date::now().as_millis() / 1000) as i64;
+    jwt::verify(token, secret.as_bytes(), now_secs).map_err(|_| Refusal::unauthorized())?;
+    let host = headers.get("host").ok().flatten().unwrap_or_default();
+    Ok(tenant_from_host(&host))
+}
+
+/// Hands broadcasts to a public channel, which relays them to every hub with members.
+async fn relay(env: &Env, tenant: &str, sub_topic: String, broadcasts: Vec<Broadcast>) -> Result<()> {
+    let name = channel_name(tenant, Access::Public, &sub_topic);
+    let request = ChannelRequest {
+        hub: "api".into(),
+        topic: format!("realtime:{sub_topic}"),
+        ops: broadcasts.into_iter().map(|broadcast| ChannelOp::Broadcast { broadcast }).collect(),
+    };
+    outbox::post(&|| env.durable_object(CHANNEL)?.get_by_name(&name), &request).await?;
+    Ok(())
+}
+
+fn accepted() -> Result<Response> {
+    cors(Response::empty()?.with_status(202))
+}
+
+fn answer(refusal: Refusal) -> Result<Response> {
+    cors(Response::from_json::<Value>(&refusal.body)?.with_status(refusal.status))
+}
+
+fn cors(mut res: Response) -> Result<Response> {
+    res.headers_mut().set("access-control-allow-origin", "*")?;
+    Ok(res)
+}
