@@ -18,7 +18,8 @@ use sluice_shared::connect::{hub_name, Accepted};
 use sluice_shared::frame::{self, Broadcast, Outbound, Vsn, WireFrame};
 use sluice_shared::internal::{channel_name, Access, ChannelOp, ChannelResponse, Delivery, HubEvent};
 use sluice_shared::join::{parse_topic, Topic};
-use sluice_shared::session::{Effect, Membership, Session};
+use sluice_shared::jwt::Keys;
+use sluice_shared::session::{Ctx, Effect, Membership, Session};
 use worker::*;
 
 use crate::config::{self, CHANNEL, SOCKET_HUB};
@@ -135,9 +136,30 @@ impl DurableObject for SocketHub {
             }
         };
         let before = session.channels.clone();
-        let effects = session.handle(inbound, now_secs(), &mut random::uuid);
-        self.save(&ws, &session, &before)?;
+        let keys = Keys::new(config::jwt_secret(&self.env).unwrap_or_default().into_bytes());
+        let effects = session.handle(inbound, &mut Ctx { now_secs: now_secs(), keys: &keys, fresh_key: &mut random::uuid });
+        if self.save(&ws, &session, &before)? {
+            self.schedule_expiry(&session).await?;
+        }
         self.perform(&ws, &session, effects).await
+    }
+
+    /// Closes channels whose token expired, then waits for the next expiry.
+    async fn alarm(&self) -> Result<Response> {
+        let now = now_secs();
+        let mut next: Option<i64> = None;
+        for ws in self.state.get_websockets() {
+            let Ok(Some(mut session)) = ws.deserialize_attachment::<Session>() else { continue };
+            let before = session.channels.clone();
+            let effects = session.expire(now);
+            self.save(&ws, &session, &before)?;
+            self.perform(&ws, &session, effects).await?;
+            next = next.into_iter().chain(session.next_expiry()).min();
+        }
+        if let Some(exp) = next {
+            self.state.storage().set_alarm(at_epoch_ms(alarm_time(exp))).await?;
+        }
+        Response::ok("")
     }
 
     async fn websocket_close(&self, ws: WebSocket, code: usize, _reason: String, _clean: bool) -> Result<()> {
@@ -169,11 +191,23 @@ impl SocketHub {
         Response::from_websocket(pair.client)
     }
 
-    /// Persists the session and refreshes the index when its channels changed.
-    fn save(&self, ws: &WebSocket, session: &Session, channels_before: &[Membership]) -> Result<()> {
-        if session.channels != channels_before {
-            ws.serialize_attachment(session)?;
-            self.index().insert(ws.clone(), session);
+    /// Persists the session and refreshes the index when its channels changed (says whether).
+    fn save(&self, ws: &WebSocket, session: &Session, channels_before: &[Membership]) -> Result<bool> {
+        if session.channels == channels_before {
+            return Ok(false);
+        }
+        ws.serialize_attachment(session)?;
+        self.index().insert(ws.clone(), session);
+        Ok(true)
+    }
+
+    /// Moves the hub's alarm earlier if one of this session's channels expires before it.
+    async fn schedule_expiry(&self, session: &Session) -> Result<()> {
+        let Some(exp) = session.next_expiry() else { return Ok(()) };
+        let storage = self.state.storage();
+        let at = alarm_time(exp);
+        if storage.get_alarm().await?.is_none_or(|current| at < current) {
+            storage.set_alarm(at_epoch_ms(at)).await?;
         }
         Ok(())
     }
@@ -318,6 +352,16 @@ fn send(ws: &WebSocket, frame: WireFrame) {
     if let Err(err) = result {
         console_warn!("send failed: {err}");
     }
+}
+
+/// When to wake for a token expiring at `exp`: the second after, so the token is surely past.
+fn alarm_time(exp: i64) -> i64 {
+    (exp + 1) * 1000
+}
+
+/// An absolute alarm time (a bare i64 would be an offset from now).
+fn at_epoch_ms(ms: i64) -> ScheduledTime {
+    ScheduledTime::new(js_sys::Date::new(&(ms as f64).into()))
 }
 
 fn now_secs() -> i64 {

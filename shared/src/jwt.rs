@@ -63,6 +63,23 @@ impl AuthError {
     }
 }
 
+/// The keys a tenant's tokens are verified with.
+#[derive(Clone, Debug, Default)]
+pub struct Keys {
+    secret: Vec<u8>,
+}
+
+impl Keys {
+    pub fn new(secret: Vec<u8>) -> Keys {
+        Keys { secret }
+    }
+
+    /// Verifies `token` and checks `role` and `exp` at `now_secs`.
+    pub fn verify(&self, token: &str, now_secs: i64) -> Result<Claims, AuthError> {
+        verify(token, &self.secret, now_secs)
+    }
+}
+
 /// Verifies an HS256/384/512 token against the tenant secret and checks `role` and `exp`.
 pub fn verify(token: &str, secret: &[u8], now_secs: i64) -> Result<Claims, AuthError> {
     // Upstream strips whitespace and newlines that proxies and copy-paste leave in keys.

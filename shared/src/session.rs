@@ -8,7 +8,15 @@ use serde_json::{json, Map, Value};
 
 use crate::frame::{self, Broadcast, Inbound, InboundPayload, Outbound, Vsn};
 use crate::join::{parse_join, parse_topic, Topic};
-use crate::jwt::AuthError;
+use crate::jwt::{AuthError, Keys};
+
+/// What a message is handled with besides the session itself: the time, the tenant's keys, and a
+/// maker of presence keys for joins that bring none (a random UUID in production).
+pub struct Ctx<'a> {
+    pub now_secs: i64,
+    pub keys: &'a Keys,
+    pub fresh_key: &'a mut dyn FnMut() -> String,
+}
 
 /// The state of one socket. Small on purpose: it must fit a 16 KiB hibernation attachment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,6 +43,22 @@ pub struct Membership {
     pub presence_key: String,
     /// Whether this socket has a presence tracked on the channel.
     pub tracked: bool,
+    /// Expiry (epoch seconds) of the token the channel runs on: its `access_token`, else the
+    /// socket's. At that moment the channel is closed unless the client sent a newer one.
+    pub exp: i64,
+    /// The tail of that token, to ignore refreshes that resend it (tokens are too big to keep
+    /// whole in a 16 KiB attachment).
+    pub token_tail: String,
+}
+
+/// The last 24 characters of a token: part of its signature, distinct for distinct tokens.
+fn token_tail(token: &str) -> String {
+    token[token.len().saturating_sub(24)..].to_string()
+}
+
+/// A channel token worth looking at: upstream ignores absent ones and opaque `sb_` keys.
+fn usable_token(token: Option<&str>) -> Option<&str> {
+    token.filter(|t| !t.is_empty() && !t.starts_with("sb_"))
 }
 
 /// What the hub must do after a message.
@@ -64,12 +88,11 @@ impl Session {
         self.channels.iter().find(|m| m.topic == topic)
     }
 
-    /// Handles one decoded client message at time `now_secs`. `fresh_key` makes a presence key
-    /// for joins that did not bring one (a random UUID in production).
-    pub fn handle(&mut self, msg: Inbound, now_secs: i64, fresh_key: &mut dyn FnMut() -> String) -> Vec<Effect> {
+    /// Handles one decoded client message.
+    pub fn handle(&mut self, msg: Inbound, ctx: &mut Ctx) -> Vec<Effect> {
         let topic = msg.topic.as_str();
         if msg.event == "phx_join" {
-            return self.join(&msg, now_secs, fresh_key);
+            return self.join(&msg, ctx);
         }
         if parse_topic(topic) == Topic::Phoenix {
             return match msg.event.as_str() {
@@ -107,9 +130,59 @@ impl Session {
             }
             "broadcast" => broadcast(&member, msg),
             "presence" => self.presence(&member, &msg),
-            // access_token refreshes and unknown events need no answer.
+            "access_token" => self.refresh_token(&member, &msg, ctx),
+            // Unknown events need no answer.
             _ => Vec::new(),
         }
+    }
+
+    /// The earliest expiry among the joined channels: when the hub must next call [`expire`].
+    ///
+    /// [`expire`]: Session::expire
+    pub fn next_expiry(&self) -> Option<i64> {
+        self.channels.iter().map(|m| m.exp).min()
+    }
+
+    /// Closes every channel whose token has expired by `now_secs`, with upstream's message.
+    pub fn expire(&mut self, now_secs: i64) -> Vec<Effect> {
+        let expired: Vec<Membership> = self.channels.iter().filter(|m| m.exp <= now_secs).cloned().collect();
+        expired
+            .iter()
+            .flat_map(|m| self.shut_down(m, &AuthError::Expired { seconds_ago: now_secs - m.exp }.message()))
+            .collect()
+    }
+
+    /// `access_token`: adopt a newer token for the channel, or close it if the token is bad.
+    fn refresh_token(&mut self, member: &Membership, msg: &Inbound, ctx: &mut Ctx) -> Vec<Effect> {
+        let InboundPayload::Json(payload) = &msg.payload else { return Vec::new() };
+        let Some(token) = usable_token(payload.get("access_token").and_then(Value::as_str)) else {
+            return Vec::new();
+        };
+        if token_tail(token) == member.token_tail {
+            return Vec::new();
+        }
+        match ctx.keys.verify(token, ctx.now_secs) {
+            Ok(claims) => {
+                if let Some(m) = self.channels.iter_mut().find(|m| m.topic == member.topic) {
+                    m.exp = claims.exp;
+                    m.token_tail = token_tail(token);
+                }
+                Vec::new()
+            }
+            Err(err) => self.shut_down(member, &err.message()),
+        }
+    }
+
+    /// Ends a channel for a fatal reason: `system` error, then `phx_close`, then the leave.
+    fn shut_down(&mut self, member: &Membership, message: &str) -> Vec<Effect> {
+        self.channels.retain(|m| m.topic != member.topic);
+        let sub_topic = member.topic.strip_prefix("realtime:").unwrap_or(&member.topic);
+        let system = json!({"extension": "system", "status": "error", "message": message, "channel": sub_topic});
+        vec![
+            Effect::Send(frame::push(member.join_ref.as_deref(), &member.topic, "system", system)),
+            Effect::Send(frame::close(member.join_ref.as_deref(), &member.topic)),
+            Effect::Leave { topic: member.topic.clone(), untrack: member.tracked },
+        ]
     }
 
     /// The socket is going away: it leaves every channel.
@@ -143,7 +216,7 @@ impl Session {
         vec![effect, reply(true, json!({}))]
     }
 
-    fn join(&mut self, msg: &Inbound, now_secs: i64, fresh_key: &mut dyn FnMut() -> String) -> Vec<Effect> {
+    fn join(&mut self, msg: &Inbound, ctx: &mut Ctx) -> Vec<Effect> {
         let topic = msg.topic.as_str();
         let error = |reason: String| {
             Effect::Send(frame::reply(msg.join_ref.as_deref(), msg.ref_.as_deref(), topic, false, json!({"reason": reason})))
@@ -164,10 +237,16 @@ impl Session {
             InboundPayload::UserBroadcast(_) => &Value::Null,
         };
         let config = parse_join(payload);
+        // The channel runs on its own access_token when it brings one, else on the socket's.
+        let token = match usable_token(config.access_token.as_deref()) {
+            Some(token) => ctx.keys.verify(token, ctx.now_secs).map(|claims| (claims.exp, token_tail(token))),
+            None if self.exp <= ctx.now_secs => Err(AuthError::Expired { seconds_ago: ctx.now_secs - self.exp }),
+            None => Ok((self.exp, String::new())),
+        };
         if sub_topic.is_empty() {
             effects.push(error("TopicNameRequired: You must provide a topic name".into()));
-        } else if self.exp <= now_secs {
-            effects.push(error(AuthError::Expired { seconds_ago: now_secs - self.exp }.join_reason()));
+        } else if let Err(err) = &token {
+            effects.push(error(err.join_reason()));
         } else if config.private {
             // Private channels need the replicator's RLS check, which is not built yet: refuse
             // rather than let anyone in.
@@ -175,7 +254,8 @@ impl Session {
                 "Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}"
             )));
         } else {
-            let presence_key = if config.presence_key.is_empty() { fresh_key() } else { config.presence_key.clone() };
+            let (exp, token_tail) = token.expect("checked above");
+            let presence_key = if config.presence_key.is_empty() { (ctx.fresh_key)() } else { config.presence_key.clone() };
             self.channels.push(Membership {
                 topic: topic.to_string(),
                 join_ref: msg.join_ref.clone(),
@@ -183,6 +263,8 @@ impl Session {
                 ack: config.broadcast_ack,
                 presence_key,
                 tracked: false,
+                exp,
+                token_tail,
             });
             effects.push(Effect::Join {
                 topic: topic.to_string(),
@@ -219,6 +301,7 @@ fn reply_ok(join_ref: Option<&str>, msg: &Inbound) -> Effect {
 mod tests {
     use super::*;
     use crate::frame::{Encoding, UserBroadcast};
+    use crate::jwt::tests::{sign, SECRET};
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -238,8 +321,16 @@ mod tests {
         }
     }
 
+    fn keys() -> Keys {
+        Keys::new(SECRET.to_vec())
+    }
+
     fn handle(s: &mut Session, m: Inbound) -> Vec<Effect> {
-        s.handle(m, NOW, &mut || "generated-key".to_string())
+        handle_at(s, m, NOW)
+    }
+
+    fn handle_at(s: &mut Session, m: Inbound, now_secs: i64) -> Vec<Effect> {
+        s.handle(m, &mut Ctx { now_secs, keys: &keys(), fresh_key: &mut || "generated-key".to_string() })
     }
 
     fn join(s: &mut Session, join_ref: &str, topic: &str, config: Value) -> Vec<Effect> {
@@ -420,6 +511,66 @@ mod tests {
         let e = handle(&mut s, msg(Some("1"), "4", "realtime:a", "phx_leave", json!({})));
         assert_eq!(e[0], Effect::Leave { topic: "realtime:a".into(), untrack: true });
         assert_eq!(s.close(), vec![Effect::Leave { topic: "realtime:b".into(), untrack: false }]);
+        assert!(s.channels.is_empty());
+    }
+
+    #[test]
+    fn channel_runs_on_its_access_token() {
+        let mut s = session();
+        let token = sign(json!({"role": "authenticated", "exp": NOW + 30}));
+        let e = handle(&mut s, msg(Some("1"), "1", "realtime:a", "phx_join", json!({"config": {}, "access_token": token})));
+        assert_eq!(sent(&e)[0][4]["status"], "ok");
+        assert_eq!(s.channels[0].exp, NOW + 30);
+        assert_eq!(s.next_expiry(), Some(NOW + 30));
+        // sb_ keys are not JWTs: the socket token is used.
+        handle(&mut s, msg(Some("2"), "2", "realtime:b", "phx_join", json!({"config": {}, "access_token": "sb_publishable_x"})));
+        assert_eq!(s.channels[1].exp, s.exp);
+    }
+
+    #[test]
+    fn join_with_a_bad_access_token_fails_with_upstream_reasons() {
+        let mut s = session();
+        let expired = sign(json!({"role": "anon", "exp": NOW - 7}));
+        let e = handle(&mut s, msg(Some("1"), "1", "realtime:a", "phx_join", json!({"access_token": expired})));
+        assert_eq!(sent(&e)[0][4]["response"]["reason"], "InvalidJWTToken: Token has expired 7 seconds ago");
+        let e = handle(&mut s, msg(Some("2"), "2", "realtime:a", "phx_join", json!({"access_token": "garbage"})));
+        assert_eq!(sent(&e)[0][4]["response"]["reason"], "MalformedJWT: The token provided is not a valid JWT");
+        assert!(s.channels.is_empty());
+    }
+
+    #[test]
+    fn refresh_extends_and_expiry_closes() {
+        let mut s = session();
+        let short = sign(json!({"role": "anon", "exp": NOW + 10}));
+        handle(&mut s, msg(Some("1"), "1", "realtime:room1", "phx_join", json!({"access_token": short.clone()})));
+        // Unchanged, null and sb_ tokens are ignored.
+        for t in [json!(short), json!(null), json!("sb_secret_x")] {
+            assert!(handle(&mut s, msg(Some("1"), "2", "realtime:room1", "access_token", json!({"access_token": t}))).is_empty());
+        }
+        let longer = sign(json!({"role": "anon", "exp": NOW + 100}));
+        assert!(handle(&mut s, msg(Some("1"), "3", "realtime:room1", "access_token", json!({"access_token": longer}))).is_empty());
+        assert_eq!(s.next_expiry(), Some(NOW + 100));
+        assert!(s.expire(NOW + 99).is_empty());
+        let e = s.expire(NOW + 103);
+        assert_eq!(
+            sent(&e),
+            vec![
+                json!(["1", null, "realtime:room1", "system", {"extension": "system", "status": "error", "message": "Token has expired 3 seconds ago", "channel": "room1"}]),
+                json!(["1", "1", "realtime:room1", "phx_close", {}]),
+            ]
+        );
+        assert!(matches!(e[2], Effect::Leave { .. }));
+        assert!(s.channels.is_empty());
+    }
+
+    #[test]
+    fn a_bad_refresh_closes_the_channel() {
+        let mut s = session();
+        join(&mut s, "1", "realtime:a", json!({}));
+        let no_role = sign(json!({"exp": NOW + 100}));
+        let e = handle(&mut s, msg(Some("1"), "2", "realtime:a", "access_token", json!({"access_token": no_role})));
+        assert_eq!(sent(&e)[0][4]["message"], "Fields `role` and `exp` are required in JWT");
+        assert_eq!(sent(&e)[1][3], "phx_close");
         assert!(s.channels.is_empty());
     }
 
