@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 use sluice_shared::connect::tenant_from_host;
 use sluice_shared::frame::Broadcast;
 use sluice_shared::internal::{channel_name, Access, ChannelOp, ChannelRequest};
-use sluice_shared::jwt;
 use sluice_shared::rest::{self, Refusal};
 use worker::*;
 
@@ -75,9 +74,12 @@ fn authenticate(req: &Request, env: &Env) -> std::result::Result<String, Refusal
     let headers = req.headers();
     let (authorization, apikey) = (headers.get("authorization").ok().flatten(), headers.get("apikey").ok().flatten());
     let token = rest::caller_token(authorization.as_deref(), apikey.as_deref()).ok_or_else(Refusal::unauthorized)?;
-    let secret = config::jwt_secret(env).ok_or_else(Refusal::unauthorized)?;
+    let keys = config::keys(env).map_err(|problem| {
+        console_error!("{problem}");
+        Refusal::unauthorized()
+    })?;
     let now_secs = (Date::now().as_millis() / 1000) as i64;
-    jwt::verify(token, secret.as_bytes(), now_secs).map_err(|_| Refusal::unauthorized())?;
+    keys.verify(token, now_secs).map_err(|_| Refusal::unauthorized())?;
     let host = headers.get("host").ok().flatten().unwrap_or_default();
     Ok(tenant_from_host(&host))
 }

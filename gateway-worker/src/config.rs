@@ -1,5 +1,6 @@
 //! Settings from the Worker's environment (`[vars]` in wrangler.toml, secrets, `--var`).
 
+use sluice_shared::jwt::Keys;
 use worker::Env;
 
 /// The bindings of the Durable Object namespaces.
@@ -11,9 +12,19 @@ pub fn hub_shards(env: &Env) -> u32 {
     read(env, "HUB_SHARDS").and_then(|v| v.parse().ok()).filter(|n| *n >= 1).unwrap_or(1)
 }
 
-/// The HS256/384/512 secret tenants' tokens are signed with (`JWT_SECRET`).
-pub fn jwt_secret(env: &Env) -> Option<String> {
-    read(env, "JWT_SECRET").filter(|s| !s.is_empty())
+/// The keys tenants' tokens are verified with: the HS256/384/512 secret `JWT_SECRET` and the
+/// optional JWKS `JWT_JWKS` (RS*, PS*, ES256, EdDSA by `kid`). `Err` says what to fix.
+pub fn keys(env: &Env) -> Result<Keys, String> {
+    let secret = read(env, "JWT_SECRET").filter(|s| !s.is_empty());
+    let jwks = read(env, "JWT_JWKS").filter(|s| !s.trim().is_empty());
+    if secret.is_none() && jwks.is_none() {
+        return Err("neither JWT_SECRET nor JWT_JWKS is configured: set at least one (a secret of the worker)".into());
+    }
+    let keys = Keys::new(secret.unwrap_or_default().into_bytes());
+    match jwks {
+        Some(jwks) => keys.with_jwks(&jwks).map_err(|e| format!("JWT_JWKS is invalid: {e}")),
+        None => Ok(keys),
+    }
 }
 
 /// How long a refused connection waits before its HTTP answer, as upstream

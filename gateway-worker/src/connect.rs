@@ -13,9 +13,12 @@ pub async fn websocket(req: Request, env: &Env) -> Result<Response> {
     if !req.headers().get("Upgrade")?.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
         return json_error(426, "Expected a WebSocket upgrade");
     }
-    let Some(secret) = config::jwt_secret(env) else {
-        console_error!("JWT_SECRET is not configured: set it as a secret or a var of the worker");
-        return json_error(500, "Error connecting to Realtime");
+    let keys = match config::keys(env) {
+        Ok(keys) => keys,
+        Err(problem) => {
+            console_error!("{problem}");
+            return json_error(500, "Error connecting to Realtime");
+        }
     };
     let url = req.url()?;
     let param = |name: &str| url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
@@ -29,7 +32,7 @@ pub async fn websocket(req: Request, env: &Env) -> Result<Response> {
         vsn: vsn.as_deref(),
     };
     let now_secs = (Date::now().as_millis() / 1000) as i64;
-    let accepted = match connect::authorize(&request, secret.as_bytes(), now_secs) {
+    let accepted = match connect::authorize(&request, &keys, now_secs) {
         Ok(accepted) => accepted,
         Err(refused) => {
             if refused.delay {

@@ -18,7 +18,6 @@ use sluice_shared::connect::{hub_name, Accepted};
 use sluice_shared::frame::{self, Broadcast, Outbound, Vsn, WireFrame};
 use sluice_shared::internal::{channel_name, Access, ChannelOp, ChannelResponse, Delivery, HubEvent};
 use sluice_shared::join::{parse_topic, Topic};
-use sluice_shared::jwt::Keys;
 use sluice_shared::session::{Ctx, Effect, Membership, Session};
 use worker::*;
 
@@ -136,7 +135,8 @@ impl DurableObject for SocketHub {
             }
         };
         let before = session.channels.clone();
-        let keys = Keys::new(config::jwt_secret(&self.env).unwrap_or_default().into_bytes());
+        // Misconfigured keys verify nothing: joins and refreshes then fail with signer errors.
+        let keys = config::keys(&self.env).unwrap_or_default();
         let effects = session.handle(inbound, &mut Ctx { now_secs: now_secs(), keys: &keys, fresh_key: &mut random::uuid });
         if self.save(&ws, &session, &before)? {
             self.schedule_expiry(&session).await?;

@@ -2,7 +2,7 @@
 //! Durable Objects a socket lands in (DESIGN.md).
 
 use crate::frame::Vsn;
-use crate::jwt::{self, AuthError, Claims};
+use crate::jwt::{AuthError, Claims, Keys};
 
 /// What the client presented when opening the socket.
 pub struct ConnectRequest<'a> {
@@ -30,12 +30,12 @@ pub struct Refused {
     pub delay: bool,
 }
 
-pub fn authorize(req: &ConnectRequest, secret: &[u8], now_secs: i64) -> Result<Accepted, Refused> {
+pub fn authorize(req: &ConnectRequest, keys: &Keys, now_secs: i64) -> Result<Accepted, Refused> {
     let Some(vsn) = Vsn::from_param(req.vsn) else {
         return Err(Refused { status: 400, message: "Unsupported vsn: use 1.0.0 or 2.0.0".into(), delay: false });
     };
     let token = req.header_key.or(req.query_key).unwrap_or("");
-    let claims = jwt::verify(token, secret, now_secs).map_err(|e: AuthError| Refused {
+    let claims = keys.verify(token, now_secs).map_err(|e: AuthError| Refused {
         status: 401,
         message: e.connect_message(),
         delay: true,
@@ -77,21 +77,21 @@ mod tests {
     #[test]
     fn accepts_query_key_and_prefers_header() {
         let good = sign(json!({"role": "anon", "exp": NOW + 60}));
-        let ok = authorize(&req(None, Some(&good), Some("2.0.0")), SECRET, NOW).unwrap();
+        let ok = authorize(&req(None, Some(&good), Some("2.0.0")), &Keys::new(SECRET.to_vec()), NOW).unwrap();
         assert_eq!((ok.tenant.as_str(), ok.vsn, ok.claims.role.as_str()), ("realtime-dev", Vsn::V2, "anon"));
-        let refused = authorize(&req(Some("garbage"), Some(&good), None), SECRET, NOW).unwrap_err();
+        let refused = authorize(&req(Some("garbage"), Some(&good), None), &Keys::new(SECRET.to_vec()), NOW).unwrap_err();
         assert_eq!(refused.message, "The token provided is not a valid JWT");
     }
 
     #[test]
     fn refusals() {
         assert_eq!(
-            authorize(&req(None, None, None), SECRET, NOW),
+            authorize(&req(None, None, None), &Keys::new(SECRET.to_vec()), NOW),
             Err(Refused { status: 401, message: "API key is missing".into(), delay: true })
         );
         let expired = sign(json!({"role": "anon", "exp": NOW - 1}));
-        assert_eq!(authorize(&req(None, Some(&expired), None), SECRET, NOW).unwrap_err().message, "Token has expired");
-        assert_eq!(authorize(&req(None, None, Some("9")), SECRET, NOW).unwrap_err().status, 400);
+        assert_eq!(authorize(&req(None, Some(&expired), None), &Keys::new(SECRET.to_vec()), NOW).unwrap_err().message, "Token has expired");
+        assert_eq!(authorize(&req(None, None, Some("9")), &Keys::new(SECRET.to_vec()), NOW).unwrap_err().status, 400);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! JWT verification for sockets and channels (PROTOCOL.md 1.4). The caller passes the time in.
 
-use jwt_compact::alg::{Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key};
-use jwt_compact::{AlgorithmExt, Claims as JwtClaims, Token, UntrustedToken, ValidationError};
+use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPublicKey};
+use jwt_compact::jwk::JsonWebKey;
+use jwt_compact::{Algorithm, AlgorithmExt, Claims as JwtClaims, Token, UntrustedToken, ValidationError};
 use serde_json::{Map, Value};
 
 /// The verified claims of a token. `role` and `exp` are guaranteed present.
@@ -63,44 +64,107 @@ impl AuthError {
     }
 }
 
-/// The keys a tenant's tokens are verified with.
+/// The keys a tenant's tokens are verified with: its HS secret, and a JWKS for asymmetric
+/// algorithms (and HS keys by `kid`).
 #[derive(Clone, Debug, Default)]
 pub struct Keys {
     secret: Vec<u8>,
+    jwks: Vec<Jwk>,
+}
+
+#[derive(Clone, Debug)]
+struct Jwk {
+    kid: Option<String>,
+    key: PublicKey,
+}
+
+#[derive(Clone, Debug)]
+enum PublicKey {
+    Hmac(Vec<u8>),
+    Rsa(Box<RsaPublicKey>),
+    P256(p256::ecdsa::VerifyingKey),
+    Ed25519(<Ed25519 as Algorithm>::VerifyingKey),
 }
 
 impl Keys {
     pub fn new(secret: Vec<u8>) -> Keys {
-        Keys { secret }
+        Keys { secret, jwks: Vec::new() }
+    }
+
+    /// Adds the keys of a JWKS document (`{"keys": [...]}`). Keys of types sluice cannot use
+    /// are an error, so a typo in the configuration is found at once.
+    pub fn with_jwks(mut self, jwks: &str) -> Result<Keys, String> {
+        let doc: Value = serde_json::from_str(jwks).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+        let keys = doc.get("keys").and_then(Value::as_array).ok_or("JWKS needs a \"keys\" array")?;
+        for (i, raw) in keys.iter().enumerate() {
+            let kid = raw.get("kid").and_then(Value::as_str).map(str::to_string);
+            let jwk: JsonWebKey = serde_json::from_value(raw.clone()).map_err(|e| format!("JWKS key {i}: {e}"))?;
+            let key = match &jwk {
+                JsonWebKey::Symmetric { secret } => PublicKey::Hmac(secret.to_vec()),
+                JsonWebKey::Rsa { .. } => PublicKey::Rsa(Box::new(RsaPublicKey::try_from(&jwk).map_err(|e| format!("JWKS key {i}: {e}"))?)),
+                JsonWebKey::EllipticCurve { curve, x, y, .. } if curve == "P-256" => {
+                    let point = p256::EncodedPoint::from_affine_coordinates(x.as_ref().into(), y.as_ref().into(), false);
+                    PublicKey::P256(p256::ecdsa::VerifyingKey::from_encoded_point(&point).map_err(|e| format!("JWKS key {i}: {e}"))?)
+                }
+                JsonWebKey::KeyPair { .. } => PublicKey::Ed25519(TryFrom::try_from(&jwk).map_err(|e| format!("JWKS key {i}: {e}"))?),
+                _ => return Err(format!("JWKS key {i}: unsupported key type or curve (use oct, RSA, EC P-256 or OKP Ed25519)")),
+            };
+            self.jwks.push(Jwk { kid, key });
+        }
+        Ok(self)
     }
 
     /// Verifies `token` and checks `role` and `exp` at `now_secs`.
     pub fn verify(&self, token: &str, now_secs: i64) -> Result<Claims, AuthError> {
-        verify(token, &self.secret, now_secs)
+        // Upstream strips whitespace and newlines that proxies and copy-paste leave in keys.
+        let token: String = token.chars().filter(|c| !c.is_whitespace()).collect();
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let untrusted = UntrustedToken::new(&token).map_err(|_| AuthError::Malformed)?;
+        let kid = untrusted.header().key_id.as_deref();
+        let by_kid = |pick: fn(&PublicKey) -> bool| {
+            self.jwks.iter().find(|k| k.kid.as_deref() == kid && kid.is_some() && pick(&k.key)).map(|k| &k.key)
+        };
+        let hmac_secret = match by_kid(|k| matches!(k, PublicKey::Hmac(_))) {
+            Some(PublicKey::Hmac(secret)) => secret.as_slice(),
+            _ => self.secret.as_slice(),
+        };
+        let alg = untrusted.algorithm();
+        let verified: Result<Token<Map<String, Value>>, ValidationError> = match alg {
+            "HS256" => Hs256.validator(&Hs256Key::new(hmac_secret)).validate(&untrusted),
+            "HS384" => Hs384.validator(&Hs384Key::new(hmac_secret)).validate(&untrusted),
+            "HS512" => Hs512.validator(&Hs512Key::new(hmac_secret)).validate(&untrusted),
+            "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" => match by_kid(|k| matches!(k, PublicKey::Rsa(_))) {
+                Some(PublicKey::Rsa(key)) => Rsa::with_name(alg).validator(key.as_ref()).validate(&untrusted),
+                _ => return Err(AuthError::Signer),
+            },
+            "ES256" => match by_kid(|k| matches!(k, PublicKey::P256(_))) {
+                Some(PublicKey::P256(key)) => Es256.validator(key).validate(&untrusted),
+                _ => return Err(AuthError::Signer),
+            },
+            "EdDSA" | "Ed25519" => match by_kid(|k| matches!(k, PublicKey::Ed25519(_))) {
+                // jwt-compact checks the header's name against "EdDSA"; both names mean Ed25519.
+                Some(PublicKey::Ed25519(key)) => jwt_compact::Renamed::new(Ed25519, if alg == "EdDSA" { "EdDSA" } else { "Ed25519" })
+                    .validator(key)
+                    .validate(&untrusted),
+                _ => return Err(AuthError::Signer),
+            },
+            _ => return Err(AuthError::Signer),
+        };
+        let verified = verified.map_err(|e| match e {
+            ValidationError::InvalidSignature
+            | ValidationError::InvalidSignatureLen { .. }
+            | ValidationError::MalformedSignature(_) => AuthError::BadSignature,
+            _ => AuthError::Malformed,
+        })?;
+        claims_of(verified.claims(), now_secs)
     }
 }
 
-/// Verifies an HS256/384/512 token against the tenant secret and checks `role` and `exp`.
+/// Verifies an HS256/384/512 token against `secret` and checks `role` and `exp`.
 pub fn verify(token: &str, secret: &[u8], now_secs: i64) -> Result<Claims, AuthError> {
-    // Upstream strips whitespace and newlines that proxies and copy-paste leave in keys.
-    let token: String = token.chars().filter(|c| !c.is_whitespace()).collect();
-    if token.is_empty() {
-        return Err(AuthError::Missing);
-    }
-    let untrusted = UntrustedToken::new(&token).map_err(|_| AuthError::Malformed)?;
-    let verified: Token<Map<String, Value>> = match untrusted.algorithm() {
-        "HS256" => Hs256.validator(&Hs256Key::new(secret)).validate(&untrusted),
-        "HS384" => Hs384.validator(&Hs384Key::new(secret)).validate(&untrusted),
-        "HS512" => Hs512.validator(&Hs512Key::new(secret)).validate(&untrusted),
-        _ => return Err(AuthError::Signer),
-    }
-    .map_err(|e| match e {
-        ValidationError::InvalidSignature
-        | ValidationError::InvalidSignatureLen { .. }
-        | ValidationError::MalformedSignature(_) => AuthError::BadSignature,
-        _ => AuthError::Malformed,
-    })?;
-    claims_of(verified.claims(), now_secs)
+    Keys::new(secret.to_vec()).verify(token, now_secs)
 }
 
 fn claims_of(claims: &JwtClaims<Map<String, Value>>, now_secs: i64) -> Result<Claims, AuthError> {
@@ -184,5 +248,27 @@ pub(crate) mod tests {
         // {"alg":"none"} . {"role":"service_role","exp":9999999999} . (empty signature)
         let none = "eyJhbGciOiJub25lIn0.eyJyb2xlIjoic2VydmljZV9yb2xlIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
         assert_eq!(verify(none, SECRET, NOW), Err(AuthError::Signer));
+    }
+
+    #[test]
+    fn jwks_configuration_errors_say_what_is_wrong() {
+        assert!(Keys::new(vec![]).with_jwks("nope").unwrap_err().contains("not JSON"));
+        assert!(Keys::new(vec![]).with_jwks("{}").unwrap_err().contains("\"keys\""));
+        let p384 = r#"{"keys":[{"kty":"EC","crv":"P-384","x":"AA","y":"AA"}]}"#;
+        assert!(Keys::new(vec![]).with_jwks(p384).unwrap_err().starts_with("JWKS key 0"));
+    }
+
+    #[test]
+    fn hs_key_by_kid_and_unknown_kids() {
+        // An oct key with a kid verifies HS tokens that name it; others use the tenant secret.
+        let keys = Keys::new(SECRET.to_vec()).with_jwks(r#"{"keys":[{"kty":"oct","kid":"k1","k":"b3RoZXItc2VjcmV0"}]}"#).unwrap();
+        let mut c = C::new(json!({"role": "anon"}).as_object().unwrap().clone());
+        c.expiration = Some(chrono_from(NOW + 60));
+        let with_kid = Hs256.token(&Header::empty().with_key_id("k1"), &c, &Hs256Key::new(b"other-secret")).unwrap();
+        assert!(keys.verify(&with_kid, NOW).is_ok());
+        assert!(keys.verify(&sign(json!({"role": "anon", "exp": NOW + 60})), NOW).is_ok());
+        // An RS256 token whose kid is not in the JWKS cannot get a signer.
+        let rs = "eyJhbGciOiJSUzI1NiIsImtpZCI6Im5vcGUifQ.eyJyb2xlIjoiYW5vbiIsImV4cCI6OTk5OTk5OTk5OX0.c2ln";
+        assert_eq!(keys.verify(rs, NOW), Err(AuthError::Signer));
     }
 }

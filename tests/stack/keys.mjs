@@ -1,5 +1,5 @@
 // HS256 JWTs for local development and tests, signed like Supabase's anon and service-role keys.
-import { createHmac } from 'node:crypto';
+import { createHmac, generateKeyPairSync, sign as cryptoSign } from 'node:crypto';
 
 /** The local development secret (the one Supabase's own local stack and test suites use). */
 export const DEV_JWT_SECRET = 'super-secret-jwt-token-with-at-least-32-characters-long';
@@ -28,4 +28,28 @@ export function devKeys(secret = DEV_JWT_SECRET) {
     anon: tokenFor('anon', { ttlSecs: tenYears, secret }),
     serviceRole: tokenFor('service_role', { ttlSecs: tenYears, secret }),
   };
+}
+
+/**
+ * A JWKS with one RSA, one EC P-256 and one Ed25519 key (kids `rsa-1`, `ec-1`, `ed-1`), and a
+ * signer for each: `sign(alg, claims)` with alg RS256, ES256 or EdDSA.
+ */
+export function testJwks() {
+  const pairs = {
+    RS256: { kid: 'rsa-1', ...generateKeyPairSync('rsa', { modulusLength: 2048 }) },
+    ES256: { kid: 'ec-1', ...generateKeyPairSync('ec', { namedCurve: 'P-256' }) },
+    EdDSA: { kid: 'ed-1', ...generateKeyPairSync('ed25519') },
+  };
+  const jwks = { keys: Object.values(pairs).map(({ kid, publicKey }) => ({ ...publicKey.export({ format: 'jwk' }), kid })) };
+  const sign = (alg, claims, kid = pairs[alg].kid) => {
+    const head = b64url(JSON.stringify({ alg, typ: 'JWT', kid }));
+    const body = b64url(JSON.stringify(claims));
+    const data = Buffer.from(`${head}.${body}`);
+    const key = pairs[alg].privateKey;
+    const sig = alg === 'RS256' ? cryptoSign('sha256', data, key)
+      : alg === 'ES256' ? cryptoSign('sha256', data, { key, dsaEncoding: 'ieee-p1363' })
+      : cryptoSign(null, data, key);
+    return `${head}.${body}.${sig.toString('base64url')}`;
+  };
+  return { jwks, sign };
 }
