@@ -1,6 +1,7 @@
 //! Settings from the Worker's environment (`[vars]` in wrangler.toml, secrets, `--var`).
 
 use sluice_shared::jwt::Keys;
+use sluice_shared::limits::Limits;
 use worker::Env;
 
 /// The bindings of the Durable Object namespaces.
@@ -31,6 +32,12 @@ pub fn keys(env: &Env) -> Result<Keys, String> {
 /// (`CONNECT_ERROR_BACKOFF_MS`, default 2000), so a client cannot probe tokens quickly.
 pub fn connect_error_backoff_ms(env: &Env) -> u64 {
     read(env, "CONNECT_ERROR_BACKOFF_MS").and_then(|v| v.parse().ok()).unwrap_or(2000)
+}
+
+/// A tenant's limits from `TENANT_LIMITS` (JSON: `{"*": {...}, "<tenant>": {...}}`, upstream's
+/// field names); upstream's defaults where unset.
+pub fn limits(env: &Env, tenant: &str) -> Result<Limits, String> {
+    Limits::for_tenant(read(env, "TENANT_LIMITS").as_deref(), tenant)
 }
 
 fn read(env: &Env, name: &str) -> Option<String> {

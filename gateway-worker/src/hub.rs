@@ -18,6 +18,7 @@ use sluice_shared::connect::{hub_name, Accepted};
 use sluice_shared::frame::{self, Broadcast, Outbound, Vsn, WireFrame};
 use sluice_shared::internal::{channel_name, Access, ChannelOp, ChannelResponse, Delivery, HubEvent};
 use sluice_shared::join::{parse_topic, Topic};
+use sluice_shared::limits::{Limits, Rates};
 use sluice_shared::session::{Ctx, Effect, Membership, Session};
 use worker::*;
 
@@ -70,6 +71,8 @@ pub struct SocketHub {
     /// Per topic, how many other hubs have members, as its Channel last said. Unknown: relay.
     peers: RefCell<HashMap<String, usize>>,
     outbox: Outbox,
+    /// This hub's rate counters (transient: an evicted hub starts counting afresh).
+    rates: RefCell<Rates>,
 }
 
 /// Which sockets are joined to which topic. A cache of the sockets' attachments.
@@ -77,6 +80,8 @@ pub struct SocketHub {
 struct Index {
     sockets: HashMap<String, (WebSocket, Vsn)>,
     topics: HashMap<String, BTreeSet<String>>,
+    /// Sockets with at least one joined channel: upstream's "users".
+    users: BTreeSet<String>,
 }
 
 impl Index {
@@ -85,11 +90,15 @@ impl Index {
         for channel in &session.channels {
             self.topics.entry(channel.topic.clone()).or_default().insert(session.id.clone());
         }
+        if !session.channels.is_empty() {
+            self.users.insert(session.id.clone());
+        }
         self.sockets.insert(session.id.clone(), (ws, session.vsn));
     }
 
     fn remove(&mut self, socket_id: &str) {
         self.sockets.remove(socket_id);
+        self.users.remove(socket_id);
         self.topics.retain(|_, members| {
             members.remove(socket_id);
             !members.is_empty()
@@ -103,7 +112,7 @@ impl Index {
 
 impl DurableObject for SocketHub {
     fn new(state: State, env: Env) -> Self {
-        Self { state, env, index: RefCell::new(None), peers: RefCell::default(), outbox: Outbox::default() }
+        Self { state, env, index: RefCell::new(None), peers: RefCell::default(), outbox: Outbox::default(), rates: RefCell::default() }
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
@@ -137,11 +146,20 @@ impl DurableObject for SocketHub {
         let before = session.channels.clone();
         // Misconfigured keys verify nothing: joins and refreshes then fail with signer errors.
         let keys = config::keys(&self.env).unwrap_or_default();
-        let effects = session.handle(inbound, &mut Ctx { now_secs: now_secs(), keys: &keys, fresh_key: &mut random::uuid });
+        let limits = self.limits(&session.tenant);
+        let users = self.index().users.len() as u32;
+        let effects = session.handle(
+            inbound,
+            &mut Ctx { now_ms: Date::now().as_millis(), keys: &keys, limits: &limits, rates: &mut self.rates.borrow_mut(), users, fresh_key: &mut random::uuid },
+        );
         if self.save(&ws, &session, &before)? {
             self.schedule_expiry(&session).await?;
         }
-        self.perform(&ws, &session, effects).await
+        if self.perform(&ws, &session, effects).await? {
+            let _ = ws.close(Some(1001), Some("disconnected by the server"));
+            self.socket_gone(&ws).await?;
+        }
+        Ok(())
     }
 
     /// Closes channels whose token expired, then waits for the next expiry.
@@ -181,6 +199,13 @@ impl SocketHub {
             return Response::error("SocketHub only accepts sockets from the gateway", 400);
         };
         let mut session: Session = serde_json::from_str(&session)?;
+        let limits = self.limits(&session.tenant);
+        if self.index().users.len() as u32 >= limits.max_concurrent_users {
+            return limit_refusal("Too many connected users");
+        }
+        if self.rates.borrow_mut().joins.exceeds(Date::now().as_millis(), limits.max_joins_per_second) {
+            return limit_refusal("Too many joins per second");
+        }
         session.id = socket_id();
         let pair = WebSocketPair::new()?;
         let mut index = self.index();
@@ -213,15 +238,18 @@ impl SocketHub {
     }
 
     /// Carries out a session's effects in order. Replies and local deliveries happen at once;
-    /// calls to Channels are awaited, joins before their reply, the rest after.
-    async fn perform(&self, ws: &WebSocket, session: &Session, effects: Vec<Effect>) -> Result<()> {
+    /// calls to Channels are awaited, joins before their reply, the rest after. Says whether the
+    /// socket must be disconnected.
+    async fn perform(&self, ws: &WebSocket, session: &Session, effects: Vec<Effect>) -> Result<bool> {
         let mut later = Vec::new();
+        let mut disconnect = false;
         for effect in effects {
             match effect {
                 Effect::Send(out) => send(ws, WireFrame::Text(frame::encode(session.vsn, &out))),
                 Effect::Broadcast { topic, broadcast, include_sender } => {
                     let skip = (!include_sender).then_some(session.id.as_str());
-                    fan_out(&self.index(), &topic, &Deliverable::Broadcast(&broadcast), skip);
+                    let sent = fan_out(&self.index(), &topic, &Deliverable::Broadcast(&broadcast), skip);
+                    self.rates.borrow_mut().events.add(Date::now().as_millis(), sent);
                     if self.peers.borrow().get(&topic) != Some(&0) {
                         later.push((topic, ChannelOp::Broadcast { broadcast }));
                     }
@@ -246,12 +274,21 @@ impl SocketHub {
                 }
                 Effect::Track { topic, key, meta } => later.push((topic, ChannelOp::Track { socket: session.id.clone(), key, meta })),
                 Effect::Untrack { topic } => later.push((topic, ChannelOp::Untrack { socket: session.id.clone() })),
+                Effect::Disconnect => disconnect = true,
             }
         }
         for (topic, op) in later {
             self.call_channel(session, &topic, vec![op]).await;
         }
-        Ok(())
+        Ok(disconnect)
+    }
+
+    /// The tenant's limits (`TENANT_LIMITS`); defaults, with a log line, when misconfigured.
+    fn limits(&self, tenant: &str) -> Limits {
+        config::limits(&self.env, tenant).unwrap_or_else(|problem| {
+            console_error!("{problem}");
+            Limits::default()
+        })
     }
 
     /// Sends ops to the topic's Channel through the outbox and records what it says of peers.
@@ -271,10 +308,14 @@ impl SocketHub {
         let index = self.index();
         for event in delivery.events {
             match event {
-                HubEvent::Broadcast { broadcast } => fan_out(&index, &delivery.topic, &Deliverable::Broadcast(&broadcast), None),
+                HubEvent::Broadcast { broadcast } => {
+                    let sent = fan_out(&index, &delivery.topic, &Deliverable::Broadcast(&broadcast), None);
+                    self.rates.borrow_mut().events.add(Date::now().as_millis(), sent);
+                }
                 HubEvent::PresenceDiff { diff } => {
                     let out = frame::fanout(&delivery.topic, "presence_diff", diff);
-                    fan_out(&index, &delivery.topic, &Deliverable::Push(&out), None);
+                    let sent = fan_out(&index, &delivery.topic, &Deliverable::Push(&out), None);
+                    self.rates.borrow_mut().presence.add(Date::now().as_millis(), sent);
                 }
                 HubEvent::Peers { peers } => {
                     self.peers.borrow_mut().insert(delivery.topic.clone(), peers);
@@ -289,7 +330,8 @@ impl SocketHub {
         self.index().remove(&session.id);
         let effects = session.close();
         let _ = ws.serialize_attachment(&session);
-        self.perform(ws, &session, effects).await
+        self.perform(ws, &session, effects).await?;
+        Ok(())
     }
 
     /// The index, rebuilt from the sockets' attachments if this instance has not built it yet.
@@ -321,9 +363,10 @@ enum Deliverable<'a> {
     Push(&'a Outbound),
 }
 
-/// Delivers to this hub's members of `topic`, encoding once per serializer.
-fn fan_out(index: &Index, topic: &str, what: &Deliverable, skip: Option<&str>) {
-    let Some(members) = index.topics.get(topic) else { return };
+/// Delivers to this hub's members of `topic`, encoding once per serializer; counts the sends.
+fn fan_out(index: &Index, topic: &str, what: &Deliverable, skip: Option<&str>) -> u64 {
+    let Some(members) = index.topics.get(topic) else { return 0 };
+    let mut sent = 0;
     let mut encoded: [Option<Option<WireFrame>>; 2] = [None, None];
     for socket_id in members {
         if Some(socket_id.as_str()) == skip {
@@ -340,8 +383,15 @@ fn fan_out(index: &Index, topic: &str, what: &Deliverable, skip: Option<&str>) {
         });
         if let Some(frame) = frame {
             send(ws, frame.clone());
+            sent += 1;
         }
     }
+    sent
+}
+
+/// A connection refused for a tenant limit (PROTOCOL.md 1.4).
+fn limit_refusal(message: &str) -> Result<Response> {
+    Ok(Response::from_json(&serde_json::json!({"error": message}))?.with_status(429))
 }
 
 fn send(ws: &WebSocket, frame: WireFrame) {

@@ -6,6 +6,7 @@
 //! - [`join`]: topics and `phx_join` payloads.
 //! - [`internal`]: wire types of the calls between Durable Objects.
 //! - [`jwt`]: token verification with upstream's error texts.
+//! - [`limits`]: tenant limits and rate counters.
 //! - [`presence`]: a channel's presence registry and diffs.
 //! - [`rest`]: the REST broadcast API's requests and answers.
 //! - [`session`]: one socket's channels and what each inbound message makes happen.
@@ -15,6 +16,7 @@ pub mod frame;
 pub mod join;
 pub mod internal;
 pub mod jwt;
+pub mod limits;
 pub mod presence;
 pub mod rest;
 pub mod session;

@@ -9,13 +9,25 @@ use serde_json::{json, Map, Value};
 use crate::frame::{self, Broadcast, Inbound, InboundPayload, Outbound, Vsn};
 use crate::join::{parse_join, parse_topic, Topic};
 use crate::jwt::{AuthError, Keys};
+use crate::limits::{Limits, Rates};
 
-/// What a message is handled with besides the session itself: the time, the tenant's keys, and a
-/// maker of presence keys for joins that bring none (a random UUID in production).
+/// What a message is handled with besides the session itself: the time, the tenant's keys and
+/// limits, the hub's rate counters and user count, and a maker of presence keys for joins that
+/// bring none (a random UUID in production).
 pub struct Ctx<'a> {
-    pub now_secs: i64,
+    pub now_ms: u64,
     pub keys: &'a Keys,
+    pub limits: &'a Limits,
+    pub rates: &'a mut Rates,
+    /// Sockets of this hub with at least one joined channel.
+    pub users: u32,
     pub fresh_key: &'a mut dyn FnMut() -> String,
+}
+
+impl Ctx<'_> {
+    pub fn now_secs(&self) -> i64 {
+        (self.now_ms / 1000) as i64
+    }
 }
 
 /// The state of one socket. Small on purpose: it must fit a 16 KiB hibernation attachment.
@@ -49,6 +61,9 @@ pub struct Membership {
     /// The tail of that token, to ignore refreshes that resend it (tokens are too big to keep
     /// whole in a 16 KiB attachment).
     pub token_tail: String,
+    /// The client presence rate window: when it started (ms) and the presence messages in it.
+    #[serde(default)]
+    pub presence_window: (u64, u32),
 }
 
 /// The last 24 characters of a token: part of its signature, distinct for distinct tokens.
@@ -77,6 +92,8 @@ pub enum Effect {
     Track { topic: String, key: String, meta: Map<String, Value> },
     /// Remove this socket's presence from `topic`.
     Untrack { topic: String },
+    /// Close the socket (code 1001), after the effects before this one.
+    Disconnect,
 }
 
 impl Session {
@@ -128,8 +145,8 @@ impl Session {
                     Effect::Send(frame::close(member.join_ref.as_deref(), topic)),
                 ]
             }
-            "broadcast" => broadcast(&member, msg),
-            "presence" => self.presence(&member, &msg),
+            "broadcast" => self.broadcast(&member, msg, ctx),
+            "presence" => self.presence(&member, &msg, ctx),
             "access_token" => self.refresh_token(&member, &msg, ctx),
             // Unknown events need no answer.
             _ => Vec::new(),
@@ -161,7 +178,7 @@ impl Session {
         if token_tail(token) == member.token_tail {
             return Vec::new();
         }
-        match ctx.keys.verify(token, ctx.now_secs) {
+        match ctx.keys.verify(token, ctx.now_secs()) {
             Ok(claims) => {
                 if let Some(m) = self.channels.iter_mut().find(|m| m.topic == member.topic) {
                     m.exp = claims.exp;
@@ -190,11 +207,46 @@ impl Session {
         self.channels.drain(..).map(|m| Effect::Leave { topic: m.topic, untrack: m.tracked }).collect()
     }
 
-    fn presence(&mut self, member: &Membership, msg: &Inbound) -> Vec<Effect> {
+    fn broadcast(&mut self, member: &Membership, msg: Inbound, ctx: &mut Ctx) -> Vec<Effect> {
+        ctx.rates.events.add(ctx.now_ms, 1);
+        if ctx.rates.events.exceeds(ctx.now_ms, ctx.limits.max_events_per_second) {
+            return self.shut_down(member, "Too many messages per second");
+        }
+        let size = match &msg.payload {
+            InboundPayload::Json(v) => v.to_string().len(),
+            InboundPayload::UserBroadcast(u) => u.payload.len(),
+        };
+        if ctx.limits.payload_too_big(size) {
+            // Dropped; with ack the sender learns why (upstream replies with a bare string).
+            return match member.ack {
+                true => vec![Effect::Send(frame::reply(member.join_ref.as_deref(), msg.ref_.as_deref(), &msg.topic, false, json!("payload_size_exceeded")))],
+                false => Vec::new(),
+            };
+        }
+        broadcast(member, msg)
+    }
+
+    fn presence(&mut self, member: &Membership, msg: &Inbound, ctx: &mut Ctx) -> Vec<Effect> {
         let reply = |ok: bool, response: Value| {
             Effect::Send(frame::reply(member.join_ref.as_deref(), msg.ref_.as_deref(), &msg.topic, ok, response))
         };
         let InboundPayload::Json(payload) = &msg.payload else { return Vec::new() };
+        // Per channel: at most N presence messages per window.
+        let (start, count) = member.presence_window;
+        let window = if ctx.now_ms.saturating_sub(start) >= ctx.limits.client_presence_window_ms { (ctx.now_ms, 1) } else { (start, count + 1) };
+        if window.1 > ctx.limits.max_client_presence_events_per_window {
+            return self.shut_down(member, "Client presence rate limit exceeded");
+        }
+        if let Some(m) = self.channels.iter_mut().find(|m| m.topic == member.topic) {
+            m.presence_window = window;
+        }
+        ctx.rates.presence.add(ctx.now_ms, 1);
+        if ctx.rates.presence.exceeds(ctx.now_ms, ctx.limits.max_presence_events_per_second) {
+            return self.shut_down(member, "Too many presence messages per second");
+        }
+        if ctx.limits.payload_too_big(payload.to_string().len()) {
+            return self.shut_down(member, "Track message size exceeded");
+        }
         let event = payload.get("event").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
         let topic = member.topic.clone();
         let tracked = match event.as_str() {
@@ -238,13 +290,22 @@ impl Session {
         };
         let config = parse_join(payload);
         // The channel runs on its own access_token when it brings one, else on the socket's.
+        let now_secs = ctx.now_secs();
         let token = match usable_token(config.access_token.as_deref()) {
-            Some(token) => ctx.keys.verify(token, ctx.now_secs).map(|claims| (claims.exp, token_tail(token))),
-            None if self.exp <= ctx.now_secs => Err(AuthError::Expired { seconds_ago: ctx.now_secs - self.exp }),
+            Some(token) => ctx.keys.verify(token, now_secs).map(|claims| (claims.exp, token_tail(token))),
+            None if self.exp <= now_secs => Err(AuthError::Expired { seconds_ago: now_secs - self.exp }),
             None => Ok((self.exp, String::new())),
         };
+        ctx.rates.joins.add(ctx.now_ms, 1);
         if sub_topic.is_empty() {
             effects.push(error("TopicNameRequired: You must provide a topic name".into()));
+        } else if self.channels.is_empty() && ctx.users >= ctx.limits.max_concurrent_users {
+            effects.push(error("ConnectionRateLimitReached: Too many connected users".into()));
+        } else if ctx.rates.joins.exceeds(ctx.now_ms, ctx.limits.max_joins_per_second) {
+            effects.push(error("ClientJoinRateLimitReached: Too many joins per second".into()));
+            effects.push(Effect::Disconnect);
+        } else if self.channels.len() >= ctx.limits.max_channels_per_client as usize {
+            effects.push(error("ChannelRateLimitReached: Too many channels".into()));
         } else if let Err(err) = &token {
             effects.push(error(err.join_reason()));
         } else if config.private {
@@ -265,6 +326,7 @@ impl Session {
                 tracked: false,
                 exp,
                 token_tail,
+                presence_window: (0, 0),
             });
             effects.push(Effect::Join {
                 topic: topic.to_string(),
@@ -330,7 +392,12 @@ mod tests {
     }
 
     fn handle_at(s: &mut Session, m: Inbound, now_secs: i64) -> Vec<Effect> {
-        s.handle(m, &mut Ctx { now_secs, keys: &keys(), fresh_key: &mut || "generated-key".to_string() })
+        handle_with(s, m, now_secs as u64 * 1000, &Limits::default(), &mut Rates::default(), 0)
+    }
+
+    fn handle_with(s: &mut Session, m: Inbound, now_ms: u64, limits: &Limits, rates: &mut Rates, users: u32) -> Vec<Effect> {
+        let keys = keys();
+        s.handle(m, &mut Ctx { now_ms, keys: &keys, limits, rates, users, fresh_key: &mut || "generated-key".to_string() })
     }
 
     fn join(s: &mut Session, join_ref: &str, topic: &str, config: Value) -> Vec<Effect> {
@@ -572,6 +639,82 @@ mod tests {
         assert_eq!(sent(&e)[0][4]["message"], "Fields `role` and `exp` are required in JWT");
         assert_eq!(sent(&e)[1][3], "phx_close");
         assert!(s.channels.is_empty());
+    }
+
+    #[test]
+    fn join_limits() {
+        let limits = Limits { max_channels_per_client: 1, max_concurrent_users: 1, max_joins_per_second: 1000, ..Limits::default() };
+        let mut rates = Rates::default();
+        let mut s = session();
+        let join_msg = |r: &str, t: &str| msg(Some(r), r, t, "phx_join", json!({}));
+        let e = handle_with(&mut s, join_msg("1", "realtime:a"), NOW as u64 * 1000, &limits, &mut rates, 1);
+        assert_eq!(sent(&e)[0][4]["response"]["reason"], "ConnectionRateLimitReached: Too many connected users");
+        handle_with(&mut s, join_msg("2", "realtime:a"), NOW as u64 * 1000, &limits, &mut rates, 0);
+        // Already a user: the user limit does not apply to its further joins, the channel limit does.
+        let e = handle_with(&mut s, join_msg("3", "realtime:b"), NOW as u64 * 1000, &limits, &mut rates, 1);
+        assert_eq!(sent(&e)[0][4]["response"]["reason"], "ChannelRateLimitReached: Too many channels");
+    }
+
+    #[test]
+    fn joins_per_second_disconnects() {
+        let limits = Limits { max_joins_per_second: 1, ..Limits::default() };
+        let mut rates = Rates::default();
+        let mut s = session();
+        let now = NOW as u64 * 1000;
+        let mut last = Vec::new();
+        for i in 0..7 {
+            last = handle_with(&mut s, msg(Some("1"), &i.to_string(), &format!("realtime:r{i}"), "phx_join", json!({})), now, &limits, &mut rates, 0);
+        }
+        assert_eq!(sent(&last)[0][4]["response"]["reason"], "ClientJoinRateLimitReached: Too many joins per second");
+        assert_eq!(last.last(), Some(&Effect::Disconnect));
+    }
+
+    #[test]
+    fn events_per_second_close_the_channel() {
+        let limits = Limits { max_events_per_second: 1, ..Limits::default() };
+        let mut rates = Rates::default();
+        let mut s = session();
+        let now = NOW as u64 * 1000;
+        handle_with(&mut s, msg(Some("1"), "1", "realtime:a", "phx_join", json!({})), now, &limits, &mut rates, 0);
+        let payload = json!({"type": "broadcast", "event": "e", "payload": {}});
+        let mut last = Vec::new();
+        for i in 0..6 {
+            last = handle_with(&mut s, msg(Some("1"), &format!("b{i}"), "realtime:a", "broadcast", payload.clone()), now, &limits, &mut rates, 0);
+        }
+        assert_eq!(sent(&last)[0][4]["message"], "Too many messages per second");
+        assert!(s.channels.is_empty());
+    }
+
+    #[test]
+    fn oversized_broadcast_is_dropped_and_acked_with_an_error() {
+        let limits = Limits { max_payload_size_in_kb: 1, ..Limits::default() };
+        let mut rates = Rates::default();
+        let mut s = session();
+        let now = NOW as u64 * 1000;
+        handle_with(&mut s, msg(Some("1"), "1", "realtime:a", "phx_join", json!({"config": {"broadcast": {"ack": true}}})), now, &limits, &mut rates, 0);
+        let big = json!({"type": "broadcast", "event": "e", "payload": {"x": "y".repeat(2000)}});
+        let e = handle_with(&mut s, msg(Some("1"), "2", "realtime:a", "broadcast", big), now, &limits, &mut rates, 0);
+        assert_eq!(sent(&e), vec![json!(["1", "2", "realtime:a", "phx_reply", {"status": "error", "response": "payload_size_exceeded"}])]);
+        assert_eq!(e.len(), 1, "nothing is broadcast");
+    }
+
+    #[test]
+    fn presence_limits() {
+        let limits = Limits { max_client_presence_events_per_window: 2, max_payload_size_in_kb: 1, ..Limits::default() };
+        let mut rates = Rates::default();
+        let now = NOW as u64 * 1000;
+        let track = |r: &str, meta: Value| msg(Some("1"), r, "realtime:a", "presence", json!({"event": "track", "payload": meta}));
+        let mut s = session();
+        handle_with(&mut s, msg(Some("1"), "1", "realtime:a", "phx_join", json!({})), now, &limits, &mut rates, 0);
+        handle_with(&mut s, track("2", json!({"n": 1})), now, &limits, &mut rates, 0);
+        handle_with(&mut s, track("3", json!({"n": 2})), now, &limits, &mut rates, 0);
+        let e = handle_with(&mut s, track("4", json!({"n": 3})), now, &limits, &mut rates, 0);
+        assert_eq!(sent(&e)[0][4]["message"], "Client presence rate limit exceeded");
+        // A new window starts after client_presence_window_ms.
+        let mut s = session();
+        handle_with(&mut s, msg(Some("1"), "1", "realtime:a", "phx_join", json!({})), now, &limits, &mut rates, 0);
+        let e = handle_with(&mut s, track("2", json!({"big": "z".repeat(2000)})), now + 40_000, &limits, &mut rates, 0);
+        assert_eq!(sent(&e)[0][4]["message"], "Track message size exceeded");
     }
 
     #[test]
