@@ -24,14 +24,15 @@ export async function startGatewayHarness({ root, jwtSecret, vars = {} }) {
 }
 
 /** Runs `wrangler dev` (which builds the worker first) on 127.0.0.1:`port`. */
-export async function startGatewayWranglerDev({ root, port, jwtSecret, log = () => {} }) {
+export async function startGatewayWranglerDev({ root, port, jwtSecret, vars = {}, log = () => {} }) {
   let ready;
   const readyLine = new Promise((resolve) => (ready = resolve));
   const proc = startProcess(
     'wrangler',
     join(root, 'node_modules/.bin/node'),
     [join(root, 'node_modules/wrangler/bin/wrangler.js'), 'dev', '--ip', '127.0.0.1', '--port', String(port),
-      '--var', `JWT_SECRET:${jwtSecret}`, '--show-interactive-dev-session=false'],
+      '--var', `JWT_SECRET:${jwtSecret}`, ...Object.entries(vars).flatMap(([k, v]) => ['--var', `${k}:${v}`]),
+      '--show-interactive-dev-session=false'],
     {
       cwd: root,
       env: { WRANGLER_SEND_METRICS: 'false', FORCE_COLOR: '0' },

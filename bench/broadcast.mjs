@@ -1,0 +1,136 @@
+// Broadcast benchmark: N raw V2 sockets over M channels against `wrangler dev` on loopback, one
+// sender per channel at a set rate, every other member receiving. Prints delivered messages/s and
+// send-to-receive latency percentiles, for 1 hub and for 4 hubs, at several N.
+//
+//   node_modules/.bin/node bench/broadcast.mjs [--seconds 5] [--rate 20] [--sizes 40,200,600] [--per-channel 10]
+//
+// A program, not a test: numbers depend on the machine. Sender and receivers share this process's
+// clock, so latency is exact; the load generator itself costs CPU on the same machine.
+import { parseArgs } from 'node:util';
+import WebSocket from 'ws';
+import { startGatewayWranglerDev } from '../tests/stack/gateway.mjs';
+import { devKeys, DEV_JWT_SECRET } from '../tests/stack/keys.mjs';
+import { freePort } from '../tests/stack/process.mjs';
+import { ROOT } from '../tests/stack/stack.mjs';
+
+const { values: opts } = parseArgs({ options: {
+  seconds: { type: 'string', default: '5' },
+  rate: { type: 'string', default: '20' },
+  sizes: { type: 'string', default: '40,200,600' },
+  'per-channel': { type: 'string', default: '10' },
+  hubs: { type: 'string', default: '1,4' },
+} });
+const seconds = Number(opts.seconds);
+const rate = Number(opts.rate); // messages per second per channel
+const perChannel = Number(opts['per-channel']);
+const limits = JSON.stringify({ '*': { max_concurrent_users: 1e6, max_joins_per_second: 1e6, max_events_per_second: 1e9, max_channels_per_client: 100 } });
+
+/** Kind-3 frame, as realtime-js sends broadcasts. */
+function push(joinRef, ref, topic, event, payload) {
+  const fields = [joinRef, ref, topic, event, ''].map((f) => Buffer.from(f));
+  const body = Buffer.from(JSON.stringify(payload));
+  return Buffer.concat([Buffer.from([3, ...fields.map((f) => f.length), 1]), ...fields, body]);
+}
+
+/** Decodes a kind-4 frame's JSON payload. */
+function userBroadcast(buf) {
+  if (buf[0] !== 4) return null;
+  const [topicLen, eventLen, metaLen] = [buf[1], buf[2], buf[3]];
+  return JSON.parse(buf.subarray(5 + topicLen + eventLen + metaLen).toString());
+}
+
+function open(url) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`${url.replace('http', 'ws')}/realtime/v1/websocket?apikey=${devKeys().anon}&vsn=2.0.0`);
+    ws.once('open', () => resolve(ws));
+    ws.once('error', reject);
+  });
+}
+
+function join(ws, topic) {
+  return new Promise((resolve, reject) => {
+    const onMessage = (data, binary) => {
+      if (binary) return;
+      const [, ref, , event, payload] = JSON.parse(data.toString());
+      if (ref === 'j' && event === 'phx_reply') {
+        ws.off('message', onMessage);
+        payload.status === 'ok' ? resolve() : reject(new Error(JSON.stringify(payload)));
+      }
+    };
+    ws.on('message', onMessage);
+    ws.send(JSON.stringify(['j', 'j', topic, 'phx_join', { config: { broadcast: { self: false } } }]));
+  });
+}
+
+const percentile = (sorted, p) => sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] : NaN;
+
+async function run(url, sockets) {
+  const channels = Math.max(1, Math.floor(sockets / perChannel));
+  const conns = [];
+  for (let i = 0; i < sockets; i += 50) {
+    conns.push(...(await Promise.all(Array.from({ length: Math.min(50, sockets - i) }, () => open(url)))));
+  }
+  await Promise.all(conns.map((ws, i) => join(ws, `realtime:bench-${sockets}-${i % channels}`)));
+  const latencies = [];
+  let measuring = false;
+  for (const ws of conns) {
+    ws.on('message', (data, binary) => {
+      if (!binary || !measuring) return;
+      const msg = userBroadcast(data);
+      if (msg) latencies.push(performance.now() - msg.t);
+    });
+  }
+  const senders = conns.slice(0, channels); // socket i is on channel i
+  let sent = 0;
+  let seq = 0;
+  const tick = 1000 / rate;
+  measuring = true;
+  const started = performance.now();
+  await new Promise((resolve) => {
+    const timer = setInterval(() => {
+      if (performance.now() - started >= seconds * 1000) {
+        clearInterval(timer);
+        return resolve();
+      }
+      senders.forEach((ws, c) => {
+        ws.send(push('j', String(++seq), `realtime:bench-${sockets}-${c}`, 'tick', { t: performance.now() }));
+        sent++;
+      });
+    }, tick);
+  });
+  // Let in-flight messages land (bounded), then stop counting.
+  const expected = sent * (perChannel - 1);
+  const drainUntil = performance.now() + 3000;
+  while (latencies.length < expected && performance.now() < drainUntil) await new Promise((r) => setTimeout(r, 20));
+  measuring = false;
+  const elapsed = (performance.now() - started) / 1000;
+  for (const ws of conns) ws.terminate();
+  latencies.sort((a, b) => a - b);
+  return {
+    sockets, channels, offered: Math.round(sent / seconds), expected, delivered: latencies.length,
+    perSecond: Math.round(latencies.length / elapsed),
+    p50: percentile(latencies, 0.5), p95: percentile(latencies, 0.95), p99: percentile(latencies, 0.99),
+  };
+}
+
+const rows = [];
+for (const hubs of opts.hubs.split(',').map(Number)) {
+  console.error(`==> starting wrangler dev with ${hubs} hub(s)`);
+  const gw = await startGatewayWranglerDev({ root: ROOT, port: await freePort(), jwtSecret: DEV_JWT_SECRET, vars: { HUB_SHARDS: String(hubs), TENANT_LIMITS: limits } });
+  try {
+    for (const sockets of opts.sizes.split(',').map(Number)) {
+      console.error(`    ${sockets} sockets...`);
+      rows.push({ hubs, ...(await run(gw.url, sockets)) });
+    }
+  } finally {
+    await gw.stop();
+  }
+}
+
+const fmt = (n) => (Number.isFinite(n) ? n.toFixed(1) : '-');
+console.log(`\nbroadcast through wrangler dev on loopback: ${perChannel} sockets per channel, 1 sender per channel at ${rate} msg/s, ${seconds} s\n`);
+console.log('| hubs | sockets | channels | sent msg/s | deliveries expected | delivered | delivered msg/s | p50 ms | p95 ms | p99 ms |');
+console.log('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+for (const r of rows) {
+  console.log(`| ${r.hubs} | ${r.sockets} | ${r.channels} | ${r.offered} | ${r.expected} | ${r.delivered} | ${r.perSecond} | ${fmt(r.p50)} | ${fmt(r.p95)} | ${fmt(r.p99)} |`);
+}
