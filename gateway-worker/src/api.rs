@@ -59,6 +59,35 @@ pub async fn broadcast_single(mut req: Request, env: &Env, topic: String, event:
     }
 }
 
+/// `GET /api/tenants/:id/health` (admin JWT signed with `API_JWT_SECRET`): upstream's shape,
+/// with the database state from the replicator's `/healthz` (`REPLICATOR_URL`).
+pub async fn tenant_health(req: Request, env: &Env) -> Result<Response> {
+    let authorization = req.headers().get("authorization")?;
+    let token = rest::caller_token(authorization.as_deref(), None).unwrap_or("");
+    let admin = config::admin_secret(env).map(|secret| {
+        let now_secs = (Date::now().as_millis() / 1000) as i64;
+        sluice_shared::jwt::Keys::new(secret.into_bytes()).verify_any(token, now_secs).is_ok()
+    });
+    if admin != Some(true) {
+        // Upstream answers failed admin auth with 403 and an empty body.
+        return Ok(Response::empty()?.with_status(403));
+    }
+    let db_connected = match config::replicator_url(env) {
+        Some(url) => Fetch::Url(Url::parse(&format!("{url}/healthz"))?).send().await.is_ok_and(|r| r.status_code() == 200),
+        None => false,
+    };
+    let region = req.cf().and_then(|cf| cf.continent()).unwrap_or_else(|| "default".into()).to_ascii_lowercase();
+    Response::from_json(&json!({"data": {
+        "healthy": db_connected,
+        "db_connected": db_connected,
+        // Postgres Changes streaming is not built yet.
+        "replication_connected": false,
+        "connected_cluster": 1,
+        "region": region,
+        "node": "sluice-gateway",
+    }}))
+}
+
 /// CORS preflight: the API is open to browsers, as upstream's.
 pub fn preflight() -> Result<Response> {
     let mut res = Response::empty()?.with_status(204);

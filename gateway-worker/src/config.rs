@@ -34,6 +34,22 @@ pub fn connect_error_backoff_ms(env: &Env) -> u64 {
     read(env, "CONNECT_ERROR_BACKOFF_MS").and_then(|v| v.parse().ok()).unwrap_or(2000)
 }
 
+/// The secret admin tokens of the management API are signed with (`API_JWT_SECRET`).
+pub fn admin_secret(env: &Env) -> Option<String> {
+    read(env, "API_JWT_SECRET").filter(|s| !s.is_empty())
+}
+
+/// Where the replicator serves HTTP (`REPLICATOR_URL`), e.g. `http://127.0.0.1:9187`.
+pub fn replicator_url(env: &Env) -> Option<String> {
+    read(env, "REPLICATOR_URL").map(|u| u.trim_end_matches('/').to_string()).filter(|u| !u.is_empty())
+}
+
+/// How long a socket may stay silent before the server closes it (`IDLE_TIMEOUT_MS`, default
+/// 60 000, Phoenix's transport timeout). Clients heartbeat every 25 s.
+pub fn idle_timeout_ms(env: &Env) -> u64 {
+    read(env, "IDLE_TIMEOUT_MS").and_then(|v| v.parse().ok()).filter(|ms| *ms > 0).unwrap_or(60_000)
+}
+
 /// A tenant's limits from `TENANT_LIMITS` (JSON: `{"*": {...}, "<tenant>": {...}}`, upstream's
 /// field names); upstream's defaults where unset.
 pub fn limits(env: &Env, tenant: &str) -> Result<Limits, String> {

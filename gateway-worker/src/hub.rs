@@ -73,6 +73,8 @@ pub struct SocketHub {
     outbox: Outbox,
     /// This hub's rate counters (transient: an evicted hub starts counting afresh).
     rates: RefCell<Rates>,
+    /// When each socket last sent anything (epoch ms), for the idle timeout. Transient too.
+    last_seen: RefCell<HashMap<String, u64>>,
 }
 
 /// Which sockets are joined to which topic. A cache of the sockets' attachments.
@@ -112,12 +114,18 @@ impl Index {
 
 impl DurableObject for SocketHub {
     fn new(state: State, env: Env) -> Self {
-        Self { state, env, index: RefCell::new(None), peers: RefCell::default(), outbox: Outbox::default(), rates: RefCell::default() }
+        Self { state, env, index: RefCell::new(None), peers: RefCell::default(), outbox: Outbox::default(), rates: RefCell::default(), last_seen: RefCell::default() }
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         match req.path().as_str() {
-            "/connect" => self.accept(&req),
+            "/connect" => {
+                let response = self.accept(&req)?;
+                if response.status_code() == 101 {
+                    self.wake_by(Date::now().as_millis() + config::idle_timeout_ms(&self.env)).await?;
+                }
+                Ok(response)
+            }
             "/internal/v1/deliver" => {
                 let delivery: Delivery = req.json().await?;
                 self.receive(delivery);
@@ -131,6 +139,7 @@ impl DurableObject for SocketHub {
         let Some(mut session) = ws.deserialize_attachment::<Session>()? else {
             return Ok(());
         };
+        self.last_seen.borrow_mut().insert(session.id.clone(), Date::now().as_millis());
         let decoded = match message {
             WebSocketIncomingMessage::String(text) => frame::decode_text(session.vsn, &text),
             WebSocketIncomingMessage::Binary(bytes) => frame::decode_binary(session.vsn, &bytes),
@@ -163,19 +172,31 @@ impl DurableObject for SocketHub {
     }
 
     /// Closes channels whose token expired, then waits for the next expiry.
+    /// The hub's one alarm: closes channels whose token expired and sockets silent for
+    /// `IDLE_TIMEOUT_MS`, then waits for the next of either.
     async fn alarm(&self) -> Result<Response> {
-        let now = now_secs();
-        let mut next: Option<i64> = None;
+        let now_ms = Date::now().as_millis();
+        let idle_timeout = config::idle_timeout_ms(&self.env);
+        let mut next: Option<u64> = None;
         for ws in self.state.get_websockets() {
             let Ok(Some(mut session)) = ws.deserialize_attachment::<Session>() else { continue };
+            // Activity is known since this instance started; before that, count from now.
+            let last = *self.last_seen.borrow_mut().entry(session.id.clone()).or_insert(now_ms);
+            if now_ms.saturating_sub(last) >= idle_timeout {
+                console_log!("{}: closing socket {}, silent for {} ms", self.name(), session.id, now_ms - last);
+                self.socket_gone(&ws).await?;
+                let _ = ws.close(Some(1000), Some("idle timeout"));
+                continue;
+            }
             let before = session.channels.clone();
-            let effects = session.expire(now);
+            let effects = session.expire((now_ms / 1000) as i64);
             self.save(&ws, &session, &before)?;
             self.perform(&ws, &session, effects).await?;
-            next = next.into_iter().chain(session.next_expiry()).min();
+            let expiry = session.next_expiry().map(alarm_time);
+            next = [next, Some(last + idle_timeout), expiry].into_iter().flatten().min();
         }
-        if let Some(exp) = next {
-            self.state.storage().set_alarm(at_epoch_ms(alarm_time(exp))).await?;
+        if let Some(at) = next {
+            self.state.storage().set_alarm(at_epoch_ms(at)).await?;
         }
         Response::ok("")
     }
@@ -212,6 +233,7 @@ impl SocketHub {
         self.state.accept_web_socket(&pair.server);
         pair.server.serialize_attachment(&session)?;
         index.insert(pair.server, &session);
+        self.last_seen.borrow_mut().insert(session.id.clone(), Date::now().as_millis());
         console_log!("{}: accepted socket {} ({:?})", self.name(), session.id, session.vsn);
         Response::from_websocket(pair.client)
     }
@@ -228,11 +250,17 @@ impl SocketHub {
 
     /// Moves the hub's alarm earlier if one of this session's channels expires before it.
     async fn schedule_expiry(&self, session: &Session) -> Result<()> {
-        let Some(exp) = session.next_expiry() else { return Ok(()) };
+        match session.next_expiry() {
+            Some(exp) => self.wake_by(alarm_time(exp)).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Moves the alarm to `at_ms` (epoch ms) unless it is already due earlier.
+    async fn wake_by(&self, at_ms: u64) -> Result<()> {
         let storage = self.state.storage();
-        let at = alarm_time(exp);
-        if storage.get_alarm().await?.is_none_or(|current| at < current) {
-            storage.set_alarm(at_epoch_ms(at)).await?;
+        if storage.get_alarm().await?.is_none_or(|current| (at_ms as i64) < current) {
+            storage.set_alarm(at_epoch_ms(at_ms)).await?;
         }
         Ok(())
     }
@@ -328,6 +356,7 @@ impl SocketHub {
     async fn socket_gone(&self, ws: &WebSocket) -> Result<()> {
         let Ok(Some(mut session)) = ws.deserialize_attachment::<Session>() else { return Ok(()) };
         self.index().remove(&session.id);
+        self.last_seen.borrow_mut().remove(&session.id);
         let effects = session.close();
         let _ = ws.serialize_attachment(&session);
         self.perform(ws, &session, effects).await?;
@@ -404,18 +433,15 @@ fn send(ws: &WebSocket, frame: WireFrame) {
     }
 }
 
-/// When to wake for a token expiring at `exp`: the second after, so the token is surely past.
-fn alarm_time(exp: i64) -> i64 {
-    (exp + 1) * 1000
+/// When to wake for a token expiring at `exp` (epoch seconds): the second after, in epoch ms, so
+/// the token is surely past.
+fn alarm_time(exp: i64) -> u64 {
+    (exp.max(0) as u64 + 1) * 1000
 }
 
 /// An absolute alarm time (a bare i64 would be an offset from now).
-fn at_epoch_ms(ms: i64) -> ScheduledTime {
+fn at_epoch_ms(ms: u64) -> ScheduledTime {
     ScheduledTime::new(js_sys::Date::new(&(ms as f64).into()))
-}
-
-fn now_secs() -> i64 {
-    (Date::now().as_millis() / 1000) as i64
 }
 
 /// A socket id unique within its hub.

@@ -2,7 +2,7 @@
 //! WebSockets at the edge.
 //!
 //! - [`connect`]: the Worker's WebSocket endpoints: tenant, apikey check, routing to a hub.
-//! - [`api`]: the HTTP API: REST broadcast.
+//! - [`api`]: the HTTP API: REST broadcast, tenant health.
 //! - [`hub`]: the SocketHub Durable Object, which holds sockets through the Hibernation API.
 //! - [`channel`]: the Channel Durable Object: which hubs have members, presence, relaying.
 //! - [`outbox`]: ordered, coalesced calls from a hub to Channels.
@@ -32,6 +32,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     match (req.method(), route) {
         (Method::Get, "/realtime/v1/websocket" | "/socket/websocket") => connect::websocket(req, &env).await,
         (Method::Get, "/healthcheck") => Response::ok("ok"),
+        (Method::Get, r) if r.starts_with("/api/tenants/") && r.ends_with("/health") => api::tenant_health(req, &env).await,
         (Method::Options, r) if r.starts_with("/api/broadcast") => api::preflight(),
         (Method::Post, "/api/broadcast") => api::broadcast_batch(req, &env).await,
         (Method::Post, r) if r.starts_with("/api/broadcast/") => match sluice_shared::rest::single_route(r) {

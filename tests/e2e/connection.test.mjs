@@ -108,3 +108,25 @@ for (const vsn of VSNS) {
     });
   });
 }
+
+describe('idle sockets', () => {
+  let idle;
+  before(async () => (idle = await startStack({ name: 'e2e-idle', vars: { IDLE_TIMEOUT_MS: '1500' } })));
+  after(async () => idle?.stop());
+
+  test('a silent socket is closed; one that heartbeats stays open', async () => {
+    const silent = await rawSocket(idle.url, { apikey: idle.keys.anon, vsn: '2.0.0' });
+    const chatty = await rawSocket(idle.url, { apikey: idle.keys.anon, vsn: '2.0.0' });
+    // The server's close frame. (ws emits 'close' only once TCP ends, which workerd delays locally
+    // until the object is evicted; the frame itself is what a client acts on.)
+    const closed = new Promise((resolve) => silent.ws._receiver.once('conclude', (code, reason) => resolve([code, reason.toString()])));
+    const beat = setInterval(() => chatty.ws.send(JSON.stringify([null, 'hb', 'phoenix', 'heartbeat', {}])), 300);
+    try {
+      assert.deepEqual(await closed, [1000, 'idle timeout']);
+      assert.equal(chatty.ws.readyState, chatty.ws.OPEN);
+    } finally {
+      clearInterval(beat);
+      chatty.ws.close();
+    }
+  });
+});

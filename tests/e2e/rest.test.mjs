@@ -89,3 +89,20 @@ describe('single POST /api/broadcast/:topic/events/:event', () => {
     }
   });
 });
+
+describe('health', () => {
+  test('GET /healthcheck', async () => {
+    const res = await fetch(`${stack.url}/healthcheck`);
+    assert.deepEqual([res.status, await res.text()], [200, 'ok']);
+  });
+
+  test('GET /api/tenants/:id/health with an admin token reports the database', async () => {
+    const res = await fetch(`${stack.url}/api/tenants/any/health`, { headers: { authorization: `Bearer ${stack.adminKey}` } });
+    assert.equal(res.status, 200);
+    const { data } = await res.json();
+    assert.deepEqual([data.healthy, data.db_connected, data.replication_connected], [true, true, false]);
+    assert.equal(typeof data.connected_cluster, 'number');
+    const tenantKey = await fetch(`${stack.url}/api/tenants/any/health`, { headers: { authorization: `Bearer ${stack.keys.serviceRole}` } });
+    assert.deepEqual([tenantKey.status, await tenantKey.text()], [403, ''], 'a tenant key is not an admin key');
+  });
+});

@@ -2,7 +2,7 @@
 // free port. Used by `scripts/dev` (with wrangler dev) and by the end-to-end tests (with wrangler's test harness).
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { devKeys, DEV_JWT_SECRET } from './keys.mjs';
+import { devKeys, DEV_API_SECRET, DEV_JWT_SECRET, tokenFor } from './keys.mjs';
 import { Postgres } from './postgres.mjs';
 import { freePort } from './process.mjs';
 import { startReplicator } from './replicator.mjs';
@@ -28,10 +28,10 @@ export async function startStack({ name = 'stack', gateway = 'harness', gatewayP
     started.push(replicator);
     log(`starting the gateway worker (${gateway === 'wrangler' ? 'wrangler dev' : 'wrangler test harness'})`);
     const gw = gateway === 'wrangler'
-      ? await startGatewayWranglerDev({ root: ROOT, port: gatewayPort ?? (await freePort()), jwtSecret: DEV_JWT_SECRET, log })
-      : await startGatewayHarness({ root: ROOT, jwtSecret: DEV_JWT_SECRET, vars });
+      ? await startGatewayWranglerDev({ root: ROOT, port: gatewayPort ?? (await freePort()), jwtSecret: DEV_JWT_SECRET, vars: { REPLICATOR_URL: replicator.url, API_JWT_SECRET: DEV_API_SECRET }, log })
+      : await startGatewayHarness({ root: ROOT, jwtSecret: DEV_JWT_SECRET, vars: { REPLICATOR_URL: replicator.url, API_JWT_SECRET: DEV_API_SECRET, ...vars } });
     started.push(gw);
-    return { pg, replicator, gateway: gw, url: gw.url, jwtSecret: DEV_JWT_SECRET, keys: devKeys(), stop };
+    return { pg, replicator, gateway: gw, url: gw.url, jwtSecret: DEV_JWT_SECRET, keys: devKeys(), adminKey: tokenFor('supabase_admin', { secret: DEV_API_SECRET }), stop };
   } catch (e) {
     await stop();
     throw e;
