@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { startStack } from '../stack/stack.mjs';
 import { waitFor } from '../stack/process.mjs';
-import { done, joinWithInbox, supabase } from './clients.mjs';
+import { done, Inbox, joinWithInbox, subscribe, supabase, until } from './clients.mjs';
 
 let stack;
 before(async () => (stack = await startStack({ name: 'e2e-hibernation' })));
@@ -36,4 +36,27 @@ test('broadcast and acks still work after the hub is evicted from memory', async
   assert.equal(await a.channel.send({ type: 'broadcast', event: 'back', payload: { n: 2 } }), 'ok');
   assert.deepEqual((await b.inbox.next()).payload, { n: 2 });
   assert.deepEqual((await a.inbox.next()).payload, { n: 2 }, 'self:true survived');
+});
+
+test('a socket that drops while its hub is evicted leaves presence', async (t) => {
+  const watcher = supabase(stack.url, stack.keys.anon);
+  const leaver = supabase(stack.url, stack.keys.anon, '1.0.0');
+  t.after(() => done(watcher, leaver));
+  const joins = new Inbox('joins');
+  const leaves = new Inbox('leaves');
+  const w = watcher.channel('dozing', { config: { presence: { key: 'watcher' } } });
+  w.on('presence', { event: 'join' }, ({ key }) => joins.push(key));
+  w.on('presence', { event: 'leave' }, ({ key }) => leaves.push(key));
+  await subscribe(w);
+  const l = leaver.channel('dozing', { config: { presence: { key: 'leaver' } } });
+  await subscribe(l);
+  assert.equal(await l.track({ here: true }), 'ok');
+  await until(joins, (k) => k === 'leaver');
+
+  const hub = stack.gateway.logLines().map((line) => line.match(/^(hub:\S+): accepted socket/)?.[1]).find(Boolean);
+  const before = rebuilds();
+  await stack.gateway.evictHub(hub);
+  leaver.realtime.disconnect();
+  assert.equal(await until(leaves, (k) => k === 'leaver'), 'leaver');
+  assert.equal(rebuilds(), before + 1, 'the close woke a fresh hub instance');
 });
