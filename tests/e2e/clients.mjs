@@ -101,3 +101,30 @@ export async function until(inbox, predicate, timeoutMs = 10_000) {
     if (predicate(item)) return item;
   }
 }
+
+/** Opens a raw socket that must be refused; resolves with the refusal's `{ status, body }`. */
+export async function refusedUpgrade(url, opts) {
+  let socket;
+  try {
+    socket = await rawSocket(url, opts);
+  } catch (e) {
+    if (e.status) return e;
+    throw e;
+  }
+  socket.ws.close();
+  throw new Error('the upgrade was accepted');
+}
+
+/** Subscribes `topic` with inboxes for its `system` messages and its subscribe statuses. */
+export async function watchedChannel(client, topic, config = {}) {
+  const channel = client.channel(topic, { config });
+  const system = new Inbox(`${topic} system`);
+  const statuses = new Inbox(`${topic} status`);
+  channel.on('system', {}, system.push);
+  await new Promise((resolve, reject) => channel.subscribe((status, err) => {
+    statuses.push(status);
+    if (status === 'SUBSCRIBED') resolve();
+    else if (status !== 'CLOSED') reject(err ?? new Error(status));
+  }));
+  return { channel, system, statuses };
+}

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { startStack } from '../stack/stack.mjs';
 import { signJwt, tokenFor } from '../stack/keys.mjs';
-import { rawSocket, VSNS } from './clients.mjs';
+import { rawSocket, refusedUpgrade, VSNS } from './clients.mjs';
 
 let stack;
 before(async () => (stack = await startStack({ name: 'e2e-connection' })));
@@ -21,16 +21,7 @@ function parts(msg) {
 }
 
 describe('connect-time authentication', () => {
-  const refused = async (opts) => {
-    try {
-      const { ws } = await rawSocket(stack.url, opts);
-      ws.close();
-    } catch (e) {
-      if (e.status) return e;
-      throw e;
-    }
-    assert.fail('the upgrade was accepted');
-  };
+  const refused = (opts) => refusedUpgrade(stack.url, opts);
 
   test('refusals carry upstream status and text', async () => {
     const [expired, badSignature, missing, malformed, noRole, headerWins] = await Promise.all([

@@ -3,21 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { startStack } from '../stack/stack.mjs';
-import { done, Inbox, joinWithInbox, rawSocket, subscribe, supabase } from './clients.mjs';
-
-/** Subscribes a channel with a `system` inbox and a status inbox. */
-async function watched(client, topic, config = {}) {
-  const channel = client.channel(topic, { config });
-  const system = new Inbox(`${topic} system`);
-  const statuses = new Inbox(`${topic} status`);
-  channel.on('system', {}, system.push);
-  await new Promise((resolve, reject) => channel.subscribe((status, err) => {
-    statuses.push(status);
-    if (status === 'SUBSCRIBED') resolve();
-    else if (status !== 'CLOSED') reject(err ?? new Error(status));
-  }));
-  return { channel, system, statuses };
-}
+import { done, joinWithInbox, rawSocket, refusedUpgrade, subscribe, supabase, watchedChannel } from './clients.mjs';
 
 async function closedWith(w, message) {
   const system = await w.system.next();
@@ -26,15 +12,7 @@ async function closedWith(w, message) {
   assert.equal(await w.statuses.next(), 'CLOSED');
 }
 
-const refusal = async (url, apikey) => {
-  try {
-    (await rawSocket(url, { apikey })).ws.close();
-  } catch (e) {
-    if (e.status) return e;
-    throw e;
-  }
-  assert.fail('the connection was accepted');
-};
+const refusal = (url, apikey) => refusedUpgrade(url, { apikey });
 
 describe('per-socket and size limits', () => {
   let stack;
@@ -65,7 +43,7 @@ describe('per-socket and size limits', () => {
   test('track payload size closes the channel', async (t) => {
     const c = supabase(stack.url, stack.keys.anon);
     t.after(() => done(c));
-    const w = await watched(c, 'big-presence');
+    const w = await watchedChannel(c, 'big-presence');
     w.channel.track({ blob: 'y'.repeat(2000) });
     await closedWith(w, 'Track message size exceeded');
   });
@@ -73,7 +51,7 @@ describe('per-socket and size limits', () => {
   test('client presence calls per window', async (t) => {
     const c = supabase(stack.url, stack.keys.anon, '1.0.0');
     t.after(() => done(c));
-    const w = await watched(c, 'chatty');
+    const w = await watchedChannel(c, 'chatty');
     for (let i = 1; i <= 3; i++) assert.equal(await w.channel.track({ i }), 'ok');
     w.channel.track({ i: 4 });
     await closedWith(w, 'Client presence rate limit exceeded');
@@ -104,7 +82,7 @@ describe('per-second limits', () => {
   test('events per second close the channel that sends', async (t) => {
     const c = supabase(stack.url, stack.keys.anon);
     t.after(() => done(c));
-    const w = await watched(c, 'firehose');
+    const w = await watchedChannel(c, 'firehose');
     for (let i = 0; i < 40; i++) w.channel.send({ type: 'broadcast', event: 'e', payload: { i } });
     await closedWith(w, 'Too many messages per second');
   });
@@ -112,7 +90,7 @@ describe('per-second limits', () => {
   test('presence events per second close the channel', async (t) => {
     const c = supabase(stack.url, stack.keys.anon);
     t.after(() => done(c));
-    const w = await watched(c, 'busy-presence');
+    const w = await watchedChannel(c, 'busy-presence');
     for (let i = 0; i < 10; i++) w.channel.track({ i });
     await closedWith(w, 'Too many presence messages per second');
   });

@@ -4,28 +4,17 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { startStack } from '../stack/stack.mjs';
 import { tokenFor } from '../stack/keys.mjs';
-import { done, Inbox, subscribe, supabase, VSNS } from './clients.mjs';
+import { done, Inbox, subscribe, supabase, VSNS, watchedChannel } from './clients.mjs';
 
 let stack;
 before(async () => (stack = await startStack({ name: 'e2e-tokens' })));
 after(async () => stack?.stop());
 
-/** A client whose channels run on `token`, and one subscribed channel with inboxes. */
+/** A client whose channels run on `token`, and one watched channel on `topic`. */
 async function channelWithToken(vsn, topic, token) {
   const client = supabase(stack.url, stack.keys.anon, vsn);
   await client.realtime.setAuth(token);
-  const channel = client.channel(topic, { config: { broadcast: { self: true, ack: true } } });
-  const system = new Inbox(`${topic} system`);
-  const statuses = new Inbox(`${topic} status`);
-  channel.on('system', {}, system.push);
-  const joined = new Promise((resolve, reject) =>
-    channel.subscribe((status, err) => {
-      statuses.push(status);
-      if (status === 'SUBSCRIBED') resolve();
-      else if (status !== 'CLOSED') reject(err ?? new Error(status));
-    }));
-  await joined;
-  return { client, channel, system, statuses };
+  return { client, ...(await watchedChannel(client, topic, { broadcast: { self: true, ack: true } })) };
 }
 
 for (const vsn of VSNS) describe(`channel tokens over vsn ${vsn}`, () => {
