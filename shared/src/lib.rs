@@ -9,6 +9,7 @@
 //! - [`limits`]: tenant limits and rate counters.
 //! - [`presence`]: a channel's presence registry and diffs.
 //! - [`rest`]: the REST broadcast API's requests and answers.
+//! - [`subscription`]: `postgres_changes` bindings and the filter grammar.
 //! - [`session`]: one socket's channels and what each inbound message makes happen.
 
 pub mod connect;
@@ -20,3 +21,4 @@ pub mod limits;
 pub mod presence;
 pub mod rest;
 pub mod session;
+pub mod subscription;

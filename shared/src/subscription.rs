@@ -1,0 +1,276 @@
+//! Parsing a `postgres_changes` binding of a join into subscription parameters, with upstream's
+//! exact error texts (PROTOCOL.md 4.1–4.2; `postgres_cdc_rls/subscriptions.ex`).
+//!
+//! Checks that need the database (columns exist, values cast to the column type, the role may
+//! select them, `in` has at most 100 elements, the table is in the publication) are the
+//! replicator's; this is the part every hub and replicator agree on.
+
+use serde_json::{Map, Value};
+
+/// The filter operators upstream accepts.
+pub const OPERATORS: [&str; 13] = ["eq", "neq", "lt", "lte", "gt", "gte", "in", "like", "ilike", "is", "match", "imatch", "isdistinct"];
+
+/// Which change types a binding wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    All,
+    Insert,
+    Update,
+    Delete,
+}
+
+/// One `column=[not.]op.value` condition. `in` values are kept as a Postgres array literal
+/// (`(a,b)` becomes `{a,b}`), other values unquoted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filter {
+    pub column: String,
+    pub op: String,
+    pub value: String,
+    pub negate: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionParams {
+    pub action: Action,
+    /// `*` matches every schema / table of the publication.
+    pub schema: String,
+    pub table: String,
+    /// ANDed.
+    pub filters: Vec<Filter>,
+    /// `None`: every column.
+    pub select: Option<Vec<String>>,
+}
+
+/// Parses one binding as the client sent it.
+pub fn parse(binding: &Map<String, Value>) -> Result<SubscriptionParams, String> {
+    let action = match binding.get("event").and_then(Value::as_str).map(str::to_ascii_uppercase).as_deref() {
+        Some("INSERT") => Action::Insert,
+        Some("UPDATE") => Action::Update,
+        Some("DELETE") => Action::Delete,
+        _ => Action::All,
+    };
+    let select = match binding.get("select") {
+        Some(Value::Array(cols)) => {
+            let cols: Vec<String> = cols.iter().filter_map(Value::as_str).map(str::to_string).collect();
+            (!cols.is_empty()).then_some(cols)
+        }
+        Some(Value::String(_)) => {
+            return Err("Error parsing `select` params: expected a list of column name strings, e.g. select: [\"col1\", \"col2\"]".into())
+        }
+        _ => None,
+    };
+    let text = |key: &str| binding.get(key).and_then(Value::as_str);
+    let has = |key: &str| binding.contains_key(key);
+    let (schema, table, filters) = match (text("schema"), text("table"), text("filter")) {
+        (Some(schema), Some(table), Some(filter)) => {
+            let filters = parse_filters(filter).map_err(|reason| format!("Error parsing `filter` params: {reason}"))?;
+            (schema, table, filters)
+        }
+        (Some(schema), Some(table), None) if !has("filter") => (schema, table, Vec::new()),
+        (Some(schema), None, None) if !has("table") && !has("filter") => (schema, "*", Vec::new()),
+        (None, Some(table), None) if !has("schema") && !has("filter") => ("public", table, Vec::new()),
+        _ if has("user_token") || has("auth_token") => {
+            return Err("No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: <redacted>".into())
+        }
+        _ => {
+            return Err(format!(
+                "No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: {}",
+                inspect(&Value::Object(binding.clone()))
+            ))
+        }
+    };
+    if select.is_some() && (schema == "*" || table == "*") {
+        return Err("Column selection is not supported for wildcard subscriptions. Provide an explicit schema and table name.".into());
+    }
+    Ok(SubscriptionParams { action, schema: schema.into(), table: table.into(), filters, select })
+}
+
+fn parse_filters(filter: &str) -> Result<Vec<Filter>, String> {
+    let trimmed = filter.trim();
+    if trimmed.is_empty() {
+        return Ok(Vec::new());
+    }
+    split_top_level(trimmed).iter().map(|segment| parse_segment(segment)).collect()
+}
+
+/// Splits on commas outside parentheses and outside double quotes (a quote opens only after
+/// `.`, `(` or `,`; backslash escapes inside quotes).
+fn split_top_level(filter: &str) -> Vec<String> {
+    let mut segments = Vec::new();
+    let mut current = String::new();
+    let (mut depth, mut quoted, mut prev) = (0usize, false, '\0');
+    let mut chars = filter.chars();
+    while let Some(c) = chars.next() {
+        if quoted {
+            current.push(c);
+            match c {
+                '\\' => {
+                    if let Some(next) = chars.next() {
+                        current.push(next);
+                        prev = next;
+                        continue;
+                    }
+                }
+                '"' => quoted = false,
+                _ => {}
+            }
+            prev = c;
+            continue;
+        }
+        match c {
+            '"' if matches!(prev, '.' | '(' | ',') => quoted = true,
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                segments.push(std::mem::take(&mut current));
+                prev = '\0';
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+        prev = c;
+    }
+    segments.push(current);
+    segments
+}
+
+fn parse_segment(segment: &str) -> Result<Filter, String> {
+    let trimmed = segment.trim();
+    if trimmed.is_empty() {
+        return Err("filter must not contain empty segments (check for extra commas)".into());
+    }
+    let Some((column, rest)) = trimmed.split_once('=') else {
+        return Err(inspect_list(&[trimmed]));
+    };
+    let (negate, op_value) = match rest.strip_prefix("not.") {
+        Some(op_value) => (true, op_value),
+        None => (false, rest),
+    };
+    let Some((op, value)) = op_value.split_once('.') else {
+        return Err(inspect_list(&[op_value]));
+    };
+    if !OPERATORS.contains(&op) {
+        return Err(inspect_list(&[op, value]));
+    }
+    let value = if op == "in" {
+        let inner = value.strip_prefix('(').and_then(|v| v.strip_suffix(')'));
+        match inner {
+            Some(inner) => format!("{{{inner}}}"),
+            None => return Err("`in` filter value must be wrapped by parentheses".into()),
+        }
+    } else {
+        unquote(value)
+    };
+    Ok(Filter { column: column.into(), op: op.into(), value, negate })
+}
+
+/// `"a\"b"` → `a"b`; anything not a single well-formed quoted string is kept as it is.
+fn unquote(value: &str) -> String {
+    let Some(rest) = value.strip_prefix('"') else { return value.to_string() };
+    let mut out = String::new();
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(next) => out.push(next),
+                None => return value.to_string(),
+            },
+            '"' => return if chars.next().is_none() { out } else { value.to_string() },
+            c => out.push(c),
+        }
+    }
+    value.to_string()
+}
+
+/// Elixir's `inspect` of a list of strings, as upstream puts it in error texts.
+fn inspect_list(items: &[&str]) -> String {
+    let items: Vec<String> = items.iter().map(|s| inspect(&Value::String((*s).to_string()))).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Elixir's `inspect` of a decoded JSON value: `%{"k" => v}` maps (keys sorted), `[..]` lists,
+/// quoted strings, `nil`.
+fn inspect(value: &Value) -> String {
+    match value {
+        Value::Null => "nil".into(),
+        Value::String(s) => Value::String(s.clone()).to_string(),
+        Value::Array(items) => format!("[{}]", items.iter().map(inspect).collect::<Vec<_>>().join(", ")),
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            let inner: Vec<String> = entries.iter().map(|(k, v)| format!("{} => {}", inspect(&Value::String((*k).clone())), inspect(v))).collect();
+            format!("%{{{}}}", inner.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn p(v: Value) -> Result<SubscriptionParams, String> {
+        parse(v.as_object().unwrap())
+    }
+
+    fn f(column: &str, op: &str, value: &str, negate: bool) -> Filter {
+        Filter { column: column.into(), op: op.into(), value: value.into(), negate }
+    }
+
+    #[test]
+    fn schema_table_event_defaults() {
+        let s = p(json!({"schema": "public", "table": "messages", "filter": "subject=eq.hey"})).unwrap();
+        assert_eq!(s, SubscriptionParams { action: Action::All, schema: "public".into(), table: "messages".into(), filters: vec![f("subject", "eq", "hey", false)], select: None });
+        assert_eq!(p(json!({"schema": "public"})).unwrap().table, "*");
+        assert_eq!(p(json!({"table": "messages"})).unwrap().schema, "public");
+        assert_eq!(p(json!({"event": "insert", "schema": "s", "table": "t"})).unwrap().action, Action::Insert);
+        assert_eq!(p(json!({"event": "TRUNCATE", "schema": "s", "table": "t"})).unwrap().action, Action::All);
+        assert!(p(json!({"schema": "public", "table": "t", "filter": "   "})).unwrap().filters.is_empty());
+    }
+
+    #[test]
+    fn every_operator_not_and_and() {
+        for op in OPERATORS.iter().filter(|o| **o != "in") {
+            assert_eq!(parse_filters(&format!("c={op}.v")).unwrap(), vec![f("c", op, "v", false)]);
+        }
+        assert_eq!(parse_filters("subject=not.like.hey%").unwrap(), vec![f("subject", "like", "hey%", true)]);
+        assert_eq!(parse_filters("id=gt.0,id=lt.100").unwrap(), vec![f("id", "gt", "0", false), f("id", "lt", "100", false)]);
+        assert_eq!(parse_filters("subject=in.(hidee,ho)").unwrap(), vec![f("subject", "in", "{hidee,ho}", false)]);
+        assert_eq!(parse_filters("a=in.(1,2),b=eq.3").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(parse_filters(r#"name=eq."a,b""#).unwrap(), vec![f("name", "eq", "a,b", false)]);
+        assert_eq!(parse_filters(r#"name=eq."say \"hi\"",x=eq.1"#).unwrap(), vec![f("name", "eq", r#"say "hi""#, false), f("x", "eq", "1", false)]);
+        // A quote that does not follow `.`, `(` or `,` is a plain character.
+        assert_eq!(parse_filters(r#"name=eq.a"b"#).unwrap(), vec![f("name", "eq", r#"a"b"#, false)]);
+    }
+
+    #[test]
+    fn upstream_error_texts() {
+        let err = |v: Value| p(v).unwrap_err();
+        assert_eq!(err(json!({"schema": "public", "table": "messages", "filter": "subject=foo.hey"})), r#"Error parsing `filter` params: ["foo", "hey"]"#);
+        assert_eq!(err(json!({"schema": "public", "table": "messages", "filter": "undefined"})), r#"Error parsing `filter` params: ["undefined"]"#);
+        assert_eq!(err(json!({"schema": "public", "table": "m", "filter": "a=eq.1,,b=eq.2"})), "Error parsing `filter` params: filter must not contain empty segments (check for extra commas)");
+        assert_eq!(err(json!({"schema": "public", "table": "m", "filter": "a=in.1,2"})), "Error parsing `filter` params: `in` filter value must be wrapped by parentheses");
+        assert_eq!(err(json!({"schema": "public", "table": "m", "filter": "a=eq"})), r#"Error parsing `filter` params: ["eq"]"#);
+        assert_eq!(err(json!({})), "No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: %{}");
+        assert_eq!(
+            err(json!({"event": "*", "filter": "id=eq.1"})),
+            r#"No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: %{"event" => "*", "filter" => "id=eq.1"}"#
+        );
+        assert_eq!(err(json!({"schema": "public", "table": "t", "select": "id"})), "Error parsing `select` params: expected a list of column name strings, e.g. select: [\"col1\", \"col2\"]");
+        assert_eq!(err(json!({"schema": "public", "select": ["id"]})), "Column selection is not supported for wildcard subscriptions. Provide an explicit schema and table name.");
+    }
+
+    #[test]
+    fn select_lists() {
+        assert_eq!(p(json!({"schema": "public", "table": "t", "select": ["id", 5, "name"]})).unwrap().select, Some(vec!["id".into(), "name".into()]));
+        assert_eq!(p(json!({"schema": "public", "table": "t", "select": []})).unwrap().select, None);
+    }
+}
