@@ -7,8 +7,13 @@ use std::net::SocketAddr;
 pub struct Config {
     /// `SLUICE_DATABASE_URL`: the Postgres the replicator serves, as a libpq connection string or URL.
     pub database_url: String,
-    /// `SLUICE_HTTP_ADDR`: where `/healthz` is served (default 127.0.0.1:9187).
+    /// `SLUICE_HTTP_ADDR`: where `/healthz` and `/metrics` are served (default 127.0.0.1:9187).
     pub http_addr: SocketAddr,
+    /// `SLUICE_PUBLICATION`: the publication whose tables are streamed (default
+    /// `supabase_realtime`, as Supabase); created empty if missing.
+    pub publication: String,
+    /// `SLUICE_SLOT`: the persistent logical replication slot (default `sluice_changes`).
+    pub slot: String,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -45,8 +50,21 @@ impl Config {
                 ConfigError(format!("SLUICE_HTTP_ADDR={v:?} is not an address: use host:port, e.g. 127.0.0.1:9187"))
             })?,
         };
-        Ok(Config { database_url, http_addr })
+        let publication = identifier(&get, "SLUICE_PUBLICATION", "supabase_realtime")?;
+        let slot = identifier(&get, "SLUICE_SLOT", "sluice_changes")?;
+        Ok(Config { database_url, http_addr, publication, slot })
     }
+}
+
+/// A publication or slot name: lower-case letters, digits and underscores (what slot names allow),
+/// at most 63 bytes.
+fn identifier(get: &impl Fn(&str) -> Option<String>, name: &str, default: &str) -> Result<String, ConfigError> {
+    let value = get(name).filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string());
+    let valid = value.len() <= 63 && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid {
+        return Err(ConfigError(format!("{name}={value:?} is not a valid name: use lower-case letters, digits and _ (at most 63)")));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -63,6 +81,7 @@ mod tests {
     fn defaults() {
         let c = config(&[("SLUICE_DATABASE_URL", "postgres://u@localhost/db")]).unwrap();
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:9187");
+        assert_eq!((c.publication.as_str(), c.slot.as_str()), ("supabase_realtime", "sluice_changes"));
     }
 
     #[test]
@@ -71,5 +90,7 @@ mod tests {
         assert!(config(&[("SLUICE_DATABASE_URL", "postgres://u@h:notaport/db")]).unwrap_err().0.contains("not a valid connection string"));
         let e = config(&[("SLUICE_DATABASE_URL", "postgres://u@h/db"), ("SLUICE_HTTP_ADDR", "nope")]).unwrap_err();
         assert!(e.0.contains("SLUICE_HTTP_ADDR=\"nope\""), "{e}");
+        let e = config(&[("SLUICE_DATABASE_URL", "postgres://u@h/db"), ("SLUICE_SLOT", "My-Slot")]).unwrap_err();
+        assert!(e.0.starts_with("SLUICE_SLOT=\"My-Slot\" is not a valid name"), "{e}");
     }
 }

@@ -1,11 +1,16 @@
-//! sluice-replicator: runs beside the user's Postgres. Today it connects to the database and
-//! serves `/healthz`; streaming Postgres Changes builds on this.
+//! sluice-replicator: runs beside the user's Postgres. Today it checks the database, holds a
+//! persistent logical slot and decodes its pgoutput stream; delivering Postgres Changes to the
+//! gateway builds on this.
 //!
 //! - [`config`]: environment variables, checked at start.
-//! - [`health`]: the HTTP health endpoint.
+//! - [`preflight`]: database checks and setup (publication, slot) at start.
+//! - [`stream`]: the replication stream.
+//! - [`http`]: `/healthz` and `/metrics`.
 
 mod config;
-mod health;
+mod http;
+mod preflight;
+mod stream;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -43,11 +48,15 @@ async fn run() -> Result<(), String> {
             error!("the Postgres connection ended: {e}");
         }
     });
+    preflight::run(&client, &config).await?;
+    let stats = Arc::new(stream::Stats::default());
+    tokio::spawn(stream::run(config.clone(), stats.clone()));
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .map_err(|e| format!("cannot listen on SLUICE_HTTP_ADDR={} ({e}): choose a free address", config.http_addr))?;
-    info!("serving http://{}/healthz", config.http_addr);
-    axum::serve(listener, health::router(Arc::new(client)))
+    info!("serving http://{}/healthz and /metrics", config.http_addr);
+    let state = http::AppState { db: Arc::new(client), stats, slot: config.slot.clone() };
+    axum::serve(listener, http::router(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
             info!("shutting down");

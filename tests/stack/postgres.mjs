@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import pg from 'pg';
 import { freePort, startProcess } from './process.mjs';
 
 /** The folder holding initdb/postgres: PG_BINDIR, else the newest /usr/lib/postgresql/N/bin. */
@@ -41,14 +42,14 @@ export class Postgres {
    * When the `postgres` user cannot reach `dir` (a checkout in a private folder), the cluster goes
    * to a fresh folder under the system's temp folder instead.
    */
-  static async create({ dir, port, log = () => {} }) {
+  static async create({ dir, port, settings = {}, log = () => {} }) {
     const user = postgresUser();
     if (user.uid !== undefined && !canEnter(user, dir)) {
       const fallback = mkdtempSync(join(tmpdir(), 'sluice-pg-'));
       log(`the postgres user cannot reach ${dir}; using ${fallback}`);
       dir = fallback;
     }
-    const pg = new Postgres(dir, port ?? (await freePort()), log);
+    const pg = new Postgres(dir, port ?? (await freePort()), log, settings);
     pg.log(`creating a Postgres cluster in ${pg.data}`);
     rmSync(dir, { recursive: true, force: true });
     mkdirSync(dir, { recursive: true });
@@ -61,8 +62,9 @@ export class Postgres {
     return pg;
   }
 
-  constructor(dir, port, log) {
-    Object.assign(this, { dir, port, log, bin: postgresBinDir(), user: postgresUser(), server: null });
+  /** `settings`: extra server settings, e.g. `{ wal_level: 'replica' }`. */
+  constructor(dir, port, log, settings = {}) {
+    Object.assign(this, { dir, port, log, settings, bin: postgresBinDir(), user: postgresUser(), server: null });
     this.data = join(dir, 'data');
     /** Superuser connection over TCP. */
     this.url = `postgres://postgres@127.0.0.1:${port}/postgres`;
@@ -71,7 +73,8 @@ export class Postgres {
   async start() {
     const args = ['-D', this.data, '-p', String(this.port), '-k', this.dir, '-c', 'listen_addresses=127.0.0.1',
       '-c', 'wal_level=logical', '-c', 'max_wal_senders=20', '-c', 'max_replication_slots=20',
-      '-c', 'fsync=off', '-c', 'full_page_writes=off'];
+      '-c', 'fsync=off', '-c', 'full_page_writes=off',
+      ...Object.entries(this.settings).flatMap(([k, v]) => ['-c', `${k}=${v}`])];
     let ready;
     const readyLine = new Promise((resolve) => (ready = resolve));
     this.server = startProcess('postgres', join(this.bin, 'postgres'), args, {
@@ -84,6 +87,17 @@ export class Postgres {
     });
     await Promise.race([readyLine, died]);
     this.log(`Postgres is ready on 127.0.0.1:${this.port} (wal_level=logical)`);
+  }
+
+  /** Runs SQL as the superuser; resolves with the rows. */
+  async sql(text, params = []) {
+    const client = new pg.Client({ connectionString: this.url });
+    await client.connect();
+    try {
+      return (await client.query(text, params)).rows;
+    } finally {
+      await client.end();
+    }
   }
 
   /** Fast shutdown: disconnects clients, then stops. */

@@ -1,0 +1,75 @@
+//! Checks at start that the database can be streamed from, and prepares what sluice owns: the
+//! publication (created empty if missing) and the persistent slot. Every failure names the fix.
+
+use tokio_postgres::Client;
+use tracing::info;
+
+use crate::config::Config;
+
+fn sql_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> String {
+    move |e| format!("preflight: {what} failed: {e}")
+}
+
+pub async fn run(db: &Client, config: &Config) -> Result<(), String> {
+
+    let wal_level: String = db.query_one("SELECT current_setting('wal_level')", &[]).await.map_err(sql_error("reading wal_level"))?.get(0);
+    if wal_level != "logical" {
+        return Err(format!(
+            "wal_level is {wal_level}, and logical replication needs logical: run ALTER SYSTEM SET wal_level = logical (or set it in postgresql.conf) and restart Postgres"
+        ));
+    }
+
+    let row = db
+        .query_one("SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .await
+        .map_err(sql_error("reading the role"))?;
+    let (user, can_replicate): (String, bool) = (row.get(0), row.get(1));
+    if !can_replicate {
+        return Err(format!("role {user} may not replicate: run ALTER ROLE {user} WITH REPLICATION (as a superuser), or connect as a role that may"));
+    }
+
+    let slot_exists = db
+        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&config.slot])
+        .await
+        .map_err(sql_error("looking up the slot"))?
+        .is_some();
+    if !slot_exists {
+        let row = db
+            .query_one("SELECT current_setting('max_replication_slots')::int, (SELECT count(*)::int FROM pg_replication_slots)", &[])
+            .await
+            .map_err(sql_error("counting slots"))?;
+        let (max, used): (i32, i32) = (row.get(0), row.get(1));
+        if used >= max {
+            return Err(format!(
+                "no free replication slot (max_replication_slots = {max}, all used): raise max_replication_slots and restart Postgres, or drop an unused slot with pg_drop_replication_slot"
+            ));
+        }
+    }
+
+    let publication_exists = db
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&config.publication])
+        .await
+        .map_err(sql_error("looking up the publication"))?
+        .is_some();
+    if !publication_exists {
+        // Postgres quotes the name itself (format %I); no user input is spliced into SQL here.
+        let create: String = db
+            .query_one("SELECT format('CREATE PUBLICATION %I', $1::text)", &[&config.publication])
+            .await
+            .map_err(sql_error("preparing CREATE PUBLICATION"))?
+            .get(0);
+        db.batch_execute(&create).await.map_err(|e| format!("creating publication {} failed: {e}", config.publication))?;
+        info!(
+            "created the empty publication {p}: add the tables to stream with ALTER PUBLICATION {p} ADD TABLE <schema>.<table>",
+            p = config.publication
+        );
+    }
+
+    if !slot_exists {
+        db.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&config.slot])
+            .await
+            .map_err(|e| format!("creating replication slot {} failed: {e}", config.slot))?;
+        info!("created the persistent replication slot {}", config.slot);
+    }
+    Ok(())
+}
