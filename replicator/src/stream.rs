@@ -53,7 +53,9 @@ async fn stream_once(config: &Config, stats: &Stats) -> Result<(), String> {
         config.slot.clone(),
         config.publication.clone(),
     )
-    .with_port(pg.get_ports().first().copied().unwrap_or(5432));
+    .with_port(pg.get_ports().first().copied().unwrap_or(5432))
+    // Value texts in the forms `sluice_shared::pgvalue` renders.
+    .with_options("-c DateStyle=ISO -c TimeZone=UTC");
     let mut client = ReplicationClient::connect(repl).await.map_err(|e| format!("connecting for replication: {e}"))?;
     info!("streaming slot {} of publication {}", config.slot, config.publication);
     stats.connected.store(true, Ordering::Relaxed);

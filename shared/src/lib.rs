@@ -7,6 +7,7 @@
 //! - [`internal`]: wire types of the calls between Durable Objects.
 //! - [`jwt`]: token verification with upstream's error texts.
 //! - [`limits`]: tenant limits and rate counters.
+//! - [`pgvalue`]: column values rendered as `to_jsonb` does.
 //! - [`presence`]: a channel's presence registry and diffs.
 //! - [`rest`]: the REST broadcast API's requests and answers.
 //! - [`subscription`]: `postgres_changes` bindings and the filter grammar.
@@ -18,6 +19,7 @@ pub mod join;
 pub mod internal;
 pub mod jwt;
 pub mod limits;
+pub mod pgvalue;
 pub mod presence;
 pub mod rest;
 pub mod session;
