@@ -70,11 +70,12 @@ test('sets up an empty publication and a persistent slot, and says how to add ta
 });
 
 test('decodes inserts, updates and deletes (not truncates), and streams what changed while it was killed', async () => {
-  await pg.sql('create table public.notes (id int primary key, body text)');
-  await pg.sql('alter publication supabase_realtime add table public.notes');
+  // The replicator creates the publication if needed; the table joins it while streaming.
   let replicator = await startReplicator({ root: ROOT, databaseUrl: pg.url, port: await freePort() });
   try {
     await waitFor('the stream', async () => (await metric(replicator, 'sluice_replication_connected')) === 1);
+    await pg.sql('create table public.notes (id int primary key, body text)');
+    await pg.sql('alter publication supabase_realtime add table public.notes');
     await pg.sql("insert into notes values (1, 'a'), (2, 'b'), (3, 'c')");
     await pg.sql("update notes set body = 'z' where id = 1");
     await pg.sql('delete from notes where id = 2');
