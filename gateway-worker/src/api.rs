@@ -31,7 +31,9 @@ pub async fn broadcast_batch(mut req: Request, env: &Env) -> Result<Response> {
     for m in messages.into_iter().filter(|m| !m.private) {
         per_topic.entry(m.topic).or_default().push(m.broadcast);
     }
-    let sends = per_topic.into_iter().map(|(topic, broadcasts)| relay(env, &tenant, topic, broadcasts));
+    let sends = per_topic
+        .into_iter()
+        .map(|(topic, broadcasts)| relay(env, &tenant, topic, broadcasts));
     for result in join_all(sends).await {
         result?;
     }
@@ -46,7 +48,10 @@ pub async fn broadcast_single(mut req: Request, env: &Env, topic: String, event:
     };
     let private = req.url()?.query_pairs().any(|(k, v)| k == "private" && v == "true");
     if private {
-        return answer(Refusal { status: 403, body: json!({"message": "Unauthorized"}) });
+        return answer(Refusal {
+            status: 403,
+            body: json!({"message": "Unauthorized"}),
+        });
     }
     let content_type = req.headers().get("content-type")?;
     let body = req.bytes().await?;
@@ -66,17 +71,26 @@ pub async fn tenant_health(req: Request, env: &Env) -> Result<Response> {
     let token = rest::caller_token(authorization.as_deref(), None).unwrap_or("");
     let admin = config::admin_secret(env).map(|secret| {
         let now_secs = (Date::now().as_millis() / 1000) as i64;
-        sluice_shared::jwt::Keys::new(secret.into_bytes()).verify_any(token, now_secs).is_ok()
+        sluice_shared::jwt::Keys::new(secret.into_bytes())
+            .verify_any(token, now_secs)
+            .is_ok()
     });
     if admin != Some(true) {
         // Upstream answers failed admin auth with 403 and an empty body.
         return Ok(Response::empty()?.with_status(403));
     }
     let db_connected = match config::replicator_url(env) {
-        Some(url) => Fetch::Url(Url::parse(&format!("{url}/healthz"))?).send().await.is_ok_and(|r| r.status_code() == 200),
+        Some(url) => Fetch::Url(Url::parse(&format!("{url}/healthz"))?)
+            .send()
+            .await
+            .is_ok_and(|r| r.status_code() == 200),
         None => false,
     };
-    let region = req.cf().and_then(|cf| cf.continent()).unwrap_or_else(|| "default".into()).to_ascii_lowercase();
+    let region = req
+        .cf()
+        .and_then(|cf| cf.continent())
+        .unwrap_or_else(|| "default".into())
+        .to_ascii_lowercase();
     Response::from_json(&json!({"data": {
         "healthy": db_connected,
         "db_connected": db_connected,
@@ -93,7 +107,10 @@ pub fn preflight() -> Result<Response> {
     let mut res = Response::empty()?.with_status(204);
     let headers = res.headers_mut();
     headers.set("access-control-allow-methods", "POST, OPTIONS")?;
-    headers.set("access-control-allow-headers", "authorization, apikey, content-type, x-client-info")?;
+    headers.set(
+        "access-control-allow-headers",
+        "authorization, apikey, content-type, x-client-info",
+    )?;
     headers.set("access-control-max-age", "86400")?;
     cors(res)
 }
@@ -101,7 +118,10 @@ pub fn preflight() -> Result<Response> {
 /// The tenant of a request whose token verifies with the tenant secret.
 fn authenticate(req: &Request, env: &Env) -> std::result::Result<String, Refusal> {
     let headers = req.headers();
-    let (authorization, apikey) = (headers.get("authorization").ok().flatten(), headers.get("apikey").ok().flatten());
+    let (authorization, apikey) = (
+        headers.get("authorization").ok().flatten(),
+        headers.get("apikey").ok().flatten(),
+    );
     let token = rest::caller_token(authorization.as_deref(), apikey.as_deref()).ok_or_else(Refusal::unauthorized)?;
     let keys = config::keys(env).map_err(|problem| {
         console_error!("{problem}");
@@ -119,7 +139,10 @@ async fn relay(env: &Env, tenant: &str, sub_topic: String, broadcasts: Vec<Broad
     let request = ChannelRequest {
         hub: "api".into(),
         topic: format!("realtime:{sub_topic}"),
-        ops: broadcasts.into_iter().map(|broadcast| ChannelOp::Broadcast { broadcast }).collect(),
+        ops: broadcasts
+            .into_iter()
+            .map(|broadcast| ChannelOp::Broadcast { broadcast })
+            .collect(),
     };
     outbox::post(&|| env.durable_object(CHANNEL)?.get_by_name(&name), &request).await?;
     Ok(())

@@ -35,7 +35,11 @@ const STATE_KEY: &str = "state";
 
 impl DurableObject for Channel {
     fn new(state: State, env: Env) -> Self {
-        Self { state, env, data: RefCell::new(None) }
+        Self {
+            state,
+            env,
+            data: RefCell::new(None),
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
@@ -47,7 +51,10 @@ impl DurableObject for Channel {
         let (response, deliveries, changed) = self.apply(&request);
         if changed {
             let data = self.data.borrow();
-            self.state.storage().put(STATE_KEY, data.as_ref().expect("loaded")).await?;
+            self.state
+                .storage()
+                .put(STATE_KEY, data.as_ref().expect("loaded"))
+                .await?;
         }
         self.deliver(&request.topic, deliveries).await;
         Response::from_json(&response)
@@ -91,7 +98,13 @@ impl Channel {
                     if data.hubs.remove(hub) {
                         changed = true;
                         if let Some(diff) = data.presence.untrack(|o| &o.hub == hub) {
-                            to_all(&mut out, &data.hubs, HubEvent::PresenceDiff { diff: diff.to_payload() });
+                            to_all(
+                                &mut out,
+                                &data.hubs,
+                                HubEvent::PresenceDiff {
+                                    diff: diff.to_payload(),
+                                },
+                            );
                         }
                         let peers = data.hubs.len().saturating_sub(1);
                         to_all(&mut out, &data.hubs.clone(), HubEvent::Peers { peers });
@@ -99,19 +112,40 @@ impl Channel {
                 }
                 ChannelOp::Broadcast { broadcast } => {
                     let others: BTreeSet<String> = data.hubs.iter().filter(|h| *h != hub).cloned().collect();
-                    to_all(&mut out, &others, HubEvent::Broadcast { broadcast: broadcast.clone() });
+                    to_all(
+                        &mut out,
+                        &others,
+                        HubEvent::Broadcast {
+                            broadcast: broadcast.clone(),
+                        },
+                    );
                 }
                 ChannelOp::Track { socket, key, meta } => {
-                    let owner = Owner { hub: hub.clone(), socket: socket.clone() };
+                    let owner = Owner {
+                        hub: hub.clone(),
+                        socket: socket.clone(),
+                    };
                     if let Some(diff) = data.presence.track(owner, key, meta.clone(), phx_ref(random::bytes())) {
                         changed = true;
-                        to_all(&mut out, &data.hubs, HubEvent::PresenceDiff { diff: diff.to_payload() });
+                        to_all(
+                            &mut out,
+                            &data.hubs,
+                            HubEvent::PresenceDiff {
+                                diff: diff.to_payload(),
+                            },
+                        );
                     }
                 }
                 ChannelOp::Untrack { socket } => {
                     if let Some(diff) = data.presence.untrack(|o| &o.hub == hub && &o.socket == socket) {
                         changed = true;
-                        to_all(&mut out, &data.hubs, HubEvent::PresenceDiff { diff: diff.to_payload() });
+                        to_all(
+                            &mut out,
+                            &data.hubs,
+                            HubEvent::PresenceDiff {
+                                diff: diff.to_payload(),
+                            },
+                        );
                     }
                 }
                 ChannelOp::PresenceState => presence_state = Some(data.presence.state()),
@@ -124,7 +158,10 @@ impl Channel {
     /// Sends each hub its events, all hubs at once.
     async fn deliver(&self, topic: &str, deliveries: BTreeMap<String, Vec<HubEvent>>) {
         let sends = deliveries.into_iter().map(|(hub, events)| async move {
-            let delivery = Delivery { topic: topic.to_string(), events };
+            let delivery = Delivery {
+                topic: topic.to_string(),
+                events,
+            };
             if let Err(e) = self.post_to_hub(&hub, &delivery).await {
                 console_error!("channel {topic}: delivery to {hub} failed: {e}");
             }
@@ -136,9 +173,16 @@ impl Channel {
         let headers = Headers::new();
         headers.set("content-type", "application/json")?;
         let mut init = RequestInit::new();
-        init.with_method(Method::Post).with_headers(headers).with_body(Some(serde_json::to_string(delivery)?.into()));
+        init.with_method(Method::Post)
+            .with_headers(headers)
+            .with_body(Some(serde_json::to_string(delivery)?.into()));
         let req = Request::new_with_init("https://hub/internal/v1/deliver", &init)?;
-        let res = self.env.durable_object(SOCKET_HUB)?.get_by_name(hub)?.fetch_with_request(req).await?;
+        let res = self
+            .env
+            .durable_object(SOCKET_HUB)?
+            .get_by_name(hub)?
+            .fetch_with_request(req)
+            .await?;
         if res.status_code() != 200 {
             return Err(Error::RustError(format!("status {}", res.status_code())));
         }

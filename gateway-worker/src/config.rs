@@ -10,7 +10,10 @@ pub const CHANNEL: &str = "CHANNEL";
 
 /// How many SocketHubs share a tenant's sockets in one region (`HUB_SHARDS`, default 1).
 pub fn hub_shards(env: &Env) -> u32 {
-    read(env, "HUB_SHARDS").and_then(|v| v.parse().ok()).filter(|n| *n >= 1).unwrap_or(1)
+    read(env, "HUB_SHARDS")
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(1)
 }
 
 /// The keys tenants' tokens are verified with: the HS256/384/512 secret `JWT_SECRET` and the
@@ -31,7 +34,9 @@ pub fn keys(env: &Env) -> Result<Keys, String> {
 /// How long a refused connection waits before its HTTP answer, as upstream
 /// (`CONNECT_ERROR_BACKOFF_MS`, default 2000), so a client cannot probe tokens quickly.
 pub fn connect_error_backoff_ms(env: &Env) -> u64 {
-    read(env, "CONNECT_ERROR_BACKOFF_MS").and_then(|v| v.parse().ok()).unwrap_or(2000)
+    read(env, "CONNECT_ERROR_BACKOFF_MS")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
 }
 
 /// The secret admin tokens of the management API are signed with (`API_JWT_SECRET`).
@@ -41,13 +46,18 @@ pub fn admin_secret(env: &Env) -> Option<String> {
 
 /// Where the replicator serves HTTP (`REPLICATOR_URL`), e.g. `http://127.0.0.1:9187`.
 pub fn replicator_url(env: &Env) -> Option<String> {
-    read(env, "REPLICATOR_URL").map(|u| u.trim_end_matches('/').to_string()).filter(|u| !u.is_empty())
+    read(env, "REPLICATOR_URL")
+        .map(|u| u.trim_end_matches('/').to_string())
+        .filter(|u| !u.is_empty())
 }
 
 /// How long a socket may stay silent before the server closes it (`IDLE_TIMEOUT_MS`, default
 /// 60 000, Phoenix's transport timeout). Clients heartbeat every 25 s.
 pub fn idle_timeout_ms(env: &Env) -> u64 {
-    read(env, "IDLE_TIMEOUT_MS").and_then(|v| v.parse().ok()).filter(|ms| *ms > 0).unwrap_or(60_000)
+    read(env, "IDLE_TIMEOUT_MS")
+        .and_then(|v| v.parse().ok())
+        .filter(|ms| *ms > 0)
+        .unwrap_or(60_000)
 }
 
 /// A tenant's limits from `TENANT_LIMITS` (JSON: `{"*": {...}, "<tenant>": {...}}`, upstream's

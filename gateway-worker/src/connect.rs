@@ -10,7 +10,11 @@ use worker::*;
 use crate::{config, hub};
 
 pub async fn websocket(req: Request, env: &Env) -> Result<Response> {
-    if !req.headers().get("Upgrade")?.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+    if !req
+        .headers()
+        .get("Upgrade")?
+        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+    {
         return json_error(426, "Expected a WebSocket upgrade");
     }
     let keys = match config::keys(env) {
@@ -24,7 +28,10 @@ pub async fn websocket(req: Request, env: &Env) -> Result<Response> {
     let param = |name: &str| url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
     let (query_key, vsn) = (param("apikey"), param("vsn"));
     let header_key = req.headers().get("x-api-key")?;
-    let host = req.headers().get("Host")?.unwrap_or_else(|| url.host_str().unwrap_or_default().to_string());
+    let host = req
+        .headers()
+        .get("Host")?
+        .unwrap_or_else(|| url.host_str().unwrap_or_default().to_string());
     let request = ConnectRequest {
         host: &host,
         header_key: header_key.as_deref(),
@@ -46,7 +53,10 @@ pub async fn websocket(req: Request, env: &Env) -> Result<Response> {
 
 /// The region part of the hub name: the client's continent where Cloudflare tells it.
 fn region_of(req: &Request) -> String {
-    req.cf().and_then(|cf| cf.continent()).map(|c| c.to_ascii_lowercase()).unwrap_or_else(|| "default".into())
+    req.cf()
+        .and_then(|cf| cf.continent())
+        .map(|c| c.to_ascii_lowercase())
+        .unwrap_or_else(|| "default".into())
 }
 
 fn json_error(status: u16, message: &str) -> Result<Response> {

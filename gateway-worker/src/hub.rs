@@ -18,6 +18,7 @@ use sluice_shared::connect::{hub_name, Accepted};
 use sluice_shared::frame::{self, Broadcast, Outbound, Vsn, WireFrame};
 use sluice_shared::internal::{channel_name, Access, ChannelOp, ChannelResponse, Delivery, HubEvent};
 use sluice_shared::join::{parse_topic, Topic};
+use sluice_shared::jwt::Keys;
 use sluice_shared::limits::{Limits, Rates};
 use sluice_shared::session::{Ctx, Effect, Membership, Session};
 use worker::*;
@@ -41,7 +42,13 @@ pub async fn open_socket(env: &Env, accepted: &Accepted, region: &str) -> Result
         Some(hint) => namespace.get_by_name_with_location_hint(&name, hint)?,
         None => namespace.get_by_name(&name)?,
     };
-    let session = Session::new(String::new(), accepted.tenant.clone(), accepted.vsn, accepted.claims.role.clone(), accepted.claims.exp);
+    let session = Session::new(
+        String::new(),
+        accepted.tenant.clone(),
+        accepted.vsn,
+        accepted.claims.role.clone(),
+        accepted.claims.exp,
+    );
     let headers = Headers::new();
     headers.set("Upgrade", "websocket")?;
     headers.set(HEADER_SESSION, &serde_json::to_string(&session)?)?;
@@ -75,6 +82,8 @@ pub struct SocketHub {
     rates: RefCell<Rates>,
     /// When each socket last sent anything (epoch ms), for the idle timeout. Transient too.
     last_seen: RefCell<HashMap<String, u64>>,
+    /// The tenant's keys and limits, read from the environment once per instance.
+    settings: std::cell::OnceCell<(Rc<Keys>, Rc<Limits>)>,
 }
 
 /// Which sockets are joined to which topic. A cache of the sockets' attachments.
@@ -90,7 +99,10 @@ impl Index {
     fn insert(&mut self, ws: WebSocket, session: &Session) {
         self.remove(&session.id);
         for channel in &session.channels {
-            self.topics.entry(channel.topic.clone()).or_default().insert(session.id.clone());
+            self.topics
+                .entry(channel.topic.clone())
+                .or_default()
+                .insert(session.id.clone());
         }
         if !session.channels.is_empty() {
             self.users.insert(session.id.clone());
@@ -114,7 +126,16 @@ impl Index {
 
 impl DurableObject for SocketHub {
     fn new(state: State, env: Env) -> Self {
-        Self { state, env, index: RefCell::new(None), peers: RefCell::default(), outbox: Outbox::default(), rates: RefCell::default(), last_seen: RefCell::default() }
+        Self {
+            state,
+            env,
+            index: RefCell::new(None),
+            peers: RefCell::default(),
+            outbox: Outbox::default(),
+            rates: RefCell::default(),
+            last_seen: RefCell::default(),
+            settings: Default::default(),
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
@@ -122,7 +143,8 @@ impl DurableObject for SocketHub {
             "/connect" => {
                 let response = self.accept(&req)?;
                 if response.status_code() == 101 {
-                    self.wake_by(Date::now().as_millis() + config::idle_timeout_ms(&self.env)).await?;
+                    self.wake_by(Date::now().as_millis() + config::idle_timeout_ms(&self.env))
+                        .await?;
                 }
                 Ok(response)
             }
@@ -139,7 +161,9 @@ impl DurableObject for SocketHub {
         let Some(mut session) = ws.deserialize_attachment::<Session>()? else {
             return Ok(());
         };
-        self.last_seen.borrow_mut().insert(session.id.clone(), Date::now().as_millis());
+        self.last_seen
+            .borrow_mut()
+            .insert(session.id.clone(), Date::now().as_millis());
         let decoded = match message {
             WebSocketIncomingMessage::String(text) => frame::decode_text(session.vsn, &text),
             WebSocketIncomingMessage::Binary(bytes) => frame::decode_binary(session.vsn, &bytes),
@@ -153,13 +177,18 @@ impl DurableObject for SocketHub {
             }
         };
         let before = session.channels.clone();
-        // Misconfigured keys verify nothing: joins and refreshes then fail with signer errors.
-        let keys = config::keys(&self.env).unwrap_or_default();
-        let limits = self.limits(&session.tenant);
+        let (keys, limits) = self.settings(&session.tenant);
         let users = self.index().users.len() as u32;
         let effects = session.handle(
             inbound,
-            &mut Ctx { now_ms: Date::now().as_millis(), keys: &keys, limits: &limits, rates: &mut self.rates.borrow_mut(), users, fresh_key: &mut random::uuid },
+            &mut Ctx {
+                now_ms: Date::now().as_millis(),
+                keys: &keys,
+                limits: &limits,
+                rates: &mut self.rates.borrow_mut(),
+                users,
+                fresh_key: &mut random::uuid,
+            },
         );
         if self.save(&ws, &session, &before)? {
             self.schedule_expiry(&session).await?;
@@ -171,7 +200,6 @@ impl DurableObject for SocketHub {
         Ok(())
     }
 
-    /// Closes channels whose token expired, then waits for the next expiry.
     /// The hub's one alarm: closes channels whose token expired and sockets silent for
     /// `IDLE_TIMEOUT_MS`, then waits for the next of either.
     async fn alarm(&self) -> Result<Response> {
@@ -179,11 +207,18 @@ impl DurableObject for SocketHub {
         let idle_timeout = config::idle_timeout_ms(&self.env);
         let mut next: Option<u64> = None;
         for ws in self.state.get_websockets() {
-            let Ok(Some(mut session)) = ws.deserialize_attachment::<Session>() else { continue };
+            let Ok(Some(mut session)) = ws.deserialize_attachment::<Session>() else {
+                continue;
+            };
             // Activity is known since this instance started; before that, count from now.
             let last = *self.last_seen.borrow_mut().entry(session.id.clone()).or_insert(now_ms);
             if now_ms.saturating_sub(last) >= idle_timeout {
-                console_log!("{}: closing socket {}, silent for {} ms", self.name(), session.id, now_ms - last);
+                console_log!(
+                    "{}: closing socket {}, silent for {} ms",
+                    self.name(),
+                    session.id,
+                    now_ms - last
+                );
                 self.socket_gone(&ws).await?;
                 let _ = ws.close(Some(1000), Some("idle timeout"));
                 continue;
@@ -203,7 +238,10 @@ impl DurableObject for SocketHub {
 
     async fn websocket_close(&self, ws: WebSocket, code: usize, _reason: String, _clean: bool) -> Result<()> {
         // Complete the closing handshake; the socket may already be gone.
-        let code = u16::try_from(code).ok().filter(|c| *c >= 1000 && *c != 1005 && *c != 1006).unwrap_or(1000);
+        let code = u16::try_from(code)
+            .ok()
+            .filter(|c| *c >= 1000 && *c != 1005 && *c != 1006)
+            .unwrap_or(1000);
         let _ = ws.close(Some(code), Some("closed"));
         self.socket_gone(&ws).await
     }
@@ -220,11 +258,16 @@ impl SocketHub {
             return Response::error("SocketHub only accepts sockets from the gateway", 400);
         };
         let mut session: Session = serde_json::from_str(&session)?;
-        let limits = self.limits(&session.tenant);
+        let (_, limits) = self.settings(&session.tenant);
         if self.index().users.len() as u32 >= limits.max_concurrent_users {
             return limit_refusal("Too many connected users");
         }
-        if self.rates.borrow_mut().joins.exceeds(Date::now().as_millis(), limits.max_joins_per_second) {
+        if self
+            .rates
+            .borrow_mut()
+            .joins
+            .exceeds(Date::now().as_millis(), limits.max_joins_per_second)
+        {
             return limit_refusal("Too many joins per second");
         }
         session.id = socket_id();
@@ -233,7 +276,9 @@ impl SocketHub {
         self.state.accept_web_socket(&pair.server);
         pair.server.serialize_attachment(&session)?;
         index.insert(pair.server, &session);
-        self.last_seen.borrow_mut().insert(session.id.clone(), Date::now().as_millis());
+        self.last_seen
+            .borrow_mut()
+            .insert(session.id.clone(), Date::now().as_millis());
         console_log!("{}: accepted socket {} ({:?})", self.name(), session.id, session.vsn);
         Response::from_websocket(pair.client)
     }
@@ -259,7 +304,11 @@ impl SocketHub {
     /// Moves the alarm to `at_ms` (epoch ms) unless it is already due earlier.
     async fn wake_by(&self, at_ms: u64) -> Result<()> {
         let storage = self.state.storage();
-        if storage.get_alarm().await?.is_none_or(|current| (at_ms as i64) < current) {
+        if storage
+            .get_alarm()
+            .await?
+            .is_none_or(|current| (at_ms as i64) < current)
+        {
             storage.set_alarm(at_epoch_ms(at_ms)).await?;
         }
         Ok(())
@@ -274,7 +323,11 @@ impl SocketHub {
         for effect in effects {
             match effect {
                 Effect::Send(out) => send(ws, WireFrame::Text(frame::encode(session.vsn, &out))),
-                Effect::Broadcast { topic, broadcast, include_sender } => {
+                Effect::Broadcast {
+                    topic,
+                    broadcast,
+                    include_sender,
+                } => {
                     let skip = (!include_sender).then_some(session.id.as_str());
                     let sent = fan_out(&self.index(), &topic, &Deliverable::Broadcast(&broadcast), skip);
                     self.rates.borrow_mut().events.add(Date::now().as_millis(), sent);
@@ -282,9 +335,20 @@ impl SocketHub {
                         later.push((topic, ChannelOp::Broadcast { broadcast }));
                     }
                 }
-                Effect::Join { topic, reply, presence_state } => {
-                    let ops = if presence_state { vec![ChannelOp::Subscribe, ChannelOp::PresenceState] } else { vec![ChannelOp::Subscribe] };
-                    let state = self.call_channel(session, &topic, ops).await.and_then(|r| r.presence_state.clone());
+                Effect::Join {
+                    topic,
+                    reply,
+                    presence_state,
+                } => {
+                    let ops = if presence_state {
+                        vec![ChannelOp::Subscribe, ChannelOp::PresenceState]
+                    } else {
+                        vec![ChannelOp::Subscribe]
+                    };
+                    let state = self
+                        .call_channel(session, &topic, ops)
+                        .await
+                        .and_then(|r| r.presence_state.clone());
                     send(ws, WireFrame::Text(frame::encode(session.vsn, &reply)));
                     if presence_state {
                         let state = state.unwrap_or_else(|| serde_json::json!({}));
@@ -294,14 +358,31 @@ impl SocketHub {
                 }
                 Effect::Leave { topic, untrack } => {
                     if untrack {
-                        later.push((topic.clone(), ChannelOp::Untrack { socket: session.id.clone() }));
+                        later.push((
+                            topic.clone(),
+                            ChannelOp::Untrack {
+                                socket: session.id.clone(),
+                            },
+                        ));
                     }
                     if !self.index().has_members(&topic) {
                         later.push((topic, ChannelOp::Unsubscribe));
                     }
                 }
-                Effect::Track { topic, key, meta } => later.push((topic, ChannelOp::Track { socket: session.id.clone(), key, meta })),
-                Effect::Untrack { topic } => later.push((topic, ChannelOp::Untrack { socket: session.id.clone() })),
+                Effect::Track { topic, key, meta } => later.push((
+                    topic,
+                    ChannelOp::Track {
+                        socket: session.id.clone(),
+                        key,
+                        meta,
+                    },
+                )),
+                Effect::Untrack { topic } => later.push((
+                    topic,
+                    ChannelOp::Untrack {
+                        socket: session.id.clone(),
+                    },
+                )),
                 Effect::Disconnect => disconnect = true,
             }
         }
@@ -311,17 +392,28 @@ impl SocketHub {
         Ok(disconnect)
     }
 
-    /// The tenant's limits (`TENANT_LIMITS`); defaults, with a log line, when misconfigured.
-    fn limits(&self, tenant: &str) -> Limits {
-        config::limits(&self.env, tenant).unwrap_or_else(|problem| {
-            console_error!("{problem}");
-            Limits::default()
-        })
+    /// The tenant's keys and limits. Misconfigured keys verify nothing (joins then fail with
+    /// signer errors) and misconfigured limits fall back to the defaults; both are logged.
+    fn settings(&self, tenant: &str) -> (Rc<Keys>, Rc<Limits>) {
+        let (keys, limits) = self.settings.get_or_init(|| {
+            let keys = config::keys(&self.env).unwrap_or_else(|problem| {
+                console_error!("{problem}");
+                Keys::default()
+            });
+            let limits = config::limits(&self.env, tenant).unwrap_or_else(|problem| {
+                console_error!("{problem}");
+                Limits::default()
+            });
+            (Rc::new(keys), Rc::new(limits))
+        });
+        (keys.clone(), limits.clone())
     }
 
     /// Sends ops to the topic's Channel through the outbox and records what it says of peers.
     async fn call_channel(&self, session: &Session, topic: &str, ops: Vec<ChannelOp>) -> Option<Rc<ChannelResponse>> {
-        let Topic::Channel(sub_topic) = parse_topic(topic) else { return None };
+        let Topic::Channel(sub_topic) = parse_topic(topic) else {
+            return None;
+        };
         let name = channel_name(&session.tenant, Access::Public, sub_topic);
         let stub = || self.env.durable_object(CHANNEL)?.get_by_name(&name);
         let response = self.outbox.send(stub, &name, &self.name(), topic, ops).await;
@@ -354,7 +446,9 @@ impl SocketHub {
 
     /// A socket closed or failed: it leaves its channels, releasing its presences.
     async fn socket_gone(&self, ws: &WebSocket) -> Result<()> {
-        let Ok(Some(mut session)) = ws.deserialize_attachment::<Session>() else { return Ok(()) };
+        let Ok(Some(mut session)) = ws.deserialize_attachment::<Session>() else {
+            return Ok(());
+        };
         self.index().remove(&session.id);
         self.last_seen.borrow_mut().remove(&session.id);
         let effects = session.close();
@@ -374,7 +468,11 @@ impl SocketHub {
                     index.insert(ws.clone(), &session);
                 }
             }
-            console_log!("{}: rebuilt the socket index from {} sockets", self.name(), sockets.len());
+            console_log!(
+                "{}: rebuilt the socket index from {} sockets",
+                self.name(),
+                sockets.len()
+            );
             *slot = Some(index);
         }
         RefMut::map(slot, |s| s.as_mut().expect("index was just built"))
@@ -394,14 +492,18 @@ enum Deliverable<'a> {
 
 /// Delivers to this hub's members of `topic`, encoding once per serializer; counts the sends.
 fn fan_out(index: &Index, topic: &str, what: &Deliverable, skip: Option<&str>) -> u64 {
-    let Some(members) = index.topics.get(topic) else { return 0 };
+    let Some(members) = index.topics.get(topic) else {
+        return 0;
+    };
     let mut sent = 0;
     let mut encoded: [Option<Option<WireFrame>>; 2] = [None, None];
     for socket_id in members {
         if Some(socket_id.as_str()) == skip {
             continue;
         }
-        let Some((ws, vsn)) = index.sockets.get(socket_id) else { continue };
+        let Some((ws, vsn)) = index.sockets.get(socket_id) else {
+            continue;
+        };
         let slot = &mut encoded[match vsn {
             Vsn::V1 => 0,
             Vsn::V2 => 1,
@@ -447,5 +549,9 @@ fn at_epoch_ms(ms: u64) -> ScheduledTime {
 /// A socket id unique within its hub.
 fn socket_id() -> String {
     let [a, b, c, d, e, f, g, h] = random::bytes::<8>();
-    format!("{:x}-{:016x}", Date::now().as_millis(), u64::from_be_bytes([a, b, c, d, e, f, g, h]))
+    format!(
+        "{:x}-{:016x}",
+        Date::now().as_millis(),
+        u64::from_be_bytes([a, b, c, d, e, f, g, h])
+    )
 }

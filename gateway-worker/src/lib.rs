@@ -28,11 +28,16 @@ pub use hub::SocketHub;
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let path = req.path();
     // Supabase's gateway strips /realtime/v1 before the server; sluice is reached directly.
-    let route = path.strip_prefix("/realtime/v1").filter(|r| r.starts_with("/api/")).unwrap_or(&path);
+    let route = path
+        .strip_prefix("/realtime/v1")
+        .filter(|r| r.starts_with("/api/"))
+        .unwrap_or(&path);
     match (req.method(), route) {
         (Method::Get, "/realtime/v1/websocket" | "/socket/websocket") => connect::websocket(req, &env).await,
         (Method::Get, "/healthcheck") => Response::ok("ok"),
-        (Method::Get, r) if r.starts_with("/api/tenants/") && r.ends_with("/health") => api::tenant_health(req, &env).await,
+        (Method::Get, r) if r.starts_with("/api/tenants/") && r.ends_with("/health") => {
+            api::tenant_health(req, &env).await
+        }
         (Method::Options, r) if r.starts_with("/api/broadcast") => api::preflight(),
         (Method::Post, "/api/broadcast") => api::broadcast_batch(req, &env).await,
         (Method::Post, r) if r.starts_with("/api/broadcast/") => match sluice_shared::rest::single_route(r) {

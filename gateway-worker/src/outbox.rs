@@ -29,7 +29,14 @@ pub struct Outbox {
 impl Outbox {
     /// Queues `ops` for the channel DO `channel` (topic `topic`) and resolves with the response of
     /// the request that carried them (`None` if that request failed).
-    pub async fn send(&self, stub: impl Fn() -> Result<Stub>, channel: &str, hub: &str, topic: &str, ops: Vec<ChannelOp>) -> Option<Rc<ChannelResponse>> {
+    pub async fn send(
+        &self,
+        stub: impl Fn() -> Result<Stub>,
+        channel: &str,
+        hub: &str,
+        topic: &str,
+        ops: Vec<ChannelOp>,
+    ) -> Option<Rc<ChannelResponse>> {
         let (tx, rx) = oneshot::channel();
         let flusher = {
             let mut queues = self.queues.borrow_mut();
@@ -50,7 +57,11 @@ impl Outbox {
                 };
                 let (ops, replies): (Vec<Vec<_>>, Vec<_>) = batch.into_iter().unzip();
                 let ops = ops.into_iter().flatten().collect();
-                let request = ChannelRequest { hub: hub.to_string(), topic: topic.to_string(), ops };
+                let request = ChannelRequest {
+                    hub: hub.to_string(),
+                    topic: topic.to_string(),
+                    ops,
+                };
                 let response = match post(&stub, &request).await {
                     Ok(r) => Some(Rc::new(r)),
                     Err(e) => {
@@ -72,11 +83,17 @@ pub async fn post(stub: &impl Fn() -> Result<Stub>, request: &ChannelRequest) ->
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;
     let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_headers(headers).with_body(Some(serde_json::to_string(request)?.into()));
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(serde_json::to_string(request)?.into()));
     let req = Request::new_with_init("https://channel/internal/v1/channel", &init)?;
     let mut res = stub()?.fetch_with_request(req).await?;
     if res.status_code() != 200 {
-        return Err(Error::RustError(format!("status {}: {}", res.status_code(), res.text().await.unwrap_or_default())));
+        return Err(Error::RustError(format!(
+            "status {}: {}",
+            res.status_code(),
+            res.text().await.unwrap_or_default()
+        )));
     }
     res.json().await
 }

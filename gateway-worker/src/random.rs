@@ -9,7 +9,11 @@ pub fn uuid() -> String {
     let random_uuid: Function = Reflect::get(&crypto, &"randomUUID".into())
         .expect("crypto.randomUUID exists")
         .unchecked_into();
-    random_uuid.call0(&crypto).ok().and_then(|v| v.as_string()).expect("randomUUID returns a string")
+    random_uuid
+        .call0(&crypto)
+        .ok()
+        .and_then(|v| v.as_string())
+        .expect("randomUUID returns a string")
 }
 
 /// `N` random bytes. Used for presence refs and socket ids, which need uniqueness, not secrecy.

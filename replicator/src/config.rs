@@ -31,13 +31,15 @@ impl Config {
     }
 
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let database_url = get("SLUICE_DATABASE_URL").filter(|v| !v.trim().is_empty()).ok_or_else(|| {
-            ConfigError(
-                "SLUICE_DATABASE_URL is not set: set it to the database to replicate, \
+        let database_url = get("SLUICE_DATABASE_URL")
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| {
+                ConfigError(
+                    "SLUICE_DATABASE_URL is not set: set it to the database to replicate, \
                  e.g. postgres://postgres@127.0.0.1:5432/postgres"
-                    .into(),
-            )
-        })?;
+                        .into(),
+                )
+            })?;
         database_url.parse::<tokio_postgres::Config>().map_err(|e| {
             ConfigError(format!(
                 "SLUICE_DATABASE_URL is not a valid connection string ({e}): \
@@ -47,22 +49,36 @@ impl Config {
         let http_addr = match get("SLUICE_HTTP_ADDR") {
             None => SocketAddr::from(([127, 0, 0, 1], 9187)),
             Some(v) => v.parse().map_err(|_| {
-                ConfigError(format!("SLUICE_HTTP_ADDR={v:?} is not an address: use host:port, e.g. 127.0.0.1:9187"))
+                ConfigError(format!(
+                    "SLUICE_HTTP_ADDR={v:?} is not an address: use host:port, e.g. 127.0.0.1:9187"
+                ))
             })?,
         };
         let publication = identifier(&get, "SLUICE_PUBLICATION", "supabase_realtime")?;
         let slot = identifier(&get, "SLUICE_SLOT", "sluice_changes")?;
-        Ok(Config { database_url, http_addr, publication, slot })
+        Ok(Config {
+            database_url,
+            http_addr,
+            publication,
+            slot,
+        })
     }
 }
 
 /// A publication or slot name: lower-case letters, digits and underscores (what slot names allow),
 /// at most 63 bytes.
 fn identifier(get: &impl Fn(&str) -> Option<String>, name: &str, default: &str) -> Result<String, ConfigError> {
-    let value = get(name).filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string());
-    let valid = value.len() <= 63 && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let value = get(name)
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string());
+    let valid = value.len() <= 63
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if !valid {
-        return Err(ConfigError(format!("{name}={value:?} is not a valid name: use lower-case letters, digits and _ (at most 63)")));
+        return Err(ConfigError(format!(
+            "{name}={value:?} is not a valid name: use lower-case letters, digits and _ (at most 63)"
+        )));
     }
     Ok(value)
 }
@@ -81,14 +97,24 @@ mod tests {
     fn defaults() {
         let c = config(&[("SLUICE_DATABASE_URL", "postgres://u@localhost/db")]).unwrap();
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:9187");
-        assert_eq!((c.publication.as_str(), c.slot.as_str()), ("supabase_realtime", "sluice_changes"));
+        assert_eq!(
+            (c.publication.as_str(), c.slot.as_str()),
+            ("supabase_realtime", "sluice_changes")
+        );
     }
 
     #[test]
     fn errors_name_the_variable_and_the_fix() {
         assert!(config(&[]).unwrap_err().0.starts_with("SLUICE_DATABASE_URL is not set"));
-        assert!(config(&[("SLUICE_DATABASE_URL", "postgres://u@h:notaport/db")]).unwrap_err().0.contains("not a valid connection string"));
-        let e = config(&[("SLUICE_DATABASE_URL", "postgres://u@h/db"), ("SLUICE_HTTP_ADDR", "nope")]).unwrap_err();
+        assert!(config(&[("SLUICE_DATABASE_URL", "postgres://u@h:notaport/db")])
+            .unwrap_err()
+            .0
+            .contains("not a valid connection string"));
+        let e = config(&[
+            ("SLUICE_DATABASE_URL", "postgres://u@h/db"),
+            ("SLUICE_HTTP_ADDR", "nope"),
+        ])
+        .unwrap_err();
         assert!(e.0.contains("SLUICE_HTTP_ADDR=\"nope\""), "{e}");
         let e = config(&[("SLUICE_DATABASE_URL", "postgres://u@h/db"), ("SLUICE_SLOT", "My-Slot")]).unwrap_err();
         assert!(e.0.starts_with("SLUICE_SLOT=\"My-Slot\" is not a valid name"), "{e}");

@@ -18,7 +18,10 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(state)
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
 }
 
 async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
@@ -46,9 +49,29 @@ async fn metrics(State(state): State<AppState>) -> String {
     let mut metric = |name: &str, help: &str, kind: &str, value: String| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
     };
-    metric("sluice_changes_total", "Row changes decoded from the slot.", "counter", state.stats.changes.load(Ordering::Relaxed).to_string());
-    metric("sluice_transactions_total", "Transactions decoded from the slot.", "counter", state.stats.transactions.load(Ordering::Relaxed).to_string());
-    metric("sluice_replication_connected", "1 while the replication stream is up.", "gauge", u8::from(state.stats.connected.load(Ordering::Relaxed)).to_string());
-    metric("sluice_slot_lag_bytes", "WAL bytes the slot has not confirmed (NaN when unknown).", "gauge", lag.map_or("NaN".into(), |l| l.to_string()));
+    metric(
+        "sluice_changes_total",
+        "Row changes decoded from the slot.",
+        "counter",
+        state.stats.changes.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "sluice_transactions_total",
+        "Transactions decoded from the slot.",
+        "counter",
+        state.stats.transactions.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "sluice_replication_connected",
+        "1 while the replication stream is up.",
+        "gauge",
+        u8::from(state.stats.connected.load(Ordering::Relaxed)).to_string(),
+    );
+    metric(
+        "sluice_slot_lag_bytes",
+        "WAL bytes the slot has not confirmed (NaN when unknown).",
+        "gauge",
+        lag.map_or("NaN".into(), |l| l.to_string()),
+    );
     out
 }

@@ -51,11 +51,18 @@ async fn run() -> Result<(), String> {
     preflight::run(&client, &config).await?;
     let stats = Arc::new(stream::Stats::default());
     tokio::spawn(stream::run(config.clone(), stats.clone()));
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .map_err(|e| format!("cannot listen on SLUICE_HTTP_ADDR={} ({e}): choose a free address", config.http_addr))?;
+    let listener = tokio::net::TcpListener::bind(config.http_addr).await.map_err(|e| {
+        format!(
+            "cannot listen on SLUICE_HTTP_ADDR={} ({e}): choose a free address",
+            config.http_addr
+        )
+    })?;
     info!("serving http://{}/healthz and /metrics", config.http_addr);
-    let state = http::AppState { db: Arc::new(client), stats, slot: config.slot.clone() };
+    let state = http::AppState {
+        db: Arc::new(client),
+        stats,
+        slot: config.slot.clone(),
+    };
     axum::serve(listener, http::router(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -11,8 +11,11 @@ fn sql_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> String {
 }
 
 pub async fn run(db: &Client, config: &Config) -> Result<(), String> {
-
-    let wal_level: String = db.query_one("SELECT current_setting('wal_level')", &[]).await.map_err(sql_error("reading wal_level"))?.get(0);
+    let wal_level: String = db
+        .query_one("SELECT current_setting('wal_level')", &[])
+        .await
+        .map_err(sql_error("reading wal_level"))?
+        .get(0);
     if wal_level != "logical" {
         return Err(format!(
             "wal_level is {wal_level}, and logical replication needs logical: run ALTER SYSTEM SET wal_level = logical (or set it in postgresql.conf) and restart Postgres"
@@ -20,7 +23,10 @@ pub async fn run(db: &Client, config: &Config) -> Result<(), String> {
     }
 
     let row = db
-        .query_one("SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .query_one(
+            "SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
         .await
         .map_err(sql_error("reading the role"))?;
     let (user, can_replicate): (String, bool) = (row.get(0), row.get(1));
@@ -29,7 +35,10 @@ pub async fn run(db: &Client, config: &Config) -> Result<(), String> {
     }
 
     let slot_exists = db
-        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&config.slot])
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&config.slot],
+        )
         .await
         .map_err(sql_error("looking up the slot"))?
         .is_some();
@@ -47,18 +56,26 @@ pub async fn run(db: &Client, config: &Config) -> Result<(), String> {
     }
 
     let publication_exists = db
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&config.publication])
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&config.publication],
+        )
         .await
         .map_err(sql_error("looking up the publication"))?
         .is_some();
     if !publication_exists {
         // Postgres quotes the name itself (format %I); no user input is spliced into SQL here.
         let create: String = db
-            .query_one("SELECT format('CREATE PUBLICATION %I', $1::text)", &[&config.publication])
+            .query_one(
+                "SELECT format('CREATE PUBLICATION %I', $1::text)",
+                &[&config.publication],
+            )
             .await
             .map_err(sql_error("preparing CREATE PUBLICATION"))?
             .get(0);
-        db.batch_execute(&create).await.map_err(|e| format!("creating publication {} failed: {e}", config.publication))?;
+        db.batch_execute(&create)
+            .await
+            .map_err(|e| format!("creating publication {} failed: {e}", config.publication))?;
         info!(
             "created the empty publication {p}: add the tables to stream with ALTER PUBLICATION {p} ADD TABLE <schema>.<table>",
             p = config.publication
@@ -66,9 +83,12 @@ pub async fn run(db: &Client, config: &Config) -> Result<(), String> {
     }
 
     if !slot_exists {
-        db.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&config.slot])
-            .await
-            .map_err(|e| format!("creating replication slot {} failed: {e}", config.slot))?;
+        db.execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&config.slot],
+        )
+        .await
+        .map_err(|e| format!("creating replication slot {} failed: {e}", config.slot))?;
         info!("created the persistent replication slot {}", config.slot);
     }
     Ok(())

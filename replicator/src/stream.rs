@@ -44,7 +44,10 @@ async fn stream_once(config: &Config, stats: &Stats) -> Result<(), String> {
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
         None => "localhost".into(),
     };
-    let password = pg.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+    let password = pg
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
     let repl = ReplicationConfig::new(
         host,
         pg.get_user().unwrap_or("postgres"),
@@ -56,7 +59,9 @@ async fn stream_once(config: &Config, stats: &Stats) -> Result<(), String> {
     .with_port(pg.get_ports().first().copied().unwrap_or(5432))
     // Value texts in the forms `sluice_shared::pgvalue` renders.
     .with_options("-c DateStyle=ISO -c TimeZone=UTC");
-    let mut client = ReplicationClient::connect(repl).await.map_err(|e| format!("connecting for replication: {e}"))?;
+    let mut client = ReplicationClient::connect(repl)
+        .await
+        .map_err(|e| format!("connecting for replication: {e}"))?;
     info!("streaming slot {} of publication {}", config.slot, config.publication);
     stats.connected.store(true, Ordering::Relaxed);
     let mut parser = LogicalReplicationParser::with_protocol_version(1);
@@ -64,9 +69,17 @@ async fn stream_once(config: &Config, stats: &Stats) -> Result<(), String> {
     while let Some(event) = client.recv().await.map_err(|e| format!("{e}"))? {
         match event {
             ReplicationEvent::XLogData { data, .. } => {
-                let message = parser.parse_wal_message(&data).map_err(|e| format!("decoding pgoutput: {e}"))?.message;
+                let message = parser
+                    .parse_wal_message(&data)
+                    .map_err(|e| format!("decoding pgoutput: {e}"))?
+                    .message;
                 match message {
-                    LogicalReplicationMessage::Relation { relation_id, namespace, relation_name, .. } => {
+                    LogicalReplicationMessage::Relation {
+                        relation_id,
+                        namespace,
+                        relation_name,
+                        ..
+                    } => {
                         relations.insert(relation_id, (namespace.to_string(), relation_name.to_string()));
                     }
                     LogicalReplicationMessage::Insert { relation_id, .. }

@@ -32,7 +32,11 @@ pub struct Refused {
 
 pub fn authorize(req: &ConnectRequest, keys: &Keys, now_secs: i64) -> Result<Accepted, Refused> {
     let Some(vsn) = Vsn::from_param(req.vsn) else {
-        return Err(Refused { status: 400, message: "Unsupported vsn: use 1.0.0 or 2.0.0".into(), delay: false });
+        return Err(Refused {
+            status: 400,
+            message: "Unsupported vsn: use 1.0.0 or 2.0.0".into(),
+            delay: false,
+        });
     };
     let token = req.header_key.or(req.query_key).unwrap_or("");
     let claims = keys.verify(token, now_secs).map_err(|e: AuthError| Refused {
@@ -40,12 +44,19 @@ pub fn authorize(req: &ConnectRequest, keys: &Keys, now_secs: i64) -> Result<Acc
         message: e.connect_message(),
         delay: true,
     })?;
-    Ok(Accepted { tenant: tenant_from_host(req.host), vsn, claims })
+    Ok(Accepted {
+        tenant: tenant_from_host(req.host),
+        vsn,
+        claims,
+    })
 }
 
 /// Tenant = the first DNS label of the host, port removed (upstream `get_external_id`).
 pub fn tenant_from_host(host: &str) -> String {
-    let host = host.rsplit_once(':').filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit())).map_or(host, |(h, _)| h);
+    let host = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+        .map_or(host, |(h, _)| h);
     host.split('.').next().unwrap_or(host).to_string()
 }
 
@@ -63,7 +74,12 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn req<'a>(header_key: Option<&'a str>, query_key: Option<&'a str>, vsn: Option<&'a str>) -> ConnectRequest<'a> {
-        ConnectRequest { host: "realtime-dev.localhost:4000", header_key, query_key, vsn }
+        ConnectRequest {
+            host: "realtime-dev.localhost:4000",
+            header_key,
+            query_key,
+            vsn,
+        }
     }
 
     #[test]
@@ -78,8 +94,16 @@ mod tests {
     fn accepts_query_key_and_prefers_header() {
         let good = sign(json!({"role": "anon", "exp": NOW + 60}));
         let ok = authorize(&req(None, Some(&good), Some("2.0.0")), &Keys::new(SECRET.to_vec()), NOW).unwrap();
-        assert_eq!((ok.tenant.as_str(), ok.vsn, ok.claims.role.as_str()), ("realtime-dev", Vsn::V2, "anon"));
-        let refused = authorize(&req(Some("garbage"), Some(&good), None), &Keys::new(SECRET.to_vec()), NOW).unwrap_err();
+        assert_eq!(
+            (ok.tenant.as_str(), ok.vsn, ok.claims.role.as_str()),
+            ("realtime-dev", Vsn::V2, "anon")
+        );
+        let refused = authorize(
+            &req(Some("garbage"), Some(&good), None),
+            &Keys::new(SECRET.to_vec()),
+            NOW,
+        )
+        .unwrap_err();
         assert_eq!(refused.message, "The token provided is not a valid JWT");
     }
 
@@ -87,11 +111,25 @@ mod tests {
     fn refusals() {
         assert_eq!(
             authorize(&req(None, None, None), &Keys::new(SECRET.to_vec()), NOW),
-            Err(Refused { status: 401, message: "API key is missing".into(), delay: true })
+            Err(Refused {
+                status: 401,
+                message: "API key is missing".into(),
+                delay: true
+            })
         );
         let expired = sign(json!({"role": "anon", "exp": NOW - 1}));
-        assert_eq!(authorize(&req(None, Some(&expired), None), &Keys::new(SECRET.to_vec()), NOW).unwrap_err().message, "Token has expired");
-        assert_eq!(authorize(&req(None, None, Some("9")), &Keys::new(SECRET.to_vec()), NOW).unwrap_err().status, 400);
+        assert_eq!(
+            authorize(&req(None, Some(&expired), None), &Keys::new(SECRET.to_vec()), NOW)
+                .unwrap_err()
+                .message,
+            "Token has expired"
+        );
+        assert_eq!(
+            authorize(&req(None, None, Some("9")), &Keys::new(SECRET.to_vec()), NOW)
+                .unwrap_err()
+                .status,
+            400
+        );
     }
 
     #[test]

@@ -131,7 +131,9 @@ fn decode_v1_object(value: Value) -> Result<Inbound, DecodeError> {
     // Phoenix requires all four keys; `join_ref` is optional.
     for key in ["topic", "event", "payload", "ref"] {
         if !obj.contains_key(key) {
-            return Err(DecodeError::WrongShape("V1 message needs topic, event, payload and ref"));
+            return Err(DecodeError::WrongShape(
+                "V1 message needs topic, event, payload and ref",
+            ));
         }
     }
     Ok(Inbound {
@@ -240,7 +242,10 @@ pub fn encode(vsn: Vsn, msg: &Outbound) -> String {
 /// payload to a V1 socket, or fields too long for a binary frame).
 pub fn encode_broadcast(vsn: Vsn, topic: &str, broadcast: &Broadcast) -> Option<WireFrame> {
     match (broadcast, vsn) {
-        (Broadcast::Json(payload), _) => Some(WireFrame::Text(encode(vsn, &fanout(topic, "broadcast", payload.clone())))),
+        (Broadcast::Json(payload), _) => Some(WireFrame::Text(encode(
+            vsn,
+            &fanout(topic, "broadcast", payload.clone()),
+        ))),
         (Broadcast::User(user), Vsn::V2) => encode_user_broadcast(topic, user).map(WireFrame::Binary),
         (Broadcast::User(user), Vsn::V1) => {
             let payload = user_broadcast_as_json(user)?;
@@ -264,7 +269,11 @@ pub fn user_broadcast_as_json(user: &UserBroadcast) -> Option<Value> {
 
 /// Binary kind 4. Fails (None) when a field is longer than 255 bytes.
 pub fn encode_user_broadcast(topic: &str, user: &UserBroadcast) -> Option<Vec<u8>> {
-    let meta = user.meta.as_ref().map(|m| Value::Object(m.clone()).to_string()).unwrap_or_default();
+    let meta = user
+        .meta
+        .as_ref()
+        .map(|m| Value::Object(m.clone()).to_string())
+        .unwrap_or_default();
     let topic_len = u8::try_from(topic.len()).ok()?;
     let event_len = u8::try_from(user.event.len()).ok()?;
     let meta_len = u8::try_from(meta.len()).ok()?;
@@ -279,7 +288,11 @@ pub fn encode_user_broadcast(topic: &str, user: &UserBroadcast) -> Option<Vec<u8
 
 /// Builds the kind-3 frame a V2 client sends (used by tests and benchmark clients).
 pub fn encode_user_broadcast_push(join_ref: &str, ref_: &str, topic: &str, user: &UserBroadcast) -> Option<Vec<u8>> {
-    let meta = user.meta.as_ref().map(|m| Value::Object(m.clone()).to_string()).unwrap_or_default();
+    let meta = user
+        .meta
+        .as_ref()
+        .map(|m| Value::Object(m.clone()).to_string())
+        .unwrap_or_default();
     let lens = [join_ref.len(), ref_.len(), topic.len(), user.event.len(), meta.len()];
     let mut out = vec![KIND_USER_BROADCAST_PUSH];
     for len in lens {
@@ -340,7 +353,12 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn user(event: &str, encoding: Encoding, payload: &[u8]) -> UserBroadcast {
-        UserBroadcast { event: event.into(), encoding, payload: payload.to_vec(), meta: None }
+        UserBroadcast {
+            event: event.into(),
+            encoding,
+            payload: payload.to_vec(),
+            meta: None,
+        }
     }
 
     #[test]
@@ -367,13 +385,25 @@ mod tests {
 
     #[test]
     fn v1_needs_all_four_keys_but_not_join_ref() {
-        assert!(decode_text(Vsn::V1, r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":null}"#).is_ok());
+        assert!(decode_text(
+            Vsn::V1,
+            r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":null}"#
+        )
+        .is_ok());
         assert_eq!(
             decode_text(Vsn::V1, r#"{"topic":"phoenix","event":"heartbeat","payload":{}}"#),
-            Err(DecodeError::WrongShape("V1 message needs topic, event, payload and ref"))
+            Err(DecodeError::WrongShape(
+                "V1 message needs topic, event, payload and ref"
+            ))
         );
-        assert!(matches!(decode_text(Vsn::V1, r#"["1","1","t","e",{}]"#), Err(DecodeError::WrongShape(_))));
-        assert!(matches!(decode_text(Vsn::V1, r#"{"topic":1,"event":"e","payload":{},"ref":null}"#), Err(DecodeError::WrongShape(_))));
+        assert!(matches!(
+            decode_text(Vsn::V1, r#"["1","1","t","e",{}]"#),
+            Err(DecodeError::WrongShape(_))
+        ));
+        assert!(matches!(
+            decode_text(Vsn::V1, r#"{"topic":1,"event":"e","payload":{},"ref":null}"#),
+            Err(DecodeError::WrongShape(_))
+        ));
     }
 
     #[test]
@@ -388,10 +418,22 @@ mod tests {
     #[test]
     fn rejects_malformed_text() {
         assert_eq!(decode_text(Vsn::V2, "not json"), Err(DecodeError::NotJson));
-        assert!(matches!(decode_text(Vsn::V2, r#"["1","1","t","e"]"#), Err(DecodeError::WrongShape(_))));
-        assert!(matches!(decode_text(Vsn::V2, r#"{"topic":"t"}"#), Err(DecodeError::WrongShape(_))));
-        assert!(matches!(decode_text(Vsn::V2, r#"["1","1",5,"e",{}]"#), Err(DecodeError::WrongShape(_))));
-        assert!(matches!(decode_text(Vsn::V2, r#"[{},"1","t","e",{}]"#), Err(DecodeError::WrongShape(_))));
+        assert!(matches!(
+            decode_text(Vsn::V2, r#"["1","1","t","e"]"#),
+            Err(DecodeError::WrongShape(_))
+        ));
+        assert!(matches!(
+            decode_text(Vsn::V2, r#"{"topic":"t"}"#),
+            Err(DecodeError::WrongShape(_))
+        ));
+        assert!(matches!(
+            decode_text(Vsn::V2, r#"["1","1",5,"e",{}]"#),
+            Err(DecodeError::WrongShape(_))
+        ));
+        assert!(matches!(
+            decode_text(Vsn::V2, r#"[{},"1","t","e",{}]"#),
+            Err(DecodeError::WrongShape(_))
+        ));
     }
 
     #[test]
@@ -404,17 +446,32 @@ mod tests {
         assert_eq!(msg.ref_.as_deref(), Some("3"));
         assert_eq!(msg.topic, "realtime:room1");
         assert_eq!(msg.event, "broadcast");
-        assert_eq!(msg.payload, InboundPayload::UserBroadcast(user("move", Encoding::Json, b"{\"x\":1}")));
+        assert_eq!(
+            msg.payload,
+            InboundPayload::UserBroadcast(user("move", Encoding::Json, b"{\"x\":1}"))
+        );
     }
 
     #[test]
     fn rejects_bad_binary() {
-        assert_eq!(decode_binary(Vsn::V1, &[3, 0, 0, 0, 0, 0, 1]), Err(DecodeError::BinaryOnV1));
+        assert_eq!(
+            decode_binary(Vsn::V1, &[3, 0, 0, 0, 0, 0, 1]),
+            Err(DecodeError::BinaryOnV1)
+        );
         assert_eq!(decode_binary(Vsn::V2, &[]), Err(DecodeError::Truncated));
-        assert_eq!(decode_binary(Vsn::V2, &[0, 1, 2]), Err(DecodeError::UnknownBinaryKind(0)));
+        assert_eq!(
+            decode_binary(Vsn::V2, &[0, 1, 2]),
+            Err(DecodeError::UnknownBinaryKind(0))
+        );
         assert_eq!(decode_binary(Vsn::V2, &[3, 0, 0]), Err(DecodeError::Truncated));
-        assert_eq!(decode_binary(Vsn::V2, &[3, 5, 0, 0, 0, 0, 1, b'a']), Err(DecodeError::Truncated));
-        assert_eq!(decode_binary(Vsn::V2, &[3, 1, 0, 0, 0, 0, 1, 0xff]), Err(DecodeError::NotUtf8));
+        assert_eq!(
+            decode_binary(Vsn::V2, &[3, 5, 0, 0, 0, 0, 1, b'a']),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(
+            decode_binary(Vsn::V2, &[3, 1, 0, 0, 0, 0, 1, 0xff]),
+            Err(DecodeError::NotUtf8)
+        );
     }
 
     #[test]
@@ -439,7 +496,10 @@ mod tests {
 
     #[test]
     fn kind_4_refuses_fields_over_255_bytes() {
-        assert_eq!(encode_user_broadcast(&"t".repeat(256), &user("e", Encoding::Json, b"{}")), None);
+        assert_eq!(
+            encode_user_broadcast(&"t".repeat(256), &user("e", Encoding::Json, b"{}")),
+            None
+        );
         assert!(encode_user_broadcast(&"t".repeat(255), &user("e", Encoding::Json, b"{}")).is_some());
     }
 
@@ -447,9 +507,15 @@ mod tests {
     fn encodes_v1_without_join_ref_and_v2_as_array() {
         let r = reply(Some("1"), Some("2"), "realtime:a", true, json!({}));
         let v1: Value = serde_json::from_str(&encode(Vsn::V1, &r)).unwrap();
-        assert_eq!(v1, json!({"topic":"realtime:a","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":"2"}));
+        assert_eq!(
+            v1,
+            json!({"topic":"realtime:a","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":"2"})
+        );
         let v2: Value = serde_json::from_str(&encode(Vsn::V2, &r)).unwrap();
-        assert_eq!(v2, json!(["1", "2", "realtime:a", "phx_reply", {"status":"ok","response":{}}]));
+        assert_eq!(
+            v2,
+            json!(["1", "2", "realtime:a", "phx_reply", {"status":"ok","response":{}}])
+        );
     }
 
     #[test]
@@ -459,40 +525,67 @@ mod tests {
         let f = fanout("realtime:a", "broadcast", json!({}));
         assert_eq!((f.join_ref.as_deref(), f.ref_.as_deref()), (None, None));
         let c = close(Some("3"), "realtime:a");
-        assert_eq!((c.join_ref.as_deref(), c.ref_.as_deref(), c.event.as_str()), (Some("3"), Some("3"), "phx_close"));
+        assert_eq!(
+            (c.join_ref.as_deref(), c.ref_.as_deref(), c.event.as_str()),
+            (Some("3"), Some("3"), "phx_close")
+        );
         let e = reply(Some("1"), Some("2"), "t", false, json!({"reason": "unmatched topic"}));
-        assert_eq!(e.payload, json!({"status":"error","response":{"reason":"unmatched topic"}}));
+        assert_eq!(
+            e.payload,
+            json!({"status":"error","response":{"reason":"unmatched topic"}})
+        );
     }
 
     #[test]
     fn json_broadcast_goes_out_as_text_to_both() {
         let b = Broadcast::Json(json!({"type":"broadcast","event":"move","payload":{"x":1},"extra":true}));
-        let Some(WireFrame::Text(v1)) = encode_broadcast(Vsn::V1, "realtime:r", &b) else { panic!() };
+        let Some(WireFrame::Text(v1)) = encode_broadcast(Vsn::V1, "realtime:r", &b) else {
+            panic!()
+        };
         let v1: Value = serde_json::from_str(&v1).unwrap();
         assert_eq!(v1["payload"]["extra"], json!(true));
         assert_eq!(v1["ref"], Value::Null);
-        let Some(WireFrame::Text(v2)) = encode_broadcast(Vsn::V2, "realtime:r", &b) else { panic!() };
+        let Some(WireFrame::Text(v2)) = encode_broadcast(Vsn::V2, "realtime:r", &b) else {
+            panic!()
+        };
         let v2: Value = serde_json::from_str(&v2).unwrap();
-        assert_eq!(v2, json!([null, null, "realtime:r", "broadcast", {"type":"broadcast","event":"move","payload":{"x":1},"extra":true}]));
+        assert_eq!(
+            v2,
+            json!([null, null, "realtime:r", "broadcast", {"type":"broadcast","event":"move","payload":{"x":1},"extra":true}])
+        );
     }
 
     #[test]
     fn user_broadcast_is_binary_for_v2_json_for_v1_and_skipped_when_opaque() {
         let b = Broadcast::User(user("move", Encoding::Json, b"{\"x\":1}"));
-        assert!(matches!(encode_broadcast(Vsn::V2, "realtime:r", &b), Some(WireFrame::Binary(_))));
-        let Some(WireFrame::Text(v1)) = encode_broadcast(Vsn::V1, "realtime:r", &b) else { panic!() };
+        assert!(matches!(
+            encode_broadcast(Vsn::V2, "realtime:r", &b),
+            Some(WireFrame::Binary(_))
+        ));
+        let Some(WireFrame::Text(v1)) = encode_broadcast(Vsn::V1, "realtime:r", &b) else {
+            panic!()
+        };
         let v1: Value = serde_json::from_str(&v1).unwrap();
-        assert_eq!(v1["payload"], json!({"type":"broadcast","event":"move","payload":{"x":1}}));
+        assert_eq!(
+            v1["payload"],
+            json!({"type":"broadcast","event":"move","payload":{"x":1}})
+        );
         let opaque = Broadcast::User(user("bin", Encoding::Binary, &[0, 159, 255]));
         assert_eq!(encode_broadcast(Vsn::V1, "realtime:r", &opaque), None);
-        assert!(matches!(encode_broadcast(Vsn::V2, "realtime:r", &opaque), Some(WireFrame::Binary(_))));
+        assert!(matches!(
+            encode_broadcast(Vsn::V2, "realtime:r", &opaque),
+            Some(WireFrame::Binary(_))
+        ));
     }
 
     #[test]
     fn v1_receives_meta_of_user_broadcast() {
         let mut u = user("e", Encoding::Json, b"[1]");
         u.meta = Some(json!({"id": "x"}).as_object().unwrap().clone());
-        assert_eq!(user_broadcast_as_json(&u), Some(json!({"type":"broadcast","event":"e","payload":[1],"meta":{"id":"x"}})));
+        assert_eq!(
+            user_broadcast_as_json(&u),
+            Some(json!({"type":"broadcast","event":"e","payload":[1],"meta":{"id":"x"}}))
+        );
     }
 
     #[test]

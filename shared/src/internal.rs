@@ -44,9 +44,17 @@ pub enum ChannelOp {
     /// The hub has no members left; its presences go with it.
     Unsubscribe,
     /// Relay to the other hubs with members.
-    Broadcast { broadcast: Broadcast },
-    Track { socket: String, key: String, meta: Map<String, Value> },
-    Untrack { socket: String },
+    Broadcast {
+        broadcast: Broadcast,
+    },
+    Track {
+        socket: String,
+        key: String,
+        meta: Map<String, Value>,
+    },
+    Untrack {
+        socket: String,
+    },
     /// Answer with the presence state.
     PresenceState,
 }
@@ -69,10 +77,16 @@ pub struct Delivery {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum HubEvent {
-    Broadcast { broadcast: Broadcast },
-    PresenceDiff { diff: Value },
+    Broadcast {
+        broadcast: Broadcast,
+    },
+    PresenceDiff {
+        diff: Value,
+    },
     /// The number of other hubs with members changed.
-    Peers { peers: usize },
+    Peers {
+        peers: usize,
+    },
 }
 
 #[cfg(test)]
@@ -97,9 +111,18 @@ mod tests {
             ops: vec![
                 ChannelOp::Subscribe,
                 ChannelOp::Broadcast {
-                    broadcast: Broadcast::User(UserBroadcast { event: "e".into(), encoding: Encoding::Binary, payload: vec![0, 255], meta: None }),
+                    broadcast: Broadcast::User(UserBroadcast {
+                        event: "e".into(),
+                        encoding: Encoding::Binary,
+                        payload: vec![0, 255],
+                        meta: None,
+                    }),
                 },
-                ChannelOp::Track { socket: "s".into(), key: "k".into(), meta: json!({"a": 1}).as_object().unwrap().clone() },
+                ChannelOp::Track {
+                    socket: "s".into(),
+                    key: "k".into(),
+                    meta: json!({"a": 1}).as_object().unwrap().clone(),
+                },
             ],
         };
         let text = serde_json::to_string(&req).unwrap();

@@ -57,14 +57,22 @@ pub fn parse_join(payload: &Value) -> JoinConfig {
         replay: at(&["broadcast", "replay"]).filter(|v| !v.is_null()).cloned(),
         replication_ready: flag(&["broadcast", "replication_ready"]),
         presence_enabled: flag(&["presence", "enabled"]),
-        presence_key: at(&["presence", "key"]).and_then(Value::as_str).unwrap_or("").to_string(),
+        presence_key: at(&["presence", "key"])
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
         postgres_changes: at(&["postgres_changes"])
             .and_then(Value::as_array)
             .map(|bindings| {
                 bindings
                     .iter()
                     .filter_map(Value::as_object)
-                    .map(|b| b.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect())
+                    .map(|b| {
+                        b.iter()
+                            .filter(|(_, v)| !v.is_null())
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    })
                     .collect()
             })
             .unwrap_or_default(),
@@ -131,8 +139,10 @@ mod tests {
     fn lenient_defaults() {
         assert_eq!(parse_join(&json!({})), JoinConfig::default());
         assert_eq!(parse_join(&json!(null)), JoinConfig::default());
-        let c = parse_join(&json!({"config": {"broadcast": {"self": "yes", "ack": 1}, "presence": {"key": 5},
-                                              "postgres_changes": "x", "private": null}, "user_token": "legacy"}));
+        let c = parse_join(
+            &json!({"config": {"broadcast": {"self": "yes", "ack": 1}, "presence": {"key": 5},
+                                              "postgres_changes": "x", "private": null}, "user_token": "legacy"}),
+        );
         assert!(!c.broadcast_self && !c.broadcast_ack && !c.private);
         assert_eq!(c.presence_key, "");
         assert!(c.postgres_changes.is_empty());

@@ -25,7 +25,9 @@ pub enum AuthError {
     /// The header names an algorithm sluice has no key for.
     Signer,
     MissingRoleOrExp,
-    Expired { seconds_ago: i64 },
+    Expired {
+        seconds_ago: i64,
+    },
 }
 
 impl AuthError {
@@ -44,9 +46,7 @@ impl AuthError {
             AuthError::Missing => "API key is missing".into(),
             AuthError::Malformed => "The token provided is not a valid JWT".into(),
             AuthError::BadSignature => "Failed to validate JWT signature".into(),
-            AuthError::Signer => {
-                "Failed to generate JWT signer, check your JWT secret or JWKS configuration".into()
-            }
+            AuthError::Signer => "Failed to generate JWT signer, check your JWT secret or JWKS configuration".into(),
             AuthError::MissingRoleOrExp => "Fields `role` and `exp` are required in JWT".into(),
             AuthError::Expired { seconds_ago } => format!("Token has expired {seconds_ago} seconds ago"),
         }
@@ -88,26 +88,44 @@ enum PublicKey {
 
 impl Keys {
     pub fn new(secret: Vec<u8>) -> Keys {
-        Keys { secret, jwks: Vec::new() }
+        Keys {
+            secret,
+            jwks: Vec::new(),
+        }
     }
 
     /// Adds the keys of a JWKS document (`{"keys": [...]}`). Keys of types sluice cannot use
     /// are an error, so a typo in the configuration is found at once.
     pub fn with_jwks(mut self, jwks: &str) -> Result<Keys, String> {
         let doc: Value = serde_json::from_str(jwks).map_err(|e| format!("JWKS is not JSON: {e}"))?;
-        let keys = doc.get("keys").and_then(Value::as_array).ok_or("JWKS needs a \"keys\" array")?;
+        let keys = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or("JWKS needs a \"keys\" array")?;
         for (i, raw) in keys.iter().enumerate() {
             let kid = raw.get("kid").and_then(Value::as_str).map(str::to_string);
             let jwk: JsonWebKey = serde_json::from_value(raw.clone()).map_err(|e| format!("JWKS key {i}: {e}"))?;
             let key = match &jwk {
                 JsonWebKey::Symmetric { secret } => PublicKey::Hmac(secret.to_vec()),
-                JsonWebKey::Rsa { .. } => PublicKey::Rsa(Box::new(RsaPublicKey::try_from(&jwk).map_err(|e| format!("JWKS key {i}: {e}"))?)),
+                JsonWebKey::Rsa { .. } => PublicKey::Rsa(Box::new(
+                    RsaPublicKey::try_from(&jwk).map_err(|e| format!("JWKS key {i}: {e}"))?,
+                )),
                 JsonWebKey::EllipticCurve { curve, x, y, .. } if curve == "P-256" => {
-                    let point = p256::EncodedPoint::from_affine_coordinates(x.as_ref().into(), y.as_ref().into(), false);
-                    PublicKey::P256(p256::ecdsa::VerifyingKey::from_encoded_point(&point).map_err(|e| format!("JWKS key {i}: {e}"))?)
+                    let point =
+                        p256::EncodedPoint::from_affine_coordinates(x.as_ref().into(), y.as_ref().into(), false);
+                    PublicKey::P256(
+                        p256::ecdsa::VerifyingKey::from_encoded_point(&point)
+                            .map_err(|e| format!("JWKS key {i}: {e}"))?,
+                    )
                 }
-                JsonWebKey::KeyPair { .. } => PublicKey::Ed25519(TryFrom::try_from(&jwk).map_err(|e| format!("JWKS key {i}: {e}"))?),
-                _ => return Err(format!("JWKS key {i}: unsupported key type or curve (use oct, RSA, EC P-256 or OKP Ed25519)")),
+                JsonWebKey::KeyPair { .. } => {
+                    PublicKey::Ed25519(TryFrom::try_from(&jwk).map_err(|e| format!("JWKS key {i}: {e}"))?)
+                }
+                _ => {
+                    return Err(format!(
+                        "JWKS key {i}: unsupported key type or curve (use oct, RSA, EC P-256 or OKP Ed25519)"
+                    ))
+                }
             };
             self.jwks.push(Jwk { kid, key });
         }
@@ -131,7 +149,10 @@ impl Keys {
         let untrusted = UntrustedToken::new(&token).map_err(|_| AuthError::Malformed)?;
         let kid = untrusted.header().key_id.as_deref();
         let by_kid = |pick: fn(&PublicKey) -> bool| {
-            self.jwks.iter().find(|k| k.kid.as_deref() == kid && kid.is_some() && pick(&k.key)).map(|k| &k.key)
+            self.jwks
+                .iter()
+                .find(|k| k.kid.as_deref() == kid && kid.is_some() && pick(&k.key))
+                .map(|k| &k.key)
         };
         let hmac_secret = match by_kid(|k| matches!(k, PublicKey::Hmac(_))) {
             Some(PublicKey::Hmac(secret)) => secret.as_slice(),
@@ -142,19 +163,23 @@ impl Keys {
             "HS256" => Hs256.validator(&Hs256Key::new(hmac_secret)).validate(&untrusted),
             "HS384" => Hs384.validator(&Hs384Key::new(hmac_secret)).validate(&untrusted),
             "HS512" => Hs512.validator(&Hs512Key::new(hmac_secret)).validate(&untrusted),
-            "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" => match by_kid(|k| matches!(k, PublicKey::Rsa(_))) {
-                Some(PublicKey::Rsa(key)) => Rsa::with_name(alg).validator(key.as_ref()).validate(&untrusted),
-                _ => return Err(AuthError::Signer),
-            },
+            "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" => {
+                match by_kid(|k| matches!(k, PublicKey::Rsa(_))) {
+                    Some(PublicKey::Rsa(key)) => Rsa::with_name(alg).validator(key.as_ref()).validate(&untrusted),
+                    _ => return Err(AuthError::Signer),
+                }
+            }
             "ES256" => match by_kid(|k| matches!(k, PublicKey::P256(_))) {
                 Some(PublicKey::P256(key)) => Es256.validator(key).validate(&untrusted),
                 _ => return Err(AuthError::Signer),
             },
             "EdDSA" | "Ed25519" => match by_kid(|k| matches!(k, PublicKey::Ed25519(_))) {
                 // jwt-compact checks the header's name against "EdDSA"; both names mean Ed25519.
-                Some(PublicKey::Ed25519(key)) => jwt_compact::Renamed::new(Ed25519, if alg == "EdDSA" { "EdDSA" } else { "Ed25519" })
-                    .validator(key)
-                    .validate(&untrusted),
+                Some(PublicKey::Ed25519(key)) => {
+                    jwt_compact::Renamed::new(Ed25519, if alg == "EdDSA" { "EdDSA" } else { "Ed25519" })
+                        .validator(key)
+                        .validate(&untrusted)
+                }
                 _ => return Err(AuthError::Signer),
             },
             _ => return Err(AuthError::Signer),
@@ -167,7 +192,9 @@ impl Keys {
         })?;
         let (_, claims) = verified.into_parts();
         match claims.expiration.map(|e| e.timestamp()) {
-            Some(exp) if exp <= now_secs => Err(AuthError::Expired { seconds_ago: now_secs - exp }),
+            Some(exp) if exp <= now_secs => Err(AuthError::Expired {
+                seconds_ago: now_secs - exp,
+            }),
             _ => Ok(claims),
         }
     }
@@ -185,14 +212,20 @@ fn claims_of(claims: &JwtClaims<Map<String, Value>>, now_secs: i64) -> Result<Cl
     };
     let exp = exp.timestamp();
     if exp <= now_secs {
-        return Err(AuthError::Expired { seconds_ago: now_secs - exp });
+        return Err(AuthError::Expired {
+            seconds_ago: now_secs - exp,
+        });
     }
     let mut all = claims.custom.clone();
     all.insert("exp".into(), exp.into());
     if let Some(iat) = claims.issued_at {
         all.insert("iat".into(), iat.timestamp().into());
     }
-    Ok(Claims { role: role.to_string(), exp, all })
+    Ok(Claims {
+        role: role.to_string(),
+        exp,
+        all,
+    })
 }
 
 #[cfg(test)]
@@ -221,7 +254,12 @@ pub(crate) mod tests {
 
     #[test]
     fn accepts_valid_token() {
-        let c = verify(&sign(json!({"role": "anon", "exp": NOW + 60, "sub": "u1"})), SECRET, NOW).unwrap();
+        let c = verify(
+            &sign(json!({"role": "anon", "exp": NOW + 60, "sub": "u1"})),
+            SECRET,
+            NOW,
+        )
+        .unwrap();
         assert_eq!(c.role, "anon");
         assert_eq!(c.exp, NOW + 60);
         assert_eq!(c.all["sub"], json!("u1"));
@@ -240,7 +278,10 @@ pub(crate) mod tests {
         let expired = verify(&sign(json!({"role": "anon", "exp": NOW - 12})), SECRET, NOW).unwrap_err();
         assert_eq!(expired, AuthError::Expired { seconds_ago: 12 });
         assert_eq!(expired.connect_message(), "Token has expired");
-        assert_eq!(expired.join_reason(), "InvalidJWTToken: Token has expired 12 seconds ago");
+        assert_eq!(
+            expired.join_reason(),
+            "InvalidJWTToken: Token has expired 12 seconds ago"
+        );
 
         let no_role = verify(&sign(json!({"exp": NOW + 60})), SECRET, NOW).unwrap_err();
         assert_eq!(no_role.connect_message(), "Fields `role` and `exp` are required in JWT");
@@ -250,8 +291,14 @@ pub(crate) mod tests {
         let bad_sig = verify(&sign(json!({"role": "anon", "exp": NOW + 60})), b"another-secret", NOW).unwrap_err();
         assert_eq!(bad_sig.connect_message(), "Failed to validate JWT signature");
 
-        assert_eq!(verify("not a jwt", SECRET, NOW).unwrap_err().connect_message(), "The token provided is not a valid JWT");
-        assert_eq!(verify("", SECRET, NOW).unwrap_err().connect_message(), "API key is missing");
+        assert_eq!(
+            verify("not a jwt", SECRET, NOW).unwrap_err().connect_message(),
+            "The token provided is not a valid JWT"
+        );
+        assert_eq!(
+            verify("", SECRET, NOW).unwrap_err().connect_message(),
+            "API key is missing"
+        );
     }
 
     #[test]
@@ -272,12 +319,18 @@ pub(crate) mod tests {
     #[test]
     fn hs_key_by_kid_and_unknown_kids() {
         // An oct key with a kid verifies HS tokens that name it; others use the tenant secret.
-        let keys = Keys::new(SECRET.to_vec()).with_jwks(r#"{"keys":[{"kty":"oct","kid":"k1","k":"b3RoZXItc2VjcmV0"}]}"#).unwrap();
+        let keys = Keys::new(SECRET.to_vec())
+            .with_jwks(r#"{"keys":[{"kty":"oct","kid":"k1","k":"b3RoZXItc2VjcmV0"}]}"#)
+            .unwrap();
         let mut c = C::new(json!({"role": "anon"}).as_object().unwrap().clone());
         c.expiration = Some(chrono_from(NOW + 60));
-        let with_kid = Hs256.token(&Header::empty().with_key_id("k1"), &c, &Hs256Key::new(b"other-secret")).unwrap();
+        let with_kid = Hs256
+            .token(&Header::empty().with_key_id("k1"), &c, &Hs256Key::new(b"other-secret"))
+            .unwrap();
         assert!(keys.verify(&with_kid, NOW).is_ok());
-        assert!(keys.verify(&sign(json!({"role": "anon", "exp": NOW + 60})), NOW).is_ok());
+        assert!(keys
+            .verify(&sign(json!({"role": "anon", "exp": NOW + 60})), NOW)
+            .is_ok());
         // An RS256 token whose kid is not in the JWKS cannot get a signer.
         let rs = "eyJhbGciOiJSUzI1NiIsImtpZCI6Im5vcGUifQ.eyJyb2xlIjoiYW5vbiIsImV4cCI6OTk5OTk5OTk5OX0.c2ln";
         assert_eq!(keys.verify(rs, NOW), Err(AuthError::Signer));

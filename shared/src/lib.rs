@@ -15,8 +15,8 @@
 
 pub mod connect;
 pub mod frame;
-pub mod join;
 pub mod internal;
+pub mod join;
 pub mod jwt;
 pub mod limits;
 pub mod pgvalue;

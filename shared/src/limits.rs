@@ -37,7 +37,9 @@ impl Limits {
     /// The limits of `tenant` from a `TENANT_LIMITS` document: `{"*": {...}, "<tenant>": {...}}`,
     /// where `*` applies to every tenant and a tenant's own entry overrides it field by field.
     pub fn for_tenant(config: Option<&str>, tenant: &str) -> Result<Limits, String> {
-        let Some(config) = config.filter(|c| !c.trim().is_empty()) else { return Ok(Limits::default()) };
+        let Some(config) = config.filter(|c| !c.trim().is_empty()) else {
+            return Ok(Limits::default());
+        };
         let doc: Value = serde_json::from_str(config).map_err(|e| format!("TENANT_LIMITS is not JSON: {e}"))?;
         let mut merged = serde_json::to_value(Limits::default()).expect("limits serialize");
         for key in ["*", tenant] {
@@ -84,7 +86,9 @@ impl RateCounter {
     /// bucket, so a burst counts in full from the first second.
     pub fn per_second(&mut self, now_ms: u64) -> f64 {
         self.trim(now_ms);
-        let Some((first, _)) = self.buckets.first() else { return 0.0 };
+        let Some((first, _)) = self.buckets.first() else {
+            return 0.0;
+        };
         let span_ms = (now_ms.saturating_sub(*first)).clamp(BUCKET_MS, BUCKET_MS * WINDOW_BUCKETS as u64);
         let total: u64 = self.buckets.iter().map(|(_, c)| c).sum();
         total as f64 * 1000.0 / span_ms as f64
@@ -118,17 +122,33 @@ mod tests {
     #[test]
     fn defaults_and_overrides() {
         assert_eq!(Limits::for_tenant(None, "t").unwrap(), Limits::default());
-        let config = r#"{"*": {"max_events_per_second": 10, "max_channels_per_client": 3}, "t": {"max_events_per_second": 20}}"#;
+        let config =
+            r#"{"*": {"max_events_per_second": 10, "max_channels_per_client": 3}, "t": {"max_events_per_second": 20}}"#;
         let t = Limits::for_tenant(Some(config), "t").unwrap();
-        assert_eq!((t.max_events_per_second, t.max_channels_per_client, t.max_concurrent_users), (20, 3, 200));
-        assert_eq!(Limits::for_tenant(Some(config), "other").unwrap().max_events_per_second, 10);
-        assert!(Limits::for_tenant(Some(r#"{"*": {"max_things": 1}}"#), "t").unwrap_err().contains("unknown limit \"max_things\""));
+        assert_eq!(
+            (
+                t.max_events_per_second,
+                t.max_channels_per_client,
+                t.max_concurrent_users
+            ),
+            (20, 3, 200)
+        );
+        assert_eq!(
+            Limits::for_tenant(Some(config), "other").unwrap().max_events_per_second,
+            10
+        );
+        assert!(Limits::for_tenant(Some(r#"{"*": {"max_things": 1}}"#), "t")
+            .unwrap_err()
+            .contains("unknown limit \"max_things\""));
         assert!(Limits::for_tenant(Some(r#"{"*": {"max_events_per_second": "x"}}"#), "t").is_err());
     }
 
     #[test]
     fn payload_size_rule() {
-        let l = Limits { max_payload_size_in_kb: 1, ..Limits::default() };
+        let l = Limits {
+            max_payload_size_in_kb: 1,
+            ..Limits::default()
+        };
         assert!(!l.payload_too_big(1500));
         assert!(l.payload_too_big(1501));
     }

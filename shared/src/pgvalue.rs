@@ -55,7 +55,9 @@ pub fn render(type_oid: u32, text: &str) -> Value {
     }
     match type_oid {
         oid::BOOL => Value::Bool(text == "t"),
-        oid::INT2 | oid::INT4 | oid::INT8 | oid::OID => text.parse::<i64>().map(Value::from).unwrap_or_else(|_| text.into()),
+        oid::INT2 | oid::INT4 | oid::INT8 | oid::OID => {
+            text.parse::<i64>().map(Value::from).unwrap_or_else(|_| text.into())
+        }
         oid::FLOAT4 | oid::FLOAT8 | oid::NUMERIC => number(text),
         oid::JSON | oid::JSONB => serde_json::from_str(text).unwrap_or_else(|_| text.into()),
         oid::TIMESTAMP => Value::String(text.replacen(' ', "T", 1)),
@@ -80,7 +82,9 @@ fn number(text: &str) -> Value {
 fn iso_timestamptz(text: &str) -> String {
     let t = text.replacen(' ', "T", 1);
     // The offset is the last `+hh`, `-hh` or `+hh:mm` after the time.
-    let Some(sign) = t.rfind(['+', '-']).filter(|i| *i > 10) else { return t };
+    let Some(sign) = t.rfind(['+', '-']).filter(|i| *i > 10) else {
+        return t;
+    };
     let offset = &t[sign + 1..];
     if offset.len() == 2 && offset.chars().all(|c| c.is_ascii_digit()) {
         format!("{t}:00")
@@ -136,7 +140,11 @@ fn parse_level(chars: &mut std::iter::Peekable<std::str::CharIndices>, text: &st
                     chars.next();
                 }
                 let raw = &text[start..end];
-                items.push(if raw == "NULL" { Value::Null } else { render(element, raw) });
+                items.push(if raw == "NULL" {
+                    Value::Null
+                } else {
+                    render(element, raw)
+                });
             }
         }
         match chars.next()?.1 {
@@ -164,30 +172,54 @@ mod tests {
         assert_eq!(render(oid::NUMERIC, "NaN"), json!("NaN"));
         assert_eq!(render(oid::FLOAT8, "Infinity"), json!("Infinity"));
         assert_eq!(render(oid::FLOAT4, "0.25"), json!(0.25));
-        assert_eq!(render(oid::JSONB, r#"{"a": [1, {"b": null}]}"#), json!({"a": [1, {"b": null}]}));
+        assert_eq!(
+            render(oid::JSONB, r#"{"a": [1, {"b": null}]}"#),
+            json!({"a": [1, {"b": null}]})
+        );
         assert_eq!(render(oid::JSON, "\"s\""), json!("s"));
         assert_eq!(render(oid::BYTEA, "\\x0102ff"), json!("0102ff"));
         assert_eq!(render(25, "plain text"), json!("plain text"));
-        assert_eq!(render(2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
+        assert_eq!(
+            render(2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+            json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+        );
     }
 
     #[test]
     fn timestamps() {
-        assert_eq!(render(oid::TIMESTAMPTZ, "2026-01-02 03:04:05.123+00"), json!("2026-01-02T03:04:05.123+00:00"));
-        assert_eq!(render(oid::TIMESTAMPTZ, "2026-01-02 03:04:05+05:30"), json!("2026-01-02T03:04:05+05:30"));
-        assert_eq!(render(oid::TIMESTAMPTZ, "2026-01-02 03:04:05-08"), json!("2026-01-02T03:04:05-08:00"));
-        assert_eq!(render(oid::TIMESTAMP, "2026-01-02 03:04:05.123"), json!("2026-01-02T03:04:05.123"));
+        assert_eq!(
+            render(oid::TIMESTAMPTZ, "2026-01-02 03:04:05.123+00"),
+            json!("2026-01-02T03:04:05.123+00:00")
+        );
+        assert_eq!(
+            render(oid::TIMESTAMPTZ, "2026-01-02 03:04:05+05:30"),
+            json!("2026-01-02T03:04:05+05:30")
+        );
+        assert_eq!(
+            render(oid::TIMESTAMPTZ, "2026-01-02 03:04:05-08"),
+            json!("2026-01-02T03:04:05-08:00")
+        );
+        assert_eq!(
+            render(oid::TIMESTAMP, "2026-01-02 03:04:05.123"),
+            json!("2026-01-02T03:04:05.123")
+        );
         assert_eq!(render(1082, "2026-01-02"), json!("2026-01-02"));
     }
 
     #[test]
     fn arrays() {
         assert_eq!(render(1007, "{1,2,NULL}"), json!([1, 2, null]));
-        assert_eq!(render(1009, r#"{"a b","c\"d",plain,NULL,"NULL"}"#), json!(["a b", "c\"d", "plain", null, "NULL"]));
+        assert_eq!(
+            render(1009, r#"{"a b","c\"d",plain,NULL,"NULL"}"#),
+            json!(["a b", "c\"d", "plain", null, "NULL"])
+        );
         assert_eq!(render(1007, "{{1,2},{3,4}}"), json!([[1, 2], [3, 4]]));
         assert_eq!(render(1000, "{t,f}"), json!([true, false]));
         assert_eq!(render(3807, r#"{"{\"a\": 1}","[2]"}"#), json!([{"a": 1}, [2]]));
-        assert_eq!(render(1185, r#"{"2026-01-02 03:04:05+00"}"#), json!(["2026-01-02T03:04:05+00:00"]));
+        assert_eq!(
+            render(1185, r#"{"2026-01-02 03:04:05+00"}"#),
+            json!(["2026-01-02T03:04:05+00:00"])
+        );
         assert_eq!(render(1007, "{}"), json!([]));
         assert_eq!(render(1007, "[0:1]={7,8}"), json!([7, 8]));
         // Anything unparseable is passed through as text rather than lost.

@@ -80,7 +80,12 @@ impl Registry {
             prev_ref = (old.key == key).then(|| old.phx_ref.clone());
             self.entries.remove(i);
         }
-        let entry = Entry { owner, key: key.to_string(), phx_ref: new_ref, meta };
+        let entry = Entry {
+            owner,
+            key: key.to_string(),
+            phx_ref: new_ref,
+            meta,
+        };
         Diff::add(&mut diff.joins, key, entry.client_meta(prev_ref.as_deref()));
         self.entries.push(entry);
         Some(diff)
@@ -133,7 +138,10 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn owner(hub: &str, socket: &str) -> Owner {
-        Owner { hub: hub.into(), socket: socket.into() }
+        Owner {
+            hub: hub.into(),
+            socket: socket.into(),
+        }
     }
 
     fn meta(v: Value) -> Map<String, Value> {
@@ -143,8 +151,13 @@ mod tests {
     #[test]
     fn first_track_is_a_join() {
         let mut r = Registry::default();
-        let d = r.track(owner("h1", "s1"), "ana", meta(json!({"name": "Ana"})), "R1".into()).unwrap();
-        assert_eq!(d.to_payload(), json!({"joins": {"ana": {"metas": [{"phx_ref": "R1", "name": "Ana"}]}}, "leaves": {}}));
+        let d = r
+            .track(owner("h1", "s1"), "ana", meta(json!({"name": "Ana"})), "R1".into())
+            .unwrap();
+        assert_eq!(
+            d.to_payload(),
+            json!({"joins": {"ana": {"metas": [{"phx_ref": "R1", "name": "Ana"}]}}, "leaves": {}})
+        );
         assert_eq!(r.state(), json!({"ana": {"metas": [{"phx_ref": "R1", "name": "Ana"}]}}));
     }
 
@@ -152,8 +165,13 @@ mod tests {
     fn identical_track_is_a_no_op_and_update_is_leave_plus_join() {
         let mut r = Registry::default();
         r.track(owner("h1", "s1"), "ana", meta(json!({"s": "on"})), "R1".into());
-        assert_eq!(r.track(owner("h1", "s1"), "ana", meta(json!({"s": "on"})), "R2".into()), None);
-        let d = r.track(owner("h1", "s1"), "ana", meta(json!({"s": "away"})), "R3".into()).unwrap();
+        assert_eq!(
+            r.track(owner("h1", "s1"), "ana", meta(json!({"s": "on"})), "R2".into()),
+            None
+        );
+        let d = r
+            .track(owner("h1", "s1"), "ana", meta(json!({"s": "away"})), "R3".into())
+            .unwrap();
         assert_eq!(
             d.to_payload(),
             json!({"joins": {"ana": {"metas": [{"phx_ref": "R3", "phx_ref_prev": "R1", "s": "away"}]}},
@@ -169,7 +187,10 @@ mod tests {
         r.track(owner("h2", "s9"), "ana", meta(json!({"d": 2})), "R2".into());
         assert_eq!(r.state()["ana"]["metas"].as_array().unwrap().len(), 2);
         let d = r.untrack(|o| o.hub == "h2").unwrap();
-        assert_eq!(d.to_payload(), json!({"joins": {}, "leaves": {"ana": {"metas": [{"phx_ref": "R2", "d": 2}]}}}));
+        assert_eq!(
+            d.to_payload(),
+            json!({"joins": {}, "leaves": {"ana": {"metas": [{"phx_ref": "R2", "d": 2}]}}})
+        );
         assert_eq!(r.untrack(|o| o.hub == "h2"), None);
         assert!(!r.is_empty());
     }
@@ -177,7 +198,12 @@ mod tests {
     #[test]
     fn user_cannot_forge_refs() {
         let mut r = Registry::default();
-        r.track(owner("h", "s"), "k", meta(json!({"phx_ref": "mine", "x": 1})), "R1".into());
+        r.track(
+            owner("h", "s"),
+            "k",
+            meta(json!({"phx_ref": "mine", "x": 1})),
+            "R1".into(),
+        );
         assert_eq!(r.state(), json!({"k": {"metas": [{"phx_ref": "R1", "x": 1}]}}));
     }
 

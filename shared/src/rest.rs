@@ -105,7 +105,11 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<BatchMessage>, Refusal> {
             if let Some(id) = id {
                 broadcast["meta"] = json!({"id": id});
             }
-            parsed.push(BatchMessage { topic, private, broadcast: Broadcast::Json(broadcast) });
+            parsed.push(BatchMessage {
+                topic,
+                private,
+                broadcast: Broadcast::Json(broadcast),
+            });
         }
     }
     if parsed.len() != messages.len() {
@@ -116,13 +120,21 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<BatchMessage>, Refusal> {
 
 /// The `(topic, event)` of `/api/broadcast/:topic/events/:event`, percent-decoded.
 pub fn single_route(path: &str) -> Option<(String, String)> {
-    let rest = path.strip_prefix("/realtime/v1").unwrap_or(path).strip_prefix("/api/broadcast/")?;
+    let rest = path
+        .strip_prefix("/realtime/v1")
+        .unwrap_or(path)
+        .strip_prefix("/api/broadcast/")?;
     let mut parts = rest.split('/');
     let (topic, events, event) = (parts.next()?, parts.next()?, parts.next()?);
     if events != "events" || parts.next().is_some() || topic.is_empty() {
         return None;
     }
-    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|c| c.into_owned());
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .ok()
+            .map(|c| c.into_owned())
+    };
     Some((decode(topic)?, decode(event)?))
 }
 
@@ -130,7 +142,14 @@ pub fn single_route(path: &str) -> Option<(String, String)> {
 /// `{"_json": ...}`, as Plug does) or raw bytes.
 pub fn single_broadcast(event: &str, content_type: Option<&str>, body: &[u8]) -> Result<Broadcast, Refusal> {
     let media = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
-    let user = |encoding, payload| Broadcast::User(UserBroadcast { event: event.to_string(), encoding, payload, meta: None });
+    let user = |encoding, payload| {
+        Broadcast::User(UserBroadcast {
+            event: event.to_string(),
+            encoding,
+            payload,
+            meta: None,
+        })
+    };
     match media.as_deref() {
         Some("application/octet-stream") => Ok(user(Encoding::Binary, body.to_vec())),
         None | Some("application/json") => {
@@ -139,7 +158,11 @@ pub fn single_broadcast(event: &str, content_type: Option<&str>, body: &[u8]) ->
             } else {
                 serde_json::from_slice(body).map_err(|_| Refusal::new(400, json!({"error": "Malformed JSON body"})))?
             };
-            let value = if value.is_object() { value } else { json!({"_json": value}) };
+            let value = if value.is_object() {
+                value
+            } else {
+                json!({"_json": value})
+            };
             Ok(user(Encoding::Json, value.to_string().into_bytes()))
         }
         Some(_) => Err(Refusal::new(
@@ -168,28 +191,47 @@ mod tests {
         let body = br#"{"messages":[{"topic":"room1","event":"move","payload":{"x":1}},
                                     {"topic":"room2","event":"chat","payload":{},"private":true,"id":"4f6c"}]}"#;
         let msgs = parse_batch(body).unwrap();
-        assert_eq!(msgs[0], BatchMessage {
-            topic: "room1".into(),
-            private: false,
-            broadcast: Broadcast::Json(json!({"event": "move", "payload": {"x": 1}, "type": "broadcast"})),
-        });
+        assert_eq!(
+            msgs[0],
+            BatchMessage {
+                topic: "room1".into(),
+                private: false,
+                broadcast: Broadcast::Json(json!({"event": "move", "payload": {"x": 1}, "type": "broadcast"})),
+            }
+        );
         assert!(msgs[1].private);
-        assert_eq!(msgs[1].broadcast, Broadcast::Json(json!({"event": "chat", "payload": {}, "type": "broadcast", "meta": {"id": "4f6c"}})));
+        assert_eq!(
+            msgs[1].broadcast,
+            Broadcast::Json(json!({"event": "chat", "payload": {}, "type": "broadcast", "meta": {"id": "4f6c"}}))
+        );
     }
 
     #[test]
     fn batch_validation_errors_are_422_per_message() {
-        let r = parse_batch(br#"{"messages":[{"topic":"a","event":"e","payload":{}},{"event":5,"payload":[1]}]}"#).unwrap_err();
+        let r = parse_batch(br#"{"messages":[{"topic":"a","event":"e","payload":{}},{"event":5,"payload":[1]}]}"#)
+            .unwrap_err();
         assert_eq!(r.status, 422);
-        assert_eq!(r.body, json!({"errors": {"messages": [{}, {"topic": ["can't be blank"], "event": ["is invalid"], "payload": ["is invalid"]}]}}));
-        assert_eq!(parse_batch(b"{}").unwrap_err().body, json!({"errors": {"messages": ["can't be blank"]}}));
+        assert_eq!(
+            r.body,
+            json!({"errors": {"messages": [{}, {"topic": ["can't be blank"], "event": ["is invalid"], "payload": ["is invalid"]}]}})
+        );
+        assert_eq!(
+            parse_batch(b"{}").unwrap_err().body,
+            json!({"errors": {"messages": ["can't be blank"]}})
+        );
         assert_eq!(parse_batch(b"nope").unwrap_err().status, 422);
     }
 
     #[test]
     fn single_routes() {
-        assert_eq!(single_route("/api/broadcast/room%201/events/a%2Fb"), Some(("room 1".into(), "a/b".into())));
-        assert_eq!(single_route("/realtime/v1/api/broadcast/r/events/e"), Some(("r".into(), "e".into())));
+        assert_eq!(
+            single_route("/api/broadcast/room%201/events/a%2Fb"),
+            Some(("room 1".into(), "a/b".into()))
+        );
+        assert_eq!(
+            single_route("/realtime/v1/api/broadcast/r/events/e"),
+            Some(("r".into(), "e".into()))
+        );
         assert_eq!(single_route("/api/broadcast/r/event/e"), None);
         assert_eq!(single_route("/api/broadcast/r/events/e/x"), None);
         assert_eq!(single_route("/api/broadcast"), None);
@@ -198,7 +240,15 @@ mod tests {
     #[test]
     fn single_bodies() {
         let json_body = single_broadcast("e", Some("application/json; charset=utf-8"), br#"{"a":1}"#).unwrap();
-        assert_eq!(json_body, Broadcast::User(UserBroadcast { event: "e".into(), encoding: Encoding::Json, payload: br#"{"a":1}"#.to_vec(), meta: None }));
+        assert_eq!(
+            json_body,
+            Broadcast::User(UserBroadcast {
+                event: "e".into(),
+                encoding: Encoding::Json,
+                payload: br#"{"a":1}"#.to_vec(),
+                meta: None
+            })
+        );
         let wrapped = single_broadcast("e", None, b"[1,2]").unwrap();
         assert!(matches!(wrapped, Broadcast::User(u) if u.payload == br#"{"_json":[1,2]}"#.to_vec()));
         let bin = single_broadcast("e", Some("application/octet-stream"), &[0, 255]).unwrap();

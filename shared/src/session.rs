@@ -82,14 +82,26 @@ pub enum Effect {
     /// Send to this socket.
     Send(Outbound),
     /// Deliver to every socket joined to `topic`; to the sender only if `include_sender`.
-    Broadcast { topic: String, broadcast: Broadcast, include_sender: bool },
+    Broadcast {
+        topic: String,
+        broadcast: Broadcast,
+        include_sender: bool,
+    },
     /// The socket joined `topic`: register it with the channel, then send `reply`, then push the
     /// channel's `presence_state` if `presence_state`.
-    Join { topic: String, reply: Outbound, presence_state: bool },
+    Join {
+        topic: String,
+        reply: Outbound,
+        presence_state: bool,
+    },
     /// The socket is no longer on `topic` (leave, rejoin, close); `untrack` if it had a presence.
     Leave { topic: String, untrack: bool },
     /// Track (or update) this socket's presence on `topic`.
-    Track { topic: String, key: String, meta: Map<String, Value> },
+    Track {
+        topic: String,
+        key: String,
+        meta: Map<String, Value>,
+    },
     /// Remove this socket's presence from `topic`.
     Untrack { topic: String },
     /// Close the socket (code 1001), after the effects before this one.
@@ -98,7 +110,14 @@ pub enum Effect {
 
 impl Session {
     pub fn new(id: String, tenant: String, vsn: Vsn, role: String, exp: i64) -> Session {
-        Session { id, tenant, vsn, role, exp, channels: Vec::new() }
+        Session {
+            id,
+            tenant,
+            vsn,
+            role,
+            exp,
+            channels: Vec::new(),
+        }
     }
 
     pub fn membership(&self, topic: &str) -> Option<&Membership> {
@@ -140,7 +159,10 @@ impl Session {
             "phx_leave" => {
                 self.channels.retain(|m| m.topic != topic);
                 vec![
-                    Effect::Leave { topic: topic.to_string(), untrack: member.tracked },
+                    Effect::Leave {
+                        topic: topic.to_string(),
+                        untrack: member.tracked,
+                    },
                     reply_ok(member.join_ref.as_deref(), &msg),
                     Effect::Send(frame::close(member.join_ref.as_deref(), topic)),
                 ]
@@ -165,13 +187,23 @@ impl Session {
         let expired: Vec<Membership> = self.channels.iter().filter(|m| m.exp <= now_secs).cloned().collect();
         expired
             .iter()
-            .flat_map(|m| self.shut_down(m, &AuthError::Expired { seconds_ago: now_secs - m.exp }.message()))
+            .flat_map(|m| {
+                self.shut_down(
+                    m,
+                    &AuthError::Expired {
+                        seconds_ago: now_secs - m.exp,
+                    }
+                    .message(),
+                )
+            })
             .collect()
     }
 
     /// `access_token`: adopt a newer token for the channel, or close it if the token is bad.
     fn refresh_token(&mut self, member: &Membership, msg: &Inbound, ctx: &mut Ctx) -> Vec<Effect> {
-        let InboundPayload::Json(payload) = &msg.payload else { return Vec::new() };
+        let InboundPayload::Json(payload) = &msg.payload else {
+            return Vec::new();
+        };
         let Some(token) = usable_token(payload.get("access_token").and_then(Value::as_str)) else {
             return Vec::new();
         };
@@ -198,13 +230,22 @@ impl Session {
         vec![
             Effect::Send(frame::push(member.join_ref.as_deref(), &member.topic, "system", system)),
             Effect::Send(frame::close(member.join_ref.as_deref(), &member.topic)),
-            Effect::Leave { topic: member.topic.clone(), untrack: member.tracked },
+            Effect::Leave {
+                topic: member.topic.clone(),
+                untrack: member.tracked,
+            },
         ]
     }
 
     /// The socket is going away: it leaves every channel.
     pub fn close(&mut self) -> Vec<Effect> {
-        self.channels.drain(..).map(|m| Effect::Leave { topic: m.topic, untrack: m.tracked }).collect()
+        self.channels
+            .drain(..)
+            .map(|m| Effect::Leave {
+                topic: m.topic,
+                untrack: m.tracked,
+            })
+            .collect()
     }
 
     fn broadcast(&mut self, member: &Membership, msg: Inbound, ctx: &mut Ctx) -> Vec<Effect> {
@@ -219,7 +260,13 @@ impl Session {
         if ctx.limits.payload_too_big(size) {
             // Dropped; with ack the sender learns why (upstream replies with a bare string).
             return match member.ack {
-                true => vec![Effect::Send(frame::reply(member.join_ref.as_deref(), msg.ref_.as_deref(), &msg.topic, false, json!("payload_size_exceeded")))],
+                true => vec![Effect::Send(frame::reply(
+                    member.join_ref.as_deref(),
+                    msg.ref_.as_deref(),
+                    &msg.topic,
+                    false,
+                    json!("payload_size_exceeded"),
+                ))],
                 false => Vec::new(),
             };
         }
@@ -228,12 +275,24 @@ impl Session {
 
     fn presence(&mut self, member: &Membership, msg: &Inbound, ctx: &mut Ctx) -> Vec<Effect> {
         let reply = |ok: bool, response: Value| {
-            Effect::Send(frame::reply(member.join_ref.as_deref(), msg.ref_.as_deref(), &msg.topic, ok, response))
+            Effect::Send(frame::reply(
+                member.join_ref.as_deref(),
+                msg.ref_.as_deref(),
+                &msg.topic,
+                ok,
+                response,
+            ))
         };
-        let InboundPayload::Json(payload) = &msg.payload else { return Vec::new() };
+        let InboundPayload::Json(payload) = &msg.payload else {
+            return Vec::new();
+        };
         // Per channel: at most N presence messages per window.
         let (start, count) = member.presence_window;
-        let window = if ctx.now_ms.saturating_sub(start) >= ctx.limits.client_presence_window_ms { (ctx.now_ms, 1) } else { (start, count + 1) };
+        let window = if ctx.now_ms.saturating_sub(start) >= ctx.limits.client_presence_window_ms {
+            (ctx.now_ms, 1)
+        } else {
+            (start, count + 1)
+        };
         if window.1 > ctx.limits.max_client_presence_events_per_window {
             return self.shut_down(member, "Client presence rate limit exceeded");
         }
@@ -241,13 +300,21 @@ impl Session {
             m.presence_window = window;
         }
         ctx.rates.presence.add(ctx.now_ms, 1);
-        if ctx.rates.presence.exceeds(ctx.now_ms, ctx.limits.max_presence_events_per_second) {
+        if ctx
+            .rates
+            .presence
+            .exceeds(ctx.now_ms, ctx.limits.max_presence_events_per_second)
+        {
             return self.shut_down(member, "Too many presence messages per second");
         }
         if ctx.limits.payload_too_big(payload.to_string().len()) {
             return self.shut_down(member, "Track message size exceeded");
         }
-        let event = payload.get("event").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
+        let event = payload
+            .get("event")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_ascii_lowercase();
         let topic = member.topic.clone();
         let tracked = match event.as_str() {
             "track" => true,
@@ -258,7 +325,11 @@ impl Session {
             let Some(meta) = payload.get("payload").and_then(Value::as_object) else {
                 return vec![reply(false, json!({"reason": "Presence track payload must be a map"}))];
             };
-            Effect::Track { topic: topic.clone(), key: member.presence_key.clone(), meta: meta.clone() }
+            Effect::Track {
+                topic: topic.clone(),
+                key: member.presence_key.clone(),
+                meta: meta.clone(),
+            }
         } else {
             Effect::Untrack { topic: topic.clone() }
         };
@@ -271,7 +342,13 @@ impl Session {
     fn join(&mut self, msg: &Inbound, ctx: &mut Ctx) -> Vec<Effect> {
         let topic = msg.topic.as_str();
         let error = |reason: String| {
-            Effect::Send(frame::reply(msg.join_ref.as_deref(), msg.ref_.as_deref(), topic, false, json!({"reason": reason})))
+            Effect::Send(frame::reply(
+                msg.join_ref.as_deref(),
+                msg.ref_.as_deref(),
+                topic,
+                false,
+                json!({"reason": reason}),
+            ))
         };
         let sub_topic = match parse_topic(topic) {
             Topic::Channel(sub) => sub,
@@ -281,7 +358,10 @@ impl Session {
         // A second join of a joined topic ends the old incarnation first.
         if let Some(old) = self.membership(topic).cloned() {
             self.channels.retain(|m| m.topic != topic);
-            effects.push(Effect::Leave { topic: topic.to_string(), untrack: old.tracked });
+            effects.push(Effect::Leave {
+                topic: topic.to_string(),
+                untrack: old.tracked,
+            });
             effects.push(Effect::Send(frame::close(old.join_ref.as_deref(), topic)));
         }
         let payload = match &msg.payload {
@@ -292,8 +372,13 @@ impl Session {
         // The channel runs on its own access_token when it brings one, else on the socket's.
         let now_secs = ctx.now_secs();
         let token = match usable_token(config.access_token.as_deref()) {
-            Some(token) => ctx.keys.verify(token, now_secs).map(|claims| (claims.exp, token_tail(token))),
-            None if self.exp <= now_secs => Err(AuthError::Expired { seconds_ago: now_secs - self.exp }),
+            Some(token) => ctx
+                .keys
+                .verify(token, now_secs)
+                .map(|claims| (claims.exp, token_tail(token))),
+            None if self.exp <= now_secs => Err(AuthError::Expired {
+                seconds_ago: now_secs - self.exp,
+            }),
             None => Ok((self.exp, String::new())),
         };
         ctx.rates.joins.add(ctx.now_ms, 1);
@@ -316,7 +401,11 @@ impl Session {
             )));
         } else {
             let (exp, token_tail) = token.expect("checked above");
-            let presence_key = if config.presence_key.is_empty() { (ctx.fresh_key)() } else { config.presence_key.clone() };
+            let presence_key = if config.presence_key.is_empty() {
+                (ctx.fresh_key)()
+            } else {
+                config.presence_key.clone()
+            };
             self.channels.push(Membership {
                 topic: topic.to_string(),
                 join_ref: msg.join_ref.clone(),
@@ -330,7 +419,13 @@ impl Session {
             });
             effects.push(Effect::Join {
                 topic: topic.to_string(),
-                reply: frame::reply(msg.join_ref.as_deref(), msg.ref_.as_deref(), topic, true, json!({"postgres_changes": []})),
+                reply: frame::reply(
+                    msg.join_ref.as_deref(),
+                    msg.ref_.as_deref(),
+                    topic,
+                    true,
+                    json!({"postgres_changes": []}),
+                ),
                 presence_state: config.presence_enabled,
             });
         }
@@ -392,16 +487,43 @@ mod tests {
     }
 
     fn handle_at(s: &mut Session, m: Inbound, now_secs: i64) -> Vec<Effect> {
-        handle_with(s, m, now_secs as u64 * 1000, &Limits::default(), &mut Rates::default(), 0)
+        handle_with(
+            s,
+            m,
+            now_secs as u64 * 1000,
+            &Limits::default(),
+            &mut Rates::default(),
+            0,
+        )
     }
 
-    fn handle_with(s: &mut Session, m: Inbound, now_ms: u64, limits: &Limits, rates: &mut Rates, users: u32) -> Vec<Effect> {
+    fn handle_with(
+        s: &mut Session,
+        m: Inbound,
+        now_ms: u64,
+        limits: &Limits,
+        rates: &mut Rates,
+        users: u32,
+    ) -> Vec<Effect> {
         let keys = keys();
-        s.handle(m, &mut Ctx { now_ms, keys: &keys, limits, rates, users, fresh_key: &mut || "generated-key".to_string() })
+        s.handle(
+            m,
+            &mut Ctx {
+                now_ms,
+                keys: &keys,
+                limits,
+                rates,
+                users,
+                fresh_key: &mut || "generated-key".to_string(),
+            },
+        )
     }
 
     fn join(s: &mut Session, join_ref: &str, topic: &str, config: Value) -> Vec<Effect> {
-        handle(s, msg(Some(join_ref), join_ref, topic, "phx_join", json!({"config": config})))
+        handle(
+            s,
+            msg(Some(join_ref), join_ref, topic, "phx_join", json!({"config": config})),
+        )
     }
 
     /// What reaches the client, as V2 frames (join replies included).
@@ -409,7 +531,9 @@ mod tests {
         effects
             .iter()
             .filter_map(|e| match e {
-                Effect::Send(o) | Effect::Join { reply: o, .. } => Some(serde_json::from_str(&frame::encode(Vsn::V2, o)).unwrap()),
+                Effect::Send(o) | Effect::Join { reply: o, .. } => {
+                    Some(serde_json::from_str(&frame::encode(Vsn::V2, o)).unwrap())
+                }
                 _ => None,
             })
             .collect()
@@ -419,7 +543,10 @@ mod tests {
     fn join_replies_ok_with_empty_postgres_changes() {
         let mut s = session();
         let effects = join(&mut s, "1", "realtime:room1", json!({}));
-        assert_eq!(sent(&effects), vec![json!(["1", "1", "realtime:room1", "phx_reply", {"status":"ok","response":{"postgres_changes":[]}}])]);
+        assert_eq!(
+            sent(&effects),
+            vec![json!(["1", "1", "realtime:room1", "phx_reply", {"status":"ok","response":{"postgres_changes":[]}}])]
+        );
         assert_eq!(s.channels.len(), 1);
     }
 
@@ -427,9 +554,15 @@ mod tests {
     fn join_errors() {
         let mut s = session();
         let e = join(&mut s, "1", "realtime:", json!({}));
-        assert_eq!(sent(&e)[0][4]["response"]["reason"], "TopicNameRequired: You must provide a topic name");
+        assert_eq!(
+            sent(&e)[0][4]["response"]["reason"],
+            "TopicNameRequired: You must provide a topic name"
+        );
         let e = join(&mut s, "2", "room1", json!({}));
-        assert_eq!(sent(&e)[0][4], json!({"status":"error","response":{"reason":"unmatched topic"}}));
+        assert_eq!(
+            sent(&e)[0][4],
+            json!({"status":"error","response":{"reason":"unmatched topic"}})
+        );
         let e = join(&mut s, "3", "realtime:secret", json!({"private": true}));
         assert_eq!(
             sent(&e)[0][4]["response"]["reason"],
@@ -443,7 +576,10 @@ mod tests {
         let mut s = session();
         s.exp = NOW - 5;
         let e = join(&mut s, "1", "realtime:a", json!({}));
-        assert_eq!(sent(&e)[0][4]["response"]["reason"], "InvalidJWTToken: Token has expired 5 seconds ago");
+        assert_eq!(
+            sent(&e)[0][4]["response"]["reason"],
+            "InvalidJWTToken: Token has expired 5 seconds ago"
+        );
         assert!(s.channels.is_empty());
     }
 
@@ -483,39 +619,77 @@ mod tests {
     fn heartbeat() {
         let mut s = session();
         let e = handle(&mut s, msg(None, "12", "phoenix", "heartbeat", json!({})));
-        assert_eq!(sent(&e), vec![json!([null, "12", "phoenix", "phx_reply", {"status":"ok","response":{}}])]);
+        assert_eq!(
+            sent(&e),
+            vec![json!([null, "12", "phoenix", "phx_reply", {"status":"ok","response":{}}])]
+        );
     }
 
     #[test]
     fn unjoined_topic_is_unmatched() {
         let mut s = session();
-        let e = handle(&mut s, msg(Some("1"), "2", "realtime:nope", "broadcast", json!({"event": "x"})));
-        assert_eq!(sent(&e)[0], json!(["1", "2", "realtime:nope", "phx_reply", {"status":"error","response":{"reason":"unmatched topic"}}]));
+        let e = handle(
+            &mut s,
+            msg(Some("1"), "2", "realtime:nope", "broadcast", json!({"event": "x"})),
+        );
+        assert_eq!(
+            sent(&e)[0],
+            json!(["1", "2", "realtime:nope", "phx_reply", {"status":"error","response":{"reason":"unmatched topic"}}])
+        );
     }
 
     #[test]
     fn broadcast_honours_self_and_ack() {
         let mut s = session();
-        join(&mut s, "1", "realtime:a", json!({"broadcast": {"self": true, "ack": true}}));
+        join(
+            &mut s,
+            "1",
+            "realtime:a",
+            json!({"broadcast": {"self": true, "ack": true}}),
+        );
         join(&mut s, "2", "realtime:b", json!({}));
         let payload = json!({"type": "broadcast", "event": "move", "payload": {"x": 1}});
         let e = handle(&mut s, msg(Some("1"), "3", "realtime:a", "broadcast", payload.clone()));
         assert_eq!(
             e[0],
-            Effect::Broadcast { topic: "realtime:a".into(), broadcast: Broadcast::Json(payload.clone()), include_sender: true }
+            Effect::Broadcast {
+                topic: "realtime:a".into(),
+                broadcast: Broadcast::Json(payload.clone()),
+                include_sender: true
+            }
         );
-        assert_eq!(sent(&e), vec![json!(["1", "3", "realtime:a", "phx_reply", {"status":"ok","response":{}}])]);
+        assert_eq!(
+            sent(&e),
+            vec![json!(["1", "3", "realtime:a", "phx_reply", {"status":"ok","response":{}}])]
+        );
         let e = handle(&mut s, msg(Some("2"), "4", "realtime:b", "broadcast", payload));
         assert_eq!(e.len(), 1, "no ack without config.broadcast.ack");
-        assert!(matches!(&e[0], Effect::Broadcast { include_sender: false, .. }));
+        assert!(matches!(
+            &e[0],
+            Effect::Broadcast {
+                include_sender: false,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn binary_broadcast_becomes_user_broadcast() {
         let mut s = session();
         join(&mut s, "1", "realtime:a", json!({}));
-        let user = UserBroadcast { event: "e".into(), encoding: Encoding::Binary, payload: vec![1, 2], meta: None };
-        let m = Inbound { join_ref: Some("1".into()), ref_: Some("2".into()), topic: "realtime:a".into(), event: "broadcast".into(), payload: InboundPayload::UserBroadcast(user.clone()) };
+        let user = UserBroadcast {
+            event: "e".into(),
+            encoding: Encoding::Binary,
+            payload: vec![1, 2],
+            meta: None,
+        };
+        let m = Inbound {
+            join_ref: Some("1".into()),
+            ref_: Some("2".into()),
+            topic: "realtime:a".into(),
+            event: "broadcast".into(),
+            payload: InboundPayload::UserBroadcast(user.clone()),
+        };
         assert!(matches!(&handle(&mut s, m)[0], Effect::Broadcast { broadcast: Broadcast::User(u), .. } if *u == user));
     }
 
@@ -525,7 +699,10 @@ mod tests {
         join(&mut s, "1", "realtime:a", json!({}));
         let payload = json!({"type": "broadcast", "event": "x", "payload": {}});
         assert!(handle(&mut s, msg(Some("0"), "2", "realtime:a", "broadcast", payload.clone())).is_empty());
-        assert_eq!(handle(&mut s, msg(None, "3", "realtime:a", "broadcast", payload)).len(), 1);
+        assert_eq!(
+            handle(&mut s, msg(None, "3", "realtime:a", "broadcast", payload)).len(),
+            1
+        );
     }
 
     #[test]
@@ -539,7 +716,13 @@ mod tests {
     fn join_generates_a_presence_key_when_none_given_and_asks_for_state() {
         let mut s = session();
         let e = join(&mut s, "1", "realtime:a", json!({"presence": {"enabled": true}}));
-        assert!(matches!(&e[0], Effect::Join { presence_state: true, .. }));
+        assert!(matches!(
+            &e[0],
+            Effect::Join {
+                presence_state: true,
+                ..
+            }
+        ));
         assert_eq!(s.channels[0].presence_key, "generated-key");
         join(&mut s, "2", "realtime:b", json!({"presence": {"key": "ana"}}));
         assert_eq!(s.channels[1].presence_key, "ana");
@@ -549,12 +732,45 @@ mod tests {
     fn track_update_and_untrack() {
         let mut s = session();
         join(&mut s, "1", "realtime:a", json!({"presence": {"key": "ana"}}));
-        let e = handle(&mut s, msg(Some("1"), "2", "realtime:a", "presence", json!({"type": "presence", "event": "TRACK", "payload": {"n": 1}})));
-        assert_eq!(e[0], Effect::Track { topic: "realtime:a".into(), key: "ana".into(), meta: json!({"n": 1}).as_object().unwrap().clone() });
-        assert_eq!(sent(&e), vec![json!(["1", "2", "realtime:a", "phx_reply", {"status": "ok", "response": {}}])]);
+        let e = handle(
+            &mut s,
+            msg(
+                Some("1"),
+                "2",
+                "realtime:a",
+                "presence",
+                json!({"type": "presence", "event": "TRACK", "payload": {"n": 1}}),
+            ),
+        );
+        assert_eq!(
+            e[0],
+            Effect::Track {
+                topic: "realtime:a".into(),
+                key: "ana".into(),
+                meta: json!({"n": 1}).as_object().unwrap().clone()
+            }
+        );
+        assert_eq!(
+            sent(&e),
+            vec![json!(["1", "2", "realtime:a", "phx_reply", {"status": "ok", "response": {}}])]
+        );
         assert!(s.channels[0].tracked);
-        let e = handle(&mut s, msg(Some("1"), "3", "realtime:a", "presence", json!({"type": "presence", "event": "untrack"})));
-        assert_eq!(e[0], Effect::Untrack { topic: "realtime:a".into() });
+        let e = handle(
+            &mut s,
+            msg(
+                Some("1"),
+                "3",
+                "realtime:a",
+                "presence",
+                json!({"type": "presence", "event": "untrack"}),
+            ),
+        );
+        assert_eq!(
+            e[0],
+            Effect::Untrack {
+                topic: "realtime:a".into()
+            }
+        );
         assert!(!s.channels[0].tracked);
     }
 
@@ -562,9 +778,24 @@ mod tests {
     fn bad_presence_messages_get_error_replies() {
         let mut s = session();
         join(&mut s, "1", "realtime:a", json!({}));
-        let e = handle(&mut s, msg(Some("1"), "2", "realtime:a", "presence", json!({"event": "track", "payload": [1]})));
-        assert_eq!(sent(&e)[0][4], json!({"status": "error", "response": {"reason": "Presence track payload must be a map"}}));
-        let e = handle(&mut s, msg(Some("1"), "3", "realtime:a", "presence", json!({"event": "dance"})));
+        let e = handle(
+            &mut s,
+            msg(
+                Some("1"),
+                "2",
+                "realtime:a",
+                "presence",
+                json!({"event": "track", "payload": [1]}),
+            ),
+        );
+        assert_eq!(
+            sent(&e)[0][4],
+            json!({"status": "error", "response": {"reason": "Presence track payload must be a map"}})
+        );
+        let e = handle(
+            &mut s,
+            msg(Some("1"), "3", "realtime:a", "presence", json!({"event": "dance"})),
+        );
         assert_eq!(sent(&e)[0][4], json!({"status": "error", "response": {}}));
         assert!(!s.channels[0].tracked);
     }
@@ -574,10 +805,31 @@ mod tests {
         let mut s = session();
         join(&mut s, "1", "realtime:a", json!({}));
         join(&mut s, "2", "realtime:b", json!({}));
-        handle(&mut s, msg(Some("1"), "3", "realtime:a", "presence", json!({"event": "track", "payload": {}})));
+        handle(
+            &mut s,
+            msg(
+                Some("1"),
+                "3",
+                "realtime:a",
+                "presence",
+                json!({"event": "track", "payload": {}}),
+            ),
+        );
         let e = handle(&mut s, msg(Some("1"), "4", "realtime:a", "phx_leave", json!({})));
-        assert_eq!(e[0], Effect::Leave { topic: "realtime:a".into(), untrack: true });
-        assert_eq!(s.close(), vec![Effect::Leave { topic: "realtime:b".into(), untrack: false }]);
+        assert_eq!(
+            e[0],
+            Effect::Leave {
+                topic: "realtime:a".into(),
+                untrack: true
+            }
+        );
+        assert_eq!(
+            s.close(),
+            vec![Effect::Leave {
+                topic: "realtime:b".into(),
+                untrack: false
+            }]
+        );
         assert!(s.channels.is_empty());
     }
 
@@ -585,12 +837,30 @@ mod tests {
     fn channel_runs_on_its_access_token() {
         let mut s = session();
         let token = sign(json!({"role": "authenticated", "exp": NOW + 30}));
-        let e = handle(&mut s, msg(Some("1"), "1", "realtime:a", "phx_join", json!({"config": {}, "access_token": token})));
+        let e = handle(
+            &mut s,
+            msg(
+                Some("1"),
+                "1",
+                "realtime:a",
+                "phx_join",
+                json!({"config": {}, "access_token": token}),
+            ),
+        );
         assert_eq!(sent(&e)[0][4]["status"], "ok");
         assert_eq!(s.channels[0].exp, NOW + 30);
         assert_eq!(s.next_expiry(), Some(NOW + 30));
         // sb_ keys are not JWTs: the socket token is used.
-        handle(&mut s, msg(Some("2"), "2", "realtime:b", "phx_join", json!({"config": {}, "access_token": "sb_publishable_x"})));
+        handle(
+            &mut s,
+            msg(
+                Some("2"),
+                "2",
+                "realtime:b",
+                "phx_join",
+                json!({"config": {}, "access_token": "sb_publishable_x"}),
+            ),
+        );
         assert_eq!(s.channels[1].exp, s.exp);
     }
 
@@ -598,10 +868,34 @@ mod tests {
     fn join_with_a_bad_access_token_fails_with_upstream_reasons() {
         let mut s = session();
         let expired = sign(json!({"role": "anon", "exp": NOW - 7}));
-        let e = handle(&mut s, msg(Some("1"), "1", "realtime:a", "phx_join", json!({"access_token": expired})));
-        assert_eq!(sent(&e)[0][4]["response"]["reason"], "InvalidJWTToken: Token has expired 7 seconds ago");
-        let e = handle(&mut s, msg(Some("2"), "2", "realtime:a", "phx_join", json!({"access_token": "garbage"})));
-        assert_eq!(sent(&e)[0][4]["response"]["reason"], "MalformedJWT: The token provided is not a valid JWT");
+        let e = handle(
+            &mut s,
+            msg(
+                Some("1"),
+                "1",
+                "realtime:a",
+                "phx_join",
+                json!({"access_token": expired}),
+            ),
+        );
+        assert_eq!(
+            sent(&e)[0][4]["response"]["reason"],
+            "InvalidJWTToken: Token has expired 7 seconds ago"
+        );
+        let e = handle(
+            &mut s,
+            msg(
+                Some("2"),
+                "2",
+                "realtime:a",
+                "phx_join",
+                json!({"access_token": "garbage"}),
+            ),
+        );
+        assert_eq!(
+            sent(&e)[0][4]["response"]["reason"],
+            "MalformedJWT: The token provided is not a valid JWT"
+        );
         assert!(s.channels.is_empty());
     }
 
@@ -609,13 +903,42 @@ mod tests {
     fn refresh_extends_and_expiry_closes() {
         let mut s = session();
         let short = sign(json!({"role": "anon", "exp": NOW + 10}));
-        handle(&mut s, msg(Some("1"), "1", "realtime:room1", "phx_join", json!({"access_token": short.clone()})));
+        handle(
+            &mut s,
+            msg(
+                Some("1"),
+                "1",
+                "realtime:room1",
+                "phx_join",
+                json!({"access_token": short.clone()}),
+            ),
+        );
         // Unchanged, null and sb_ tokens are ignored.
         for t in [json!(short), json!(null), json!("sb_secret_x")] {
-            assert!(handle(&mut s, msg(Some("1"), "2", "realtime:room1", "access_token", json!({"access_token": t}))).is_empty());
+            assert!(handle(
+                &mut s,
+                msg(
+                    Some("1"),
+                    "2",
+                    "realtime:room1",
+                    "access_token",
+                    json!({"access_token": t})
+                )
+            )
+            .is_empty());
         }
         let longer = sign(json!({"role": "anon", "exp": NOW + 100}));
-        assert!(handle(&mut s, msg(Some("1"), "3", "realtime:room1", "access_token", json!({"access_token": longer}))).is_empty());
+        assert!(handle(
+            &mut s,
+            msg(
+                Some("1"),
+                "3",
+                "realtime:room1",
+                "access_token",
+                json!({"access_token": longer})
+            )
+        )
+        .is_empty());
         assert_eq!(s.next_expiry(), Some(NOW + 100));
         assert!(s.expire(NOW + 99).is_empty());
         let e = s.expire(NOW + 103);
@@ -635,7 +958,16 @@ mod tests {
         let mut s = session();
         join(&mut s, "1", "realtime:a", json!({}));
         let no_role = sign(json!({"exp": NOW + 100}));
-        let e = handle(&mut s, msg(Some("1"), "2", "realtime:a", "access_token", json!({"access_token": no_role})));
+        let e = handle(
+            &mut s,
+            msg(
+                Some("1"),
+                "2",
+                "realtime:a",
+                "access_token",
+                json!({"access_token": no_role}),
+            ),
+        );
         assert_eq!(sent(&e)[0][4]["message"], "Fields `role` and `exp` are required in JWT");
         assert_eq!(sent(&e)[1][3], "phx_close");
         assert!(s.channels.is_empty());
@@ -643,43 +975,111 @@ mod tests {
 
     #[test]
     fn join_limits() {
-        let limits = Limits { max_channels_per_client: 1, max_concurrent_users: 1, max_joins_per_second: 1000, ..Limits::default() };
+        let limits = Limits {
+            max_channels_per_client: 1,
+            max_concurrent_users: 1,
+            max_joins_per_second: 1000,
+            ..Limits::default()
+        };
         let mut rates = Rates::default();
         let mut s = session();
         let join_msg = |r: &str, t: &str| msg(Some(r), r, t, "phx_join", json!({}));
-        let e = handle_with(&mut s, join_msg("1", "realtime:a"), NOW as u64 * 1000, &limits, &mut rates, 1);
-        assert_eq!(sent(&e)[0][4]["response"]["reason"], "ConnectionRateLimitReached: Too many connected users");
-        handle_with(&mut s, join_msg("2", "realtime:a"), NOW as u64 * 1000, &limits, &mut rates, 0);
+        let e = handle_with(
+            &mut s,
+            join_msg("1", "realtime:a"),
+            NOW as u64 * 1000,
+            &limits,
+            &mut rates,
+            1,
+        );
+        assert_eq!(
+            sent(&e)[0][4]["response"]["reason"],
+            "ConnectionRateLimitReached: Too many connected users"
+        );
+        handle_with(
+            &mut s,
+            join_msg("2", "realtime:a"),
+            NOW as u64 * 1000,
+            &limits,
+            &mut rates,
+            0,
+        );
         // Already a user: the user limit does not apply to its further joins, the channel limit does.
-        let e = handle_with(&mut s, join_msg("3", "realtime:b"), NOW as u64 * 1000, &limits, &mut rates, 1);
-        assert_eq!(sent(&e)[0][4]["response"]["reason"], "ChannelRateLimitReached: Too many channels");
+        let e = handle_with(
+            &mut s,
+            join_msg("3", "realtime:b"),
+            NOW as u64 * 1000,
+            &limits,
+            &mut rates,
+            1,
+        );
+        assert_eq!(
+            sent(&e)[0][4]["response"]["reason"],
+            "ChannelRateLimitReached: Too many channels"
+        );
     }
 
     #[test]
     fn joins_per_second_disconnects() {
-        let limits = Limits { max_joins_per_second: 1, ..Limits::default() };
+        let limits = Limits {
+            max_joins_per_second: 1,
+            ..Limits::default()
+        };
         let mut rates = Rates::default();
         let mut s = session();
         let now = NOW as u64 * 1000;
         let mut last = Vec::new();
         for i in 0..7 {
-            last = handle_with(&mut s, msg(Some("1"), &i.to_string(), &format!("realtime:r{i}"), "phx_join", json!({})), now, &limits, &mut rates, 0);
+            last = handle_with(
+                &mut s,
+                msg(
+                    Some("1"),
+                    &i.to_string(),
+                    &format!("realtime:r{i}"),
+                    "phx_join",
+                    json!({}),
+                ),
+                now,
+                &limits,
+                &mut rates,
+                0,
+            );
         }
-        assert_eq!(sent(&last)[0][4]["response"]["reason"], "ClientJoinRateLimitReached: Too many joins per second");
+        assert_eq!(
+            sent(&last)[0][4]["response"]["reason"],
+            "ClientJoinRateLimitReached: Too many joins per second"
+        );
         assert_eq!(last.last(), Some(&Effect::Disconnect));
     }
 
     #[test]
     fn events_per_second_close_the_channel() {
-        let limits = Limits { max_events_per_second: 1, ..Limits::default() };
+        let limits = Limits {
+            max_events_per_second: 1,
+            ..Limits::default()
+        };
         let mut rates = Rates::default();
         let mut s = session();
         let now = NOW as u64 * 1000;
-        handle_with(&mut s, msg(Some("1"), "1", "realtime:a", "phx_join", json!({})), now, &limits, &mut rates, 0);
+        handle_with(
+            &mut s,
+            msg(Some("1"), "1", "realtime:a", "phx_join", json!({})),
+            now,
+            &limits,
+            &mut rates,
+            0,
+        );
         let payload = json!({"type": "broadcast", "event": "e", "payload": {}});
         let mut last = Vec::new();
         for i in 0..6 {
-            last = handle_with(&mut s, msg(Some("1"), &format!("b{i}"), "realtime:a", "broadcast", payload.clone()), now, &limits, &mut rates, 0);
+            last = handle_with(
+                &mut s,
+                msg(Some("1"), &format!("b{i}"), "realtime:a", "broadcast", payload.clone()),
+                now,
+                &limits,
+                &mut rates,
+                0,
+            );
         }
         assert_eq!(sent(&last)[0][4]["message"], "Too many messages per second");
         assert!(s.channels.is_empty());
@@ -687,33 +1087,94 @@ mod tests {
 
     #[test]
     fn oversized_broadcast_is_dropped_and_acked_with_an_error() {
-        let limits = Limits { max_payload_size_in_kb: 1, ..Limits::default() };
+        let limits = Limits {
+            max_payload_size_in_kb: 1,
+            ..Limits::default()
+        };
         let mut rates = Rates::default();
         let mut s = session();
         let now = NOW as u64 * 1000;
-        handle_with(&mut s, msg(Some("1"), "1", "realtime:a", "phx_join", json!({"config": {"broadcast": {"ack": true}}})), now, &limits, &mut rates, 0);
+        handle_with(
+            &mut s,
+            msg(
+                Some("1"),
+                "1",
+                "realtime:a",
+                "phx_join",
+                json!({"config": {"broadcast": {"ack": true}}}),
+            ),
+            now,
+            &limits,
+            &mut rates,
+            0,
+        );
         let big = json!({"type": "broadcast", "event": "e", "payload": {"x": "y".repeat(2000)}});
-        let e = handle_with(&mut s, msg(Some("1"), "2", "realtime:a", "broadcast", big), now, &limits, &mut rates, 0);
-        assert_eq!(sent(&e), vec![json!(["1", "2", "realtime:a", "phx_reply", {"status": "error", "response": "payload_size_exceeded"}])]);
+        let e = handle_with(
+            &mut s,
+            msg(Some("1"), "2", "realtime:a", "broadcast", big),
+            now,
+            &limits,
+            &mut rates,
+            0,
+        );
+        assert_eq!(
+            sent(&e),
+            vec![
+                json!(["1", "2", "realtime:a", "phx_reply", {"status": "error", "response": "payload_size_exceeded"}])
+            ]
+        );
         assert_eq!(e.len(), 1, "nothing is broadcast");
     }
 
     #[test]
     fn presence_limits() {
-        let limits = Limits { max_client_presence_events_per_window: 2, max_payload_size_in_kb: 1, ..Limits::default() };
+        let limits = Limits {
+            max_client_presence_events_per_window: 2,
+            max_payload_size_in_kb: 1,
+            ..Limits::default()
+        };
         let mut rates = Rates::default();
         let now = NOW as u64 * 1000;
-        let track = |r: &str, meta: Value| msg(Some("1"), r, "realtime:a", "presence", json!({"event": "track", "payload": meta}));
+        let track = |r: &str, meta: Value| {
+            msg(
+                Some("1"),
+                r,
+                "realtime:a",
+                "presence",
+                json!({"event": "track", "payload": meta}),
+            )
+        };
         let mut s = session();
-        handle_with(&mut s, msg(Some("1"), "1", "realtime:a", "phx_join", json!({})), now, &limits, &mut rates, 0);
+        handle_with(
+            &mut s,
+            msg(Some("1"), "1", "realtime:a", "phx_join", json!({})),
+            now,
+            &limits,
+            &mut rates,
+            0,
+        );
         handle_with(&mut s, track("2", json!({"n": 1})), now, &limits, &mut rates, 0);
         handle_with(&mut s, track("3", json!({"n": 2})), now, &limits, &mut rates, 0);
         let e = handle_with(&mut s, track("4", json!({"n": 3})), now, &limits, &mut rates, 0);
         assert_eq!(sent(&e)[0][4]["message"], "Client presence rate limit exceeded");
         // A new window starts after client_presence_window_ms.
         let mut s = session();
-        handle_with(&mut s, msg(Some("1"), "1", "realtime:a", "phx_join", json!({})), now, &limits, &mut rates, 0);
-        let e = handle_with(&mut s, track("2", json!({"big": "z".repeat(2000)})), now + 40_000, &limits, &mut rates, 0);
+        handle_with(
+            &mut s,
+            msg(Some("1"), "1", "realtime:a", "phx_join", json!({})),
+            now,
+            &limits,
+            &mut rates,
+            0,
+        );
+        let e = handle_with(
+            &mut s,
+            track("2", json!({"big": "z".repeat(2000)})),
+            now + 40_000,
+            &limits,
+            &mut rates,
+            0,
+        );
         assert_eq!(sent(&e)[0][4]["message"], "Track message size exceeded");
     }
 

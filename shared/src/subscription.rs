@@ -8,7 +8,21 @@
 use serde_json::{Map, Value};
 
 /// The filter operators upstream accepts.
-pub const OPERATORS: [&str; 13] = ["eq", "neq", "lt", "lte", "gt", "gte", "in", "like", "ilike", "is", "match", "imatch", "isdistinct"];
+pub const OPERATORS: [&str; 13] = [
+    "eq",
+    "neq",
+    "lt",
+    "lte",
+    "gt",
+    "gte",
+    "in",
+    "like",
+    "ilike",
+    "is",
+    "match",
+    "imatch",
+    "isdistinct",
+];
 
 /// Which change types a binding wants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +57,12 @@ pub struct SubscriptionParams {
 
 /// Parses one binding as the client sent it.
 pub fn parse(binding: &Map<String, Value>) -> Result<SubscriptionParams, String> {
-    let action = match binding.get("event").and_then(Value::as_str).map(str::to_ascii_uppercase).as_deref() {
+    let action = match binding
+        .get("event")
+        .and_then(Value::as_str)
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
         Some("INSERT") => Action::Insert,
         Some("UPDATE") => Action::Update,
         Some("DELETE") => Action::Delete,
@@ -54,9 +73,10 @@ pub fn parse(binding: &Map<String, Value>) -> Result<SubscriptionParams, String>
             let cols: Vec<String> = cols.iter().filter_map(Value::as_str).map(str::to_string).collect();
             (!cols.is_empty()).then_some(cols)
         }
-        Some(Value::String(_)) => {
-            return Err("Error parsing `select` params: expected a list of column name strings, e.g. select: [\"col1\", \"col2\"]".into())
-        }
+        Some(Value::String(_)) => return Err(
+            "Error parsing `select` params: expected a list of column name strings, e.g. select: [\"col1\", \"col2\"]"
+                .into(),
+        ),
         _ => None,
     };
     let text = |key: &str| binding.get(key).and_then(Value::as_str);
@@ -80,9 +100,18 @@ pub fn parse(binding: &Map<String, Value>) -> Result<SubscriptionParams, String>
         }
     };
     if select.is_some() && (schema == "*" || table == "*") {
-        return Err("Column selection is not supported for wildcard subscriptions. Provide an explicit schema and table name.".into());
+        return Err(
+            "Column selection is not supported for wildcard subscriptions. Provide an explicit schema and table name."
+                .into(),
+        );
     }
-    Ok(SubscriptionParams { action, schema: schema.into(), table: table.into(), filters, select })
+    Ok(SubscriptionParams {
+        action,
+        schema: schema.into(),
+        table: table.into(),
+        filters,
+        select,
+    })
 }
 
 fn parse_filters(filter: &str) -> Result<Vec<Filter>, String> {
@@ -90,7 +119,10 @@ fn parse_filters(filter: &str) -> Result<Vec<Filter>, String> {
     if trimmed.is_empty() {
         return Ok(Vec::new());
     }
-    split_top_level(trimmed).iter().map(|segment| parse_segment(segment)).collect()
+    split_top_level(trimmed)
+        .iter()
+        .map(|segment| parse_segment(segment))
+        .collect()
 }
 
 /// Splits on commas outside parentheses and outside double quotes (a quote opens only after
@@ -162,12 +194,19 @@ fn parse_segment(segment: &str) -> Result<Filter, String> {
     } else {
         unquote(value)
     };
-    Ok(Filter { column: column.into(), op: op.into(), value, negate })
+    Ok(Filter {
+        column: column.into(),
+        op: op.into(),
+        value,
+        negate,
+    })
 }
 
 /// `"a\"b"` → `a"b`; anything not a single well-formed quoted string is kept as it is.
 fn unquote(value: &str) -> String {
-    let Some(rest) = value.strip_prefix('"') else { return value.to_string() };
+    let Some(rest) = value.strip_prefix('"') else {
+        return value.to_string();
+    };
     let mut out = String::new();
     let mut chars = rest.chars();
     while let Some(c) = chars.next() {
@@ -185,7 +224,10 @@ fn unquote(value: &str) -> String {
 
 /// Elixir's `inspect` of a list of strings, as upstream puts it in error texts.
 fn inspect_list(items: &[&str]) -> String {
-    let items: Vec<String> = items.iter().map(|s| inspect(&Value::String((*s).to_string()))).collect();
+    let items: Vec<String> = items
+        .iter()
+        .map(|s| inspect(&Value::String((*s).to_string())))
+        .collect();
     format!("[{}]", items.join(", "))
 }
 
@@ -199,7 +241,10 @@ fn inspect(value: &Value) -> String {
         Value::Object(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
             entries.sort_by(|a, b| a.0.cmp(b.0));
-            let inner: Vec<String> = entries.iter().map(|(k, v)| format!("{} => {}", inspect(&Value::String((*k).clone())), inspect(v))).collect();
+            let inner: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| format!("{} => {}", inspect(&Value::String((*k).clone())), inspect(v)))
+                .collect();
             format!("%{{{}}}", inner.join(", "))
         }
         other => other.to_string(),
@@ -218,59 +263,141 @@ mod tests {
     }
 
     fn f(column: &str, op: &str, value: &str, negate: bool) -> Filter {
-        Filter { column: column.into(), op: op.into(), value: value.into(), negate }
+        Filter {
+            column: column.into(),
+            op: op.into(),
+            value: value.into(),
+            negate,
+        }
     }
 
     #[test]
     fn schema_table_event_defaults() {
         let s = p(json!({"schema": "public", "table": "messages", "filter": "subject=eq.hey"})).unwrap();
-        assert_eq!(s, SubscriptionParams { action: Action::All, schema: "public".into(), table: "messages".into(), filters: vec![f("subject", "eq", "hey", false)], select: None });
+        assert_eq!(
+            s,
+            SubscriptionParams {
+                action: Action::All,
+                schema: "public".into(),
+                table: "messages".into(),
+                filters: vec![f("subject", "eq", "hey", false)],
+                select: None
+            }
+        );
         assert_eq!(p(json!({"schema": "public"})).unwrap().table, "*");
         assert_eq!(p(json!({"table": "messages"})).unwrap().schema, "public");
-        assert_eq!(p(json!({"event": "insert", "schema": "s", "table": "t"})).unwrap().action, Action::Insert);
-        assert_eq!(p(json!({"event": "TRUNCATE", "schema": "s", "table": "t"})).unwrap().action, Action::All);
-        assert!(p(json!({"schema": "public", "table": "t", "filter": "   "})).unwrap().filters.is_empty());
+        assert_eq!(
+            p(json!({"event": "insert", "schema": "s", "table": "t"}))
+                .unwrap()
+                .action,
+            Action::Insert
+        );
+        assert_eq!(
+            p(json!({"event": "TRUNCATE", "schema": "s", "table": "t"}))
+                .unwrap()
+                .action,
+            Action::All
+        );
+        assert!(p(json!({"schema": "public", "table": "t", "filter": "   "}))
+            .unwrap()
+            .filters
+            .is_empty());
     }
 
     #[test]
     fn every_operator_not_and_and() {
         for op in OPERATORS.iter().filter(|o| **o != "in") {
-            assert_eq!(parse_filters(&format!("c={op}.v")).unwrap(), vec![f("c", op, "v", false)]);
+            assert_eq!(
+                parse_filters(&format!("c={op}.v")).unwrap(),
+                vec![f("c", op, "v", false)]
+            );
         }
-        assert_eq!(parse_filters("subject=not.like.hey%").unwrap(), vec![f("subject", "like", "hey%", true)]);
-        assert_eq!(parse_filters("id=gt.0,id=lt.100").unwrap(), vec![f("id", "gt", "0", false), f("id", "lt", "100", false)]);
-        assert_eq!(parse_filters("subject=in.(hidee,ho)").unwrap(), vec![f("subject", "in", "{hidee,ho}", false)]);
+        assert_eq!(
+            parse_filters("subject=not.like.hey%").unwrap(),
+            vec![f("subject", "like", "hey%", true)]
+        );
+        assert_eq!(
+            parse_filters("id=gt.0,id=lt.100").unwrap(),
+            vec![f("id", "gt", "0", false), f("id", "lt", "100", false)]
+        );
+        assert_eq!(
+            parse_filters("subject=in.(hidee,ho)").unwrap(),
+            vec![f("subject", "in", "{hidee,ho}", false)]
+        );
         assert_eq!(parse_filters("a=in.(1,2),b=eq.3").unwrap().len(), 2);
     }
 
     #[test]
     fn quoting() {
-        assert_eq!(parse_filters(r#"name=eq."a,b""#).unwrap(), vec![f("name", "eq", "a,b", false)]);
-        assert_eq!(parse_filters(r#"name=eq."say \"hi\"",x=eq.1"#).unwrap(), vec![f("name", "eq", r#"say "hi""#, false), f("x", "eq", "1", false)]);
+        assert_eq!(
+            parse_filters(r#"name=eq."a,b""#).unwrap(),
+            vec![f("name", "eq", "a,b", false)]
+        );
+        assert_eq!(
+            parse_filters(r#"name=eq."say \"hi\"",x=eq.1"#).unwrap(),
+            vec![f("name", "eq", r#"say "hi""#, false), f("x", "eq", "1", false)]
+        );
         // A quote that does not follow `.`, `(` or `,` is a plain character.
-        assert_eq!(parse_filters(r#"name=eq.a"b"#).unwrap(), vec![f("name", "eq", r#"a"b"#, false)]);
+        assert_eq!(
+            parse_filters(r#"name=eq.a"b"#).unwrap(),
+            vec![f("name", "eq", r#"a"b"#, false)]
+        );
     }
 
     #[test]
     fn upstream_error_texts() {
         let err = |v: Value| p(v).unwrap_err();
-        assert_eq!(err(json!({"schema": "public", "table": "messages", "filter": "subject=foo.hey"})), r#"Error parsing `filter` params: ["foo", "hey"]"#);
-        assert_eq!(err(json!({"schema": "public", "table": "messages", "filter": "undefined"})), r#"Error parsing `filter` params: ["undefined"]"#);
-        assert_eq!(err(json!({"schema": "public", "table": "m", "filter": "a=eq.1,,b=eq.2"})), "Error parsing `filter` params: filter must not contain empty segments (check for extra commas)");
-        assert_eq!(err(json!({"schema": "public", "table": "m", "filter": "a=in.1,2"})), "Error parsing `filter` params: `in` filter value must be wrapped by parentheses");
-        assert_eq!(err(json!({"schema": "public", "table": "m", "filter": "a=eq"})), r#"Error parsing `filter` params: ["eq"]"#);
-        assert_eq!(err(json!({})), "No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: %{}");
+        assert_eq!(
+            err(json!({"schema": "public", "table": "messages", "filter": "subject=foo.hey"})),
+            r#"Error parsing `filter` params: ["foo", "hey"]"#
+        );
+        assert_eq!(
+            err(json!({"schema": "public", "table": "messages", "filter": "undefined"})),
+            r#"Error parsing `filter` params: ["undefined"]"#
+        );
+        assert_eq!(
+            err(json!({"schema": "public", "table": "m", "filter": "a=eq.1,,b=eq.2"})),
+            "Error parsing `filter` params: filter must not contain empty segments (check for extra commas)"
+        );
+        assert_eq!(
+            err(json!({"schema": "public", "table": "m", "filter": "a=in.1,2"})),
+            "Error parsing `filter` params: `in` filter value must be wrapped by parentheses"
+        );
+        assert_eq!(
+            err(json!({"schema": "public", "table": "m", "filter": "a=eq"})),
+            r#"Error parsing `filter` params: ["eq"]"#
+        );
+        assert_eq!(
+            err(json!({})),
+            "No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: %{}"
+        );
         assert_eq!(
             err(json!({"event": "*", "filter": "id=eq.1"})),
             r#"No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: %{"event" => "*", "filter" => "id=eq.1"}"#
         );
-        assert_eq!(err(json!({"schema": "public", "table": "t", "select": "id"})), "Error parsing `select` params: expected a list of column name strings, e.g. select: [\"col1\", \"col2\"]");
-        assert_eq!(err(json!({"schema": "public", "select": ["id"]})), "Column selection is not supported for wildcard subscriptions. Provide an explicit schema and table name.");
+        assert_eq!(
+            err(json!({"schema": "public", "table": "t", "select": "id"})),
+            "Error parsing `select` params: expected a list of column name strings, e.g. select: [\"col1\", \"col2\"]"
+        );
+        assert_eq!(
+            err(json!({"schema": "public", "select": ["id"]})),
+            "Column selection is not supported for wildcard subscriptions. Provide an explicit schema and table name."
+        );
     }
 
     #[test]
     fn select_lists() {
-        assert_eq!(p(json!({"schema": "public", "table": "t", "select": ["id", 5, "name"]})).unwrap().select, Some(vec!["id".into(), "name".into()]));
-        assert_eq!(p(json!({"schema": "public", "table": "t", "select": []})).unwrap().select, None);
+        assert_eq!(
+            p(json!({"schema": "public", "table": "t", "select": ["id", 5, "name"]}))
+                .unwrap()
+                .select,
+            Some(vec!["id".into(), "name".into()])
+        );
+        assert_eq!(
+            p(json!({"schema": "public", "table": "t", "select": []}))
+                .unwrap()
+                .select,
+            None
+        );
     }
 }
