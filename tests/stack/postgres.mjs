@@ -56,6 +56,7 @@ export class Postgres {
     if (pg.user.uid !== undefined) chownSync(dir, pg.user.uid, pg.user.gid);
     execFileSync(join(pg.bin, 'initdb'), ['-D', pg.data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-sync'], {
       stdio: ['ignore', 'ignore', 'inherit'],
+      cwd: dir,
       ...pg.user,
     });
     await pg.start();
@@ -78,6 +79,7 @@ export class Postgres {
     let ready;
     const readyLine = new Promise((resolve) => (ready = resolve));
     this.server = startProcess('postgres', join(this.bin, 'postgres'), args, {
+      cwd: this.dir,
       ...this.user,
       onLine: (line) => line.includes('database system is ready to accept connections') && ready(),
     });
