@@ -4,15 +4,14 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::db::Db;
+use crate::stream::Stats;
 use axum::{extract::State, http::StatusCode, routing::get, Json, Router};
 use serde_json::{json, Value};
-use tokio_postgres::Client;
-
-use crate::stream::Stats;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub db: Arc<Client>,
+    pub db: Arc<Db>,
     pub stats: Arc<Stats>,
     pub slot: String,
 }
@@ -25,8 +24,12 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    match state.db.simple_query("SELECT 1").await {
-        Ok(_) => (StatusCode::OK, Json(json!({"status": "ok", "database": "connected"}))),
+    let answer = match state.db.client().await {
+        Ok(client) => client.simple_query("SELECT 1").await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok(()) => (StatusCode::OK, Json(json!({"status": "ok", "database": "connected"}))),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "error", "database": format!("unreachable: {e}")})),
@@ -35,16 +38,18 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 }
 
 async fn metrics(State(state): State<AppState>) -> String {
-    let lag = state
-        .db
-        .query_opt(
-            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
-            &[&state.slot],
-        )
-        .await
-        .ok()
-        .flatten()
-        .and_then(|row| row.get::<_, Option<i64>>(0));
+    let lag = match state.db.client().await {
+        Ok(client) => client
+            .query_opt(
+                "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+                &[&state.slot],
+            )
+            .await
+            .ok()
+            .flatten()
+            .and_then(|row| row.get::<_, Option<i64>>(0)),
+        Err(_) => None,
+    };
     let mut out = String::new();
     let mut metric = |name: &str, help: &str, kind: &str, value: String| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));

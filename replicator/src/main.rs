@@ -3,11 +3,13 @@
 //! gateway builds on this.
 //!
 //! - [`config`]: environment variables, checked at start.
+//! - [`db`]: the SQL connection, reopened after Postgres restarts.
 //! - [`preflight`]: database checks and setup (publication, slot) at start.
 //! - [`stream`]: the replication stream.
 //! - [`http`]: `/healthz` and `/metrics`.
 
 mod config;
+mod db;
 mod http;
 mod preflight;
 mod stream;
@@ -15,7 +17,6 @@ mod stream;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use tokio_postgres::NoTls;
 use tracing::{error, info};
 
 #[tokio::main]
@@ -37,17 +38,13 @@ async fn run() -> Result<(), String> {
     let config = config::Config::from_env().map_err(|e| e.to_string())?;
     let pg: tokio_postgres::Config = config.database_url.parse().map_err(|e| format!("{e}"))?;
     info!("connecting to Postgres at {}", describe(&pg));
-    let (client, connection) = pg.connect(NoTls).await.map_err(|e| {
+    let db = db::Db::connect(pg.clone()).await.map_err(|e| {
         format!(
             "cannot connect to Postgres at {} ({e}): check SLUICE_DATABASE_URL and that the server is running and accepts connections",
             describe(&pg)
         )
     })?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            error!("the Postgres connection ended: {e}");
-        }
-    });
+    let client = db.client().await.map_err(|e| format!("{e}"))?;
     preflight::run(&client, &config).await?;
     let stats = Arc::new(stream::Stats::default());
     tokio::spawn(stream::run(config.clone(), stats.clone()));
@@ -59,7 +56,7 @@ async fn run() -> Result<(), String> {
     })?;
     info!("serving http://{}/healthz and /metrics", config.http_addr);
     let state = http::AppState {
-        db: Arc::new(client),
+        db: Arc::new(db),
         stats,
         slot: config.slot.clone(),
     };

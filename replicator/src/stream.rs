@@ -58,7 +58,10 @@ async fn stream_once(config: &Config, stats: &Stats) -> Result<(), String> {
     )
     .with_port(pg.get_ports().first().copied().unwrap_or(5432))
     // Value texts in the forms `sluice_shared::pgvalue` renders.
-    .with_options("-c DateStyle=ISO -c TimeZone=UTC");
+    .with_options("-c DateStyle=ISO -c TimeZone=UTC")
+    // Confirm progress every second: keeps slot lag small and lets a shutting-down server's
+    // walsender, which waits for the client to confirm, finish promptly.
+    .with_status_interval(Duration::from_secs(1));
     let mut client = ReplicationClient::connect(repl)
         .await
         .map_err(|e| format!("connecting for replication: {e}"))?;
@@ -66,6 +69,7 @@ async fn stream_once(config: &Config, stats: &Stats) -> Result<(), String> {
     stats.connected.store(true, Ordering::Relaxed);
     let mut parser = LogicalReplicationParser::with_protocol_version(1);
     let mut relations: HashMap<u32, (String, String)> = HashMap::new();
+    let mut in_transaction = false;
     while let Some(event) = client.recv().await.map_err(|e| format!("{e}"))? {
         match event {
             ReplicationEvent::XLogData { data, .. } => {
@@ -94,10 +98,16 @@ async fn stream_once(config: &Config, stats: &Stats) -> Result<(), String> {
                     _ => {}
                 }
             }
+            ReplicationEvent::Begin { .. } => in_transaction = true,
             ReplicationEvent::Commit { end_lsn, .. } => {
+                in_transaction = false;
                 stats.transactions.fetch_add(1, Ordering::Relaxed);
                 client.update_applied_lsn(end_lsn);
             }
+            // Between transactions, WAL up to the server's position holds nothing for us (other
+            // tables, checkpoints): confirm it, or the slot would pin that WAL and a shutting-down
+            // server would wait for us forever.
+            ReplicationEvent::KeepAlive { wal_end, .. } if !in_transaction => client.update_applied_lsn(wal_end),
             _ => {}
         }
     }

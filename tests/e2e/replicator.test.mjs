@@ -13,7 +13,7 @@ let pg;
 before(async () => (pg = await Postgres.create({ dir: join(ROOT, '.local', 'e2e-replicator', 'postgres') })));
 after(async () => pg?.destroy());
 
-test('/healthz is 200 while the database answers and 503 once it is gone', async () => {
+test('/healthz is 200 while the database answers, 503 while it is gone, 200 again after it restarts', async () => {
   const replicator = await startReplicator({ root: ROOT, databaseUrl: pg.url, port: await freePort() });
   try {
     const up = await fetch(`${replicator.url}/healthz`);
@@ -23,9 +23,11 @@ test('/healthz is 200 while the database answers and 503 once it is gone', async
     const down = await fetch(`${replicator.url}/healthz`);
     assert.equal(down.status, 503);
     assert.equal((await down.json()).status, 'error');
+    await pg.start();
+    const again = await fetch(`${replicator.url}/healthz`);
+    assert.equal(again.status, 200, 'the SQL connection was reopened');
   } finally {
     await replicator.stop();
-    await pg.start();
   }
 });
 
@@ -89,6 +91,24 @@ test('decodes inserts, updates and deletes (not truncates), and streams what cha
     // The persistent slot kept them: the new process streams at least those four.
     await waitFor('the 4 changes made while down', async () => (await metric(replicator, 'sluice_changes_total')) >= 4);
     await waitFor('the slot to catch up', async () => (await metric(replicator, 'sluice_slot_lag_bytes')) === 0, { timeoutMs: 20_000 });
+  } finally {
+    await replicator.stop();
+  }
+});
+
+test('the stream survives a Postgres restart and picks up changes made after it', async () => {
+  const replicator = await startReplicator({ root: ROOT, databaseUrl: pg.url, port: await freePort() });
+  try {
+    await waitFor('the stream', async () => (await metric(replicator, 'sluice_replication_connected')) === 1);
+    await pg.sql('create table if not exists public.restarts (id int primary key)');
+    await pg.sql('alter publication supabase_realtime add table public.restarts').catch(() => {});
+    const before = await metric(replicator, 'sluice_changes_total');
+    await pg.stop();
+    await waitFor('the stream to notice', async () => (await metric(replicator, 'sluice_replication_connected')) === 0);
+    await pg.start();
+    await pg.sql('insert into restarts values (1), (2)');
+    await waitFor('the stream to reconnect and decode 2 changes', async () => (await metric(replicator, 'sluice_changes_total')) >= before + 2, { timeoutMs: 45_000 });
+    assert.equal(await metric(replicator, 'sluice_replication_connected'), 1);
   } finally {
     await replicator.stop();
   }

@@ -102,9 +102,10 @@ export class Postgres {
     }
   }
 
-  /** Fast shutdown: disconnects clients, then stops. */
+  /** Fast shutdown: disconnects clients, then stops. Walsenders wait for their clients to confirm,
+   *  so allow time before resorting to SIGKILL (which would leave backends holding the cluster). */
   async stop() {
-    await this.server?.stop('SIGINT');
+    await this.server?.stop('SIGINT', 30_000);
   }
 
   /** Stops the server and deletes the cluster. */

@@ -37,7 +37,7 @@ export async function waitFor(what, check, { timeoutMs = 30_000, intervalMs = 10
 
 /**
  * Spawns a long-running process (as `uid`/`gid` if given). Its output lines go to `onLine(line)` (and are kept in
- * `.lines`); `stop()` ends it with SIGTERM (SIGKILL after 5 s) and resolves when it has exited.
+ * `.lines`); `stop(signal, graceMs)` ends it with SIGTERM (SIGKILL after 5 s) and resolves when it has exited.
  */
 export function startProcess(name, cmd, args, { env = {}, cwd, uid, gid, onLine = () => {} } = {}) {
   const child = spawn(cmd, args, { cwd, uid, gid, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -61,10 +61,10 @@ export function startProcess(name, cmd, args, { env = {}, cwd, uid, gid, onLine 
     child,
     lines,
     exited,
-    async stop(signal = 'SIGTERM') {
+    async stop(signal = 'SIGTERM', graceMs = 5000) {
       if (child.exitCode !== null || child.signalCode !== null) return exited;
       child.kill(signal);
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
       const result = await exited;
       clearTimeout(timer);
       return result;

@@ -1,0 +1,42 @@
+//! The replicator's SQL connection (tokio-postgres), reopened on first use after it dropped, so
+//! a Postgres restart costs a failed request or two, not a replicator restart.
+
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, Config, NoTls};
+use tracing::warn;
+
+pub struct Db {
+    config: Config,
+    client: Mutex<Arc<Client>>,
+}
+
+impl Db {
+    pub async fn connect(config: Config) -> Result<Db, tokio_postgres::Error> {
+        let client = open(&config).await?;
+        Ok(Db {
+            config,
+            client: Mutex::new(Arc::new(client)),
+        })
+    }
+
+    /// The open client, reconnecting first if the connection has closed.
+    pub async fn client(&self) -> Result<Arc<Client>, tokio_postgres::Error> {
+        let mut client = self.client.lock().await;
+        if client.is_closed() {
+            *client = Arc::new(open(&self.config).await?);
+        }
+        Ok(client.clone())
+    }
+}
+
+async fn open(config: &Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            warn!("the Postgres connection ended: {e}");
+        }
+    });
+    Ok(client)
+}
