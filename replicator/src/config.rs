@@ -14,6 +14,9 @@ pub struct Config {
     pub publication: String,
     /// `SLUICE_SLOT`: the persistent logical replication slot (default `sluice_changes`).
     pub slot: String,
+    /// `SLUICE_INTERNAL_SECRET`: the bearer token hubs call the replicator with (required, at least
+    /// 32 characters; the gateway has the same value).
+    pub internal_secret: String,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -56,11 +59,18 @@ impl Config {
         };
         let publication = identifier(&get, "SLUICE_PUBLICATION", "supabase_realtime")?;
         let slot = identifier(&get, "SLUICE_SLOT", "sluice_changes")?;
+        let internal_secret = get("SLUICE_INTERNAL_SECRET").unwrap_or_default();
+        if internal_secret.len() < 32 {
+            return Err(ConfigError(
+                "SLUICE_INTERNAL_SECRET is missing or shorter than 32 characters: set it to a long random string, the same as the gateway's INTERNAL_SECRET".into(),
+            ));
+        }
         Ok(Config {
             database_url,
             http_addr,
             publication,
             slot,
+            internal_secret,
         })
     }
 }
@@ -88,6 +98,8 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|name| vars.get(name).cloned())
@@ -95,7 +107,11 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = config(&[("SLUICE_DATABASE_URL", "postgres://u@localhost/db")]).unwrap();
+        let c = config(&[
+            ("SLUICE_DATABASE_URL", "postgres://u@localhost/db"),
+            ("SLUICE_INTERNAL_SECRET", SECRET),
+        ])
+        .unwrap();
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:9187");
         assert_eq!(
             (c.publication.as_str(), c.slot.as_str()),
@@ -106,6 +122,10 @@ mod tests {
     #[test]
     fn errors_name_the_variable_and_the_fix() {
         assert!(config(&[]).unwrap_err().0.starts_with("SLUICE_DATABASE_URL is not set"));
+        assert!(config(&[("SLUICE_DATABASE_URL", "postgres://u@h/db")])
+            .unwrap_err()
+            .0
+            .starts_with("SLUICE_INTERNAL_SECRET is missing"));
         assert!(config(&[("SLUICE_DATABASE_URL", "postgres://u@h:notaport/db")])
             .unwrap_err()
             .0
@@ -116,7 +136,12 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.0.contains("SLUICE_HTTP_ADDR=\"nope\""), "{e}");
-        let e = config(&[("SLUICE_DATABASE_URL", "postgres://u@h/db"), ("SLUICE_SLOT", "My-Slot")]).unwrap_err();
+        let e = config(&[
+            ("SLUICE_DATABASE_URL", "postgres://u@h/db"),
+            ("SLUICE_INTERNAL_SECRET", SECRET),
+            ("SLUICE_SLOT", "My-Slot"),
+        ])
+        .unwrap_err();
         assert!(e.0.starts_with("SLUICE_SLOT=\"My-Slot\" is not a valid name"), "{e}");
     }
 }

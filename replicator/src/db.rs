@@ -21,6 +21,11 @@ impl Db {
         })
     }
 
+    /// A connection of its own, for transactions.
+    pub async fn dedicated(&self) -> Result<Client, tokio_postgres::Error> {
+        open(&self.config).await
+    }
+
     /// The open client, reconnecting first if the connection has closed.
     pub async fn client(&self) -> Result<Arc<Client>, tokio_postgres::Error> {
         let mut client = self.client.lock().await;

@@ -5,14 +5,18 @@
 //! - [`config`]: environment variables, checked at start.
 //! - [`db`]: the SQL connection, reopened after Postgres restarts.
 //! - [`preflight`]: database checks and setup (publication, slot) at start.
+//! - [`migrations`]: sluice's own schema (`sluice`) in the database.
+//! - [`subscriptions`]: registering channels' `postgres_changes` bindings.
 //! - [`stream`]: the replication stream.
 //! - [`http`]: `/healthz` and `/metrics`.
 
 mod config;
 mod db;
 mod http;
+mod migrations;
 mod preflight;
 mod stream;
+mod subscriptions;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -46,6 +50,7 @@ async fn run() -> Result<(), String> {
     })?;
     let client = db.client().await.map_err(|e| format!("{e}"))?;
     preflight::run(&client, &config).await?;
+    migrations::run(&mut db.dedicated().await.map_err(|e| format!("{e}"))?).await?;
     let stats = Arc::new(stream::Stats::default());
     tokio::spawn(stream::run(config.clone(), stats.clone()));
     let listener = tokio::net::TcpListener::bind(config.http_addr).await.map_err(|e| {
@@ -59,6 +64,8 @@ async fn run() -> Result<(), String> {
         db: Arc::new(db),
         stats,
         slot: config.slot.clone(),
+        publication: config.publication.clone(),
+        internal_secret: config.internal_secret.clone().into(),
     };
     axum::serve(listener, http::router(state))
         .with_graceful_shutdown(async {

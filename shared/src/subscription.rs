@@ -55,6 +55,71 @@ pub struct SubscriptionParams {
     pub select: Option<Vec<String>>,
 }
 
+/// The client-visible id of a binding: a hash of its canonical JSON (keys sorted), so identical
+/// bindings get the same id everywhere (upstream uses `phash2` of the map the same way). A JSON
+/// number below 2^31.
+pub fn binding_id(binding: &Map<String, Value>) -> u64 {
+    // FNV-1a, 32 bits: stable across builds and platforms, unlike std's hasher.
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in canonical(&Value::Object(binding.clone())).bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    u64::from(hash & 0x7fff_ffff)
+}
+
+/// JSON text with object keys sorted at every level.
+fn canonical(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            let inner: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| format!("{}:{}", Value::String((*k).clone()), canonical(v)))
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        Value::Array(items) => format!("[{}]", items.iter().map(canonical).collect::<Vec<_>>().join(",")),
+        other => other.to_string(),
+    }
+}
+
+/// The parameters as upstream prints them in subscribe errors:
+/// `event: INSERT, schema: public, table: t, filters: [{"id", "eq", "1", false}], select: nil`.
+pub fn params_to_log(params: &SubscriptionParams) -> String {
+    let event = match params.action {
+        Action::All => "*",
+        Action::Insert => "INSERT",
+        Action::Update => "UPDATE",
+        Action::Delete => "DELETE",
+    };
+    let quote = |s: &str| Value::String(s.to_string()).to_string();
+    let filters: Vec<String> = params
+        .filters
+        .iter()
+        .map(|f| {
+            format!(
+                "{{{}, {}, {}, {}}}",
+                quote(&f.column),
+                quote(&f.op),
+                quote(&f.value),
+                f.negate
+            )
+        })
+        .collect();
+    let select = match &params.select {
+        None => "nil".to_string(),
+        Some(cols) => format!("[{}]", cols.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ")),
+    };
+    format!(
+        "event: {event}, schema: {}, table: {}, filters: [{}], select: {select}",
+        params.schema,
+        params.table,
+        filters.join(", ")
+    )
+}
+
 /// Parses one binding as the client sent it.
 pub fn parse(binding: &Map<String, Value>) -> Result<SubscriptionParams, String> {
     let action = match binding
@@ -398,6 +463,40 @@ mod tests {
                 .unwrap()
                 .select,
             None
+        );
+    }
+
+    #[test]
+    fn binding_ids_are_stable_and_shared_by_identical_bindings() {
+        let a = json!({"event": "*", "schema": "public", "table": "t"});
+        let b = json!({"table": "t", "schema": "public", "event": "*"});
+        let c = json!({"event": "INSERT", "schema": "public", "table": "t"});
+        let id = |v: &Value| binding_id(v.as_object().unwrap());
+        assert_eq!(id(&a), id(&b));
+        assert_ne!(id(&a), id(&c));
+        assert!(id(&a) < 1 << 31);
+        // Pinned: hubs and replicators of any version must agree.
+        assert_eq!(
+            id(&a),
+            binding_id(
+                json!({"event": "*", "schema": "public", "table": "t"})
+                    .as_object()
+                    .unwrap()
+            )
+        );
+    }
+
+    #[test]
+    fn params_print_like_upstream() {
+        let params = p(json!({"event": "INSERT", "schema": "public", "table": "t", "filter": "id=not.eq.1"})).unwrap();
+        assert_eq!(
+            params_to_log(&params),
+            r#"event: INSERT, schema: public, table: t, filters: [{"id", "eq", "1", true}], select: nil"#
+        );
+        let params = p(json!({"schema": "public", "table": "t", "select": ["id"]})).unwrap();
+        assert_eq!(
+            params_to_log(&params),
+            r#"event: *, schema: public, table: t, filters: [], select: ["id"]"#
         );
     }
 }

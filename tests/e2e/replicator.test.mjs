@@ -8,6 +8,7 @@ import { Postgres } from '../stack/postgres.mjs';
 import { freePort, startProcess, waitFor } from '../stack/process.mjs';
 import { replicatorBinary, startReplicator } from '../stack/replicator.mjs';
 import { ROOT } from '../stack/stack.mjs';
+import { DEV_INTERNAL_SECRET } from '../stack/keys.mjs';
 
 let pg;
 before(async () => (pg = await Postgres.create({ dir: join(ROOT, '.local', 'e2e-replicator', 'postgres') })));
@@ -34,7 +35,7 @@ test('/healthz is 200 while the database answers, 503 while it is gone, 200 agai
 test('an unreachable database stops the replicator at start with what to fix', async () => {
   const port = await freePort();
   const proc = startProcess('replicator', replicatorBinary(ROOT), [], {
-    env: { SLUICE_DATABASE_URL: `postgres://postgres@127.0.0.1:${port}/postgres`, NO_COLOR: '1' },
+    env: { SLUICE_DATABASE_URL: `postgres://postgres@127.0.0.1:${port}/postgres`, SLUICE_INTERNAL_SECRET: DEV_INTERNAL_SECRET, NO_COLOR: '1' },
   });
   const { code } = await proc.exited;
   assert.equal(code, 1);
@@ -44,9 +45,12 @@ test('an unreachable database stops the replicator at start with what to fix', a
 });
 
 test('a missing setting stops it with the variable to set', async () => {
-  const proc = startProcess('replicator', replicatorBinary(ROOT), [], { env: { SLUICE_DATABASE_URL: '' } });
-  assert.equal((await proc.exited).code, 1);
-  assert.match(proc.lines.join('\n'), /SLUICE_DATABASE_URL is not set/);
+  const noUrl = startProcess('replicator', replicatorBinary(ROOT), [], { env: { SLUICE_DATABASE_URL: '' } });
+  assert.equal((await noUrl.exited).code, 1);
+  assert.match(noUrl.lines.join('\n'), /SLUICE_DATABASE_URL is not set/);
+  const noSecret = startProcess('replicator', replicatorBinary(ROOT), [], { env: { SLUICE_DATABASE_URL: pg.url, SLUICE_INTERNAL_SECRET: 'short' } });
+  assert.equal((await noSecret.exited).code, 1);
+  assert.match(noSecret.lines.join('\n'), /SLUICE_INTERNAL_SECRET is missing or shorter than 32 characters/);
 });
 
 /** Reads a counter from the replicator's /metrics. */
@@ -117,7 +121,9 @@ test('the stream survives a Postgres restart and picks up changes made after it'
 test('a database without wal_level=logical stops it at start with the fix', async () => {
   const replica = await Postgres.create({ dir: join(ROOT, '.local', 'e2e-replicator', 'replica'), settings: { wal_level: 'replica' } });
   try {
-    const proc = startProcess('replicator', replicatorBinary(ROOT), [], { env: { SLUICE_DATABASE_URL: replica.url, NO_COLOR: '1' } });
+    const proc = startProcess('replicator', replicatorBinary(ROOT), [], {
+      env: { SLUICE_DATABASE_URL: replica.url, SLUICE_INTERNAL_SECRET: DEV_INTERNAL_SECRET, NO_COLOR: '1' },
+    });
     assert.equal((await proc.exited).code, 1);
     assert.match(proc.lines.join('\n'), /wal_level is replica, and logical replication needs logical: run ALTER SYSTEM SET wal_level = logical .* and restart Postgres/);
   } finally {

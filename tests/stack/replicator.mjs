@@ -1,5 +1,6 @@
 // The replicator binary (built by scripts/test or scripts/dev), started against a database.
 import { join } from 'node:path';
+import { DEV_INTERNAL_SECRET } from './keys.mjs';
 import { startProcess, waitFor } from './process.mjs';
 
 export function replicatorBinary(root) {
@@ -9,7 +10,13 @@ export function replicatorBinary(root) {
 /** Starts the replicator and resolves once its /healthz answers 200. */
 export async function startReplicator({ root, databaseUrl, port, log = () => {} }) {
   const proc = startProcess('replicator', replicatorBinary(root), [], {
-    env: { SLUICE_DATABASE_URL: databaseUrl, SLUICE_HTTP_ADDR: `127.0.0.1:${port}`, RUST_LOG: 'info', NO_COLOR: '1' },
+    env: {
+      SLUICE_DATABASE_URL: databaseUrl,
+      SLUICE_HTTP_ADDR: `127.0.0.1:${port}`,
+      SLUICE_INTERNAL_SECRET: DEV_INTERNAL_SECRET,
+      RUST_LOG: 'info',
+      NO_COLOR: '1',
+    },
     onLine: (line) => log(`[replicator] ${line}`),
   });
   const url = `http://127.0.0.1:${port}`;

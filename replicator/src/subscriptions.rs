@@ -1,0 +1,180 @@
+//! Registering a channel's `postgres_changes` bindings (hub → replicator): each binding is
+//! parsed (`sluice_shared::subscription`), checked against the database (tables in the
+//! publication, columns, filter values castable to the column types, `in` lists, the role), and
+//! stored in `sluice.subscriptions` so a replicator restart loses none. Answers carry the
+//! client-visible ids, or the exact `system` error text the client must see.
+
+use serde_json::{json, Map, Value};
+use sluice_shared::subscription::{self, binding_id, params_to_log, Action, SubscriptionParams};
+use tokio_postgres::{GenericClient, Transaction};
+
+/// Upstream's limit on `in` lists.
+const MAX_IN_VALUES: usize = 100;
+
+/// What a registration asks for: the bindings of one channel of one socket, with the claims of
+/// that channel's token.
+pub struct Registration<'a> {
+    pub publication: &'a str,
+    pub hub: &'a str,
+    pub socket: &'a str,
+    pub topic: &'a str,
+    pub claims: &'a Map<String, Value>,
+    pub bindings: &'a [Map<String, Value>],
+}
+
+/// A refusal the client sees as its `system` message (`extension: postgres_changes`).
+#[derive(Debug, PartialEq)]
+pub struct Refused(pub String);
+
+/// Replaces the channel's subscriptions with these bindings; the ids in request order.
+pub async fn register(
+    tx: &Transaction<'_>,
+    reg: &Registration<'_>,
+) -> Result<Result<Vec<u64>, Refused>, tokio_postgres::Error> {
+    remove(tx, reg.hub, reg.socket, Some(reg.topic)).await?;
+    let role = reg.claims.get("role").and_then(Value::as_str).unwrap_or("anon");
+    let mut ids = Vec::with_capacity(reg.bindings.len());
+    for binding in reg.bindings {
+        let params = match subscription::parse(binding) {
+            Ok(params) => params,
+            Err(text) => return Ok(Err(Refused(text))),
+        };
+        let id = binding_id(binding);
+        let tables = tx
+            .query(
+                "select format('%I.%I', schemaname, tablename)::regclass::oid
+                 from pg_publication_tables
+                 where pubname = $1
+                   and schemaname like (case $2 when '*' then '%' else $2 end) escape ''
+                   and tablename like (case $3 when '*' then '%' else $3 end) escape ''",
+                &[&reg.publication, &params.schema, &params.table],
+            )
+            .await?;
+        if tables.is_empty() {
+            return Ok(Err(Refused(format!(
+                "Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: [{}]",
+                params_to_log(&params)
+            ))));
+        }
+        for row in tables {
+            let relid: u32 = row.get(0);
+            if let Some(problem) = check(tx, relid, role, &params).await? {
+                return Ok(Err(Refused(format!(
+                    "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: [{}]. Exception: {problem}",
+                    params_to_log(&params)
+                ))));
+            }
+            let filters = Value::Array(
+                params
+                    .filters
+                    .iter()
+                    .map(|f| json!({"column": f.column, "op": f.op, "value": f.value, "negate": f.negate}))
+                    .collect(),
+            );
+            let action = match params.action {
+                Action::All => "*",
+                Action::Insert => "INSERT",
+                Action::Update => "UPDATE",
+                Action::Delete => "DELETE",
+            };
+            tx.execute(
+                "insert into sluice.subscriptions (hub, socket, topic, binding_id, relid, action, filters, select_columns, claims, claims_role)
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::regrole)",
+                &[
+                    &reg.hub,
+                    &reg.socket,
+                    &reg.topic,
+                    &(id as i64),
+                    &relid,
+                    &action,
+                    &filters,
+                    &params.select,
+                    &Value::Object(reg.claims.clone()),
+                    &role,
+                ],
+            )
+            .await?;
+        }
+        ids.push(id);
+    }
+    Ok(Ok(ids))
+}
+
+/// Why the bindings cannot apply to table `relid` (a message as Postgres would word it), if so.
+async fn check(
+    db: &impl GenericClient,
+    relid: u32,
+    role: &str,
+    params: &SubscriptionParams,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    if db
+        .query_opt("select 1 from pg_roles where rolname = $1", &[&role])
+        .await?
+        .is_none()
+    {
+        return Ok(Some(format!("role \"{role}\" does not exist")));
+    }
+    let columns = params
+        .filters
+        .iter()
+        .map(|f| f.column.as_str())
+        .chain(params.select.iter().flatten().map(String::as_str));
+    for column in columns {
+        let known = db
+            .query_opt(
+                "select 1 from pg_attribute where attrelid = $1 and attname = $2 and attnum > 0 and not attisdropped",
+                &[&relid, &column],
+            )
+            .await?;
+        if known.is_none() {
+            return Ok(Some(format!("invalid column for filter {column}")));
+        }
+    }
+    for filter in &params.filters {
+        if filter.op == "in" {
+            let count = filter
+                .value
+                .trim_matches(['{', '}'])
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .count();
+            if count > MAX_IN_VALUES {
+                return Ok(Some(format!(
+                    "too many values for `in` filter on {}: {count} (at most {MAX_IN_VALUES})",
+                    filter.column
+                )));
+            }
+        }
+        if filter.op == "is" {
+            continue; // null/true/false/unknown are checked when filters are evaluated
+        }
+        // The value must read as the column's type (its array type for `in`).
+        let problem: Option<String> = db
+            .query_one(
+                "select sluice.cast_error($3, case when $4 then t.typarray else t.oid end::regtype)
+                 from pg_attribute a join pg_type t on t.oid = a.atttypid
+                 where a.attrelid = $1 and a.attname = $2",
+                &[&relid, &filter.column, &filter.value, &(filter.op == "in")],
+            )
+            .await?
+            .get(0);
+        if problem.is_some() {
+            return Ok(problem);
+        }
+    }
+    Ok(None)
+}
+
+/// Removes a channel's subscriptions, or all of a socket's when `topic` is `None`.
+pub async fn remove(
+    db: &impl GenericClient,
+    hub: &str,
+    socket: &str,
+    topic: Option<&str>,
+) -> Result<u64, tokio_postgres::Error> {
+    db.execute(
+        "delete from sluice.subscriptions where hub = $1 and socket = $2 and ($3::text is null or topic = $3)",
+        &[&hub, &socket, &topic],
+    )
+    .await
+}
