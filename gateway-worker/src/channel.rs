@@ -50,11 +50,9 @@ impl DurableObject for Channel {
         self.load().await?;
         let (response, deliveries, changed) = self.apply(&request);
         if changed {
-            let data = self.data.borrow();
-            self.state
-                .storage()
-                .put(STATE_KEY, data.as_ref().expect("loaded"))
-                .await?;
+            // Stored as JSON text; snapshot first so no RefCell borrow lives across the await.
+            let snapshot = serde_json::to_string(self.data.borrow().as_ref().expect("loaded"))?;
+            self.state.storage().put(STATE_KEY, snapshot).await?;
         }
         self.deliver(&request.topic, deliveries).await;
         Response::from_json(&response)
@@ -64,8 +62,12 @@ impl DurableObject for Channel {
 impl Channel {
     async fn load(&self) -> Result<()> {
         if self.data.borrow().is_none() {
-            let stored: Option<ChannelState> = self.state.storage().get(STATE_KEY).await?;
-            self.data.borrow_mut().get_or_insert(stored.unwrap_or_default());
+            let stored: Option<String> = self.state.storage().get(STATE_KEY).await?;
+            let state = match stored {
+                Some(json) => serde_json::from_str(&json)?,
+                None => ChannelState::default(),
+            };
+            self.data.borrow_mut().get_or_insert(state);
         }
         Ok(())
     }

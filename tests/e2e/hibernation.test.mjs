@@ -60,3 +60,22 @@ test('a socket that drops while its hub is evicted leaves presence', async (t) =
   assert.equal(await until(leaves, (k) => k === 'leaver'), 'leaver');
   assert.equal(rebuilds(), before + 1, 'the close woke a fresh hub instance');
 });
+
+test('a Channel object evicted from memory keeps its presence registry', async (t) => {
+  const ana = supabase(stack.url, stack.keys.anon);
+  const later = supabase(stack.url, stack.keys.anon, '1.0.0');
+  t.after(() => done(ana, later));
+  const a = ana.channel('remembered', { config: { presence: { key: 'ana' } } });
+  await subscribe(a);
+  assert.equal(await a.track({ name: 'Ana' }), 'ok');
+  const hub = stack.gateway.logLines().map((line) => line.match(/^(hub:\S+): accepted socket/)?.[1]).find(Boolean);
+  const tenant = hub.split(':')[1];
+  await stack.gateway.evictChannel(`ch:${tenant}:public:remembered`);
+
+  const syncs = new Inbox('syncs');
+  const l = later.channel('remembered', { config: { presence: { key: 'later' } } });
+  l.on('presence', { event: 'sync' }, () => syncs.push(l.presenceState()));
+  await subscribe(l);
+  const state = await syncs.next();
+  assert.deepEqual(state.ana?.map((p) => p.name), ['Ana'], 'the state came back from storage');
+});

@@ -19,6 +19,8 @@ export async function startGatewayHarness({ root, jwtSecret, vars = {} }) {
     logLines: () => server.getLogs().map((l) => l.message ?? JSON.stringify(l)),
     /** Evicts a SocketHub from memory, keeping its sockets open (hibernated), as workerd does when idle. */
     evictHub: (name) => worker.evictDurableObject('SocketHub', { name, webSockets: 'hibernate' }),
+    /** Evicts a Channel object from memory; its storage stays. */
+    evictChannel: (name) => worker.evictDurableObject('Channel', { name }),
     stop: () => server.close(),
   };
 }
