@@ -15,7 +15,7 @@ use sluice_shared::presence::{phx_ref, Owner, Registry};
 use worker::*;
 
 use crate::config::SOCKET_HUB;
-use crate::random;
+use crate::{random, rpc};
 
 #[derive(Default, Serialize, Deserialize)]
 struct ChannelState {
@@ -81,8 +81,12 @@ impl Channel {
         let mut out: BTreeMap<String, Vec<HubEvent>> = BTreeMap::new();
         let mut changed = false;
         let mut presence_state = None;
-        let to_all = |out: &mut BTreeMap<String, Vec<HubEvent>>, hubs: &BTreeSet<String>, event: HubEvent| {
-            for h in hubs {
+        // Queues `event` for every hub in `hubs` but `except`.
+        let to_all = |out: &mut BTreeMap<String, Vec<HubEvent>>,
+                      hubs: &BTreeSet<String>,
+                      except: Option<&String>,
+                      event: HubEvent| {
+            for h in hubs.iter().filter(|h| Some(*h) != except) {
                 out.entry(h.clone()).or_default().push(event.clone());
             }
         };
@@ -92,8 +96,7 @@ impl Channel {
                     if data.hubs.insert(hub.clone()) {
                         changed = true;
                         let peers = data.hubs.len() - 1;
-                        let others: BTreeSet<String> = data.hubs.iter().filter(|h| *h != hub).cloned().collect();
-                        to_all(&mut out, &others, HubEvent::Peers { peers });
+                        to_all(&mut out, &data.hubs, Some(hub), HubEvent::Peers { peers });
                     }
                 }
                 ChannelOp::Unsubscribe => {
@@ -103,20 +106,21 @@ impl Channel {
                             to_all(
                                 &mut out,
                                 &data.hubs,
+                                None,
                                 HubEvent::PresenceDiff {
                                     diff: diff.to_payload(),
                                 },
                             );
                         }
                         let peers = data.hubs.len().saturating_sub(1);
-                        to_all(&mut out, &data.hubs.clone(), HubEvent::Peers { peers });
+                        to_all(&mut out, &data.hubs, None, HubEvent::Peers { peers });
                     }
                 }
                 ChannelOp::Broadcast { broadcast } => {
-                    let others: BTreeSet<String> = data.hubs.iter().filter(|h| *h != hub).cloned().collect();
                     to_all(
                         &mut out,
-                        &others,
+                        &data.hubs,
+                        Some(hub),
                         HubEvent::Broadcast {
                             broadcast: broadcast.clone(),
                         },
@@ -132,6 +136,7 @@ impl Channel {
                         to_all(
                             &mut out,
                             &data.hubs,
+                            None,
                             HubEvent::PresenceDiff {
                                 diff: diff.to_payload(),
                             },
@@ -144,6 +149,7 @@ impl Channel {
                         to_all(
                             &mut out,
                             &data.hubs,
+                            None,
                             HubEvent::PresenceDiff {
                                 diff: diff.to_payload(),
                             },
@@ -172,22 +178,7 @@ impl Channel {
     }
 
     async fn post_to_hub(&self, hub: &str, delivery: &Delivery) -> Result<()> {
-        let headers = Headers::new();
-        headers.set("content-type", "application/json")?;
-        let mut init = RequestInit::new();
-        init.with_method(Method::Post)
-            .with_headers(headers)
-            .with_body(Some(serde_json::to_string(delivery)?.into()));
-        let req = Request::new_with_init("https://hub/internal/v1/deliver", &init)?;
-        let res = self
-            .env
-            .durable_object(SOCKET_HUB)?
-            .get_by_name(hub)?
-            .fetch_with_request(req)
-            .await?;
-        if res.status_code() != 200 {
-            return Err(Error::RustError(format!("status {}", res.status_code())));
-        }
-        Ok(())
+        let stub = self.env.durable_object(SOCKET_HUB)?.get_by_name(hub)?;
+        rpc::post_json(stub, "/internal/v1/deliver", delivery).await.map(|_| ())
     }
 }

@@ -8,6 +8,7 @@
 //! - [`outbox`]: ordered, coalesced calls from a hub to Channels.
 //! - [`config`]: settings read from the Worker's environment.
 //! - [`random`]: ids from the runtime's randomness.
+//! - [`rpc`]: HTTP calls between Durable Objects.
 //!
 //! Protocol logic lives in `sluice-shared`; this crate only moves bytes and state.
 
@@ -20,6 +21,7 @@ mod connect;
 mod hub;
 mod outbox;
 mod random;
+mod rpc;
 
 pub use channel::Channel;
 pub use hub::SocketHub;

@@ -13,6 +13,8 @@ use futures_channel::oneshot;
 use sluice_shared::internal::{ChannelOp, ChannelRequest, ChannelResponse};
 use worker::*;
 
+use crate::rpc;
+
 type Reply = oneshot::Sender<Option<Rc<ChannelResponse>>>;
 
 #[derive(Default)]
@@ -80,20 +82,8 @@ impl Outbox {
 
 /// One request to a Channel, outside any queue (the REST API's relays).
 pub async fn post(stub: &impl Fn() -> Result<Stub>, request: &ChannelRequest) -> Result<ChannelResponse> {
-    let headers = Headers::new();
-    headers.set("content-type", "application/json")?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(headers)
-        .with_body(Some(serde_json::to_string(request)?.into()));
-    let req = Request::new_with_init("https://channel/internal/v1/channel", &init)?;
-    let mut res = stub()?.fetch_with_request(req).await?;
-    if res.status_code() != 200 {
-        return Err(Error::RustError(format!(
-            "status {}: {}",
-            res.status_code(),
-            res.text().await.unwrap_or_default()
-        )));
-    }
-    res.json().await
+    rpc::post_json(stub()?, "/internal/v1/channel", request)
+        .await?
+        .json()
+        .await
 }
