@@ -91,30 +91,24 @@ impl Channel {
             }
         };
         for op in &request.ops {
-            match op {
+            // A presence change, if the op made one, goes to every hub with members.
+            let diff = match op {
                 ChannelOp::Subscribe => {
                     if data.hubs.insert(hub.clone()) {
                         changed = true;
                         let peers = data.hubs.len() - 1;
                         to_all(&mut out, &data.hubs, Some(hub), HubEvent::Peers { peers });
                     }
+                    None
                 }
                 ChannelOp::Unsubscribe => {
-                    if data.hubs.remove(hub) {
-                        changed = true;
-                        if let Some(diff) = data.presence.untrack(|o| &o.hub == hub) {
-                            to_all(
-                                &mut out,
-                                &data.hubs,
-                                None,
-                                HubEvent::PresenceDiff {
-                                    diff: diff.to_payload(),
-                                },
-                            );
-                        }
-                        let peers = data.hubs.len().saturating_sub(1);
-                        to_all(&mut out, &data.hubs, None, HubEvent::Peers { peers });
+                    if !data.hubs.remove(hub) {
+                        continue;
                     }
+                    changed = true;
+                    let peers = data.hubs.len().saturating_sub(1);
+                    to_all(&mut out, &data.hubs, None, HubEvent::Peers { peers });
+                    data.presence.untrack(|o| &o.hub == hub)
                 }
                 ChannelOp::Broadcast { broadcast } => {
                     to_all(
@@ -125,38 +119,31 @@ impl Channel {
                             broadcast: broadcast.clone(),
                         },
                     );
+                    None
                 }
                 ChannelOp::Track { socket, key, meta } => {
                     let owner = Owner {
                         hub: hub.clone(),
                         socket: socket.clone(),
                     };
-                    if let Some(diff) = data.presence.track(owner, key, meta.clone(), phx_ref(random::bytes())) {
-                        changed = true;
-                        to_all(
-                            &mut out,
-                            &data.hubs,
-                            None,
-                            HubEvent::PresenceDiff {
-                                diff: diff.to_payload(),
-                            },
-                        );
-                    }
+                    data.presence.track(owner, key, meta.clone(), phx_ref(random::bytes()))
                 }
-                ChannelOp::Untrack { socket } => {
-                    if let Some(diff) = data.presence.untrack(|o| &o.hub == hub && &o.socket == socket) {
-                        changed = true;
-                        to_all(
-                            &mut out,
-                            &data.hubs,
-                            None,
-                            HubEvent::PresenceDiff {
-                                diff: diff.to_payload(),
-                            },
-                        );
-                    }
+                ChannelOp::Untrack { socket } => data.presence.untrack(|o| &o.hub == hub && &o.socket == socket),
+                ChannelOp::PresenceState => {
+                    presence_state = Some(data.presence.state());
+                    None
                 }
-                ChannelOp::PresenceState => presence_state = Some(data.presence.state()),
+            };
+            if let Some(diff) = diff {
+                changed = true;
+                to_all(
+                    &mut out,
+                    &data.hubs,
+                    None,
+                    HubEvent::PresenceDiff {
+                        diff: diff.to_payload(),
+                    },
+                );
             }
         }
         let peers = data.hubs.len() - usize::from(data.hubs.contains(hub));

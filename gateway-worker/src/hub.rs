@@ -320,9 +320,10 @@ impl SocketHub {
     async fn perform(&self, ws: &WebSocket, session: &Session, effects: Vec<Effect>) -> Result<bool> {
         let mut later = Vec::new();
         let mut disconnect = false;
+        let to_client = |out: &Outbound| send(ws, WireFrame::Text(frame::encode(session.vsn, out)));
         for effect in effects {
             match effect {
-                Effect::Send(out) => send(ws, WireFrame::Text(frame::encode(session.vsn, &out))),
+                Effect::Send(out) => to_client(&out),
                 Effect::Broadcast {
                     topic,
                     broadcast,
@@ -349,11 +350,10 @@ impl SocketHub {
                         .call_channel(session, &topic, ops)
                         .await
                         .and_then(|r| r.presence_state.clone());
-                    send(ws, WireFrame::Text(frame::encode(session.vsn, &reply)));
+                    to_client(&reply);
                     if presence_state {
                         let state = state.unwrap_or_else(|| serde_json::json!({}));
-                        let push = frame::push(reply.join_ref.as_deref(), &topic, "presence_state", state);
-                        send(ws, WireFrame::Text(frame::encode(session.vsn, &push)));
+                        to_client(&frame::push(reply.join_ref.as_deref(), &topic, "presence_state", state));
                     }
                 }
                 Effect::Leave { topic, untrack } => {

@@ -286,7 +286,7 @@ pub fn encode_user_broadcast(topic: &str, user: &UserBroadcast) -> Option<Vec<u8
     Some(out)
 }
 
-/// Builds the kind-3 frame a V2 client sends (used by tests and benchmark clients).
+/// Builds the kind-3 frame a V2 client sends (the tests use it to check the decoder).
 pub fn encode_user_broadcast_push(join_ref: &str, ref_: &str, topic: &str, user: &UserBroadcast) -> Option<Vec<u8>> {
     let meta = user
         .meta
