@@ -72,3 +72,9 @@ fn read(env: &Env, name: &str) -> Option<String> {
         .or_else(|_| env.var(name).map(|v| v.to_string()))
         .ok()
 }
+
+/// The secret shared with the replicator (`INTERNAL_SECRET`, the replicator's
+/// `SLUICE_INTERNAL_SECRET`): it authenticates calls in both directions.
+pub fn internal_secret(env: &Env) -> Option<String> {
+    read(env, "INTERNAL_SECRET").filter(|s| !s.is_empty())
+}

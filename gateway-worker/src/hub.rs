@@ -9,23 +9,28 @@
 //! Channel Durable Object to other hubs only when that channel said it has members elsewhere.
 //! Presence always goes through the Channel, which holds the registry.
 
-use std::cell::{RefCell, RefMut};
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use percent_encoding::percent_decode_str;
 use sluice_shared::connect::{hub_name, Accepted};
 use sluice_shared::frame::{self, Broadcast, Outbound, Vsn, WireFrame};
-use sluice_shared::internal::{channel_name, Access, ChannelOp, ChannelResponse, Delivery, HubEvent};
+use sluice_shared::internal::{
+    bearer_matches, channel_name, Access, ChangeBatch, ChangeReceipt, ChannelOp, ChannelResponse, Delivery, HubEvent,
+    Subscribe, Unsubscribe,
+};
 use sluice_shared::join::{parse_topic, Topic};
 use sluice_shared::jwt::Keys;
 use sluice_shared::limits::{Limits, Rates};
-use sluice_shared::session::{Ctx, Effect, Membership, Session};
+use sluice_shared::session::{Ctx, Effect, Membership, PostgresJoin, Session};
 use worker::*;
 
 use crate::config::{self, CHANNEL, SOCKET_HUB};
 use crate::outbox::Outbox;
 use crate::random;
+use crate::replicator;
 
 const HEADER_SESSION: &str = "x-sluice-session";
 
@@ -42,18 +47,36 @@ pub async fn open_socket(env: &Env, accepted: &Accepted, region: &str) -> Result
         Some(hint) => namespace.get_by_name_with_location_hint(&name, hint)?,
         None => namespace.get_by_name(&name)?,
     };
-    let session = Session::new(
-        String::new(),
-        accepted.tenant.clone(),
-        accepted.vsn,
-        accepted.claims.role.clone(),
-        accepted.claims.exp,
-    );
+    let session = Session::new(String::new(), accepted.tenant.clone(), accepted.vsn, &accepted.claims);
     let headers = Headers::new();
     headers.set("Upgrade", "websocket")?;
     headers.set(HEADER_SESSION, &serde_json::to_string(&session)?)?;
     let request = Request::new_with_init("https://hub/connect", RequestInit::new().with_headers(headers))?;
     stub.fetch_with_request(request).await
+}
+
+/// `POST /internal/v1/changes/{hub}` from the replicator: hands the batch to that hub.
+pub async fn deliver_changes(req: Request, env: &Env) -> Result<Response> {
+    let authorization = req.headers().get("authorization")?;
+    let secret = config::internal_secret(env).unwrap_or_default();
+    if !bearer_matches(authorization.as_deref(), &secret) {
+        return Response::error("Unauthorized", 401);
+    }
+    let path = req.path();
+    let encoded = path.trim_start_matches("/internal/v1/changes/");
+    let name = percent_decode_str(encoded).decode_utf8_lossy().into_owned();
+    if !name.starts_with("hub:") {
+        return Response::error("Not Found", 404);
+    }
+    let stub = env.durable_object(SOCKET_HUB)?.get_by_name(&name)?;
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(req.inner().body().map(Into::into));
+    stub.fetch_with_request(Request::new_with_init("https://hub/internal/v1/changes", &init)?)
+        .await
 }
 
 /// Durable Object location hints by Cloudflare continent code.
@@ -84,7 +107,12 @@ pub struct SocketHub {
     last_seen: RefCell<HashMap<String, u64>>,
     /// The tenant's keys and limits, read from the environment once per instance.
     settings: std::cell::OnceCell<(Rc<Keys>, Rc<Limits>)>,
+    /// The last row change delivered, `(lsn, seq)`; also in storage under [`CHANGES_POSITION`].
+    changes_position: Cell<Option<(u64, u32)>>,
 }
+
+/// The storage key of the last row change a hub delivered.
+const CHANGES_POSITION: &str = "changes_position";
 
 /// Which sockets are joined to which topic. A cache of the sockets' attachments.
 #[derive(Default)]
@@ -135,6 +163,7 @@ impl DurableObject for SocketHub {
             rates: RefCell::default(),
             last_seen: RefCell::default(),
             settings: Default::default(),
+            changes_position: Cell::new(None),
         }
     }
 
@@ -152,6 +181,10 @@ impl DurableObject for SocketHub {
                 let delivery: Delivery = req.json().await?;
                 self.receive(delivery);
                 Response::ok("")
+            }
+            "/internal/v1/changes" => {
+                let batch: ChangeBatch = req.json().await?;
+                Response::from_json(&self.receive_changes(batch).await?)
             }
             _ => Response::error("Not Found", 404),
         }
@@ -340,6 +373,7 @@ impl SocketHub {
                     topic,
                     reply,
                     presence_state,
+                    postgres,
                 } => {
                     let ops = if presence_state {
                         vec![ChannelOp::Subscribe, ChannelOp::PresenceState]
@@ -350,13 +384,38 @@ impl SocketHub {
                         .call_channel(session, &topic, ops)
                         .await
                         .and_then(|r| r.presence_state.clone());
+                    let join_ref = reply.join_ref.clone();
+                    // A client that asked to wait gets its reply once changes flow.
+                    let registered = match &postgres {
+                        Some(pg) if pg.wait => Some(self.subscribe(session, &topic, pg).await),
+                        _ => None,
+                    };
                     to_client(&reply);
                     if presence_state {
                         let state = state.unwrap_or_else(|| serde_json::json!({}));
-                        to_client(&frame::push(reply.join_ref.as_deref(), &topic, "presence_state", state));
+                        to_client(&frame::push(join_ref.as_deref(), &topic, "presence_state", state));
+                    }
+                    if let Some(pg) = &postgres {
+                        let outcome = match registered {
+                            Some(outcome) => outcome,
+                            None => self.subscribe(session, &topic, pg).await,
+                        };
+                        to_client(&postgres_system_message(join_ref.as_deref(), &topic, outcome));
                     }
                 }
-                Effect::Leave { topic, untrack } => {
+                Effect::Leave {
+                    topic,
+                    untrack,
+                    postgres,
+                } => {
+                    if postgres {
+                        let request = Unsubscribe {
+                            hub: self.name(),
+                            socket: session.id.clone(),
+                            topic: Some(topic.clone()),
+                        };
+                        replicator::unsubscribe(&self.env, &request).await;
+                    }
                     if untrack {
                         later.push((
                             topic.clone(),
@@ -390,6 +449,70 @@ impl SocketHub {
             self.call_channel(session, &topic, vec![op]).await;
         }
         Ok(disconnect)
+    }
+
+    /// Registers a channel's bindings with the replicator; `Err` is the client's error text.
+    async fn subscribe(&self, session: &Session, topic: &str, pg: &PostgresJoin) -> std::result::Result<(), String> {
+        let request = Subscribe {
+            hub: self.name(),
+            socket: session.id.clone(),
+            topic: topic.to_string(),
+            claims: pg.claims.clone(),
+            bindings: pg.bindings.clone(),
+        };
+        replicator::subscribe(&self.env, &request).await.map(|_| ())
+    }
+
+    /// Delivers a batch of row changes from the replicator to its recipients on this hub, each
+    /// change once: changes at or below the last delivered position (a retry, or a replicator
+    /// that restarted) are dropped. Answers which recipients are gone.
+    async fn receive_changes(&self, batch: ChangeBatch) -> Result<ChangeReceipt> {
+        let storage = self.state.storage();
+        let delivered: Option<(u64, u32)> = match self.changes_position.get() {
+            Some(position) => Some(position),
+            None => storage.get(CHANGES_POSITION).await?,
+        };
+        let mut receipt = ChangeReceipt::default();
+        let mut last = delivered;
+        {
+            let index = self.index();
+            for change in &batch.changes {
+                let position = (change.lsn, change.seq);
+                if delivered.is_some_and(|d| position <= d) {
+                    continue;
+                }
+                last = last.max(Some(position));
+                for payload in &change.payloads {
+                    for to in &payload.to {
+                        let joined = index.topics.get(&to.topic).is_some_and(|m| m.contains(&to.socket));
+                        let Some((ws, vsn)) = index.sockets.get(&to.socket).filter(|_| joined) else {
+                            let gone = Unsubscribe {
+                                hub: self.name(),
+                                socket: to.socket.clone(),
+                                topic: Some(to.topic.clone()),
+                            };
+                            if !receipt.gone.contains(&gone) {
+                                receipt.gone.push(gone);
+                            }
+                            continue;
+                        };
+                        let out = frame::fanout(
+                            &to.topic,
+                            "postgres_changes",
+                            serde_json::json!({"ids": to.ids, "data": payload.data}),
+                        );
+                        send(ws, WireFrame::Text(frame::encode(*vsn, &out)));
+                    }
+                }
+            }
+        }
+        if last != delivered {
+            if let Some(position) = last {
+                storage.put(CHANGES_POSITION, position).await?;
+            }
+        }
+        self.changes_position.set(last);
+        Ok(receipt)
     }
 
     /// The tenant's keys and limits. Misconfigured keys verify nothing (joins then fail with
@@ -518,6 +641,21 @@ fn fan_out(index: &Index, topic: &str, what: &Deliverable, skip: Option<&str>) -
         }
     }
     sent
+}
+
+/// The `system` message that ends a channel's Postgres Changes registration (PROTOCOL.md 3.2).
+fn postgres_system_message(join_ref: Option<&str>, topic: &str, outcome: std::result::Result<(), String>) -> Outbound {
+    let (status, message) = match outcome {
+        Ok(()) => ("ok", "Subscribed to PostgreSQL".to_string()),
+        Err(text) => ("error", text),
+    };
+    let sub_topic = topic.strip_prefix("realtime:").unwrap_or(topic);
+    frame::push(
+        join_ref,
+        topic,
+        "system",
+        serde_json::json!({"extension": "postgres_changes", "status": status, "message": message, "channel": sub_topic}),
+    )
 }
 
 /// A connection refused for a tenant limit (PROTOCOL.md 1.4).

@@ -9,6 +9,7 @@
 //! - [`config`]: settings read from the Worker's environment.
 //! - [`random`]: ids from the runtime's randomness.
 //! - [`rpc`]: HTTP calls between Durable Objects.
+//! - [`replicator`]: calls to the replicator (Postgres Changes subscriptions).
 //!
 //! Protocol logic lives in `sluice-shared`; this crate only moves bytes and state.
 
@@ -21,6 +22,7 @@ mod connect;
 mod hub;
 mod outbox;
 mod random;
+mod replicator;
 mod rpc;
 
 pub use channel::Channel;
@@ -37,6 +39,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     match (req.method(), route) {
         (Method::Get, "/realtime/v1/websocket" | "/socket/websocket") => connect::websocket(req, &env).await,
         (Method::Get, "/healthcheck") => Response::ok("ok"),
+        (Method::Post, r) if r.starts_with("/internal/v1/changes/") => hub::deliver_changes(req, &env).await,
         (Method::Get, r) if r.starts_with("/api/tenants/") && r.ends_with("/health") => {
             api::tenant_health(req, &env).await
         }

@@ -17,6 +17,9 @@ pub struct Config {
     /// `SLUICE_INTERNAL_SECRET`: the bearer token hubs call the replicator with (required, at least
     /// 32 characters; the gateway has the same value).
     pub internal_secret: String,
+    /// `SLUICE_GATEWAY_URL`: the gateway Worker that changes are pushed to (required), e.g.
+    /// `https://realtime.example.com` or `http://127.0.0.1:8787`.
+    pub gateway_url: String,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -65,12 +68,21 @@ impl Config {
                 "SLUICE_INTERNAL_SECRET is missing or shorter than 32 characters: set it to a long random string, the same as the gateway's INTERNAL_SECRET".into(),
             ));
         }
+        let gateway_url = get("SLUICE_GATEWAY_URL")
+            .map(|v| v.trim().trim_end_matches('/').to_string())
+            .filter(|v| v.starts_with("http://") || v.starts_with("https://"))
+            .ok_or_else(|| {
+                ConfigError(
+                    "SLUICE_GATEWAY_URL is missing or not an http(s) URL: set it to the gateway Worker changes are delivered to, e.g. http://127.0.0.1:8787".into(),
+                )
+            })?;
         Ok(Config {
             database_url,
             http_addr,
             publication,
             slot,
             internal_secret,
+            gateway_url,
         })
     }
 }
@@ -110,8 +122,10 @@ mod tests {
         let c = config(&[
             ("SLUICE_DATABASE_URL", "postgres://u@localhost/db"),
             ("SLUICE_INTERNAL_SECRET", SECRET),
+            ("SLUICE_GATEWAY_URL", "http://127.0.0.1:8787/"),
         ])
         .unwrap();
+        assert_eq!(c.gateway_url, "http://127.0.0.1:8787");
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:9187");
         assert_eq!(
             (c.publication.as_str(), c.slot.as_str()),
@@ -143,5 +157,15 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.0.starts_with("SLUICE_SLOT=\"My-Slot\" is not a valid name"), "{e}");
+        let e = config(&[
+            ("SLUICE_DATABASE_URL", "postgres://u@h/db"),
+            ("SLUICE_INTERNAL_SECRET", SECRET),
+            ("SLUICE_GATEWAY_URL", "127.0.0.1:8787"),
+        ])
+        .unwrap_err();
+        assert!(
+            e.0.starts_with("SLUICE_GATEWAY_URL is missing or not an http(s) URL"),
+            "{e}"
+        );
     }
 }

@@ -7,13 +7,18 @@ use tokio::sync::Mutex;
 use tokio_postgres::{Client, Config, NoTls};
 use tracing::warn;
 
+/// Session settings of every connection, replication included: values print in the text forms
+/// `sluice_shared::pgvalue` renders and filters compare (ISO dates, UTC).
+pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c TimeZone=UTC";
+
 pub struct Db {
     config: Config,
     client: Mutex<Arc<Client>>,
 }
 
 impl Db {
-    pub async fn connect(config: Config) -> Result<Db, tokio_postgres::Error> {
+    pub async fn connect(mut config: Config) -> Result<Db, tokio_postgres::Error> {
+        config.options(SESSION_OPTIONS);
         let client = open(&config).await?;
         Ok(Db {
             config,

@@ -4,22 +4,29 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
-use tracing::error;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tracing::{error, warn};
+
+use sluice_shared::internal::{bearer_matches, Subscribe, Subscribed, Unsubscribe};
 
 use crate::db::Db;
-use crate::stream::Stats;
+use crate::registry::{ChannelKey, Registry};
+use crate::stream::{Stats, SYNC_PREFIX};
 use crate::subscriptions::{self, Refused, Registration};
 
 #[derive(Clone)]
 pub struct AppState {
     pub db: Arc<Db>,
+    pub registry: Arc<Registry>,
+    /// The highest WAL position the stream has handled.
+    pub passed: watch::Receiver<u64>,
     pub stats: Arc<Stats>,
     pub slot: String,
     pub publication: String,
@@ -34,27 +41,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-#[derive(Deserialize)]
-struct RegisterBody {
-    hub: String,
-    socket: String,
-    topic: String,
-    claims: Map<String, Value>,
-    bindings: Vec<Map<String, Value>>,
-}
-
-#[derive(Deserialize)]
-struct UnregisterBody {
-    hub: String,
-    socket: String,
-    topic: Option<String>,
-}
+/// How long a registration waits for the stream to pass it before answering 503.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
 
 type Answer = (StatusCode, Json<Value>);
 
-/// `POST /v1/subscriptions`: 200 `{"ids": [...]}` in binding order, or 422 `{"error": <the
-/// system message text>}`.
-async fn register(State(state): State<AppState>, headers: HeaderMap, Json(body): Json<RegisterBody>) -> Answer {
+/// `POST /v1/subscriptions`: 200 `{"ids": [...]}` in binding order once the subscription is live
+/// (the stream has passed the database's position at registration, so every change committed
+/// after this answer is delivered), or 422 `{"error": <the system message text>}`.
+async fn register(State(state): State<AppState>, headers: HeaderMap, Json(body): Json<Subscribe>) -> Answer {
     if let Err(denied) = authorize(&state, &headers) {
         return denied;
     }
@@ -70,24 +65,59 @@ async fn register(State(state): State<AppState>, headers: HeaderMap, Json(body):
             bindings: &body.bindings,
         };
         let outcome = subscriptions::register(&tx, &registration).await?;
-        if outcome.is_ok() {
-            tx.commit().await?;
-        }
-        Ok::<_, tokio_postgres::Error>(outcome)
+        let Ok(registered) = outcome else {
+            return Ok(outcome.map(|_| (Vec::new(), 0)));
+        };
+        tx.commit().await?;
+        let channel = ChannelKey {
+            hub: body.hub.clone(),
+            socket: body.socket.clone(),
+            topic: body.topic.clone(),
+        };
+        state.registry.replace_channel(&channel, registered.subs);
+        // A mark in the WAL after the registration: once the stream passes it, it evaluates
+        // every later commit with this subscription.
+        let mark: String = client
+            .query_one("select pg_logical_emit_message(false, $1, '')::text", &[&SYNC_PREFIX])
+            .await?
+            .get(0);
+        Ok(Ok((registered.ids, parse_lsn(&mark))))
     }
     .await;
     match result {
-        Ok(Ok(ids)) => (StatusCode::OK, Json(json!({"ids": ids}))),
+        Ok(Ok((ids, mark))) => {
+            let mut passed = state.passed.clone();
+            let reached = tokio::time::timeout(SYNC_TIMEOUT, passed.wait_for(|p| *p >= mark))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            match reached {
+                true => (StatusCode::OK, Json(json!(Subscribed { ids }))),
+                _ => {
+                    warn!("the replication stream did not reach a new subscription within {SYNC_TIMEOUT:?}");
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Json(json!({"error": "Realtime was unable to connect to the project database"})),
+                    )
+                }
+            }
+        }
         Ok(Err(Refused(text))) => (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"error": text}))),
         Err(e) => database_error(e),
     }
 }
 
+/// `0/16B3748` as a number.
+fn parse_lsn(text: &str) -> u64 {
+    let (high, low) = text.split_once('/').unwrap_or(("0", "0"));
+    (u64::from_str_radix(high, 16).unwrap_or(0) << 32) | u64::from_str_radix(low, 16).unwrap_or(0)
+}
+
 /// `DELETE /v1/subscriptions`: drops a channel's subscriptions (or a whole socket's).
-async fn unregister(State(state): State<AppState>, headers: HeaderMap, Json(body): Json<UnregisterBody>) -> Answer {
+async fn unregister(State(state): State<AppState>, headers: HeaderMap, Json(body): Json<Unsubscribe>) -> Answer {
     if let Err(denied) = authorize(&state, &headers) {
         return denied;
     }
+    state.registry.remove(&body.hub, &body.socket, body.topic.as_deref());
     let removed = async {
         let client = state.db.client().await?;
         subscriptions::remove(&*client, &body.hub, &body.socket, body.topic.as_deref()).await
@@ -107,22 +137,14 @@ fn database_error(e: tokio_postgres::Error) -> Answer {
     )
 }
 
-/// Internal calls carry `Authorization: Bearer <SLUICE_INTERNAL_SECRET>`, compared in constant time.
+/// Internal calls carry `Authorization: Bearer <SLUICE_INTERNAL_SECRET>`.
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Answer> {
-    let presented = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(presented.as_bytes(), state.internal_secret.as_bytes()) {
+    let presented = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if bearer_matches(presented, &state.internal_secret) {
         Ok(())
     } else {
         Err((StatusCode::UNAUTHORIZED, Json(json!({"error": "unauthorized"}))))
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
@@ -156,23 +178,53 @@ async fn metrics(State(state): State<AppState>) -> String {
     let mut metric = |name: &str, help: &str, kind: &str, value: String| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
     };
+    let counter = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed).to_string();
+    let stats = &state.stats;
+    for (name, help, value) in [
+        (
+            "sluice_changes_total",
+            "Row changes decoded from the slot.",
+            counter(&stats.changes),
+        ),
+        (
+            "sluice_transactions_total",
+            "Transactions decoded from the slot.",
+            counter(&stats.transactions),
+        ),
+        (
+            "sluice_batches_total",
+            "Batches of changes dispatched.",
+            counter(&stats.batches),
+        ),
+        (
+            "sluice_deliveries_total",
+            "postgres_changes messages handed to hubs (one per channel and change).",
+            counter(&stats.deliveries),
+        ),
+        (
+            "sluice_rls_queries_total",
+            "Visibility queries run (one per batch, table and auth context).",
+            counter(&stats.rls_queries),
+        ),
+        (
+            "sluice_push_errors_total",
+            "Failed attempts to push a batch to a hub (each is retried).",
+            counter(&stats.push_errors),
+        ),
+    ] {
+        metric(name, help, "counter", value);
+    }
     metric(
-        "sluice_changes_total",
-        "Row changes decoded from the slot.",
-        "counter",
-        state.stats.changes.load(Ordering::Relaxed).to_string(),
-    );
-    metric(
-        "sluice_transactions_total",
-        "Transactions decoded from the slot.",
-        "counter",
-        state.stats.transactions.load(Ordering::Relaxed).to_string(),
+        "sluice_subscriptions",
+        "Subscriptions held (one per binding and table).",
+        "gauge",
+        state.registry.len().to_string(),
     );
     metric(
         "sluice_replication_connected",
         "1 while the replication stream is up.",
         "gauge",
-        u8::from(state.stats.connected.load(Ordering::Relaxed)).to_string(),
+        u8::from(stats.connected.load(Ordering::Relaxed)).to_string(),
     );
     metric(
         "sluice_slot_lag_bytes",

@@ -1,22 +1,32 @@
-//! sluice-replicator: runs beside the user's Postgres. Today it checks the database, holds a
-//! persistent logical slot and decodes its pgoutput stream; delivering Postgres Changes to the
-//! gateway builds on this.
+//! sluice-replicator: runs beside the user's Postgres, streams its row changes from a persistent
+//! logical slot, and delivers each to the sockets whose subscriptions (event, filters, RLS) it
+//! matches, through the gateway's hubs.
 //!
 //! - [`config`]: environment variables, checked at start.
 //! - [`db`]: the SQL connection, reopened after Postgres restarts.
 //! - [`preflight`]: database checks and setup (publication, slot) at start.
 //! - [`migrations`]: sluice's own schema (`sluice`) in the database.
-//! - [`subscriptions`]: registering channels' `postgres_changes` bindings.
-//! - [`stream`]: the replication stream.
-//! - [`http`]: `/healthz` and `/metrics`.
+//! - [`subscriptions`]: registering channels' `postgres_changes` bindings (checked, stored).
+//! - [`registry`]: the subscriptions in memory, by table.
+//! - [`stream`]: the replication stream, batched, confirmed after delivery.
+//! - [`payload`]: decoded row changes and the payloads built from them.
+//! - [`tables`]: catalog facts per table and role, and the batched RLS query.
+//! - [`dispatch`]: matching, RLS and per-hub batches for each batch of changes.
+//! - [`delivery`]: pushing batches to hubs, retrying until they answer.
+//! - [`http`]: `/healthz`, `/metrics` and the subscription API hubs call.
 
 mod config;
 mod db;
+mod delivery;
+mod dispatch;
 mod http;
 mod migrations;
+mod payload;
 mod preflight;
+mod registry;
 mod stream;
 mod subscriptions;
+mod tables;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -51,8 +61,18 @@ async fn run() -> Result<(), String> {
     let client = db.client().await.map_err(|e| format!("{e}"))?;
     preflight::run(&client, &config).await?;
     migrations::run(&mut db.dedicated().await.map_err(|e| format!("{e}"))?).await?;
+    let db = Arc::new(db);
+    let registry = Arc::new(registry::Registry::default());
+    let loaded = subscriptions::load(&*db.client().await.map_err(|e| format!("{e}"))?, &registry)
+        .await
+        .map_err(|e| format!("loading the stored subscriptions failed: {e}"))?;
+    info!("holding {loaded} stored subscriptions");
     let stats = Arc::new(stream::Stats::default());
-    tokio::spawn(stream::run(config.clone(), stats.clone()));
+    let (passed, passed_rx) = tokio::sync::watch::channel(0u64);
+    let gateway = delivery::Gateway::new(&config.gateway_url, &config.internal_secret);
+    let dispatcher = dispatch::Dispatcher::new(registry.clone(), db.clone(), gateway, stats.clone());
+    info!("delivering changes to {}", config.gateway_url);
+    tokio::spawn(stream::run(config.clone(), stats.clone(), dispatcher, passed));
     let listener = tokio::net::TcpListener::bind(config.http_addr).await.map_err(|e| {
         format!(
             "cannot listen on SLUICE_HTTP_ADDR={} ({e}): choose a free address",
@@ -61,7 +81,9 @@ async fn run() -> Result<(), String> {
     })?;
     info!("serving http://{}/healthz and /metrics", config.http_addr);
     let state = http::AppState {
-        db: Arc::new(db),
+        db,
+        registry,
+        passed: passed_rx,
         stats,
         slot: config.slot.clone(),
         publication: config.publication.clone(),

@@ -5,9 +5,10 @@ use tokio_postgres::Client;
 use tracing::info;
 
 /// (version, SQL). Append only: an applied migration never changes.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
     -- One row per (channel binding, matched table): what a socket of a hub subscribed to.
     create table sluice.subscriptions (
         id bigserial primary key,
@@ -36,7 +37,27 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         return sqlerrm;
     end $$;
     "#,
-)];
+    ),
+    (
+        2,
+        r#"
+    -- `value` read as `typ` and printed back: the text pgoutput sends for an equal value (in the
+    -- session's DateStyle/TimeZone). For an array type, its elements. Filters compare these.
+    create function sluice.canonical(value text, typ regtype) returns text[]
+    language plpgsql stable as $$
+    declare
+        result text[];
+    begin
+        if (select typcategory = 'A' from pg_type where oid = typ) then
+            execute format('select array(select x::text from unnest(%L::%s) x)', value, typ) into result;
+        else
+            execute format('select array[%L::%s::text]', value, typ) into result;
+        end if;
+        return result;
+    end $$;
+    "#,
+    ),
+];
 
 pub async fn run(client: &mut Client) -> Result<(), String> {
     let fail = |e: tokio_postgres::Error| format!("migrating the sluice schema failed: {e}");

@@ -5,8 +5,11 @@
 //! client-visible ids, or the exact `system` error text the client must see.
 
 use serde_json::{json, Map, Value};
+use sluice_shared::filter::{Condition, Op};
 use sluice_shared::subscription::{self, binding_id, params_to_log, Action, SubscriptionParams};
 use tokio_postgres::{GenericClient, Transaction};
+
+use crate::registry::{self, ChannelKey, Registry, Sub};
 
 /// Upstream's limit on `in` lists.
 const MAX_IN_VALUES: usize = 100;
@@ -26,14 +29,23 @@ pub struct Registration<'a> {
 #[derive(Debug, PartialEq)]
 pub struct Refused(pub String);
 
-/// Replaces the channel's subscriptions with these bindings; the ids in request order.
+/// What a registration stored: the ids in request order, and the subscriptions for the registry.
+pub struct Registered {
+    pub ids: Vec<u64>,
+    pub subs: Vec<(u32, Sub)>,
+}
+
+/// Replaces the channel's subscriptions with these bindings.
 pub async fn register(
     tx: &Transaction<'_>,
     reg: &Registration<'_>,
-) -> Result<Result<Vec<u64>, Refused>, tokio_postgres::Error> {
+) -> Result<Result<Registered, Refused>, tokio_postgres::Error> {
     remove(tx, reg.hub, reg.socket, Some(reg.topic)).await?;
     let role = reg.claims.get("role").and_then(Value::as_str).unwrap_or("anon");
-    let mut ids = Vec::with_capacity(reg.bindings.len());
+    let mut registered = Registered {
+        ids: Vec::with_capacity(reg.bindings.len()),
+        subs: Vec::new(),
+    };
     for binding in reg.bindings {
         let params = match subscription::parse(binding) {
             Ok(params) => params,
@@ -58,61 +70,72 @@ pub async fn register(
         }
         for row in tables {
             let relid: u32 = row.get(0);
-            if let Some(problem) = check(tx, relid, role, &params).await? {
-                return Ok(Err(Refused(format!(
-                    "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: [{}]. Exception: {problem}",
-                    params_to_log(&params)
-                ))));
-            }
-            let filters = Value::Array(
-                params
-                    .filters
-                    .iter()
-                    .map(|f| json!({"column": f.column, "op": f.op, "value": f.value, "negate": f.negate}))
-                    .collect(),
-            );
+            let filters = match check(tx, relid, role, &params).await? {
+                Ok(filters) => filters,
+                Err(problem) => {
+                    return Ok(Err(Refused(format!(
+                        "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: [{}]. Exception: {problem}",
+                        params_to_log(&params)
+                    ))))
+                }
+            };
             let action = match params.action {
                 Action::All => "*",
                 Action::Insert => "INSERT",
                 Action::Update => "UPDATE",
                 Action::Delete => "DELETE",
             };
-            tx.execute(
-                "insert into sluice.subscriptions (hub, socket, topic, binding_id, relid, action, filters, select_columns, claims, claims_role)
-                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::regrole)",
-                &[
-                    &reg.hub,
-                    &reg.socket,
-                    &reg.topic,
-                    &(id as i64),
-                    &relid,
-                    &action,
-                    &filters,
-                    &params.select,
-                    &Value::Object(reg.claims.clone()),
-                    &role,
-                ],
-            )
-            .await?;
+            let row = tx
+                .query_one(
+                    &format!(
+                        "insert into sluice.subscriptions (hub, socket, topic, binding_id, relid, action, filters, select_columns, claims, claims_role)
+                         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::regrole)
+                         returning {}",
+                        registry::COLUMNS
+                    ),
+                    &[
+                        &reg.hub,
+                        &reg.socket,
+                        &reg.topic,
+                        &(id as i64),
+                        &relid,
+                        &action,
+                        &Value::Array(filters),
+                        &params.select,
+                        &Value::Object(reg.claims.clone()),
+                        &role,
+                    ],
+                )
+                .await?;
+            match registry::sub_from_row(&row) {
+                Ok(sub) => registered.subs.push(sub),
+                Err(problem) => {
+                    return Ok(Err(Refused(format!(
+                        "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: [{}]. Exception: {problem}",
+                        params_to_log(&params)
+                    ))))
+                }
+            }
         }
-        ids.push(id);
+        registered.ids.push(id);
     }
-    Ok(Ok(ids))
+    Ok(Ok(registered))
 }
 
-/// Why the bindings cannot apply to table `relid` (a message as Postgres would word it), if so.
+/// The filters as stored (`{column, op, negate, values}`, values canonical), or why the bindings
+/// cannot apply to table `relid` (a message as Postgres would word it).
 async fn check(
     db: &impl GenericClient,
     relid: u32,
     role: &str,
     params: &SubscriptionParams,
-) -> Result<Option<String>, tokio_postgres::Error> {
+) -> Result<Result<Vec<Value>, String>, tokio_postgres::Error> {
     if db
         .query_opt("select 1 from pg_roles where rolname = $1", &[&role])
         .await?
         .is_none()
     {
-        return Ok(Some(format!("role \"{role}\" does not exist")));
+        return Ok(Err(format!("role \"{role}\" does not exist")));
     }
     let columns = params
         .filters
@@ -127,9 +150,10 @@ async fn check(
             )
             .await?;
         if known.is_none() {
-            return Ok(Some(format!("invalid column for filter {column}")));
+            return Ok(Err(format!("invalid column for filter {column}")));
         }
     }
+    let mut stored = Vec::with_capacity(params.filters.len());
     for filter in &params.filters {
         if filter.op == "in" {
             let count = filter
@@ -139,30 +163,37 @@ async fn check(
                 .filter(|s| !s.is_empty())
                 .count();
             if count > MAX_IN_VALUES {
-                return Ok(Some(format!(
+                return Ok(Err(format!(
                     "too many values for `in` filter on {}: {count} (at most {MAX_IN_VALUES})",
                     filter.column
                 )));
             }
         }
-        if filter.op == "is" {
-            continue; // null/true/false/unknown are checked when filters are evaluated
+        let values = if filter.op == "is" {
+            vec![filter.value.clone()] // a keyword, checked below
+        } else {
+            // The value must read as the column's type (its array type for `in`).
+            let row = db
+                .query_one(
+                    "select sluice.cast_error($3, typ), case when sluice.cast_error($3, typ) is null then sluice.canonical($3, typ) end
+                     from (select case when $4 then t.typarray else t.oid end::regtype as typ
+                           from pg_attribute a join pg_type t on t.oid = a.atttypid
+                           where a.attrelid = $1 and a.attname = $2) c",
+                    &[&relid, &filter.column, &filter.value, &(filter.op == "in")],
+                )
+                .await?;
+            if let Some(problem) = row.get::<_, Option<String>>(0) {
+                return Ok(Err(problem));
+            }
+            row.get::<_, Option<Vec<String>>>(1).unwrap_or_default()
+        };
+        let op = Op::parse(&filter.op).unwrap_or(Op::Eq);
+        if let Err(problem) = Condition::new(&filter.column, op, filter.negate, values.clone()) {
+            return Ok(Err(problem));
         }
-        // The value must read as the column's type (its array type for `in`).
-        let problem: Option<String> = db
-            .query_one(
-                "select sluice.cast_error($3, case when $4 then t.typarray else t.oid end::regtype)
-                 from pg_attribute a join pg_type t on t.oid = a.atttypid
-                 where a.attrelid = $1 and a.attname = $2",
-                &[&relid, &filter.column, &filter.value, &(filter.op == "in")],
-            )
-            .await?
-            .get(0);
-        if problem.is_some() {
-            return Ok(problem);
-        }
+        stored.push(json!({"column": filter.column, "op": filter.op, "value": filter.value, "negate": filter.negate, "values": values}));
     }
-    Ok(None)
+    Ok(Ok(stored))
 }
 
 /// Removes a channel's subscriptions, or all of a socket's when `topic` is `None`.
@@ -177,4 +208,22 @@ pub async fn remove(
         &[&hub, &socket, &topic],
     )
     .await
+}
+
+/// Loads every stored subscription into the registry; how many.
+pub async fn load(db: &impl GenericClient, registry: &Registry) -> Result<usize, tokio_postgres::Error> {
+    let rows = db
+        .query(&format!("select {} from sluice.subscriptions", registry::COLUMNS), &[])
+        .await?;
+    let mut per_channel: std::collections::BTreeMap<ChannelKey, Vec<(u32, Sub)>> = Default::default();
+    for row in &rows {
+        match registry::sub_from_row(row) {
+            Ok((relid, sub)) => per_channel.entry(sub.channel.clone()).or_default().push((relid, sub)),
+            Err(problem) => tracing::warn!("skipping a stored subscription: {problem}"),
+        }
+    }
+    for (channel, subs) in per_channel {
+        registry.replace_channel(&channel, subs);
+    }
+    Ok(rows.len())
 }

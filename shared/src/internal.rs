@@ -1,9 +1,14 @@
-//! Wire types of the calls between Durable Objects (DESIGN.md "Durable Objects").
+//! Wire types of the internal API (DESIGN.md "Durable Objects" and "Internal HTTP API").
 //!
 //! - SocketHub → Channel: `POST /internal/v1/channel` with a [`ChannelRequest`]: the ops of one or
 //!   more messages for one channel, coalesced, in order. Answered with a [`ChannelResponse`].
 //! - Channel → SocketHub: `POST /internal/v1/deliver` with a [`Delivery`]: what the hub must hand
 //!   to its own members of the channel.
+//! - SocketHub → replicator: `POST /v1/subscriptions` with a [`Subscribe`] (answered 200
+//!   [`Subscribed`] once the subscription is live, or 422 with the client's `system` error text),
+//!   `DELETE /v1/subscriptions` with an [`Unsubscribe`].
+//! - Replicator → gateway: `POST /internal/v1/changes/{hub}` with a [`ChangeBatch`], answered
+//!   with a [`ChangeReceipt`]. Both replicator calls carry `Authorization: Bearer <secret>`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -89,6 +94,80 @@ pub enum HubEvent {
     },
 }
 
+/// Whether an `Authorization` header carries `Bearer <secret>`, compared in constant time. An
+/// empty secret matches nothing.
+pub fn bearer_matches(authorization: Option<&str>, secret: &str) -> bool {
+    let presented = authorization.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    let (a, b) = (presented.as_bytes(), secret.as_bytes());
+    !b.is_empty() && a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Registers (or replaces) the `postgres_changes` bindings of one channel of one socket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Subscribe {
+    pub hub: String,
+    pub socket: String,
+    pub topic: String,
+    /// The verified claims of the channel's token.
+    pub claims: Map<String, Value>,
+    /// As the client sent them.
+    pub bindings: Vec<Map<String, Value>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Subscribed {
+    /// The binding ids, in request order.
+    pub ids: Vec<u64>,
+}
+
+/// Removes one channel's subscriptions, or all of a socket's when `topic` is absent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Unsubscribe {
+    pub hub: String,
+    pub socket: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+}
+
+/// Row changes for the sockets of one hub, in commit order.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChangeBatch {
+    pub changes: Vec<Change>,
+}
+
+/// One row change. `(lsn, seq)` orders changes and identifies them across retries and replicator
+/// restarts: the hub drops any change at or below the last position it delivered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The end LSN of the change's transaction.
+    pub lsn: u64,
+    /// The change's place in its transaction.
+    pub seq: u32,
+    /// The payloads subscribers see (they differ by the columns each role may select).
+    pub payloads: Vec<ChangePayload>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChangePayload {
+    /// The `data` of the `postgres_changes` message.
+    pub data: Value,
+    pub to: Vec<Recipient>,
+}
+
+/// A channel of a socket, and which of its bindings the change matched.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Recipient {
+    pub socket: String,
+    pub topic: String,
+    pub ids: Vec<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChangeReceipt {
+    /// Channels no longer on the hub: their subscriptions can go.
+    pub gone: Vec<Unsubscribe>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +175,15 @@ mod tests {
     use serde_json::json;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn bearer() {
+        assert!(bearer_matches(Some("Bearer s3cret"), "s3cret"));
+        assert!(!bearer_matches(Some("Bearer s3cre"), "s3cret"));
+        assert!(!bearer_matches(Some("s3cret"), "s3cret"));
+        assert!(!bearer_matches(None, "s3cret"));
+        assert!(!bearer_matches(Some("Bearer "), ""));
+    }
 
     #[test]
     fn names() {

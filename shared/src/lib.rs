@@ -2,9 +2,10 @@
 //! Nothing here reads a clock, draws randomness or does I/O: callers pass those in.
 //!
 //! - [`connect`]: the decision on a WebSocket upgrade, tenant and Durable Object names.
+//! - [`filter`]: evaluating subscription filters against a row, typed as upstream.
 //! - [`frame`]: the wire: V1/V2 text frames, V2 binary frames, reply/push builders, fan-out encoding.
 //! - [`join`]: topics and `phx_join` payloads.
-//! - [`internal`]: wire types of the calls between Durable Objects.
+//! - [`internal`]: wire types of the internal API (between Durable Objects, hubs and the replicator).
 //! - [`jwt`]: token verification with upstream's error texts.
 //! - [`limits`]: tenant limits and rate counters.
 //! - [`pgvalue`]: column values rendered as `to_jsonb` does.
@@ -14,6 +15,7 @@
 //! - [`session`]: one socket's channels and what each inbound message makes happen.
 
 pub mod connect;
+pub mod filter;
 pub mod frame;
 pub mod internal;
 pub mod join;

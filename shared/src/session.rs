@@ -8,8 +8,9 @@ use serde_json::{json, Map, Value};
 
 use crate::frame::{self, Broadcast, Inbound, InboundPayload, Outbound, Vsn};
 use crate::join::{parse_join, parse_topic, Topic};
-use crate::jwt::{AuthError, Keys};
+use crate::jwt::{AuthError, Claims, Keys};
 use crate::limits::{Limits, Rates};
+use crate::subscription::binding_id;
 
 /// What a message is handled with besides the session itself: the time, the tenant's keys and
 /// limits, the hub's rate counters and user count, and a maker of presence keys for joins that
@@ -39,6 +40,9 @@ pub struct Session {
     /// Role and expiry of the token the socket connected with.
     pub role: String,
     pub exp: i64,
+    /// Its claims: channels without a token of their own see Postgres changes as this user.
+    #[serde(default)]
+    pub claims: Map<String, Value>,
     pub channels: Vec<Membership>,
 }
 
@@ -64,6 +68,9 @@ pub struct Membership {
     /// The client presence rate window: when it started (ms) and the presence messages in it.
     #[serde(default)]
     pub presence_window: (u64, u32),
+    /// Whether the channel has Postgres Changes bindings registered with the replicator.
+    #[serde(default)]
+    pub postgres: bool,
 }
 
 /// The last 24 characters of a token: part of its signature, distinct for distinct tokens.
@@ -89,13 +96,22 @@ pub enum Effect {
     },
     /// The socket joined `topic`: register it with the channel, then send `reply`, then push the
     /// channel's `presence_state` if `presence_state`.
+    ///
+    /// With `postgres`, the channel's bindings are registered with the replicator too: after the
+    /// reply, or before it when the client asked to wait.
     Join {
         topic: String,
         reply: Outbound,
         presence_state: bool,
+        postgres: Option<PostgresJoin>,
     },
-    /// The socket is no longer on `topic` (leave, rejoin, close); `untrack` if it had a presence.
-    Leave { topic: String, untrack: bool },
+    /// The socket is no longer on `topic` (leave, rejoin, close); `untrack` if it had a presence,
+    /// `postgres` if it had Postgres Changes bindings to remove.
+    Leave {
+        topic: String,
+        untrack: bool,
+        postgres: bool,
+    },
     /// Track (or update) this socket's presence on `topic`.
     Track {
         topic: String,
@@ -108,14 +124,37 @@ pub enum Effect {
     Disconnect,
 }
 
+/// The `postgres_changes` bindings of a join, for the replicator.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PostgresJoin {
+    /// As the client sent them, in order.
+    pub bindings: Vec<Map<String, Value>>,
+    /// The claims of the token the channel runs on: RLS sees rows as this user.
+    pub claims: Map<String, Value>,
+    /// `postgres_changes_options.wait`: reply only once the subscription is live.
+    pub wait: bool,
+}
+
+impl Effect {
+    fn leave(member: &Membership) -> Effect {
+        Effect::Leave {
+            topic: member.topic.clone(),
+            untrack: member.tracked,
+            postgres: member.postgres,
+        }
+    }
+}
+
 impl Session {
-    pub fn new(id: String, tenant: String, vsn: Vsn, role: String, exp: i64) -> Session {
+    /// A socket that connected with a token bearing `claims`.
+    pub fn new(id: String, tenant: String, vsn: Vsn, claims: &Claims) -> Session {
         Session {
             id,
             tenant,
             vsn,
-            role,
-            exp,
+            role: claims.role.clone(),
+            exp: claims.exp,
+            claims: claims.all.clone(),
             channels: Vec::new(),
         }
     }
@@ -159,10 +198,7 @@ impl Session {
             "phx_leave" => {
                 self.channels.retain(|m| m.topic != topic);
                 vec![
-                    Effect::Leave {
-                        topic: topic.to_string(),
-                        untrack: member.tracked,
-                    },
+                    Effect::leave(&member),
                     reply_ok(member.join_ref.as_deref(), &msg),
                     Effect::Send(frame::close(member.join_ref.as_deref(), topic)),
                 ]
@@ -230,22 +266,13 @@ impl Session {
         vec![
             Effect::Send(frame::push(member.join_ref.as_deref(), &member.topic, "system", system)),
             Effect::Send(frame::close(member.join_ref.as_deref(), &member.topic)),
-            Effect::Leave {
-                topic: member.topic.clone(),
-                untrack: member.tracked,
-            },
+            Effect::leave(member),
         ]
     }
 
     /// The socket is going away: it leaves every channel.
     pub fn close(&mut self) -> Vec<Effect> {
-        self.channels
-            .drain(..)
-            .map(|m| Effect::Leave {
-                topic: m.topic,
-                untrack: m.tracked,
-            })
-            .collect()
+        self.channels.drain(..).map(|m| Effect::leave(&m)).collect()
     }
 
     fn broadcast(&mut self, member: &Membership, msg: Inbound, ctx: &mut Ctx) -> Vec<Effect> {
@@ -358,10 +385,7 @@ impl Session {
         // A second join of a joined topic ends the old incarnation first.
         if let Some(old) = self.membership(topic).cloned() {
             self.channels.retain(|m| m.topic != topic);
-            effects.push(Effect::Leave {
-                topic: topic.to_string(),
-                untrack: old.tracked,
-            });
+            effects.push(Effect::leave(&old));
             effects.push(Effect::Send(frame::close(old.join_ref.as_deref(), topic)));
         }
         let payload = match &msg.payload {
@@ -375,11 +399,11 @@ impl Session {
             Some(token) => ctx
                 .keys
                 .verify(token, now_secs)
-                .map(|claims| (claims.exp, token_tail(token))),
+                .map(|claims| (claims.exp, token_tail(token), claims.all)),
             None if self.exp <= now_secs => Err(AuthError::Expired {
                 seconds_ago: now_secs - self.exp,
             }),
-            None => Ok((self.exp, String::new())),
+            None => Ok((self.exp, String::new(), self.claims.clone())),
         };
         ctx.rates.joins.add(ctx.now_ms, 1);
         if sub_topic.is_empty() {
@@ -400,7 +424,7 @@ impl Session {
                 "Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}"
             )));
         } else {
-            let (exp, token_tail) = token.expect("checked above");
+            let (exp, token_tail, claims) = token.expect("checked above");
             let presence_key = if config.presence_key.is_empty() {
                 (ctx.fresh_key)()
             } else {
@@ -416,7 +440,18 @@ impl Session {
                 exp,
                 token_tail,
                 presence_window: (0, 0),
+                postgres: !config.postgres_changes.is_empty(),
             });
+            // Each binding echoed as received, in order, with its id (PROTOCOL.md 3.1).
+            let echoed: Vec<Value> = config
+                .postgres_changes
+                .iter()
+                .map(|binding| {
+                    let mut entry = binding.clone();
+                    entry.insert("id".into(), json!(binding_id(binding)));
+                    Value::Object(entry)
+                })
+                .collect();
             effects.push(Effect::Join {
                 topic: topic.to_string(),
                 reply: frame::reply(
@@ -424,9 +459,14 @@ impl Session {
                     msg.ref_.as_deref(),
                     topic,
                     true,
-                    json!({"postgres_changes": []}),
+                    json!({ "postgres_changes": echoed }),
                 ),
                 presence_state: config.presence_enabled,
+                postgres: (!config.postgres_changes.is_empty()).then(|| PostgresJoin {
+                    bindings: config.postgres_changes.clone(),
+                    claims,
+                    wait: config.postgres_wait,
+                }),
             });
         }
         effects
@@ -465,7 +505,15 @@ mod tests {
     const NOW: i64 = 1_800_000_000;
 
     fn session() -> Session {
-        Session::new("s1".into(), "t".into(), Vsn::V2, "anon".into(), NOW + 3600)
+        let claims = Claims {
+            role: "anon".into(),
+            exp: NOW + 3600,
+            all: json!({"role": "anon", "exp": NOW + 3600, "sub": "u1"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        Session::new("s1".into(), "t".into(), Vsn::V2, &claims)
     }
 
     fn msg(join_ref: Option<&str>, ref_: &str, topic: &str, event: &str, payload: Value) -> Inbound {
@@ -548,6 +596,40 @@ mod tests {
             vec![json!(["1", "1", "realtime:room1", "phx_reply", {"status":"ok","response":{"postgres_changes":[]}}])]
         );
         assert_eq!(s.channels.len(), 1);
+    }
+
+    #[test]
+    fn join_echoes_bindings_with_ids_and_asks_for_registration() {
+        let mut s = session();
+        let a = json!({"event": "INSERT", "schema": "public", "table": "m", "filter": "id=eq.1"});
+        let b = json!({"event": "*", "schema": "public", "table": "p", "select": ["id"]});
+        let config = json!({"postgres_changes": [a, b, a], "postgres_changes_options": {"wait": true}});
+        let e = join(&mut s, "1", "realtime:room", config);
+        let Effect::Join {
+            reply,
+            postgres: Some(pg),
+            ..
+        } = &e[0]
+        else {
+            panic!("expected a join with postgres bindings: {e:?}");
+        };
+        let reply: Value = serde_json::from_str(&frame::encode(Vsn::V2, reply)).unwrap();
+        let echoed = reply[4]["response"]["postgres_changes"].as_array().unwrap().clone();
+        assert_eq!(echoed.len(), 3);
+        assert_eq!(echoed[0]["filter"], "id=eq.1");
+        assert_eq!(echoed[1]["select"], json!(["id"]));
+        assert!(echoed[0]["id"].is_u64());
+        assert_eq!(echoed[0]["id"], echoed[2]["id"], "identical bindings share an id");
+        assert_ne!(echoed[0]["id"], echoed[1]["id"]);
+        assert_eq!(pg.bindings.len(), 3);
+        assert!(pg.wait);
+        assert_eq!(
+            pg.claims["sub"], "u1",
+            "the socket's claims when the channel brings no token"
+        );
+        assert!(s.channels[0].postgres);
+        let e = handle(&mut s, msg(Some("1"), "2", "realtime:room", "phx_leave", json!({})));
+        assert!(matches!(&e[0], Effect::Leave { postgres: true, .. }));
     }
 
     #[test]
@@ -820,14 +902,16 @@ mod tests {
             e[0],
             Effect::Leave {
                 topic: "realtime:a".into(),
-                untrack: true
+                untrack: true,
+                postgres: false
             }
         );
         assert_eq!(
             s.close(),
             vec![Effect::Leave {
                 topic: "realtime:b".into(),
-                untrack: false
+                untrack: false,
+                postgres: false
             }]
         );
         assert!(s.channels.is_empty());

@@ -2,6 +2,7 @@
 // what supabase-js cannot send (malformed frames, bad tokens).
 import { createClient } from '@supabase/supabase-js';
 import WebSocket from 'ws';
+import assert from 'node:assert/strict';
 
 export const VSNS = ['1.0.0', '2.0.0'];
 
@@ -127,4 +128,21 @@ export async function watchedChannel(client, topic, config = {}) {
     else if (status !== 'CLOSED') reject(err ?? new Error(status));
   }));
   return { channel, system, statuses };
+}
+
+/**
+ * A channel with `postgres_changes` bindings, each `{ binding, inbox }`, subscribed: resolves once
+ * the server said "Subscribed to PostgreSQL" (or rejects with its `system` error), with the
+ * channel and its `system` inbox.
+ */
+export async function pgChannel(client, topic, bindings, config = {}) {
+  const channel = client.channel(topic, { config });
+  const system = new Inbox(`${topic} system`);
+  for (const { binding, inbox } of bindings) channel.on('postgres_changes', binding, inbox.push);
+  channel.on('system', {}, system.push);
+  await subscribe(channel);
+  const first = await until(system, (m) => m.extension === 'postgres_changes');
+  if (first.status !== 'ok') throw Object.assign(new Error(first.message), { system: first });
+  assert.equal(first.message, 'Subscribed to PostgreSQL');
+  return { channel, system };
 }

@@ -35,7 +35,7 @@ test('/healthz is 200 while the database answers, 503 while it is gone, 200 agai
 test('an unreachable database stops the replicator at start with what to fix', async () => {
   const port = await freePort();
   const proc = startProcess('replicator', replicatorBinary(ROOT), [], {
-    env: { SLUICE_DATABASE_URL: `postgres://postgres@127.0.0.1:${port}/postgres`, SLUICE_INTERNAL_SECRET: DEV_INTERNAL_SECRET, NO_COLOR: '1' },
+    env: { SLUICE_DATABASE_URL: `postgres://postgres@127.0.0.1:${port}/postgres`, SLUICE_INTERNAL_SECRET: DEV_INTERNAL_SECRET, SLUICE_GATEWAY_URL: 'http://127.0.0.1:9', NO_COLOR: '1' },
   });
   const { code } = await proc.exited;
   assert.equal(code, 1);
@@ -51,6 +51,9 @@ test('a missing setting stops it with the variable to set', async () => {
   const noSecret = startProcess('replicator', replicatorBinary(ROOT), [], { env: { SLUICE_DATABASE_URL: pg.url, SLUICE_INTERNAL_SECRET: 'short' } });
   assert.equal((await noSecret.exited).code, 1);
   assert.match(noSecret.lines.join('\n'), /SLUICE_INTERNAL_SECRET is missing or shorter than 32 characters/);
+  const noGateway = startProcess('replicator', replicatorBinary(ROOT), [], { env: { SLUICE_DATABASE_URL: pg.url, SLUICE_INTERNAL_SECRET: DEV_INTERNAL_SECRET } });
+  assert.equal((await noGateway.exited).code, 1);
+  assert.match(noGateway.lines.join('\n'), /SLUICE_GATEWAY_URL is missing or not an http\(s\) URL: set it to the gateway Worker/);
 });
 
 /** Reads a counter from the replicator's /metrics. */
@@ -122,7 +125,7 @@ test('a database without wal_level=logical stops it at start with the fix', asyn
   const replica = await Postgres.create({ dir: join(ROOT, '.local', 'e2e-replicator', 'replica'), settings: { wal_level: 'replica' } });
   try {
     const proc = startProcess('replicator', replicatorBinary(ROOT), [], {
-      env: { SLUICE_DATABASE_URL: replica.url, SLUICE_INTERNAL_SECRET: DEV_INTERNAL_SECRET, NO_COLOR: '1' },
+      env: { SLUICE_DATABASE_URL: replica.url, SLUICE_INTERNAL_SECRET: DEV_INTERNAL_SECRET, SLUICE_GATEWAY_URL: 'http://127.0.0.1:9', NO_COLOR: '1' },
     });
     assert.equal((await proc.exited).code, 1);
     assert.match(proc.lines.join('\n'), /wal_level is replica, and logical replication needs logical: run ALTER SYSTEM SET wal_level = logical .* and restart Postgres/);

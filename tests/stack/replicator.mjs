@@ -7,15 +7,20 @@ export function replicatorBinary(root) {
   return join(root, 'target/debug/sluice-replicator');
 }
 
-/** Starts the replicator and resolves once its /healthz answers 200. */
-export async function startReplicator({ root, databaseUrl, port, log = () => {} }) {
+/**
+ * Starts the replicator and resolves once its /healthz answers 200. `gatewayUrl` is where it
+ * pushes changes (by default a closed port: changes then wait, as when the gateway is down).
+ */
+export async function startReplicator({ root, databaseUrl, port, gatewayUrl = 'http://127.0.0.1:9', env = {}, log = () => {} }) {
   const proc = startProcess('replicator', replicatorBinary(root), [], {
     env: {
       SLUICE_DATABASE_URL: databaseUrl,
       SLUICE_HTTP_ADDR: `127.0.0.1:${port}`,
       SLUICE_INTERNAL_SECRET: DEV_INTERNAL_SECRET,
+      SLUICE_GATEWAY_URL: gatewayUrl,
       RUST_LOG: 'info',
       NO_COLOR: '1',
+      ...env,
     },
     onLine: (line) => log(`[replicator] ${line}`),
   });

@@ -2,7 +2,7 @@
 // free port. Used by `scripts/dev` (with wrangler dev) and by the end-to-end tests (with wrangler's test harness).
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { devKeys, DEV_API_SECRET, DEV_JWT_SECRET, tokenFor } from './keys.mjs';
+import { devKeys, DEV_API_SECRET, DEV_INTERNAL_SECRET, DEV_JWT_SECRET, tokenFor } from './keys.mjs';
 import { Postgres } from './postgres.mjs';
 import { freePort } from './process.mjs';
 import { startReplicator } from './replicator.mjs';
@@ -23,14 +23,18 @@ export async function startStack({ name = 'stack', gateway = 'harness', gatewayP
   try {
     const pg = await Postgres.create({ dir: join(ROOT, '.local', name, 'postgres'), log });
     started.push({ stop: () => pg.destroy() });
-    log('starting the replicator');
-    const replicator = await startReplicator({ root: ROOT, databaseUrl: pg.url, port: await freePort(), log });
-    started.push(replicator);
+    // The gateway calls the replicator and the replicator pushes to the gateway: the replicator's
+    // port is chosen first so the gateway can be told where it will be.
+    const replicatorPort = await freePort();
+    const gatewayVars = { REPLICATOR_URL: `http://127.0.0.1:${replicatorPort}`, API_JWT_SECRET: DEV_API_SECRET, INTERNAL_SECRET: DEV_INTERNAL_SECRET, ...vars };
     log(`starting the gateway worker (${gateway === 'wrangler' ? 'wrangler dev' : 'wrangler test harness'})`);
     const gw = gateway === 'wrangler'
-      ? await startGatewayWranglerDev({ root: ROOT, port: gatewayPort ?? (await freePort()), jwtSecret: DEV_JWT_SECRET, vars: { REPLICATOR_URL: replicator.url, API_JWT_SECRET: DEV_API_SECRET }, log })
-      : await startGatewayHarness({ root: ROOT, jwtSecret: DEV_JWT_SECRET, vars: { REPLICATOR_URL: replicator.url, API_JWT_SECRET: DEV_API_SECRET, ...vars } });
+      ? await startGatewayWranglerDev({ root: ROOT, port: gatewayPort ?? (await freePort()), jwtSecret: DEV_JWT_SECRET, vars: gatewayVars, log })
+      : await startGatewayHarness({ root: ROOT, jwtSecret: DEV_JWT_SECRET, vars: gatewayVars });
     started.push(gw);
+    log('starting the replicator');
+    const replicator = await startReplicator({ root: ROOT, databaseUrl: pg.url, port: replicatorPort, gatewayUrl: gw.url, log });
+    started.push(replicator);
     return { pg, replicator, gateway: gw, url: gw.url, jwtSecret: DEV_JWT_SECRET, keys: devKeys(), adminKey: tokenFor('supabase_admin', { secret: DEV_API_SECRET }), stop };
   } catch (e) {
     await stop();

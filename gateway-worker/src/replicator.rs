@@ -1,0 +1,67 @@
+//! Calls from a hub to the replicator (`REPLICATOR_URL`, bearer `INTERNAL_SECRET`): registering
+//! and removing a channel's Postgres Changes bindings.
+
+use serde::Serialize;
+use sluice_shared::internal::{Subscribe, Subscribed, Unsubscribe};
+use worker::*;
+
+use crate::config;
+
+/// What the client sees when the replicator cannot be asked (upstream's text for an unreachable
+/// project database).
+pub const UNREACHABLE: &str = "Realtime was unable to connect to the project database";
+
+/// Registers the bindings; `Err` holds the text the client sees as its `system` error.
+pub async fn subscribe(env: &Env, request: &Subscribe) -> std::result::Result<Subscribed, String> {
+    let mut res = match call(env, Method::Post, request).await {
+        Ok(res) => res,
+        Err(problem) => {
+            console_error!("registering postgres_changes with the replicator: {problem}");
+            return Err(UNREACHABLE.into());
+        }
+    };
+    match res.status_code() {
+        200 => res.json().await.map_err(|e| {
+            console_error!("the replicator answered a subscription with bad JSON: {e}");
+            UNREACHABLE.to_string()
+        }),
+        422 => {
+            let body: serde_json::Value = res.json().await.unwrap_or_default();
+            Err(body["error"].as_str().unwrap_or(UNREACHABLE).to_string())
+        }
+        status => {
+            console_error!(
+                "the replicator answered a subscription with {status}: {}",
+                res.text().await.unwrap_or_default()
+            );
+            Err(UNREACHABLE.into())
+        }
+    }
+}
+
+/// Removes a channel's (or a socket's) bindings. Failures are logged: the replicator also drops
+/// subscriptions whose channel a hub reports gone.
+pub async fn unsubscribe(env: &Env, request: &Unsubscribe) {
+    match call(env, Method::Delete, request).await {
+        Ok(res) if res.status_code() == 200 => {}
+        Ok(res) => console_warn!("the replicator answered an unsubscribe with {}", res.status_code()),
+        Err(problem) => console_warn!("unsubscribing postgres_changes: {problem}"),
+    }
+}
+
+async fn call(env: &Env, method: Method, body: &impl Serialize) -> std::result::Result<Response, String> {
+    let base = config::replicator_url(env).ok_or("REPLICATOR_URL is not set")?;
+    let secret = config::internal_secret(env).ok_or("INTERNAL_SECRET is not set")?;
+    let headers = Headers::new();
+    let mut init = RequestInit::new();
+    let build = || -> Result<Request> {
+        headers.set("content-type", "application/json")?;
+        headers.set("authorization", &format!("Bearer {secret}"))?;
+        init.with_method(method)
+            .with_headers(headers.clone())
+            .with_body(Some(serde_json::to_string(body)?.into()));
+        Request::new_with_init(&format!("{base}/v1/subscriptions"), &init)
+    };
+    let request = build().map_err(|e| e.to_string())?;
+    Fetch::Request(request).send().await.map_err(|e| e.to_string())
+}

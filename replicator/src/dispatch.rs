@@ -1,0 +1,316 @@
+//! From decoded row changes to deliveries: which subscriptions each change matches (event and
+//! filters), what RLS lets each subscriber see (one query per table and auth context for the
+//! whole batch), the payloads, and one request per hub. Called by the stream for each batch; the
+//! stream confirms the batch's position only after this returns.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use serde_json::Value;
+use sluice_shared::filter::{all_pass, Cell};
+use sluice_shared::internal::{Change, ChangeBatch, ChangePayload, Recipient};
+use sluice_shared::subscription::Action;
+use tokio_postgres::Client;
+use tracing::{debug, warn};
+
+use crate::db::Db;
+use crate::delivery::Gateway;
+use crate::payload::{self, RowChange, View};
+use crate::registry::{ChannelKey, Registry, Sub};
+use crate::stream::Stats;
+use crate::subscriptions;
+use crate::tables::{self, TableInfo, Tables};
+
+pub struct Dispatcher {
+    pub registry: Arc<Registry>,
+    pub db: Arc<Db>,
+    pub gateway: Gateway,
+    pub stats: Arc<Stats>,
+    tables: Tables,
+    /// The connection catalog and RLS queries run on (transactions need one of their own).
+    conn: Option<Client>,
+}
+
+/// What a matched subscriber gets of a change.
+enum Verdict {
+    /// An error row (400, 401) instead of the change.
+    Error(&'static str),
+    Visible,
+    /// Visible if RLS lets the subscriber see the row with this key.
+    IfVisible(Vec<String>),
+}
+
+/// One subscription a change matched, and what its subscriber may see.
+struct Hit {
+    change: usize,
+    sub: Arc<Sub>,
+    verdict: Verdict,
+}
+
+/// An auth context on a table: (table, role, claims).
+type Context = (u32, String, Arc<str>);
+/// A batch's RLS work: per context, the keys to check.
+type RlsChecks = BTreeMap<Context, Vec<Vec<String>>>;
+/// Per context, the keys RLS lets it see.
+type Visible = HashMap<Context, HashSet<Vec<String>>>;
+
+impl Dispatcher {
+    pub fn new(registry: Arc<Registry>, db: Arc<Db>, gateway: Gateway, stats: Arc<Stats>) -> Dispatcher {
+        Dispatcher {
+            registry,
+            db,
+            gateway,
+            stats,
+            tables: Tables::default(),
+            conn: None,
+        }
+    }
+
+    /// The table's definition changed (a new Relation message): drop cached catalog facts.
+    pub fn relation_changed(&mut self, relid: u32) {
+        self.tables.invalidate(relid);
+    }
+
+    /// Delivers every subscriber's share of `batch`. Returns once every hub concerned answered;
+    /// `Err` (the database failed) means nothing of the batch may be confirmed.
+    pub async fn dispatch(&mut self, batch: &[RowChange]) -> Result<(), tokio_postgres::Error> {
+        let mut hits = self.match_subscriptions(batch);
+        if hits.is_empty() {
+            return Ok(());
+        }
+        if self.conn.as_ref().is_none_or(Client::is_closed) {
+            self.conn = Some(self.db.dedicated().await?);
+        }
+        let conn = self.conn.as_mut().expect("just opened");
+        let result = judge_and_check(&mut self.tables, conn, batch, &mut hits, &self.stats).await;
+        let visible = match result {
+            Ok(visible) => visible,
+            Err(e) => {
+                self.conn = None;
+                return Err(e);
+            }
+        };
+        let per_hub = build_batches(batch, &hits, &visible, &mut self.tables);
+        let deliveries: u64 = per_hub
+            .values()
+            .flat_map(|b| &b.changes)
+            .flat_map(|c| &c.payloads)
+            .map(|p| p.to.len() as u64)
+            .sum();
+        let (stats, gateway) = (&self.stats, &self.gateway);
+        let sends = per_hub.iter().map(|(hub, batch)| async move {
+            let receipt = gateway
+                .deliver(hub, batch, || {
+                    stats.push_errors.fetch_add(1, Ordering::Relaxed);
+                })
+                .await;
+            (hub, receipt)
+        });
+        let receipts = join_all(sends).await;
+        self.stats.deliveries.fetch_add(deliveries, Ordering::Relaxed);
+        for (hub, receipt) in receipts {
+            for gone in receipt.gone {
+                debug!(
+                    "{hub} says {}/{} is gone; dropping its subscriptions",
+                    gone.socket,
+                    gone.topic.as_deref().unwrap_or("*")
+                );
+                self.registry.remove(&gone.hub, &gone.socket, gone.topic.as_deref());
+                let db = self.db.clone();
+                tokio::spawn(async move {
+                    if let Ok(client) = db.client().await {
+                        let removed =
+                            subscriptions::remove(&*client, &gone.hub, &gone.socket, gone.topic.as_deref()).await;
+                        if let Err(e) = removed {
+                            warn!("removing subscriptions of a gone channel: {e}");
+                        }
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Subscriptions whose event and filters a change passes.
+    fn match_subscriptions(&self, batch: &[RowChange]) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        for (index, change) in batch.iter().enumerate() {
+            let Some(subs) = self.registry.for_table(change.relation.relid) else {
+                continue;
+            };
+            let relation = &change.relation;
+            let cell = |column: &str| match relation.column(column) {
+                Some(i) => (relation.columns[i].type_oid, change.cell(i)),
+                None => (0, Cell::Absent),
+            };
+            for sub in subs.iter() {
+                if sub.wants(change.action) && all_pass(&sub.conditions, cell) {
+                    hits.push(Hit {
+                        change: index,
+                        sub: sub.clone(),
+                        verdict: Verdict::Visible,
+                    });
+                }
+            }
+        }
+        hits
+    }
+}
+
+/// Decides each hit's verdict from the catalog, then runs the batch's RLS checks: one query per
+/// (table, role, claims). Returns the visible keys per check.
+async fn judge_and_check(
+    tables: &mut Tables,
+    conn: &mut Client,
+    batch: &[RowChange],
+    hits: &mut [Hit],
+    stats: &Stats,
+) -> Result<Visible, tokio_postgres::Error> {
+    let mut checks: RlsChecks = BTreeMap::new();
+    for hit in hits.iter_mut() {
+        let change = &batch[hit.change];
+        let info = tables.info(conn, &change.relation).await?;
+        let selectable = tables.selectable(conn, &change.relation, &hit.sub.role).await?;
+        if change.action == Action::Delete {
+            continue; // deletes are not RLS-checked (upstream)
+        }
+        if info.pk_columns.is_empty() {
+            hit.verdict = Verdict::Error(payload::NO_PRIMARY_KEY);
+            continue;
+        }
+        if info.pk_columns.iter().any(|&i| !selectable[i]) {
+            hit.verdict = Verdict::Error(payload::UNAUTHORIZED);
+            continue;
+        }
+        if info.rls {
+            let Some(key) = change.key(&info.pk_columns) else {
+                hit.verdict = Verdict::Error(payload::NO_PRIMARY_KEY);
+                continue;
+            };
+            let context = (change.relation.relid, hit.sub.role.clone(), hit.sub.claims.clone());
+            let keys = checks.entry(context).or_default();
+            if !keys.contains(&key) {
+                keys.push(key.clone());
+            }
+            hit.verdict = Verdict::IfVisible(key);
+        }
+    }
+    let mut visible = HashMap::new();
+    if checks.is_empty() {
+        return Ok(visible);
+    }
+    let tx = conn.transaction().await?;
+    for ((relid, role, claims), keys) in checks {
+        let info: Arc<TableInfo> = tables.cached(relid).expect("looked up while judging");
+        stats.rls_queries.fetch_add(1, Ordering::Relaxed);
+        // A failing policy (or a role that vanished) hides the rows from that context only.
+        tx.execute("savepoint rls", &[]).await?;
+        match tables::visible_keys(&tx, &info, &role, &claims, &keys).await {
+            Ok(keys) => {
+                tx.execute("release savepoint rls", &[]).await?;
+                visible.insert((relid, role, claims), keys);
+            }
+            Err(e) if e.as_db_error().is_some() => {
+                warn!(
+                    "RLS check on {} as {role} failed: {e}; the rows stay hidden from it",
+                    info.quoted_name
+                );
+                tx.execute("rollback to savepoint rls", &[]).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    tx.commit().await?;
+    Ok(visible)
+}
+
+/// The per-hub batches: for each change, one payload per distinct view (role and `select`), each
+/// with the channels that see it and the ids of their matched bindings.
+fn build_batches(
+    batch: &[RowChange],
+    hits: &[Hit],
+    visible: &Visible,
+    tables: &mut Tables,
+) -> BTreeMap<String, ChangeBatch> {
+    // change -> view key -> channel -> ids
+    type Views<'a> =
+        BTreeMap<(Option<&'static str>, &'a str, Option<&'a [String]>), BTreeMap<&'a ChannelKey, Vec<u64>>>;
+    let mut per_change: BTreeMap<usize, Views> = BTreeMap::new();
+    for hit in hits {
+        let change = &batch[hit.change];
+        let shown = match &hit.verdict {
+            Verdict::Error(_) | Verdict::Visible => true,
+            Verdict::IfVisible(key) => visible
+                .get(&(change.relation.relid, hit.sub.role.clone(), hit.sub.claims.clone()))
+                .is_some_and(|keys| keys.contains(key)),
+        };
+        if !shown {
+            continue;
+        }
+        let view_key = match hit.verdict {
+            Verdict::Error(error) => (Some(error), "", None),
+            _ => (None, hit.sub.role.as_str(), hit.sub.select.as_deref()),
+        };
+        let ids = per_change
+            .entry(hit.change)
+            .or_default()
+            .entry(view_key)
+            .or_default()
+            .entry(&hit.sub.channel)
+            .or_default();
+        if !ids.contains(&hit.sub.binding_id) {
+            ids.push(hit.sub.binding_id);
+        }
+    }
+    let mut per_hub: BTreeMap<String, ChangeBatch> = BTreeMap::new();
+    for (index, views) in per_change {
+        let change = &batch[index];
+        let mut payloads_per_hub: BTreeMap<&str, Vec<ChangePayload>> = BTreeMap::new();
+        for ((error, role, select), channels) in views {
+            let data: Value = match error {
+                Some(error) => payload::error_data(change, error),
+                None => {
+                    let info = tables.cached(change.relation.relid);
+                    let selectable = tables.cached_selectable(change.relation.relid, role);
+                    match (info, selectable) {
+                        (Some(info), Some(selectable)) => payload::data(
+                            change,
+                            &View {
+                                typnames: &info.typnames,
+                                pk: &info.pk,
+                                selectable: &selectable,
+                                select,
+                                rls: info.rls,
+                            },
+                        ),
+                        _ => continue,
+                    }
+                }
+            };
+            let mut per_hub_recipients: BTreeMap<&str, Vec<Recipient>> = BTreeMap::new();
+            for (channel, ids) in channels {
+                per_hub_recipients.entry(&channel.hub).or_default().push(Recipient {
+                    socket: channel.socket.clone(),
+                    topic: channel.topic.clone(),
+                    ids,
+                });
+            }
+            for (hub, to) in per_hub_recipients {
+                payloads_per_hub
+                    .entry(hub)
+                    .or_default()
+                    .push(ChangePayload { data: data.clone(), to });
+            }
+        }
+        for (hub, payloads) in payloads_per_hub {
+            per_hub.entry(hub.to_string()).or_default().changes.push(Change {
+                lsn: change.lsn,
+                seq: change.seq,
+                payloads,
+            });
+        }
+    }
+    per_hub
+}

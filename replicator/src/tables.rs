@@ -1,0 +1,185 @@
+//! What the database says about a table, cached until its Relation message changes: quoted names,
+//! primary key, `typname`s, whether RLS is on, and per role which columns it may select. And the
+//! batched visibility query that applies RLS: one query per (table, role + claims) for all keys.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio_postgres::Client;
+
+use crate::payload::Relation;
+
+/// A table's catalog facts, aligned with its [`Relation`]'s columns.
+#[derive(Debug)]
+pub struct TableInfo {
+    /// `"schema"."table"`, quoted by Postgres.
+    pub quoted_name: String,
+    pub rls: bool,
+    /// Per relation column.
+    pub typnames: Vec<String>,
+    pub pk: Vec<bool>,
+    /// Quoted column names and their `format_type` types, per relation column.
+    quoted_columns: Vec<String>,
+    types: Vec<String>,
+    /// The primary-key columns' indexes, in key order.
+    pub pk_columns: Vec<usize>,
+}
+
+#[derive(Default)]
+pub struct Tables {
+    info: HashMap<u32, Arc<TableInfo>>,
+    selectable: HashMap<(u32, String), Arc<Vec<bool>>>,
+}
+
+impl Tables {
+    /// Forgets what was known of a table (its Relation message arrived again: it may have changed).
+    pub fn invalidate(&mut self, relid: u32) {
+        self.info.remove(&relid);
+        self.selectable.retain(|(id, _), _| *id != relid);
+    }
+
+    /// What [`Tables::info`] last returned for the table, if it is still cached.
+    pub fn cached(&self, relid: u32) -> Option<Arc<TableInfo>> {
+        self.info.get(&relid).cloned()
+    }
+
+    /// What [`Tables::selectable`] last returned for the table and role, if still cached.
+    pub fn cached_selectable(&self, relid: u32, role: &str) -> Option<Arc<Vec<bool>>> {
+        self.selectable.get(&(relid, role.to_string())).cloned()
+    }
+
+    pub async fn info(&mut self, db: &Client, relation: &Relation) -> Result<Arc<TableInfo>, tokio_postgres::Error> {
+        if let Some(info) = self.info.get(&relation.relid) {
+            return Ok(info.clone());
+        }
+        let table = db
+            .query_one(
+                "select format('%I.%I', n.nspname, c.relname), c.relrowsecurity
+                 from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = $1",
+                &[&relation.relid],
+            )
+            .await?;
+        let rows = db
+            .query(
+                "select a.attname::text, quote_ident(a.attname), t.typname::text, format_type(a.atttypid, a.atttypmod),
+                        array_position(i.indkey::int2[], a.attnum)
+                 from pg_attribute a
+                 join pg_type t on t.oid = a.atttypid
+                 left join pg_index i on i.indrelid = a.attrelid and i.indisprimary
+                 where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped",
+                &[&relation.relid],
+            )
+            .await?;
+        let n = relation.columns.len();
+        let mut info = TableInfo {
+            quoted_name: table.get(0),
+            rls: table.get(1),
+            typnames: vec![String::new(); n],
+            pk: vec![false; n],
+            quoted_columns: vec![String::new(); n],
+            types: vec![String::new(); n],
+            pk_columns: Vec::new(),
+        };
+        let mut key: Vec<(i32, usize)> = Vec::new();
+        for row in rows {
+            let Some(i) = relation.column(row.get(0)) else {
+                continue;
+            };
+            info.quoted_columns[i] = row.get(1);
+            info.typnames[i] = row.get(2);
+            info.types[i] = row.get(3);
+            if let Some(position) = row.get::<_, Option<i32>>(4) {
+                info.pk[i] = true;
+                key.push((position, i));
+            }
+        }
+        key.sort();
+        info.pk_columns = key.into_iter().map(|(_, i)| i).collect();
+        let info = Arc::new(info);
+        self.info.insert(relation.relid, info.clone());
+        Ok(info)
+    }
+
+    /// Per relation column, whether `role` may select it.
+    pub async fn selectable(
+        &mut self,
+        db: &Client,
+        relation: &Relation,
+        role: &str,
+    ) -> Result<Arc<Vec<bool>>, tokio_postgres::Error> {
+        let cache_key = (relation.relid, role.to_string());
+        if let Some(known) = self.selectable.get(&cache_key) {
+            return Ok(known.clone());
+        }
+        let rows = db
+            .query(
+                "select a.attname::text from pg_attribute a
+                 where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped
+                   and has_column_privilege($2::name, a.attrelid, a.attnum, 'SELECT')",
+                &[&relation.relid, &role],
+            )
+            .await?;
+        let mut selectable = vec![false; relation.columns.len()];
+        for row in rows {
+            if let Some(i) = relation.column(row.get(0)) {
+                selectable[i] = true;
+            }
+        }
+        let selectable = Arc::new(selectable);
+        self.selectable.insert(cache_key, selectable.clone());
+        Ok(selectable)
+    }
+}
+
+/// Which of `keys` (primary-key texts in `pk_columns` order) the role with these claims can see
+/// through the table's RLS policies: one query, run as that role inside `tx`. Role and claims are
+/// parameters of `set_config`, keys are parameters of the query; only catalog-quoted names are
+/// part of its text.
+pub async fn visible_keys(
+    tx: &tokio_postgres::Transaction<'_>,
+    info: &TableInfo,
+    role: &str,
+    claims: &str,
+    keys: &[Vec<String>],
+) -> Result<HashSet<Vec<String>>, tokio_postgres::Error> {
+    let columns: Vec<&str> = info
+        .pk_columns
+        .iter()
+        .map(|&i| info.quoted_columns[i].as_str())
+        .collect();
+    let arrays: Vec<String> = info
+        .pk_columns
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| format!("${}::text[]::{}[]", n + 1, info.types[i]))
+        .collect();
+    let sql = format!(
+        "select {} from {} where ({}) in (select * from unnest({}))",
+        columns
+            .iter()
+            .map(|c| format!("{c}::text"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        info.quoted_name,
+        columns.join(", "),
+        arrays.join(", ")
+    );
+    let per_column: Vec<Vec<&str>> = (0..columns.len())
+        .map(|n| keys.iter().map(|k| k[n].as_str()).collect())
+        .collect();
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = per_column
+        .iter()
+        .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    tx.execute(
+        "select set_config('role', $1, true), set_config('request.jwt.claims', $2, true)",
+        &[&role, &claims],
+    )
+    .await?;
+    // The next context sets both again; the transaction's end restores the replicator's role.
+    let rows = tx.query(&sql, &params).await?;
+    Ok(rows
+        .iter()
+        .map(|row| (0..columns.len()).map(|n| row.get::<_, String>(n)).collect())
+        .collect())
+}
