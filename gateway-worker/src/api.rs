@@ -79,13 +79,16 @@ pub async fn tenant_health(req: Request, env: &Env) -> Result<Response> {
         // Upstream answers failed admin auth with 403 and an empty body.
         return Ok(Response::empty()?.with_status(403));
     }
-    let db_connected = match config::replicator_url(env) {
-        Some(url) => Fetch::Url(Url::parse(&format!("{url}/healthz"))?)
-            .send()
-            .await
-            .is_ok_and(|r| r.status_code() == 200),
-        None => false,
+    // The replicator's /healthz: 200 when the database answers, with whether it streams.
+    let health: Option<Value> = match config::replicator_url(env) {
+        Some(url) => match Fetch::Url(Url::parse(&format!("{url}/healthz"))?).send().await {
+            Ok(mut res) if res.status_code() == 200 => res.json().await.ok(),
+            _ => None,
+        },
+        None => None,
     };
+    let db_connected = health.is_some();
+    let replication_connected = health.is_some_and(|h| h["replication"] == "connected");
     let region = req
         .cf()
         .and_then(|cf| cf.continent())
@@ -94,8 +97,7 @@ pub async fn tenant_health(req: Request, env: &Env) -> Result<Response> {
     Response::from_json(&json!({"data": {
         "healthy": db_connected,
         "db_connected": db_connected,
-        // Postgres Changes streaming is not built yet.
-        "replication_connected": false,
+        "replication_connected": replication_connected,
         "connected_cluster": 1,
         "region": region,
         "node": "sluice-gateway",

@@ -19,7 +19,7 @@ use sluice_shared::connect::{hub_name, Accepted};
 use sluice_shared::frame::{self, Broadcast, Outbound, Vsn, WireFrame};
 use sluice_shared::internal::{
     bearer_matches, channel_name, Access, ChangeBatch, ChangeReceipt, ChannelOp, ChannelResponse, Delivery, HubEvent,
-    Subscribe, Unsubscribe,
+    Reauthorize, Subscribe, Unsubscribe,
 };
 use sluice_shared::join::{parse_topic, Topic};
 use sluice_shared::jwt::Keys;
@@ -442,6 +442,17 @@ impl SocketHub {
                         socket: session.id.clone(),
                     },
                 )),
+                Effect::PostgresClaims { topic, claims } => {
+                    let request = Reauthorize {
+                        hub: self.name(),
+                        socket: session.id.clone(),
+                        topic: topic.clone(),
+                        claims,
+                    };
+                    let outcome = replicator::reauthorize(&self.env, &request).await.map(|_| ());
+                    let join_ref = session.membership(&topic).and_then(|m| m.join_ref.clone());
+                    to_client(&postgres_system_message(join_ref.as_deref(), &topic, outcome));
+                }
                 Effect::Disconnect => disconnect = true,
             }
         }

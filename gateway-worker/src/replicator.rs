@@ -1,8 +1,8 @@
 //! Calls from a hub to the replicator (`REPLICATOR_URL`, bearer `INTERNAL_SECRET`): registering
-//! and removing a channel's Postgres Changes bindings.
+//! re-authorizing and removing a channel's Postgres Changes bindings.
 
 use serde::Serialize;
-use sluice_shared::internal::{Subscribe, Subscribed, Unsubscribe};
+use sluice_shared::internal::{Reauthorize, Subscribe, Subscribed, Unsubscribe};
 use worker::*;
 
 use crate::config;
@@ -13,7 +13,16 @@ pub const UNREACHABLE: &str = "Realtime was unable to connect to the project dat
 
 /// Registers the bindings; `Err` holds the text the client sees as its `system` error.
 pub async fn subscribe(env: &Env, request: &Subscribe) -> std::result::Result<Subscribed, String> {
-    let mut res = match call(env, Method::Post, request).await {
+    answer(call(env, Method::Post, request).await).await
+}
+
+/// Gives a channel's subscriptions new claims; answered as [`subscribe`].
+pub async fn reauthorize(env: &Env, request: &Reauthorize) -> std::result::Result<Subscribed, String> {
+    answer(call(env, Method::Patch, request).await).await
+}
+
+async fn answer(response: std::result::Result<Response, String>) -> std::result::Result<Subscribed, String> {
+    let mut res = match response {
         Ok(res) => res,
         Err(problem) => {
             console_error!("registering postgres_changes with the replicator: {problem}");

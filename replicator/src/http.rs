@@ -1,6 +1,6 @@
 //! The replicator's HTTP endpoints: `/healthz` (200 when the database answers, 503 with the
 //! reason when not), `/metrics` (Prometheus text), and the internal API hubs call
-//! (`/v1/subscriptions`, bearer secret).
+//! (`/v1/subscriptions`: register, re-authorize, remove; bearer secret).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{error, warn};
 
-use sluice_shared::internal::{bearer_matches, Subscribe, Subscribed, Unsubscribe};
+use sluice_shared::internal::{bearer_matches, Reauthorize, Subscribe, Subscribed, Unsubscribe};
 
 use crate::db::Db;
-use crate::registry::{ChannelKey, Registry};
+use crate::registry::{ChannelKey, Registry, Sub};
 use crate::stream::{Stats, SYNC_PREFIX};
 use crate::subscriptions::{self, Refused, Registration};
 
@@ -37,7 +37,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/v1/subscriptions", post(register).delete(unregister))
+        .route(
+            "/v1/subscriptions",
+            post(register).patch(reauthorize).delete(unregister),
+        )
         .with_state(state)
 }
 
@@ -47,62 +50,102 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
 type Answer = (StatusCode, Json<Value>);
 
 /// `POST /v1/subscriptions`: 200 `{"ids": [...]}` in binding order once the subscription is live
-/// (the stream has passed the database's position at registration, so every change committed
-/// after this answer is delivered), or 422 `{"error": <the system message text>}`.
+/// (see [`live`]), or 422 `{"error": <the system message text>}`.
 async fn register(State(state): State<AppState>, headers: HeaderMap, Json(body): Json<Subscribe>) -> Answer {
     if let Err(denied) = authorize(&state, &headers) {
         return denied;
     }
-    let result = async {
-        let mut client = state.db.dedicated().await?;
-        let tx = client.transaction().await?;
-        let registration = Registration {
-            publication: &state.publication,
-            hub: &body.hub,
-            socket: &body.socket,
-            topic: &body.topic,
-            claims: &body.claims,
-            bindings: &body.bindings,
-        };
-        let outcome = subscriptions::register(&tx, &registration).await?;
-        let Ok(registered) = outcome else {
-            return Ok(outcome.map(|_| (Vec::new(), 0)));
-        };
-        tx.commit().await?;
-        let channel = ChannelKey {
-            hub: body.hub.clone(),
-            socket: body.socket.clone(),
-            topic: body.topic.clone(),
-        };
-        state.registry.replace_channel(&channel, registered.subs);
-        // A mark in the WAL after the registration: once the stream passes it, it evaluates
-        // every later commit with this subscription.
-        let mark: String = client
-            .query_one("select pg_logical_emit_message(false, $1, '')::text", &[&SYNC_PREFIX])
-            .await?
-            .get(0);
-        Ok(Ok((registered.ids, parse_lsn(&mark))))
+    let channel = ChannelKey {
+        hub: body.hub.clone(),
+        socket: body.socket.clone(),
+        topic: body.topic.clone(),
+    };
+    let registration = Registration {
+        publication: &state.publication,
+        hub: &body.hub,
+        socket: &body.socket,
+        topic: &body.topic,
+        claims: &body.claims,
+        bindings: &body.bindings,
+    };
+    let outcome = in_transaction(&state, async |tx| subscriptions::register(tx, &registration).await).await;
+    match outcome {
+        Ok(Ok(registered)) => live(&state, &channel, registered.subs, registered.ids).await,
+        Ok(Err(Refused(text))) => (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"error": text}))),
+        Err(e) => database_error(e),
     }
+}
+
+/// `PATCH /v1/subscriptions`: the channel's subscriptions take new claims (a refreshed token).
+/// Answered like a registration.
+async fn reauthorize(State(state): State<AppState>, headers: HeaderMap, Json(body): Json<Reauthorize>) -> Answer {
+    if let Err(denied) = authorize(&state, &headers) {
+        return denied;
+    }
+    let channel = ChannelKey {
+        hub: body.hub.clone(),
+        socket: body.socket.clone(),
+        topic: body.topic.clone(),
+    };
+    let outcome = in_transaction(&state, async |tx| {
+        subscriptions::reauthorize(tx, &channel, &body.claims).await
+    })
     .await;
-    match result {
-        Ok(Ok((ids, mark))) => {
-            let mut passed = state.passed.clone();
-            let reached = tokio::time::timeout(SYNC_TIMEOUT, passed.wait_for(|p| *p >= mark))
-                .await
-                .is_ok_and(|r| r.is_ok());
-            match reached {
-                true => (StatusCode::OK, Json(json!(Subscribed { ids }))),
-                _ => {
-                    warn!("the replication stream did not reach a new subscription within {SYNC_TIMEOUT:?}");
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        Json(json!({"error": "Realtime was unable to connect to the project database"})),
-                    )
-                }
-            }
+    match outcome {
+        Ok(Ok(subs)) => {
+            let mut ids: Vec<u64> = subs.iter().map(|(_, s)| s.binding_id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            live(&state, &channel, subs, ids).await
         }
         Ok(Err(Refused(text))) => (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"error": text}))),
         Err(e) => database_error(e),
+    }
+}
+
+/// Runs `work` in a transaction, committed only when it does not refuse.
+async fn in_transaction<T>(
+    state: &AppState,
+    work: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<Result<T, Refused>, tokio_postgres::Error>,
+) -> Result<Result<T, Refused>, tokio_postgres::Error> {
+    let mut client = state.db.dedicated().await?;
+    let tx = client.transaction().await?;
+    let outcome = work(&tx).await?;
+    if outcome.is_ok() {
+        tx.commit().await?;
+    }
+    Ok(outcome)
+}
+
+/// Puts a channel's stored subscriptions in the registry, then answers 200 `{"ids"}` once the
+/// stream has passed a mark written to the WAL afterwards: from then on every commit is evaluated
+/// with them, so every change committed after the client hears "Subscribed" is delivered.
+async fn live(state: &AppState, channel: &ChannelKey, subs: Vec<(u32, Sub)>, ids: Vec<u64>) -> Answer {
+    state.registry.replace_channel(channel, subs);
+    let mark = async {
+        let client = state.db.client().await?;
+        let row = client
+            .query_one("select pg_logical_emit_message(false, $1, '')::text", &[&SYNC_PREFIX])
+            .await?;
+        Ok::<_, tokio_postgres::Error>(parse_lsn(row.get(0)))
+    }
+    .await;
+    let mark = match mark {
+        Ok(mark) => mark,
+        Err(e) => return database_error(e),
+    };
+    let mut passed = state.passed.clone();
+    let reached = tokio::time::timeout(SYNC_TIMEOUT, passed.wait_for(|p| *p >= mark))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if reached {
+        (StatusCode::OK, Json(json!(Subscribed { ids })))
+    } else {
+        warn!("the replication stream did not reach a new subscription within {SYNC_TIMEOUT:?}");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "Realtime was unable to connect to the project database"})),
+        )
     }
 }
 
@@ -152,11 +195,18 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         Ok(client) => client.simple_query("SELECT 1").await.map(|_| ()),
         Err(e) => Err(e),
     };
+    let replication = match state.stats.connected.load(Ordering::Relaxed) {
+        true => "connected",
+        false => "disconnected",
+    };
     match answer {
-        Ok(()) => (StatusCode::OK, Json(json!({"status": "ok", "database": "connected"}))),
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({"status": "ok", "database": "connected", "replication": replication})),
+        ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "error", "database": format!("unreachable: {e}")})),
+            Json(json!({"status": "error", "database": format!("unreachable: {e}"), "replication": replication})),
         ),
     }
 }

@@ -196,6 +196,46 @@ async fn check(
     Ok(Ok(stored))
 }
 
+/// Gives a channel's subscriptions new claims (and their role); the updated subscriptions.
+pub async fn reauthorize(
+    tx: &Transaction<'_>,
+    channel: &ChannelKey,
+    claims: &Map<String, Value>,
+) -> Result<Result<Vec<(u32, Sub)>, Refused>, tokio_postgres::Error> {
+    let role = claims.get("role").and_then(Value::as_str).unwrap_or("anon");
+    if tx
+        .query_opt("select 1 from pg_roles where rolname = $1", &[&role])
+        .await?
+        .is_none()
+    {
+        return Ok(Err(Refused(format!("role \"{role}\" does not exist"))));
+    }
+    let rows = tx
+        .query(
+            &format!(
+                "update sluice.subscriptions set claims = $4, claims_role = $5::text::regrole
+                 where hub = $1 and socket = $2 and topic = $3 returning {}",
+                registry::COLUMNS
+            ),
+            &[
+                &channel.hub,
+                &channel.socket,
+                &channel.topic,
+                &Value::Object(claims.clone()),
+                &role,
+            ],
+        )
+        .await?;
+    let mut subs = Vec::with_capacity(rows.len());
+    for row in &rows {
+        match registry::sub_from_row(row) {
+            Ok(sub) => subs.push(sub),
+            Err(problem) => return Ok(Err(Refused(problem))),
+        }
+    }
+    Ok(Ok(subs))
+}
+
 /// Removes a channel's subscriptions, or all of a socket's when `topic` is `None`.
 pub async fn remove(
     db: &impl GenericClient,

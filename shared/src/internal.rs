@@ -6,6 +6,7 @@
 //!   to its own members of the channel.
 //! - SocketHub → replicator: `POST /v1/subscriptions` with a [`Subscribe`] (answered 200
 //!   [`Subscribed`] once the subscription is live, or 422 with the client's `system` error text),
+//!   `PATCH /v1/subscriptions` with a [`Reauthorize`] (new claims, answered the same way),
 //!   `DELETE /v1/subscriptions` with an [`Unsubscribe`].
 //! - Replicator → gateway: `POST /internal/v1/changes/{hub}` with a [`ChangeBatch`], answered
 //!   with a [`ChangeReceipt`]. Both replicator calls carry `Authorization: Bearer <secret>`.
@@ -118,6 +119,16 @@ pub struct Subscribe {
 pub struct Subscribed {
     /// The binding ids, in request order.
     pub ids: Vec<u64>,
+}
+
+/// Replaces the claims of one channel's subscriptions (the client sent a new `access_token`).
+/// Answered like a [`Subscribe`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reauthorize {
+    pub hub: String,
+    pub socket: String,
+    pub topic: String,
+    pub claims: Map<String, Value>,
 }
 
 /// Removes one channel's subscriptions, or all of a socket's when `topic` is absent.

@@ -120,6 +120,8 @@ pub enum Effect {
     },
     /// Remove this socket's presence from `topic`.
     Untrack { topic: String },
+    /// The channel's token changed: its Postgres Changes subscriptions now see rows as `claims`.
+    PostgresClaims { topic: String, claims: Map<String, Value> },
     /// Close the socket (code 1001), after the effects before this one.
     Disconnect,
 }
@@ -252,7 +254,13 @@ impl Session {
                     m.exp = claims.exp;
                     m.token_tail = token_tail(token);
                 }
-                Vec::new()
+                match member.postgres {
+                    true => vec![Effect::PostgresClaims {
+                        topic: member.topic.clone(),
+                        claims: claims.all,
+                    }],
+                    false => Vec::new(),
+                }
             }
             Err(err) => self.shut_down(member, &err.message()),
         }
@@ -628,7 +636,23 @@ mod tests {
             "the socket's claims when the channel brings no token"
         );
         assert!(s.channels[0].postgres);
-        let e = handle(&mut s, msg(Some("1"), "2", "realtime:room", "phx_leave", json!({})));
+        // A new token: the subscriptions take its claims.
+        let token = sign(json!({"role": "authenticated", "exp": NOW + 60, "sub": "u2"}));
+        let e = handle(
+            &mut s,
+            msg(
+                Some("1"),
+                "2",
+                "realtime:room",
+                "access_token",
+                json!({"access_token": token}),
+            ),
+        );
+        let [Effect::PostgresClaims { topic, claims }] = &e[..] else {
+            panic!("expected new claims for the subscriptions: {e:?}");
+        };
+        assert_eq!((topic.as_str(), &claims["sub"]), ("realtime:room", &json!("u2")));
+        let e = handle(&mut s, msg(Some("1"), "3", "realtime:room", "phx_leave", json!({})));
         assert!(matches!(&e[0], Effect::Leave { postgres: true, .. }));
     }
 

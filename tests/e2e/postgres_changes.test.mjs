@@ -84,48 +84,50 @@ for (const vsn of VSNS) {
   });
 }
 
-test('every filter operator, negation and AND select the right rows; one message per change carries the ids', async () => {
-  const client = supabase(stack.url, stack.keys.anon);
-  const filters = {
-    eq: 'n=eq.5', neq: 'n=neq.5', lt: 'n=lt.5', lte: 'n=lte.5', gt: 'n=gt.5', gte: 'n=gte.5',
-    in: 'name=in.(a,"b,c",d)', like: 'name=like.a%', ilike: 'name=ilike.A%', is: 'flag=is.null', istrue: 'flag=is.true',
-    match: 'name=match.^[ab]', imatch: 'name=imatch.^B', isdistinct: 'n=isdistinct.5', not: 'n=not.eq.5',
-    and: 'n=gte.3,name=like.a%', price: 'price=gt.9.5', at: 'at=lt.2026-01-01T12:00:00Z',
-  };
-  const rows = [
-    { n: 5, name: 'a', flag: null, price: 10, at: '2026-01-01 11:00+00' },
-    { n: 3, name: 'Abc', flag: true, price: 9.5, at: '2026-01-01 13:00+00' },
-    { n: 9, name: 'b,c', flag: false, price: 100, at: '2025-12-31 00:00+00' },
-    { n: null, name: 'ax', flag: true, price: null, at: null },
-    { n: 2, name: 'd', flag: null, price: 9.49, at: '2026-01-01 12:00+00' },
-  ];
-  const expected = {
-    eq: [0], neq: [1, 2, 4], lt: [1, 4], lte: [0, 1, 4], gt: [2], gte: [0, 2], in: [0, 2, 4], like: [0, 3], ilike: [0, 1, 3],
-    is: [0, 4], istrue: [1, 3], match: [0, 2, 3], imatch: [2], isdistinct: [1, 2, 3, 4], not: [1, 2, 4], and: [0], price: [0, 2],
-    at: [0, 2],
-  };
-  const inboxes = Object.fromEntries(Object.keys(filters).map((k) => [k, new Inbox(k)]));
-  const all = new Inbox('all');
-  try {
-    await pgChannel(client, 'filters', [
-      { binding: { event: 'INSERT', schema: 'public', table: 'items' }, inbox: all },
-      ...Object.entries(filters).map(([k, filter]) => ({ binding: { event: 'INSERT', schema: 'public', table: 'items', filter }, inbox: inboxes[k] })),
-    ]);
-    const base = nextId;
-    nextId += rows.length;
-    for (const [i, r] of rows.entries()) {
-      await sql('insert into items (id, n, name, flag, price, at) values ($1, $2, $3, $4, $5, $6)', [base + i, r.n, r.name, r.flag, r.price, r.at]);
+for (const vsn of VSNS) {
+  test(`vsn ${vsn}: every filter operator, negation and AND select the right rows; one message per change carries the ids`, async () => {
+    const client = supabase(stack.url, stack.keys.anon, vsn);
+    const filters = {
+      eq: 'n=eq.5', neq: 'n=neq.5', lt: 'n=lt.5', lte: 'n=lte.5', gt: 'n=gt.5', gte: 'n=gte.5',
+      in: 'name=in.(a,"b,c",d)', like: 'name=like.a%', ilike: 'name=ilike.A%', is: 'flag=is.null', istrue: 'flag=is.true',
+      match: 'name=match.^[ab]', imatch: 'name=imatch.^B', isdistinct: 'n=isdistinct.5', not: 'n=not.eq.5',
+      and: 'n=gte.3,name=like.a%', price: 'price=gt.9.5', at: 'at=lt.2026-01-01T12:00:00Z',
+    };
+    const rows = [
+      { n: 5, name: 'a', flag: null, price: 10, at: '2026-01-01 11:00+00' },
+      { n: 3, name: 'Abc', flag: true, price: 9.5, at: '2026-01-01 13:00+00' },
+      { n: 9, name: 'b,c', flag: false, price: 100, at: '2025-12-31 00:00+00' },
+      { n: null, name: 'ax', flag: true, price: null, at: null },
+      { n: 2, name: 'd', flag: null, price: 9.49, at: '2026-01-01 12:00+00' },
+    ];
+    const expected = {
+      eq: [0], neq: [1, 2, 4], lt: [1, 4], lte: [0, 1, 4], gt: [2], gte: [0, 2], in: [0, 2, 4], like: [0, 3], ilike: [0, 1, 3],
+      is: [0, 4], istrue: [1, 3], match: [0, 2, 3], imatch: [2], isdistinct: [1, 2, 3, 4], not: [1, 2, 4], and: [0], price: [0, 2],
+      at: [0, 2],
+    };
+    const inboxes = Object.fromEntries(Object.keys(filters).map((k) => [k, new Inbox(k)]));
+    const all = new Inbox('all');
+    try {
+      await pgChannel(client, `filters-${vsn}`, [
+        { binding: { event: 'INSERT', schema: 'public', table: 'items' }, inbox: all },
+        ...Object.entries(filters).map(([k, filter]) => ({ binding: { event: 'INSERT', schema: 'public', table: 'items', filter }, inbox: inboxes[k] })),
+      ]);
+      const base = nextId;
+      nextId += rows.length;
+      for (const [i, r] of rows.entries()) {
+        await sql('insert into items (id, n, name, flag, price, at) values ($1, $2, $3, $4, $5, $6)', [base + i, r.n, r.name, r.flag, r.price, r.at]);
+      }
+      // Every binding's callback runs on the one message per change, so once the unfiltered
+      // binding has the last row, every filtered one has had its chance.
+      await until(all, (p) => p.new.id === base + rows.length - 1);
+      for (const [k, want] of Object.entries(expected)) {
+        assert.deepEqual(inboxes[k].items.map((p) => p.new.id - base), want, `filter ${filters[k]}`);
+      }
+    } finally {
+      await done(client);
     }
-    // Every binding's callback runs on the one message per change, so once the unfiltered
-    // binding has the last row, every filtered one has had its chance.
-    await until(all, (p) => p.new.id === base + rows.length - 1);
-    for (const [k, want] of Object.entries(expected)) {
-      assert.deepEqual(inboxes[k].items.map((p) => p.new.id - base), want, `filter ${filters[k]}`);
-    }
-  } finally {
-    await done(client);
-  }
-});
+  });
+}
 
 test('a bad filter gets the exact system error and the channel stays joined', async () => {
   const client = supabase(stack.url, stack.keys.anon);
@@ -154,7 +156,7 @@ test('RLS: each user sees only the rows its policy allows; deletes show the key 
   const b = new Inbox('bob');
   try {
     await pgChannel(alice, 'notes', [{ binding: { event: '*', schema: 'public', table: 'notes' }, inbox: a }]);
-    await pgChannel(bob, 'notes', [{ binding: { event: '*', schema: 'public', table: 'notes' }, inbox: b }]);
+    const { system: bobSystem } = await pgChannel(bob, 'notes', [{ binding: { event: '*', schema: 'public', table: 'notes' }, inbox: b }]);
     await sql("insert into notes values (1, 'alice', 'a1'), (2, 'bob', 'b1')");
     await sql("insert into notes values (3, 'bob', 'b2'), (4, 'alice', 'a2')");
     assert.deepEqual([(await a.next()).new, (await a.next()).new], [{ id: 1, owner: 'alice', body: 'a1' }, { id: 4, owner: 'alice', body: 'a2' }]);
@@ -163,6 +165,12 @@ test('RLS: each user sees only the rows its policy allows; deletes show the key 
     // Deletes are not checked against policies (upstream): both see it, with the key only.
     assert.deepEqual((await a.next()).old, { id: 1 });
     assert.deepEqual((await b.next()).old, { id: 1 });
+    // A new access_token re-subscribes with its claims: bob's channel now sees as alice.
+    await bob.realtime.setAuth(tokenFor('authenticated', { sub: 'alice' }));
+    const resubscribed = await until(bobSystem, (m) => m.extension === 'postgres_changes');
+    assert.deepEqual([resubscribed.status, resubscribed.message], ['ok', 'Subscribed to PostgreSQL']);
+    await sql("insert into notes values (5, 'alice', 'a3')");
+    assert.equal((await b.next()).new.id, 5);
   } finally {
     await done(alice, bob);
   }

@@ -19,7 +19,9 @@ test('/healthz is 200 while the database answers, 503 while it is gone, 200 agai
   try {
     const up = await fetch(`${replicator.url}/healthz`);
     assert.equal(up.status, 200);
-    assert.deepEqual(await up.json(), { status: 'ok', database: 'connected' });
+    const body = await up.json();
+    assert.deepEqual([body.status, body.database], ['ok', 'connected']);
+    assert.ok(['connected', 'disconnected'].includes(body.replication), 'it says whether the stream is up');
     await pg.stop();
     const down = await fetch(`${replicator.url}/healthz`);
     assert.equal(down.status, 503);

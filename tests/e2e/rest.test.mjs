@@ -1,6 +1,7 @@
 // The REST broadcast API: batch and single endpoints reach V1 and V2 receivers, realtime-js's
 // httpSend() and its fallback for unjoined channels work, and bad requests get upstream's answers.
 import assert from 'node:assert/strict';
+import { waitFor } from '../stack/process.mjs';
 import { after, before, describe, test } from 'node:test';
 import { startStack } from '../stack/stack.mjs';
 import { tokenFor } from '../stack/keys.mjs';
@@ -97,10 +98,14 @@ describe('health', () => {
   });
 
   test('GET /api/tenants/:id/health with an admin token reports the database', async () => {
-    const res = await fetch(`${stack.url}/api/tenants/any/health`, { headers: { authorization: `Bearer ${stack.adminKey}` } });
-    assert.equal(res.status, 200);
-    const { data } = await res.json();
-    assert.deepEqual([data.healthy, data.db_connected, data.replication_connected], [true, true, false]);
+    const health = async () => {
+      const res = await fetch(`${stack.url}/api/tenants/any/health`, { headers: { authorization: `Bearer ${stack.adminKey}` } });
+      assert.equal(res.status, 200);
+      return (await res.json()).data;
+    };
+    // The replication stream connects just after the replicator starts.
+    const data = await waitFor('replication_connected', async () => ((await health()).replication_connected ? health() : null));
+    assert.deepEqual([data.healthy, data.db_connected, data.replication_connected], [true, true, true]);
     assert.equal(typeof data.connected_cluster, 'number');
     const tenantKey = await fetch(`${stack.url}/api/tenants/any/health`, { headers: { authorization: `Bearer ${stack.keys.serviceRole}` } });
     assert.deepEqual([tenantKey.status, await tenantKey.text()], [403, ''], 'a tenant key is not an admin key');

@@ -1,0 +1,287 @@
+// Postgres Changes benchmarks. Prints three tables:
+//
+//   1. throughput: changes/s decoded, filtered and dispatched by the replicator, to a null sink (a
+//      local HTTP server answering like a hub) and to the real gateway with supabase-js clients,
+//      for small and 1 KB rows;
+//   2. rls: deliveries/s with 1,000 subscribers as 1,000 distinct users on one RLS table, sluice's
+//      batched checks against the per-change-per-subscriber design (Supabase's `apply_rls`),
+//      implemented below as a baseline on the same database;
+//   3. latency: commit to supabase-js callback, p50/p95/p99, at 100 and 1,000 changes/s through
+//      the whole local stack (Postgres, replicator, wrangler dev).
+//
+//   node_modules/.bin/node bench/postgres_changes.mjs [--only throughput,rls,latency] [--rows 50000] [--seconds 5]
+//
+// A program, not a test: numbers depend on the machine, which also runs the load generator.
+import http from 'node:http';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import pg from 'pg';
+import { done, Inbox, pgChannel, supabase } from '../tests/e2e/clients.mjs';
+import { DEV_INTERNAL_SECRET, tokenFor } from '../tests/stack/keys.mjs';
+import { Postgres } from '../tests/stack/postgres.mjs';
+import { freePort, waitFor } from '../tests/stack/process.mjs';
+import { startReplicator } from '../tests/stack/replicator.mjs';
+import { ROOT, startStack } from '../tests/stack/stack.mjs';
+
+const { values: opts } = parseArgs({ options: {
+  only: { type: 'string', default: 'throughput,rls,latency' },
+  rows: { type: 'string', default: '50000' },
+  seconds: { type: 'string', default: '5' },
+} });
+const only = new Set(opts.only.split(','));
+const ROWS = Number(opts.rows);
+const log = (line) => console.error(`    ${line}`);
+const now = () => performance.timeOrigin + performance.now();
+const percentile = (sorted, p) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] : NaN);
+const fmt = (n, digits = 1) => (Number.isFinite(n) ? n.toFixed(digits) : '-');
+const SCHEMA = `
+  create role authenticated nologin;
+  create table small (id bigint primary key, n int);
+  create table kb (id bigint primary key, body text);
+  create table rls_items (id bigint primary key, bucket int not null);
+  alter table rls_items enable row level security;
+  create policy by_bucket on rls_items for select
+    using (bucket = (current_setting('request.jwt.claims', true)::jsonb ->> 'bucket')::int);
+  grant select on all tables in schema public to authenticated;
+  create publication supabase_realtime for table small, kb, rls_items;`;
+
+/** An HTTP server that answers change batches as a hub would, counting what it receives. */
+async function nullSink() {
+  const counts = { changes: 0, deliveries: 0, requests: 0 };
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const batch = JSON.parse(Buffer.concat(chunks).toString());
+      counts.requests++;
+      counts.changes += batch.changes.length;
+      for (const c of batch.changes) for (const p of c.payloads) counts.deliveries += p.to.length;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{"gone":[]}');
+    });
+  });
+  const port = await freePort();
+  await new Promise((r) => server.listen(port, '127.0.0.1', r));
+  return { url: `http://127.0.0.1:${port}`, counts, stop: () => new Promise((r) => server.close(r)) };
+}
+
+/** Registers one channel's bindings with the replicator directly, as a hub would. */
+async function register(replicatorUrl, socket, claims, bindings) {
+  const res = await fetch(`${replicatorUrl}/v1/subscriptions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${DEV_INTERNAL_SECRET}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ hub: 'hub:bench:na:0', socket, topic: 'realtime:bench', claims, bindings }),
+  });
+  if (!res.ok) throw new Error(`registering ${socket}: ${res.status} ${await res.text()}`);
+}
+
+/** Inserts `rows` rows into `table` in transactions of `perTx`, from a second connection pool. */
+async function insertRows(db, table, rows, perTx, startId = 1) {
+  const value = table === 'kb' ? "repeat('x', 1000)" : table === 'rls_items' ? 'g % 10' : 'g';
+  for (let first = startId; first < startId + rows; first += perTx) {
+    const last = Math.min(first + perTx, startId + rows) - 1;
+    await db.query(`insert into ${table} select g, ${value} from generate_series($1::bigint, $2::bigint) g`, [first, last]);
+  }
+}
+
+/** Waits until `count()` reaches `target`; the seconds it took since `started`. */
+async function timeUntil(count, target, started, what) {
+  await waitFor(what, () => count() >= target, { timeoutMs: 600_000, intervalMs: 5 });
+  return (now() - started) / 1000;
+}
+
+async function withDatabase(name, fn) {
+  const database = await Postgres.create({ dir: join(ROOT, '.local', `bench-${name}`, 'postgres'), log });
+  const db = new pg.Client({ connectionString: database.url });
+  try {
+    await db.connect();
+    await db.query(SCHEMA);
+    return await fn(database, db);
+  } finally {
+    await db.end();
+    await database.destroy();
+  }
+}
+
+async function throughput() {
+  const results = [];
+  // To a null sink: the replicator's own cost.
+  await withDatabase('throughput', async (database, db) => {
+    const sink = await nullSink();
+    const replicator = await startReplicator({ root: ROOT, databaseUrl: database.url, port: await freePort(), gatewayUrl: sink.url });
+    try {
+      for (let s = 0; s < 10; s++) {
+        await register(replicator.url, `s${s}`, { role: 'authenticated', exp: 9999999999 }, [
+          { event: '*', schema: 'public', table: 'small' },
+          { event: 'INSERT', schema: 'public', table: 'kb', filter: `id=gt.${s}` },
+        ]);
+      }
+      let nextId = 1;
+      for (const [table, label] of [['small', 'small rows'], ['kb', '1 KB rows']]) {
+        const base = { ...sink.counts };
+        const started = now();
+        await insertRows(db, table, ROWS, 1000, nextId);
+        const inserted = (now() - started) / 1000;
+        const secs = await timeUntil(() => sink.counts.changes - base.changes, ROWS, started, `${ROWS} changes at the sink`);
+        const deliveries = sink.counts.deliveries - base.deliveries;
+        results.push({ sink: 'null sink', label, rows: ROWS, subscribers: 10, inserted, secs, deliveries });
+        nextId += ROWS;
+      }
+    } finally {
+      await replicator.stop();
+      await sink.stop();
+    }
+  });
+  // Through the real gateway (wrangler dev) to supabase-js clients.
+  const stack = await startStack({ name: 'bench-throughput-gw', gateway: 'wrangler', vars: {}, log: () => {} });
+  const clients = [];
+  try {
+    await stack.pg.sql(`create role anon nologin;
+      create table small (id bigint primary key, n int); create table kb (id bigint primary key, body text);
+      grant select on small, kb to anon; alter publication supabase_realtime add table small, kb`);
+    const received = { n: 0 };
+    const count = { push: () => received.n++ };
+    for (let s = 0; s < 10; s++) {
+      const client = supabase(stack.url, stack.keys.anon);
+      clients.push(client);
+      await pgChannel(client, `bench-${s}`, [
+        { binding: { event: 'INSERT', schema: 'public', table: 'small' }, inbox: count },
+        { binding: { event: 'INSERT', schema: 'public', table: 'kb' }, inbox: count },
+      ]);
+    }
+    const db = new pg.Client({ connectionString: stack.pg.url });
+    await db.connect();
+    const rows = Math.min(ROWS, 10000);
+    let nextId = 1;
+    for (const [table, label] of [['small', 'small rows'], ['kb', '1 KB rows']]) {
+      const base = received.n;
+      const started = now();
+      await insertRows(db, table, rows, 1000, nextId);
+      const inserted = (now() - started) / 1000;
+      const secs = await timeUntil(() => received.n - base, rows * 10, started, `${rows * 10} callbacks`);
+      results.push({ sink: 'gateway (wrangler dev) → supabase-js', label, rows, subscribers: 10, inserted, secs, deliveries: rows * 10 });
+      nextId += rows;
+    }
+    await db.end();
+  } finally {
+    await done(...clients);
+    await stack.stop();
+  }
+  console.log('\n### 1. Replicator throughput (10 subscribing channels, inserts of 1,000 rows per transaction)\n');
+  console.log('| delivered to | rows | changes | insert time s | all delivered after s | changes/s | deliveries/s |');
+  console.log('|---|---|---:|---:|---:|---:|---:|');
+  for (const r of results) {
+    console.log(`| ${r.sink} | ${r.label} | ${r.rows} | ${fmt(r.inserted, 2)} | ${fmt(r.secs, 2)} | ${Math.round(r.rows / r.secs)} | ${Math.round(r.deliveries / r.secs)} |`);
+  }
+}
+
+async function rls() {
+  const USERS = 1000;
+  const CHANGES = 2000;
+  const rows = [];
+  await withDatabase('rls', async (database, db) => {
+    const sink = await nullSink();
+    const replicator = await startReplicator({ root: ROOT, databaseUrl: database.url, port: await freePort(), gatewayUrl: sink.url });
+    try {
+      log(`registering ${USERS} users`);
+      for (let u = 0; u < USERS; u += 50) {
+        await Promise.all(Array.from({ length: 50 }, (_, k) => register(replicator.url, `u${u + k}`,
+          { role: 'authenticated', sub: `user-${u + k}`, bucket: (u + k) % 10, exp: 9999999999 },
+          [{ event: '*', schema: 'public', table: 'rls_items' }])));
+      }
+      // sluice: the replicator's batched checks.
+      const started = now();
+      await insertRows(db, 'rls_items', CHANGES, 100, 1);
+      const expected = CHANGES * (USERS / 10); // each row is visible to the 100 users of its bucket
+      const secs = await timeUntil(() => sink.counts.deliveries, expected, started, `${expected} deliveries`);
+      const metrics = await (await fetch(`${replicator.url}/metrics`)).text();
+      const queries = Number(metrics.match(/^sluice_rls_queries_total (\S+)$/m)[1]);
+      rows.push({ design: 'sluice: one query per batch, table and user', changes: CHANGES, deliveries: sink.counts.deliveries, queries, secs });
+    } finally {
+      await replicator.stop();
+      await sink.stop();
+    }
+    // The baseline: Supabase's apply_rls design, one visibility query per change per subscriber,
+    // each after setting the subscriber's role and claims, in one SQL call per change.
+    await db.query(`
+      create table bench_subscribers (claims jsonb not null);
+      insert into bench_subscribers select jsonb_build_object('role', 'authenticated', 'sub', 'user-' || u, 'bucket', u % 10)
+        from generate_series(0, ${USERS - 1}) u;
+      create function bench_apply_rls(change_id bigint) returns int language plpgsql as $$
+      declare
+        s record;
+        visible bool;
+        n int := 0;
+      begin
+        for s in select claims from bench_subscribers loop
+          perform set_config('role', 'authenticated', true);
+          perform set_config('request.jwt.claims', s.claims::text, true);
+          execute 'select exists(select 1 from public.rls_items where id = $1)' into visible using change_id;
+          if visible then n := n + 1; end if;
+          perform set_config('role', 'postgres', true);
+        end loop;
+        return n;
+      end $$;`);
+    const sample = 100;
+    const started = now();
+    let deliveries = 0;
+    for (let id = 1; id <= sample; id++) {
+      deliveries += (await db.query('select bench_apply_rls($1) as n', [id])).rows[0].n;
+    }
+    const secs = (now() - started) / 1000;
+    rows.push({ design: 'baseline: one query per change per subscriber', changes: sample, deliveries, queries: sample * USERS, secs });
+  });
+  console.log(`\n### 2. RLS: ${USERS} subscribers as ${USERS} distinct users on one RLS table (each row visible to ${USERS / 10})\n`);
+  console.log('| design | changes | deliveries | visibility queries | seconds | deliveries/s | changes/s |');
+  console.log('|---|---:|---:|---:|---:|---:|---:|');
+  for (const r of rows) {
+    console.log(`| ${r.design} | ${r.changes} | ${r.deliveries} | ${r.queries} | ${fmt(r.secs, 2)} | ${Math.round(r.deliveries / r.secs)} | ${fmt(r.changes / r.secs)} |`);
+  }
+}
+
+async function latency() {
+  const seconds = Number(opts.seconds);
+  const rows = [];
+  const stack = await startStack({ name: 'bench-latency', gateway: 'wrangler', log: () => {} });
+  try {
+    await stack.pg.sql(`create role anon nologin; create table lat (id bigserial primary key, t double precision not null);
+      grant select on lat to anon; alter publication supabase_realtime add table lat`);
+    const db = new pg.Client({ connectionString: stack.pg.url });
+    await db.connect();
+    for (const rate of [100, 1000]) {
+      const client = supabase(stack.url, stack.keys.anon);
+      const latencies = [];
+      const inbox = { push: (p) => latencies.push(now() - p.new.t) };
+      await pgChannel(client, `lat-${rate}`, [{ binding: { event: 'INSERT', schema: 'public', table: 'lat' }, inbox }]);
+      // One commit every 10 ms carrying rate/100 rows, each stamped with its commit-time clock.
+      const perTick = rate / 100;
+      let sent = 0;
+      const started = now();
+      while (now() - started < seconds * 1000) {
+        const tickStart = now();
+        await db.query('insert into lat (t) select $1::double precision from generate_series(1, $2)', [now(), perTick]);
+        sent += perTick;
+        const wait = 10 - (now() - tickStart);
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      }
+      const achieved = sent / ((now() - started) / 1000);
+      await waitFor('the last changes', () => latencies.length >= sent, { timeoutMs: 30_000, intervalMs: 20 }).catch(() => {});
+      await done(client);
+      latencies.sort((a, b) => a - b);
+      rows.push({ rate, achieved, sent, delivered: latencies.length, p50: percentile(latencies, 0.5), p95: percentile(latencies, 0.95), p99: percentile(latencies, 0.99) });
+    }
+    await db.end();
+  } finally {
+    await stack.stop();
+  }
+  console.log(`\n### 3. Commit to supabase-js callback, whole local stack (wrangler dev), ${seconds} s per rate\n`);
+  console.log('| target changes/s | achieved | sent | delivered | p50 ms | p95 ms | p99 ms |');
+  console.log('|---:|---:|---:|---:|---:|---:|---:|');
+  for (const r of rows) {
+    console.log(`| ${r.rate} | ${Math.round(r.achieved)} | ${r.sent} | ${r.delivered} | ${fmt(r.p50)} | ${fmt(r.p95)} | ${fmt(r.p99)} |`);
+  }
+}
+
+if (only.has('throughput')) { console.error('==> throughput'); await throughput(); }
+if (only.has('rls')) { console.error('==> rls'); await rls(); }
+if (only.has('latency')) { console.error('==> latency'); await latency(); }
