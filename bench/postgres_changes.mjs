@@ -9,8 +9,10 @@
 //   3. latency: commit to supabase-js callback, p50/p95/p99, at 100 and 1,000 changes/s through
 //      the whole local stack (Postgres, replicator, wrangler dev).
 //
+//   cargo build --release -p sluice-replicator && scripts/build-worker
 //   node_modules/.bin/node bench/postgres_changes.mjs [--only throughput,rls,latency] [--rows 50000] [--seconds 5]
 //
+// It runs the release build of the replicator (target/release).
 // A program, not a test: numbers depend on the machine, which also runs the load generator.
 import http from 'node:http';
 import { join } from 'node:path';
@@ -29,6 +31,7 @@ const { values: opts } = parseArgs({ options: {
   seconds: { type: 'string', default: '5' },
 } });
 const only = new Set(opts.only.split(','));
+process.env.SLUICE_REPLICATOR_PROFILE = 'release';
 const ROWS = Number(opts.rows);
 const log = (line) => console.error(`    ${line}`);
 const now = () => performance.timeOrigin + performance.now();
@@ -84,10 +87,15 @@ async function insertRows(db, table, rows, perTx, startId = 1) {
   }
 }
 
-/** Waits until `count()` reaches `target`; the seconds it took since `started`. */
+/** Waits until `count()` reaches `target`; the seconds it took since `started` (NaN if it never did). */
 async function timeUntil(count, target, started, what) {
-  await waitFor(what, () => count() >= target, { timeoutMs: 600_000, intervalMs: 5 });
-  return (now() - started) / 1000;
+  try {
+    await waitFor(what, () => count() >= target, { timeoutMs: 120_000, intervalMs: 5 });
+    return (now() - started) / 1000;
+  } catch {
+    log(`only ${count()} of ${target} arrived (${what})`);
+    return NaN;
+  }
 }
 
 async function withDatabase(name, fn) {
@@ -133,7 +141,7 @@ async function throughput() {
     }
   });
   // Through the real gateway (wrangler dev) to supabase-js clients.
-  const stack = await startStack({ name: 'bench-throughput-gw', gateway: 'wrangler', vars: {}, log: () => {} });
+  const stack = await startStack({ name: 'bench-throughput-gw', gateway: 'wrangler', log: process.env.BENCH_VERBOSE ? log : () => {} });
   const clients = [];
   try {
     await stack.pg.sql(`create role anon nologin;

@@ -6,6 +6,14 @@ const log = (line) => console.error(`    ${line}`);
 const port = Number(process.env.PORT ?? 8787);
 console.error('==> starting the local stack');
 const stack = await startStack({ name: 'dev', gateway: 'wrangler', gatewayPort: port, log });
+// Supabase's roles (tokens carry them; Postgres Changes sees rows as them) and a table to try.
+await stack.pg.sql(`
+  do $$ begin
+    create role anon nologin; create role authenticated nologin; create role service_role nologin bypassrls;
+  exception when duplicate_object then null; end $$;
+  create table if not exists public.messages (id bigserial primary key, body text, created_at timestamptz default now());
+  grant select on public.messages to anon, authenticated, service_role;
+  alter publication supabase_realtime add table public.messages;`).catch((e) => log(`setting up the demo table: ${e.message}`));
 
 let stopping = false;
 async function shutdown() {
@@ -36,5 +44,10 @@ Connect with supabase-js:
   const room = supabase.channel('room1', { config: { broadcast: { self: true } } })
   room.on('broadcast', { event: '*' }, (msg) => console.log('got', msg))
   room.subscribe((status) => status === 'SUBSCRIBED' && room.send({ type: 'broadcast', event: 'hello', payload: { at: Date.now() } }))
+
+Postgres Changes (the table public.messages is in the publication):
+
+  supabase.channel('db').on('postgres_changes', { event: '*', schema: 'public', table: 'messages' }, console.log).subscribe()
+  psql '${stack.pg.url}' -c "insert into messages (body) values ('hi')"
 
 Press Ctrl-C to stop.`);

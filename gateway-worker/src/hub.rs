@@ -9,7 +9,7 @@
 //! Channel Durable Object to other hubs only when that channel said it has members elsewhere.
 //! Presence always goes through the Channel, which holds the registry.
 
-use std::cell::{Cell, RefCell, RefMut};
+use std::cell::{RefCell, RefMut};
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,7 +19,7 @@ use sluice_shared::connect::{hub_name, Accepted};
 use sluice_shared::frame::{self, Broadcast, Outbound, Vsn, WireFrame};
 use sluice_shared::internal::{
     bearer_matches, channel_name, Access, ChangeBatch, ChangeReceipt, ChannelOp, ChannelResponse, Delivery, HubEvent,
-    Reauthorize, Subscribe, Unsubscribe,
+    Reauthorize, StreamPosition, Subscribe, Unsubscribe,
 };
 use sluice_shared::join::{parse_topic, Topic};
 use sluice_shared::jwt::Keys;
@@ -107,8 +107,8 @@ pub struct SocketHub {
     last_seen: RefCell<HashMap<String, u64>>,
     /// The tenant's keys and limits, read from the environment once per instance.
     settings: std::cell::OnceCell<(Rc<Keys>, Rc<Limits>)>,
-    /// The last row change delivered, `(lsn, seq)`; also in storage under [`CHANGES_POSITION`].
-    changes_position: Cell<Option<(u64, u32)>>,
+    /// The last row change delivered; also in storage under [`CHANGES_POSITION`].
+    changes_position: RefCell<Option<StreamPosition>>,
 }
 
 /// The storage key of the last row change a hub delivered.
@@ -163,7 +163,7 @@ impl DurableObject for SocketHub {
             rates: RefCell::default(),
             last_seen: RefCell::default(),
             settings: Default::default(),
-            changes_position: Cell::new(None),
+            changes_position: RefCell::new(None),
         }
     }
 
@@ -479,20 +479,27 @@ impl SocketHub {
     /// that restarted) are dropped. Answers which recipients are gone.
     async fn receive_changes(&self, batch: ChangeBatch) -> Result<ChangeReceipt> {
         let storage = self.state.storage();
-        let delivered: Option<(u64, u32)> = match self.changes_position.get() {
+        let known = self.changes_position.borrow().clone();
+        let delivered: Option<StreamPosition> = match known {
             Some(position) => Some(position),
             None => storage.get(CHANGES_POSITION).await?,
         };
         let mut receipt = ChangeReceipt::default();
-        let mut last = delivered;
+        let mut last = delivered.clone();
         {
             let index = self.index();
             for change in &batch.changes {
-                let position = (change.lsn, change.seq);
-                if delivered.is_some_and(|d| position <= d) {
+                if !delivered
+                    .as_ref()
+                    .is_none_or(|d| d.is_before(&batch.stream, change.lsn, change.seq))
+                {
                     continue;
                 }
-                last = last.max(Some(position));
+                last = Some(StreamPosition {
+                    stream: batch.stream.clone(),
+                    lsn: change.lsn,
+                    seq: change.seq,
+                });
                 for payload in &change.payloads {
                     for to in &payload.to {
                         let joined = index.topics.get(&to.topic).is_some_and(|m| m.contains(&to.socket));
@@ -518,11 +525,11 @@ impl SocketHub {
             }
         }
         if last != delivered {
-            if let Some(position) = last {
+            if let Some(position) = &last {
                 storage.put(CHANGES_POSITION, position).await?;
             }
         }
-        self.changes_position.set(last);
+        *self.changes_position.borrow_mut() = last;
         Ok(receipt)
     }
 

@@ -28,6 +28,8 @@ pub struct Dispatcher {
     pub db: Arc<Db>,
     pub gateway: Gateway,
     pub stats: Arc<Stats>,
+    /// This stream's identity in batches (`{system_identifier}:{slot}`), scoping hubs' positions.
+    stream: String,
     tables: Tables,
     /// The connection catalog and RLS queries run on (transactions need one of their own).
     conn: Option<Client>,
@@ -57,12 +59,19 @@ type RlsChecks = BTreeMap<Context, Vec<Vec<String>>>;
 type Visible = HashMap<Context, HashSet<Vec<String>>>;
 
 impl Dispatcher {
-    pub fn new(registry: Arc<Registry>, db: Arc<Db>, gateway: Gateway, stats: Arc<Stats>) -> Dispatcher {
+    pub fn new(
+        registry: Arc<Registry>,
+        db: Arc<Db>,
+        gateway: Gateway,
+        stats: Arc<Stats>,
+        stream: String,
+    ) -> Dispatcher {
         Dispatcher {
             registry,
             db,
             gateway,
             stats,
+            stream,
             tables: Tables::default(),
             conn: None,
         }
@@ -92,7 +101,7 @@ impl Dispatcher {
                 return Err(e);
             }
         };
-        let per_hub = build_batches(batch, &hits, &visible, &mut self.tables);
+        let per_hub = build_batches(&self.stream, batch, &hits, &visible, &mut self.tables);
         let deliveries: u64 = per_hub
             .values()
             .flat_map(|b| &b.changes)
@@ -229,6 +238,7 @@ async fn judge_and_check(
 /// The per-hub batches: for each change, one payload per distinct view (role and `select`), each
 /// with the channels that see it and the ids of their matched bindings.
 fn build_batches(
+    stream: &str,
     batch: &[RowChange],
     hits: &[Hit],
     visible: &Visible,
@@ -305,7 +315,11 @@ fn build_batches(
             }
         }
         for (hub, payloads) in payloads_per_hub {
-            per_hub.entry(hub.to_string()).or_default().changes.push(Change {
+            let hub_batch = per_hub.entry(hub.to_string()).or_insert_with(|| ChangeBatch {
+                stream: stream.to_string(),
+                changes: Vec::new(),
+            });
+            hub_batch.changes.push(Change {
                 lsn: change.lsn,
                 seq: change.seq,
                 payloads,

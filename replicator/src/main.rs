@@ -70,7 +70,16 @@ async fn run() -> Result<(), String> {
     let stats = Arc::new(stream::Stats::default());
     let (passed, passed_rx) = tokio::sync::watch::channel(0u64);
     let gateway = delivery::Gateway::new(&config.gateway_url, &config.internal_secret);
-    let dispatcher = dispatch::Dispatcher::new(registry.clone(), db.clone(), gateway, stats.clone());
+    let system_identifier: String = db
+        .client()
+        .await
+        .map_err(|e| format!("{e}"))?
+        .query_one("select system_identifier::text from pg_control_system()", &[])
+        .await
+        .map_err(|e| format!("reading the database's system identifier: {e}"))?
+        .get(0);
+    let stream = format!("{system_identifier}:{}", config.slot);
+    let dispatcher = dispatch::Dispatcher::new(registry.clone(), db.clone(), gateway, stats.clone(), stream);
     info!("delivering changes to {}", config.gateway_url);
     tokio::spawn(stream::run(config.clone(), stats.clone(), dispatcher, passed));
     let listener = tokio::net::TcpListener::bind(config.http_addr).await.map_err(|e| {

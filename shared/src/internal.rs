@@ -143,7 +143,26 @@ pub struct Unsubscribe {
 /// Row changes for the sockets of one hub, in commit order.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChangeBatch {
+    /// Which replication stream the positions belong to (`{system_identifier}:{slot}`): positions
+    /// of another database say nothing about this one's.
+    pub stream: String,
     pub changes: Vec<Change>,
+}
+
+/// The last change a hub delivered from a stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    pub stream: String,
+    pub lsn: u64,
+    pub seq: u32,
+}
+
+impl StreamPosition {
+    /// Whether a change at `(lsn, seq)` of `stream` comes after this position and so is new. A
+    /// change of another stream (a new database) always is.
+    pub fn is_before(&self, stream: &str, lsn: u64, seq: u32) -> bool {
+        self.stream != stream || (lsn, seq) > (self.lsn, self.seq)
+    }
 }
 
 /// One row change. `(lsn, seq)` orders changes and identifies them across retries and replicator
@@ -186,6 +205,21 @@ mod tests {
     use serde_json::json;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn positions() {
+        let p = StreamPosition {
+            stream: "1:s".into(),
+            lsn: 100,
+            seq: 2,
+        };
+        assert!(!p.is_before("1:s", 100, 2), "the same change again");
+        assert!(!p.is_before("1:s", 100, 1));
+        assert!(!p.is_before("1:s", 99, 9));
+        assert!(p.is_before("1:s", 100, 3));
+        assert!(p.is_before("1:s", 101, 0));
+        assert!(p.is_before("2:s", 5, 0), "another database starts afresh");
+    }
 
     #[test]
     fn bearer() {

@@ -71,6 +71,7 @@ test('changes go to /internal/v1/changes/{hub} with the shared secret, with posi
   const [batch] = gw.batches;
   assert.equal(batch.url, `/internal/v1/changes/${encodeURIComponent('hub:t:na:0')}`);
   assert.deepEqual([...gw.authorizations], [`Bearer ${DEV_INTERNAL_SECRET}`]);
+  assert.match(batch.body.stream, /^\d+:sluice_changes$/, 'positions are scoped to this database and slot');
   const [change] = batch.body.changes;
   assert.equal(typeof change.lsn, 'number');
   assert.equal(change.seq, 0);

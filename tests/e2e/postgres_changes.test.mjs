@@ -25,7 +25,12 @@ before(async () => {
     create table public.nokey (body text);
     grant select on all tables in schema public to anon, authenticated;
     grant select (body) on public.secrets to limited;
-    alter publication supabase_realtime add table public.items, public.notes, public.secrets, public.full_identity, public.nokey;
+    create table public.types (id int primary key, i2 int2, i4 int4, i8 int8, f4 float4, f8 float8, num numeric, b bool,
+      t text, vc varchar(10), ch char(3), u uuid, j json, jb jsonb, tz timestamptz, ts timestamp, d date, tm time, iv interval,
+      ia int[], ta text[], ba bool[], ja jsonb[], na numeric[], ip inet, by bytea);
+    grant select on public.types to anon;
+    alter publication supabase_realtime add table public.items, public.notes, public.secrets, public.full_identity, public.nokey, public.types;
+    alter database postgres set timezone = 'UTC';
   `);
 });
 after(async () => {
@@ -128,6 +133,27 @@ for (const vsn of VSNS) {
     }
   });
 }
+
+test('values are rendered as to_jsonb renders them (bytea as hex without \\x, as upstream)', async () => {
+  const client = supabase(stack.url, stack.keys.anon);
+  const inbox = new Inbox('types');
+  try {
+    await pgChannel(client, 'types', [{ binding: { event: 'INSERT', schema: 'public', table: 'types' }, inbox }]);
+    await sql(`insert into types values (1, -2, 2147483647, 9007199254740991, 1.5, -0.000123, 12.50, false,
+      'tëxt "q"', 'vc', 'ab', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"k": [1, "x"]}', '{"b": {"c": null}}',
+      '2026-01-02 03:04:05.678+02', '2026-01-02 03:04:05', '2026-01-02', '12:34:56', '1 day 2 hours',
+      '{1,2,NULL}', '{"a b",c}', '{t,f}', array['{"x":1}'::jsonb], '{1.5,2}', '10.0.0.1/8', '\\x01ff')`);
+    const { new: record } = await inbox.next();
+    const [{ row }] = await sql('select to_jsonb(r) as row from types r where id = 1');
+    assert.equal(record.by, '01ff');
+    assert.equal(row.by, '\\x01ff');
+    delete record.by;
+    delete row.by;
+    assert.deepEqual(record, row);
+  } finally {
+    await done(client);
+  }
+});
 
 test('a bad filter gets the exact system error and the channel stays joined', async () => {
   const client = supabase(stack.url, stack.keys.anon);

@@ -3,8 +3,9 @@ import { join } from 'node:path';
 import { DEV_INTERNAL_SECRET } from './keys.mjs';
 import { startProcess, waitFor } from './process.mjs';
 
+/** The debug build, or the release build when SLUICE_REPLICATOR_PROFILE=release (benchmarks). */
 export function replicatorBinary(root) {
-  return join(root, 'target/debug/sluice-replicator');
+  return join(root, 'target', process.env.SLUICE_REPLICATOR_PROFILE === 'release' ? 'release' : 'debug', 'sluice-replicator');
 }
 
 /**
