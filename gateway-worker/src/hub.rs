@@ -112,7 +112,7 @@ pub struct SocketHub {
 }
 
 /// The storage key of the last row change a hub delivered.
-const CHANGES_POSITION: &str = "changes_position";
+const CHANGES_POSITION: &str = "delivered_change";
 
 /// Which sockets are joined to which topic. A cache of the sockets' attachments.
 #[derive(Default)]
@@ -482,7 +482,11 @@ impl SocketHub {
         let known = self.changes_position.borrow().clone();
         let delivered: Option<StreamPosition> = match known {
             Some(position) => Some(position),
-            None => storage.get(CHANGES_POSITION).await?,
+            // Unreadable (written by another version): deliver rather than block the stream.
+            None => storage.get(CHANGES_POSITION).await.unwrap_or_else(|e| {
+                console_warn!("{}: ignoring an unreadable delivered position: {e}", self.name());
+                None
+            }),
         };
         let mut receipt = ChangeReceipt::default();
         let mut last = delivered.clone();
