@@ -40,8 +40,8 @@ enum Verdict {
     /// An error row (400, 401) instead of the change.
     Error(&'static str),
     Visible,
-    /// Visible if RLS lets the subscriber see the row with this key.
-    IfVisible(Vec<String>),
+    /// Visible if RLS lets the subscriber see the row (by the change's key).
+    IfVisible,
 }
 
 /// One subscription a change matched, and what its subscriber may see.
@@ -52,11 +52,11 @@ struct Hit {
 }
 
 /// An auth context on a table: (table, role, claims).
-type Context = (u32, String, Arc<str>);
-/// A batch's RLS work: per context, the keys to check.
-type RlsChecks = BTreeMap<Context, Vec<Vec<String>>>;
+type Context = (u32, Arc<str>, Arc<str>);
 /// Per context, the keys RLS lets it see.
 type Visible = HashMap<Context, HashSet<Vec<String>>>;
+/// Per change of the batch (by index) on an RLS table, its primary-key texts if it has them all.
+type Keys = HashMap<usize, Option<Vec<String>>>;
 
 impl Dispatcher {
     pub fn new(
@@ -94,14 +94,14 @@ impl Dispatcher {
         }
         let conn = self.conn.as_mut().expect("just opened");
         let result = judge_and_check(&mut self.tables, conn, batch, &mut hits, &self.stats).await;
-        let visible = match result {
-            Ok(visible) => visible,
+        let (visible, keys) = match result {
+            Ok(found) => found,
             Err(e) => {
                 self.conn = None;
                 return Err(e);
             }
         };
-        let per_hub = build_batches(&self.stream, batch, &hits, &visible, &mut self.tables);
+        let per_hub = build_batches(&self.stream, batch, &hits, (&visible, &keys), &mut self.tables);
         let deliveries: u64 = per_hub
             .values()
             .flat_map(|b| &b.changes)
@@ -169,15 +169,17 @@ impl Dispatcher {
 }
 
 /// Decides each hit's verdict from the catalog, then runs the batch's RLS checks: one query per
-/// (table, role, claims). Returns the visible keys per check.
+/// (table, role, claims) over the keys of all its changes. Returns the visible keys per check.
 async fn judge_and_check(
     tables: &mut Tables,
     conn: &mut Client,
     batch: &[RowChange],
     hits: &mut [Hit],
     stats: &Stats,
-) -> Result<Visible, tokio_postgres::Error> {
-    let mut checks: RlsChecks = BTreeMap::new();
+) -> Result<(Visible, Keys), tokio_postgres::Error> {
+    // Per context, the changes whose keys it must check; each change's key, computed once.
+    let mut checks: HashMap<Context, Vec<usize>> = HashMap::new();
+    let mut keys: Keys = HashMap::new();
     for hit in hits.iter_mut() {
         let change = &batch[hit.change];
         let info = tables.info(conn, &change.relation).await?;
@@ -194,32 +196,38 @@ async fn judge_and_check(
             continue;
         }
         if info.rls {
-            let Some(key) = change.key(&info.pk_columns) else {
+            if keys
+                .entry(hit.change)
+                .or_insert_with(|| change.key(&info.pk_columns))
+                .is_none()
+            {
                 hit.verdict = Verdict::Error(payload::NO_PRIMARY_KEY);
                 continue;
-            };
-            let context = (change.relation.relid, hit.sub.role.clone(), hit.sub.claims.clone());
-            let keys = checks.entry(context).or_default();
-            if !keys.contains(&key) {
-                keys.push(key.clone());
             }
-            hit.verdict = Verdict::IfVisible(key);
+            let context = (change.relation.relid, hit.sub.role.clone(), hit.sub.claims.clone());
+            let changes = checks.entry(context).or_default();
+            if changes.last() != Some(&hit.change) {
+                changes.push(hit.change);
+            }
+            hit.verdict = Verdict::IfVisible;
         }
     }
     let mut visible = HashMap::new();
     if checks.is_empty() {
-        return Ok(visible);
+        return Ok((visible, keys));
     }
     let tx = conn.transaction().await?;
-    for ((relid, role, claims), keys) in checks {
+    for ((relid, role, claims), changes) in checks {
         let info: Arc<TableInfo> = tables.cached(relid).expect("looked up while judging");
+        let distinct: HashSet<&Vec<String>> = changes.iter().filter_map(|c| keys[c].as_ref()).collect();
+        let to_check: Vec<Vec<String>> = distinct.into_iter().cloned().collect();
         stats.rls_queries.fetch_add(1, Ordering::Relaxed);
         // A failing policy (or a role that vanished) hides the rows from that context only.
         tx.execute("savepoint rls", &[]).await?;
-        match tables::visible_keys(&tx, &info, &role, &claims, &keys).await {
-            Ok(keys) => {
+        match tables::visible_keys(&tx, &info, &role, &claims, &to_check).await {
+            Ok(seen) => {
                 tx.execute("release savepoint rls", &[]).await?;
-                visible.insert((relid, role, claims), keys);
+                visible.insert((relid, role, claims), seen);
             }
             Err(e) if e.as_db_error().is_some() => {
                 warn!(
@@ -232,7 +240,7 @@ async fn judge_and_check(
         }
     }
     tx.commit().await?;
-    Ok(visible)
+    Ok((visible, keys))
 }
 
 /// The per-hub batches: for each change, one payload per distinct view (role and `select`), each
@@ -241,7 +249,7 @@ fn build_batches(
     stream: &str,
     batch: &[RowChange],
     hits: &[Hit],
-    visible: &Visible,
+    (visible, keys): (&Visible, &Keys),
     tables: &mut Tables,
 ) -> BTreeMap<String, ChangeBatch> {
     // change -> view key -> channel -> ids
@@ -252,16 +260,18 @@ fn build_batches(
         let change = &batch[hit.change];
         let shown = match &hit.verdict {
             Verdict::Error(_) | Verdict::Visible => true,
-            Verdict::IfVisible(key) => visible
-                .get(&(change.relation.relid, hit.sub.role.clone(), hit.sub.claims.clone()))
-                .is_some_and(|keys| keys.contains(key)),
+            Verdict::IfVisible => {
+                let context = (change.relation.relid, hit.sub.role.clone(), hit.sub.claims.clone());
+                let key = keys.get(&hit.change).and_then(Option::as_ref);
+                key.is_some_and(|key| visible.get(&context).is_some_and(|seen| seen.contains(key)))
+            }
         };
         if !shown {
             continue;
         }
         let view_key = match hit.verdict {
             Verdict::Error(error) => (Some(error), "", None),
-            _ => (None, hit.sub.role.as_str(), hit.sub.select.as_deref()),
+            _ => (None, &*hit.sub.role, hit.sub.select.as_deref()),
         };
         let ids = per_change
             .entry(hit.change)

@@ -27,7 +27,7 @@ pub struct Sub {
     pub conditions: Vec<Condition>,
     /// `None`: every column the role may select.
     pub select: Option<Vec<String>>,
-    pub role: String,
+    pub role: Arc<str>,
     /// The channel's claims as JSON text, as RLS policies read them (`request.jwt.claims`).
     pub claims: Arc<str>,
 }
@@ -117,7 +117,7 @@ pub fn sub_from_row(row: &Row) -> Result<(u32, Sub), String> {
         action,
         conditions,
         select: row.get(7),
-        role: row.get(9),
+        role: row.get::<_, String>(9).into(),
         claims: claims.to_string().into(),
     };
     Ok((row.get(4), sub))

@@ -28,7 +28,7 @@ pub struct TableInfo {
 #[derive(Default)]
 pub struct Tables {
     info: HashMap<u32, Arc<TableInfo>>,
-    selectable: HashMap<(u32, String), Arc<Vec<bool>>>,
+    selectable: HashMap<(u32, Arc<str>), Arc<Vec<bool>>>,
 }
 
 impl Tables {
@@ -45,7 +45,7 @@ impl Tables {
 
     /// What [`Tables::selectable`] last returned for the table and role, if still cached.
     pub fn cached_selectable(&self, relid: u32, role: &str) -> Option<Arc<Vec<bool>>> {
-        self.selectable.get(&(relid, role.to_string())).cloned()
+        self.selectable.get(&(relid, Arc::from(role))).cloned()
     }
 
     pub async fn info(&mut self, db: &Client, relation: &Relation) -> Result<Arc<TableInfo>, tokio_postgres::Error> {
@@ -105,9 +105,9 @@ impl Tables {
         &mut self,
         db: &Client,
         relation: &Relation,
-        role: &str,
+        role: &Arc<str>,
     ) -> Result<Arc<Vec<bool>>, tokio_postgres::Error> {
-        let cache_key = (relation.relid, role.to_string());
+        let cache_key = (relation.relid, role.clone());
         if let Some(known) = self.selectable.get(&cache_key) {
             return Ok(known.clone());
         }
@@ -116,7 +116,7 @@ impl Tables {
                 "select a.attname::text from pg_attribute a
                  where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped
                    and has_column_privilege($2::name, a.attrelid, a.attnum, 'SELECT')",
-                &[&relation.relid, &role],
+                &[&relation.relid, &&**role],
             )
             .await?;
         let mut selectable = vec![false; relation.columns.len()];
@@ -153,17 +153,24 @@ pub async fn visible_keys(
         .enumerate()
         .map(|(n, &i)| format!("${}::text[]::{}[]", n + 1, info.types[i]))
         .collect();
-    let sql = format!(
-        "select {} from {} where ({}) in (select * from unnest({}))",
-        columns
-            .iter()
-            .map(|c| format!("{c}::text"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        info.quoted_name,
-        columns.join(", "),
-        arrays.join(", ")
-    );
+    let selected = columns
+        .iter()
+        .map(|c| format!("{c}::text"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = match (&columns[..], &arrays[..]) {
+        // One key column: an index scan over the array.
+        ([column], [array]) => format!(
+            "select {selected} from {} where {column} = any({array})",
+            info.quoted_name
+        ),
+        _ => format!(
+            "select {selected} from {} where ({}) in (select * from unnest({}))",
+            info.quoted_name,
+            columns.join(", "),
+            arrays.join(", ")
+        ),
+    };
     let per_column: Vec<Vec<&str>> = (0..columns.len())
         .map(|n| keys.iter().map(|k| k[n].as_str()).collect())
         .collect();

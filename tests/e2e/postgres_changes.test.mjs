@@ -3,7 +3,7 @@
 // doubled across replicator, Postgres and hub restarts.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { done, Inbox, pgChannel, supabase, until, VSNS } from './clients.mjs';
+import { done, Inbox, pgChannel, subscribe, supabase, until, VSNS } from './clients.mjs';
 import { tokenFor } from '../stack/keys.mjs';
 import { startReplicator } from '../stack/replicator.mjs';
 import { ROOT, startStack } from '../stack/stack.mjs';
@@ -273,6 +273,23 @@ test('a change committed right after "Subscribed to PostgreSQL" always arrives',
       const inbox = new Inbox(`round ${round}`);
       const id = nextId++;
       await pgChannel(client, `right-after-${round}`, [{ binding: { event: 'INSERT', schema: 'public', table: 'items', filter: `id=eq.${id}` }, inbox }]);
+      await sql('insert into items (id) values ($1)', [id]);
+      assert.equal((await inbox.next()).new.id, id);
+    }
+  } finally {
+    await done(client);
+  }
+});
+
+test('with postgres_changes_options.wait, SUBSCRIBED itself means changes flow', async () => {
+  const client = supabase(stack.url, stack.keys.anon);
+  try {
+    for (let round = 0; round < 3; round++) {
+      const inbox = new Inbox(`wait ${round}`);
+      const id = nextId++;
+      const channel = client.channel(`wait-${round}`, { config: { postgres_changes_options: { wait: true } } });
+      channel.on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'items', filter: `id=eq.${id}` }, inbox.push);
+      await subscribe(channel);
       await sql('insert into items (id) values ($1)', [id]);
       assert.equal((await inbox.next()).new.id, id);
     }
