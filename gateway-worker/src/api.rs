@@ -7,12 +7,12 @@ use futures_util::future::join_all;
 use serde_json::{json, Value};
 use sluice_shared::connect::tenant_from_host;
 use sluice_shared::frame::Broadcast;
-use sluice_shared::internal::{channel_name, Access, ChannelOp, ChannelRequest};
+use sluice_shared::internal::{bearer_matches, channel_name, Access, ChannelOp, ChannelRequest, DbBroadcasts};
 use sluice_shared::rest::{self, Refusal};
 use worker::*;
 
 use crate::config::{self, CHANNEL};
-use crate::outbox;
+use crate::{outbox, rpc};
 
 /// `POST /api/broadcast`: many text broadcasts, each to its topic's channel.
 pub async fn broadcast_batch(mut req: Request, env: &Env) -> Result<Response> {
@@ -161,4 +161,28 @@ fn answer(refusal: Refusal) -> Result<Response> {
 fn cors(mut res: Response) -> Result<Response> {
     res.headers_mut().set("access-control-allow-origin", "*")?;
     Ok(res)
+}
+
+/// `POST /internal/v1/broadcasts` from the replicator: broadcasts from the database for one
+/// channel of the tenant this host names, handed to that channel's Channel object.
+pub async fn database_broadcasts(mut req: Request, env: &Env) -> Result<Response> {
+    let authorization = req.headers().get("authorization")?;
+    if !bearer_matches(
+        authorization.as_deref(),
+        &config::internal_secret(env).unwrap_or_default(),
+    ) {
+        return Response::error("Unauthorized", 401);
+    }
+    let host = req.headers().get("host")?.unwrap_or_default();
+    let tenant = tenant_from_host(&host);
+    let batch: DbBroadcasts = req.json().await?;
+    let name = channel_name(&tenant, batch.access, &batch.topic);
+    let stub = env.durable_object(CHANNEL)?.get_by_name(&name)?;
+    match rpc::post_json(stub, "/internal/v1/db-broadcasts", &batch).await {
+        Ok(_) => Response::ok(""),
+        Err(e) => {
+            console_error!("{name}: {e}");
+            Response::error("the channel could not relay the broadcasts", 503)
+        }
+    }
 }

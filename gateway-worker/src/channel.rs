@@ -3,6 +3,7 @@
 //! It knows which hubs have members (not which sockets) and holds the authoritative presence
 //! registry. Hubs call it with coalesced [`ChannelRequest`]s; it relays broadcasts to the *other*
 //! hubs and presence diffs to all of them, so fan-out costs one request per hub, not per client.
+//! Broadcasts from the database arrive here from the replicator and go to every hub with members.
 //! Its state is in Durable Object storage, so eviction loses nothing.
 
 use std::cell::RefCell;
@@ -10,7 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
-use sluice_shared::internal::{ChannelOp, ChannelRequest, ChannelResponse, Delivery, HubEvent};
+use sluice_shared::internal::{
+    ChannelOp, ChannelRequest, ChannelResponse, DbBroadcasts, Delivery, HubEvent, StreamPosition,
+};
 use sluice_shared::presence::{phx_ref, Owner, Registry};
 use worker::*;
 
@@ -32,6 +35,8 @@ pub struct Channel {
 }
 
 const STATE_KEY: &str = "state";
+/// The last database broadcast relayed (a [`StreamPosition`]).
+const RELAYED_KEY: &str = "relayed_db_broadcast";
 
 impl DurableObject for Channel {
     fn new(state: State, env: Env) -> Self {
@@ -43,6 +48,10 @@ impl DurableObject for Channel {
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
+        if req.path() == "/internal/v1/db-broadcasts" {
+            let batch: DbBroadcasts = req.json().await?;
+            return self.relay_from_database(batch).await;
+        }
         if req.path() != "/internal/v1/channel" || req.method() != Method::Post {
             return Response::error("Not Found", 404);
         }
@@ -60,6 +69,61 @@ impl DurableObject for Channel {
 }
 
 impl Channel {
+    /// Relays broadcasts from the database to every hub with members, each message once: those at
+    /// or below the last relayed position are dropped. Answers 500, without moving the position,
+    /// if a hub could not be reached, so the replicator sends them again (at least once).
+    async fn relay_from_database(&self, batch: DbBroadcasts) -> Result<Response> {
+        self.load().await?;
+        let storage = self.state.storage();
+        let relayed: Option<StreamPosition> = storage.get(RELAYED_KEY).await.unwrap_or(None);
+        let mut last = relayed.clone();
+        let mut events = Vec::new();
+        for message in batch.messages {
+            if relayed
+                .as_ref()
+                .is_some_and(|p| !p.is_before(&batch.stream, message.lsn, message.seq))
+            {
+                continue;
+            }
+            last = Some(StreamPosition {
+                stream: batch.stream.clone(),
+                lsn: message.lsn,
+                seq: message.seq,
+            });
+            events.push(HubEvent::Broadcast {
+                broadcast: message.broadcast,
+            });
+        }
+        if events.is_empty() {
+            return Response::ok("");
+        }
+        let hubs: Vec<String> = self
+            .data
+            .borrow()
+            .as_ref()
+            .expect("loaded")
+            .hubs
+            .iter()
+            .cloned()
+            .collect();
+        let topic = format!("realtime:{}", batch.topic);
+        let sends = hubs.iter().map(|hub| {
+            let delivery = Delivery {
+                topic: topic.clone(),
+                events: events.clone(),
+            };
+            async move { self.post_to_hub(hub, &delivery).await }
+        });
+        if let Some(Err(e)) = join_all(sends).await.into_iter().find(Result::is_err) {
+            console_error!("channel {topic}: relaying database broadcasts failed: {e}");
+            return Response::error("a hub could not be reached", 500);
+        }
+        if let Some(position) = last {
+            storage.put(RELAYED_KEY, position).await?;
+        }
+        Response::ok("")
+    }
+
     async fn load(&self) -> Result<()> {
         if self.data.borrow().is_none() {
             let stored: Option<String> = self.state.storage().get(STATE_KEY).await?;

@@ -40,6 +40,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         (Method::Get, "/realtime/v1/websocket" | "/socket/websocket") => connect::websocket(req, &env).await,
         (Method::Get, "/healthcheck") => Response::ok("ok"),
         (Method::Post, r) if r.starts_with("/internal/v1/changes/") => hub::deliver_changes(req, &env).await,
+        (Method::Post, "/internal/v1/broadcasts") => api::database_broadcasts(req, &env).await,
         (Method::Get, r) if r.starts_with("/api/tenants/") && r.ends_with("/health") => {
             api::tenant_health(req, &env).await
         }

@@ -1,12 +1,13 @@
-//! Pushing change batches to hubs through the gateway Worker
-//! (`POST {SLUICE_GATEWAY_URL}/internal/v1/changes/{hub}`, bearer secret). A hub that cannot be
-//! reached is retried with backoff until it answers: the stream waits (backpressure) rather than
-//! lose a change.
+//! Pushing to the gateway Worker (`SLUICE_GATEWAY_URL`, bearer secret): change batches to hubs
+//! (`/internal/v1/changes/{hub}`) and database broadcasts to channels (`/internal/v1/broadcasts`).
+//! A call that fails is retried with backoff until it succeeds: the stream waits (backpressure)
+//! rather than lose anything.
 
 use std::time::Duration;
 
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
-use sluice_shared::internal::{ChangeBatch, ChangeReceipt};
+use serde::Serialize;
+use sluice_shared::internal::{ChangeBatch, ChangeReceipt, DbBroadcasts};
 use tracing::{info, warn};
 
 pub struct Gateway {
@@ -30,13 +31,27 @@ impl Gateway {
         }
     }
 
-    /// Delivers `batch` to `hub`, retrying until a 2xx answer. `failed` counts failed attempts.
-    pub async fn deliver(&self, hub: &str, batch: &ChangeBatch, mut failed: impl FnMut()) -> ChangeReceipt {
-        let url = format!(
-            "{}/internal/v1/changes/{}",
-            self.base,
-            utf8_percent_encode(hub, NON_ALPHANUMERIC)
-        );
+    /// Delivers `batch` to `hub`; its receipt. `failed` counts failed attempts.
+    pub async fn deliver(&self, hub: &str, batch: &ChangeBatch, failed: impl FnMut()) -> ChangeReceipt {
+        let path = format!("/internal/v1/changes/{}", utf8_percent_encode(hub, NON_ALPHANUMERIC));
+        let what = format!("{} changes to {hub}", batch.changes.len());
+        let answer = self.post_until_ok(&path, batch, &what, failed).await;
+        serde_json::from_str(&answer).unwrap_or_else(|e| {
+            warn!("{hub} answered with an unreadable receipt ({e}); assuming no channel is gone");
+            ChangeReceipt::default()
+        })
+    }
+
+    /// Hands one channel's database broadcasts to its Channel object.
+    pub async fn relay(&self, batch: &DbBroadcasts, failed: impl FnMut()) {
+        let what = format!("{} database broadcasts to {}", batch.messages.len(), batch.topic);
+        self.post_until_ok("/internal/v1/broadcasts", batch, &what, failed)
+            .await;
+    }
+
+    /// POSTs `body` as JSON until a 2xx answer; the answer's text.
+    async fn post_until_ok(&self, path: &str, body: &impl Serialize, what: &str, mut failed: impl FnMut()) -> String {
+        let url = format!("{}{path}", self.base);
         let mut wait = FIRST_RETRY;
         let mut attempts = 0u32;
         loop {
@@ -44,29 +59,26 @@ impl Gateway {
                 .http
                 .post(&url)
                 .bearer_auth(&self.secret)
-                .json(batch)
+                .json(body)
                 .send()
                 .await
                 .and_then(|r| r.error_for_status());
             let problem = match outcome {
-                Ok(response) => match response.json::<ChangeReceipt>().await {
-                    Ok(receipt) => {
+                Ok(response) => match response.text().await {
+                    Ok(text) => {
                         if attempts > 0 {
-                            info!("delivered to {hub} after {attempts} failed attempts");
+                            info!("delivered {what} after {attempts} failed attempts");
                         }
-                        return receipt;
+                        return text;
                     }
-                    Err(e) => format!("unreadable answer: {e}"),
+                    Err(e) => e.to_string(),
                 },
                 Err(e) => e.to_string(),
             };
             failed();
             attempts += 1;
             if attempts == 1 || attempts.is_multiple_of(20) {
-                warn!(
-                    "cannot deliver {} changes to {hub} ({problem}); retrying (attempt {attempts}), the stream waits meanwhile",
-                    batch.changes.len()
-                );
+                warn!("cannot deliver {what} ({problem}); retrying (attempt {attempts}), the stream waits meanwhile");
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(MAX_RETRY);

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 use serde_json::Value;
 use sluice_shared::filter::{all_pass, Cell};
-use sluice_shared::internal::{Change, ChangeBatch, ChangePayload, Recipient};
+use sluice_shared::internal::{Access, Change, ChangeBatch, ChangePayload, DbBroadcasts, DbMessage, Recipient};
 use sluice_shared::subscription::Action;
 use tokio_postgres::Client;
 use tracing::{debug, warn};
 
+use crate::broadcasts::DbBroadcast;
 use crate::db::Db;
 use crate::delivery::Gateway;
 use crate::payload::{self, RowChange, View};
@@ -140,6 +141,33 @@ impl Dispatcher {
             }
         }
         Ok(())
+    }
+
+    /// Hands database broadcasts to their channels, one request per channel (in order within
+    /// each), all channels at once; returns once every one was accepted.
+    pub async fn relay_broadcasts(&self, broadcasts: Vec<DbBroadcast>) {
+        let mut per_channel: BTreeMap<(String, Access), Vec<DbMessage>> = BTreeMap::new();
+        for b in broadcasts {
+            per_channel.entry((b.topic, b.access)).or_default().push(b.message);
+        }
+        let stats = &self.stats;
+        let sends = per_channel.into_iter().map(|((topic, access), messages)| async move {
+            let batch = DbBroadcasts {
+                stream: self.stream.clone(),
+                topic,
+                access,
+                messages,
+            };
+            self.gateway
+                .relay(&batch, || {
+                    stats.push_errors.fetch_add(1, Ordering::Relaxed);
+                })
+                .await;
+            self.stats
+                .db_broadcasts
+                .fetch_add(batch.messages.len() as u64, Ordering::Relaxed);
+        });
+        join_all(sends).await;
     }
 
     /// Subscriptions whose event and filters a change passes.

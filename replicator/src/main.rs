@@ -10,11 +10,13 @@
 //! - [`registry`]: the subscriptions in memory, by table.
 //! - [`stream`]: the replication stream, batched, confirmed after delivery.
 //! - [`payload`]: decoded row changes and the payloads built from them.
+//! - [`broadcasts`]: `realtime.messages` rows as broadcasts from the database.
 //! - [`tables`]: catalog facts per table and role, and the batched RLS query.
 //! - [`dispatch`]: matching, RLS and per-hub batches for each batch of changes.
 //! - [`delivery`]: pushing batches to hubs, retrying until they answer.
 //! - [`http`]: `/healthz`, `/metrics` and the subscription API hubs call.
 
+mod broadcasts;
 mod config;
 mod db;
 mod delivery;
@@ -59,8 +61,9 @@ async fn run() -> Result<(), String> {
         )
     })?;
     let client = db.client().await.map_err(|e| format!("{e}"))?;
-    preflight::run(&client, &config).await?;
+    preflight::check(&client, &config).await?;
     migrations::run(&mut db.dedicated().await.map_err(|e| format!("{e}"))?).await?;
+    preflight::prepare_stream(&client, &config).await?;
     let db = Arc::new(db);
     let registry = Arc::new(registry::Registry::default());
     let loaded = subscriptions::load(&*db.client().await.map_err(|e| format!("{e}"))?, &registry)
@@ -82,6 +85,7 @@ async fn run() -> Result<(), String> {
     let dispatcher = dispatch::Dispatcher::new(registry.clone(), db.clone(), gateway, stats.clone(), stream);
     info!("delivering changes to {}", config.gateway_url);
     tokio::spawn(stream::run(config.clone(), stats.clone(), dispatcher, passed));
+    tokio::spawn(maintain_message_partitions(db.clone()));
     let listener = tokio::net::TcpListener::bind(config.http_addr).await.map_err(|e| {
         format!(
             "cannot listen on SLUICE_HTTP_ADDR={} ({e}): choose a free address",
@@ -105,6 +109,24 @@ async fn run() -> Result<(), String> {
         })
         .await
         .map_err(|e| format!("the HTTP server failed: {e}"))
+}
+
+/// Keeps `realtime.messages` partitioned a few days ahead and drops days older than 72 h, hourly.
+async fn maintain_message_partitions(db: Arc<db::Db>) {
+    let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        hourly.tick().await;
+        let done = match db.client().await {
+            Ok(client) => client
+                .execute("select sluice.maintain_message_partitions()", &[])
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            tracing::warn!("maintaining the partitions of realtime.messages failed: {e}; retrying in an hour");
+        }
+    }
 }
 
 /// `host:port/dbname` for log lines, without the password.

@@ -57,6 +57,126 @@ const MIGRATIONS: &[(i32, &str)] = &[
     end $$;
     "#,
     ),
+    (
+        3,
+        r#"
+    -- Supabase's `realtime` schema for Broadcast from the database (PROTOCOL.md 5.4), created only
+    -- where absent: a Supabase database keeps its own. Upstream's signatures and behaviour.
+    do $do$
+    begin
+        if to_regclass('realtime.messages') is null then
+            create schema if not exists realtime;
+            create table realtime.messages (
+                topic text not null,
+                extension text not null,
+                payload jsonb,
+                event text,
+                private boolean default false,
+                updated_at timestamp without time zone not null default now(),
+                inserted_at timestamp without time zone not null default now(),
+                id uuid not null default gen_random_uuid(),
+                binary_payload bytea,
+                primary key (id, inserted_at),
+                constraint messages_payload_exclusive check (payload is null or binary_payload is null)
+            ) partition by range (inserted_at);
+            alter table realtime.messages enable row level security;
+        end if;
+        if to_regprocedure('realtime.topic()') is null then
+            create function realtime.topic() returns text language sql stable
+            as $f$ select nullif(current_setting('realtime.topic', true), '')::text $f$;
+        end if;
+        if to_regprocedure('realtime.send(jsonb, text, text, boolean)') is null then
+            create function realtime.send(payload jsonb, event text, topic text, private boolean default true)
+            returns void language plpgsql as $f$
+            declare
+                new_id uuid := gen_random_uuid();
+            begin
+                begin
+                    perform set_config('realtime.topic', topic, true);
+                    insert into realtime.messages (id, payload, event, topic, private, extension)
+                    values (new_id,
+                            case when payload ? 'id' then payload else payload || jsonb_build_object('id', new_id) end,
+                            event, topic, private, 'broadcast');
+                exception when others then
+                    raise warning 'ErrorSendingBroadcastMessage: %', sqlerrm;
+                end;
+            end $f$;
+        end if;
+        if to_regprocedure('realtime.send_binary(bytea, text, text, boolean)') is null then
+            create function realtime.send_binary(payload bytea, event text, topic text, private boolean default true)
+            returns void language plpgsql as $f$
+            begin
+                begin
+                    perform set_config('realtime.topic', topic, true);
+                    insert into realtime.messages (binary_payload, event, topic, private, extension)
+                    values (payload, event, topic, private, 'broadcast');
+                exception when others then
+                    raise warning 'ErrorSendingBroadcastMessage: %', sqlerrm;
+                end;
+            end $f$;
+        end if;
+        if to_regprocedure('realtime.broadcast_changes(text, text, text, text, text, record, record, text)') is null then
+            create function realtime.broadcast_changes(topic_name text, event_name text, operation text,
+                table_name text, table_schema text, new record, old record, level text default 'ROW')
+            returns void language plpgsql as $f$
+            begin
+                if level = 'STATEMENT' then
+                    raise exception 'function can only be triggered for each row, not for each statement';
+                end if;
+                perform realtime.send(
+                    jsonb_build_object('old_record', case when old is null then null else to_jsonb(old) end,
+                                       'record', case when new is null then null else to_jsonb(new) end,
+                                       'operation', operation, 'table', table_name, 'schema', table_schema),
+                    event_name, topic_name, true);
+            end $f$;
+        end if;
+        -- Supabase's API roles, where they exist, may send and (as policies allow) read.
+        if exists (select 1 from pg_roles where rolname = 'anon') then
+            grant usage on schema realtime to anon;
+            grant select, insert, update on realtime.messages to anon;
+        end if;
+        if exists (select 1 from pg_roles where rolname = 'authenticated') then
+            grant usage on schema realtime to authenticated;
+            grant select, insert, update on realtime.messages to authenticated;
+        end if;
+        if exists (select 1 from pg_roles where rolname = 'service_role') then
+            grant usage on schema realtime to service_role;
+            grant select, insert, update on realtime.messages to service_role;
+        end if;
+    end $do$;
+
+    -- Daily partitions of realtime.messages: yesterday to three days ahead; older than 72 h dropped.
+    -- Run at start and hourly by the replicator.
+    create function sluice.maintain_message_partitions() returns void language plpgsql as $$
+    declare
+        day date;
+        old record;
+    begin
+        for day in select generate_series(current_date - 1, current_date + 3, interval '1 day')::date loop
+            execute format('create table if not exists realtime.%I partition of realtime.messages for values from (%L) to (%L)',
+                           'messages_' || to_char(day, 'YYYY_MM_DD'), day, day + 1);
+        end loop;
+        for old in
+            select c.relname from pg_inherits i
+            join pg_class c on c.oid = i.inhrelid
+            where i.inhparent = 'realtime.messages'::regclass
+              and c.relname ~ '^messages_\d{4}_\d{2}_\d{2}$'
+              and to_date(substr(c.relname, 10), 'YYYY_MM_DD') + 1 < now() - interval '72 hours'
+        loop
+            execute format('drop table realtime.%I', old.relname);
+        end loop;
+    end $$;
+    select sluice.maintain_message_partitions();
+
+    -- The messages are streamed through a publication of their own, as the partitioned root.
+    do $do$
+    begin
+        if not exists (select 1 from pg_publication where pubname = 'sluice_messages') then
+            create publication sluice_messages for table realtime.messages with (publish_via_partition_root = true);
+        end if;
+    end $do$;
+    "#,
+    ),
 ];
 
 pub async fn run(client: &mut Client) -> Result<(), String> {

@@ -1,5 +1,7 @@
-//! Checks at start that the database can be streamed from, and prepares what sluice owns: the
-//! publication (created empty if missing) and the persistent slot. Every failure names the fix.
+//! Checks at start that the database can be streamed from ([`check`]), and prepares what sluice
+//! owns ([`prepare_stream`]): the publication (created empty if missing) and the persistent slot.
+//! Every failure names the fix. Migrations run between the two, so that every publication the slot
+//! is read with exists before the slot does.
 
 use tokio_postgres::Client;
 use tracing::info;
@@ -10,7 +12,7 @@ fn sql_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> String {
     move |e| format!("preflight: {what} failed: {e}")
 }
 
-pub async fn run(db: &Client, config: &Config) -> Result<(), String> {
+pub async fn check(db: &Client, config: &Config) -> Result<(), String> {
     let wal_level: String = db
         .query_one("SELECT current_setting('wal_level')", &[])
         .await
@@ -55,6 +57,18 @@ pub async fn run(db: &Client, config: &Config) -> Result<(), String> {
         }
     }
 
+    Ok(())
+}
+
+pub async fn prepare_stream(db: &Client, config: &Config) -> Result<(), String> {
+    let slot_exists = db
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&config.slot],
+        )
+        .await
+        .map_err(sql_error("looking up the slot"))?
+        .is_some();
     let publication_exists = db
         .query_opt(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",

@@ -17,12 +17,16 @@ use sluice_shared::subscription::Action;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::broadcasts::{self, DbBroadcast};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::payload::{Datum, RelColumn, Relation, RowChange};
 
 /// Most changes dispatched at once; a larger transaction is still dispatched whole.
 const MAX_BATCH: usize = 5_000;
+
+/// The publication of `realtime.messages` (created by the migrations).
+pub const MESSAGES_PUBLICATION: &str = "sluice_messages";
 
 /// The prefix of the logical messages registrations write to learn when the stream passed them.
 pub const SYNC_PREFIX: &str = "sluice.sync";
@@ -36,6 +40,8 @@ pub struct Stats {
     /// Messages handed to hubs (one per channel per change).
     pub deliveries: AtomicU64,
     pub rls_queries: AtomicU64,
+    /// Broadcasts from the database handed to channels.
+    pub db_broadcasts: AtomicU64,
     /// Failed attempts to push to a hub.
     pub push_errors: AtomicU64,
     pub connected: AtomicBool,
@@ -56,11 +62,23 @@ pub async fn run(config: Config, stats: Arc<Stats>, mut dispatcher: Dispatcher, 
     }
 }
 
-/// Committed changes waiting to be dispatched, and the position confirming them.
+/// Committed changes and database broadcasts waiting to be dispatched, and the position
+/// confirming them.
 #[derive(Default)]
 struct Batch {
     changes: Vec<RowChange>,
+    broadcasts: Vec<DbBroadcast>,
     end: Option<u64>,
+}
+
+/// The transaction being received: its commit time, its changes and broadcasts, and how many
+/// messages it had (their `seq`).
+#[derive(Default)]
+struct Transaction {
+    commit_micros: i64,
+    changes: Vec<RowChange>,
+    broadcasts: Vec<DbBroadcast>,
+    count: u32,
 }
 
 async fn stream_once(
@@ -76,7 +94,7 @@ async fn stream_once(
     stats.connected.store(true, Ordering::Relaxed);
     let mut parser = LogicalReplicationParser::with_protocol_version(1);
     let mut relations: HashMap<u32, Arc<Relation>> = HashMap::new();
-    let mut transaction: Option<(i64, Vec<RowChange>)> = None;
+    let mut transaction: Option<Transaction> = None;
     let mut batch = Batch::default();
     let pass = |lsn: u64| passed.send_if_modified(|p| std::mem::replace(p, (*p).max(lsn)) < lsn);
     loop {
@@ -96,7 +114,12 @@ async fn stream_once(
             return Ok(());
         };
         match event {
-            ReplicationEvent::Begin { commit_time_micros, .. } => transaction = Some((commit_time_micros, Vec::new())),
+            ReplicationEvent::Begin { commit_time_micros, .. } => {
+                transaction = Some(Transaction {
+                    commit_micros: commit_time_micros,
+                    ..Transaction::default()
+                })
+            }
             ReplicationEvent::XLogData { data, .. } => {
                 let message = parser
                     .parse_wal_message(&data)
@@ -105,7 +128,7 @@ async fn stream_once(
                 if let LogicalReplicationMessage::Relation { relation_id, .. } = &message {
                     dispatcher.relation_changed(*relation_id);
                 }
-                let Some((commit_micros, changes)) = transaction.as_mut() else {
+                let Some(tx) = transaction.as_mut() else {
                     if let Some(relation) = relation_from(&message) {
                         relations.insert(relation.relid, Arc::new(relation));
                     }
@@ -113,22 +136,31 @@ async fn stream_once(
                 };
                 if let Some(relation) = relation_from(&message) {
                     relations.insert(relation.relid, Arc::new(relation));
-                } else if let Some(change) = row_change(message, &relations, *commit_micros, changes.len() as u32) {
+                } else if let Some(change) = row_change(message, &relations, tx.commit_micros, tx.count) {
+                    tx.count += 1;
+                    if broadcasts::is_messages_table(&change) {
+                        tx.broadcasts.extend(broadcasts::from_change(&change));
+                        continue;
+                    }
                     stats.changes.fetch_add(1, Ordering::Relaxed);
                     // Only changes someone subscribed to are kept.
                     if dispatcher.registry.for_table(change.relation.relid).is_some() {
-                        changes.push(change);
+                        tx.changes.push(change);
                     }
                 }
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 stats.transactions.fetch_add(1, Ordering::Relaxed);
-                let (_, changes) = transaction.take().unwrap_or_default();
+                let tx = transaction.take().unwrap_or_default();
                 batch
                     .changes
-                    .extend(changes.into_iter().map(|c| RowChange { lsn: end_lsn.0, ..c }));
+                    .extend(tx.changes.into_iter().map(|c| RowChange { lsn: end_lsn.0, ..c }));
+                batch.broadcasts.extend(tx.broadcasts.into_iter().map(|mut b| {
+                    b.message.lsn = end_lsn.0;
+                    b
+                }));
                 batch.end = Some(end_lsn.0);
-                if batch.changes.len() >= MAX_BATCH {
+                if batch.changes.len() + batch.broadcasts.len() >= MAX_BATCH {
                     flush(&mut batch, dispatcher, &client, stats, &pass).await?;
                 }
             }
@@ -162,6 +194,9 @@ async fn flush(
             .await
             .map_err(|e| format!("evaluating changes against the database: {e}"))?;
     }
+    if !batch.broadcasts.is_empty() {
+        dispatcher.relay_broadcasts(std::mem::take(&mut batch.broadcasts)).await;
+    }
     if let Some(end) = batch.end.take() {
         client.update_applied_lsn(Lsn(end));
         pass(end);
@@ -187,7 +222,8 @@ fn replication_config(config: &Config) -> Result<ReplicationConfig, String> {
         password,
         pg.get_dbname().unwrap_or("postgres"),
         config.slot.clone(),
-        config.publication.clone(),
+        // The tables' changes, and the messages of Broadcast from the database.
+        [config.publication.clone(), MESSAGES_PUBLICATION.to_string()],
     )
     .with_port(pg.get_ports().first().copied().unwrap_or(5432))
     // Value texts in the forms `sluice_shared::pgvalue` renders and filters compare.

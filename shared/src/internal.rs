@@ -9,7 +9,9 @@
 //!   `PATCH /v1/subscriptions` with a [`Reauthorize`] (new claims, answered the same way),
 //!   `DELETE /v1/subscriptions` with an [`Unsubscribe`].
 //! - Replicator → gateway: `POST /internal/v1/changes/{hub}` with a [`ChangeBatch`], answered
-//!   with a [`ChangeReceipt`]. Both replicator calls carry `Authorization: Bearer <secret>`.
+//!   with a [`ChangeReceipt`]; `POST /internal/v1/broadcasts` with [`DbBroadcasts`] (broadcasts
+//!   from the database for one channel), relayed by its Channel. Both carry
+//!   `Authorization: Bearer <secret>`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -17,7 +19,7 @@ use serde_json::{Map, Value};
 use crate::frame::Broadcast;
 
 /// Which room a channel is: public and private channels with one name are different rooms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
     Public,
@@ -149,7 +151,25 @@ pub struct ChangeBatch {
     pub changes: Vec<Change>,
 }
 
-/// The last change a hub delivered from a stream.
+/// Broadcasts from the database (`realtime.messages` rows) for one channel, in commit order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DbBroadcasts {
+    /// Which replication stream the positions belong to (see [`ChangeBatch::stream`]).
+    pub stream: String,
+    /// The sub-topic (without `realtime:`), as the row's `topic`.
+    pub topic: String,
+    pub access: Access,
+    pub messages: Vec<DbMessage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DbMessage {
+    pub lsn: u64,
+    pub seq: u32,
+    pub broadcast: Broadcast,
+}
+
+/// The last change a hub (or message a Channel) delivered from a stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamPosition {
     pub stream: String,
