@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use sluice_shared::internal::{
-    ChannelOp, ChannelRequest, ChannelResponse, DbBroadcasts, Delivery, HubEvent, StreamPosition,
+    access_of_channel, Access, ChannelOp, ChannelRequest, ChannelResponse, DbBroadcasts, Delivery, HubEvent,
+    StreamPosition,
 };
 use sluice_shared::presence::{phx_ref, Owner, Registry};
 use worker::*;
@@ -110,6 +111,7 @@ impl Channel {
         let sends = hubs.iter().map(|hub| {
             let delivery = Delivery {
                 topic: topic.clone(),
+                access: batch.access,
                 events: events.clone(),
             };
             async move { self.post_to_hub(hub, &delivery).await }
@@ -122,6 +124,11 @@ impl Channel {
             storage.put(RELAYED_KEY, position).await?;
         }
         Response::ok("")
+    }
+
+    /// Public or private, from this object's name.
+    fn access(&self) -> Access {
+        access_of_channel(&self.state.id().name().unwrap_or_default())
     }
 
     async fn load(&self) -> Result<()> {
@@ -219,6 +226,7 @@ impl Channel {
         let sends = deliveries.into_iter().map(|(hub, events)| async move {
             let delivery = Delivery {
                 topic: topic.to_string(),
+                access: self.access(),
                 events,
             };
             if let Err(e) = self.post_to_hub(&hub, &delivery).await {

@@ -18,8 +18,8 @@ use percent_encoding::percent_decode_str;
 use sluice_shared::connect::{hub_name, Accepted};
 use sluice_shared::frame::{self, Broadcast, Outbound, Vsn, WireFrame};
 use sluice_shared::internal::{
-    bearer_matches, channel_name, Access, ChangeBatch, ChangeReceipt, ChannelOp, ChannelResponse, Delivery, HubEvent,
-    Reauthorize, StreamPosition, Subscribe, Unsubscribe,
+    bearer_matches, channel_name, Access, Authorize, ChangeBatch, ChangeReceipt, ChannelOp, ChannelResponse, Delivery,
+    Extension, HubEvent, Reauthorize, StreamPosition, Subscribe, Unsubscribe,
 };
 use sluice_shared::join::{parse_topic, Topic};
 use sluice_shared::jwt::Keys;
@@ -98,8 +98,8 @@ pub struct SocketHub {
     env: Env,
     /// `None` after a (re)start until the first event needs it.
     index: RefCell<Option<Index>>,
-    /// Per topic, how many other hubs have members, as its Channel last said. Unknown: relay.
-    peers: RefCell<HashMap<String, usize>>,
+    /// Per room, how many other hubs have members, as its Channel last said. Unknown: relay.
+    peers: RefCell<HashMap<Room, usize>>,
     outbox: Outbox,
     /// This hub's rate counters (transient: an evicted hub starts counting afresh).
     rates: RefCell<Rates>,
@@ -114,11 +114,23 @@ pub struct SocketHub {
 /// The storage key of the last row change a hub delivered.
 const CHANGES_POSITION: &str = "delivered_change";
 
+/// A topic's public or private room.
+type Room = (Access, String);
+
+fn access(private: bool) -> Access {
+    if private {
+        Access::Private
+    } else {
+        Access::Public
+    }
+}
+
 /// Which sockets are joined to which topic. A cache of the sockets' attachments.
 #[derive(Default)]
 struct Index {
     sockets: HashMap<String, (WebSocket, Vsn)>,
-    topics: HashMap<String, BTreeSet<String>>,
+    /// Members per room: a topic's public and private channels are different rooms.
+    topics: HashMap<Room, BTreeSet<String>>,
     /// Sockets with at least one joined channel: upstream's "users".
     users: BTreeSet<String>,
 }
@@ -128,7 +140,7 @@ impl Index {
         self.remove(&session.id);
         for channel in &session.channels {
             self.topics
-                .entry(channel.topic.clone())
+                .entry((access(channel.private), channel.topic.clone()))
                 .or_default()
                 .insert(session.id.clone());
         }
@@ -147,8 +159,17 @@ impl Index {
         });
     }
 
-    fn has_members(&self, topic: &str) -> bool {
-        self.topics.contains_key(topic)
+    fn has_members(&self, room: &Room) -> bool {
+        self.topics.contains_key(room)
+    }
+
+    /// Whether a socket is joined to `topic`, in either room.
+    fn is_joined(&self, socket: &str, topic: &str) -> bool {
+        [Access::Public, Access::Private].into_iter().any(|a| {
+            self.topics
+                .get(&(a, topic.to_string()))
+                .is_some_and(|m| m.contains(socket))
+        })
     }
 }
 
@@ -223,6 +244,7 @@ impl DurableObject for SocketHub {
                 fresh_key: &mut random::uuid,
             },
         );
+        let effects = self.authorize_private_joins(&mut session, effects).await;
         if self.save(&ws, &session, &before)? {
             self.schedule_expiry(&session).await?;
         }
@@ -363,10 +385,11 @@ impl SocketHub {
                     include_sender,
                 } => {
                     let skip = (!include_sender).then_some(session.id.as_str());
-                    let sent = fan_out(&self.index(), &topic, &Deliverable::Broadcast(&broadcast), skip);
+                    let room = (room_of(session, &topic), topic);
+                    let sent = fan_out(&self.index(), &room, &Deliverable::Broadcast(&broadcast), skip);
                     self.rates.borrow_mut().events.add(Date::now().as_millis(), sent);
-                    if self.peers.borrow().get(&topic) != Some(&0) {
-                        later.push((topic, ChannelOp::Broadcast { broadcast }));
+                    if self.peers.borrow().get(&room) != Some(&0) {
+                        later.push((room, ChannelOp::Broadcast { broadcast }));
                     }
                 }
                 Effect::Join {
@@ -374,14 +397,16 @@ impl SocketHub {
                     reply,
                     presence_state,
                     postgres,
+                    private: _,
                 } => {
                     let ops = if presence_state {
                         vec![ChannelOp::Subscribe, ChannelOp::PresenceState]
                     } else {
                         vec![ChannelOp::Subscribe]
                     };
+                    let room = (room_of(session, &topic), topic.clone());
                     let state = self
-                        .call_channel(session, &topic, ops)
+                        .call_channel(session, &room, ops)
                         .await
                         .and_then(|r| r.presence_state.clone());
                     let join_ref = reply.join_ref.clone();
@@ -407,7 +432,9 @@ impl SocketHub {
                     topic,
                     untrack,
                     postgres,
+                    private,
                 } => {
+                    let room = (access(private), topic.clone());
                     if postgres {
                         let request = Unsubscribe {
                             hub: self.name(),
@@ -418,18 +445,18 @@ impl SocketHub {
                     }
                     if untrack {
                         later.push((
-                            topic.clone(),
+                            room.clone(),
                             ChannelOp::Untrack {
                                 socket: session.id.clone(),
                             },
                         ));
                     }
-                    if !self.index().has_members(&topic) {
-                        later.push((topic, ChannelOp::Unsubscribe));
+                    if !self.index().has_members(&room) {
+                        later.push((room, ChannelOp::Unsubscribe));
                     }
                 }
                 Effect::Track { topic, key, meta } => later.push((
-                    topic,
+                    (room_of(session, &topic), topic),
                     ChannelOp::Track {
                         socket: session.id.clone(),
                         key,
@@ -437,7 +464,7 @@ impl SocketHub {
                     },
                 )),
                 Effect::Untrack { topic } => later.push((
-                    topic,
+                    (room_of(session, &topic), topic),
                     ChannelOp::Untrack {
                         socket: session.id.clone(),
                     },
@@ -456,10 +483,53 @@ impl SocketHub {
                 Effect::Disconnect => disconnect = true,
             }
         }
-        for (topic, op) in later {
-            self.call_channel(session, &topic, vec![op]).await;
+        for (room, op) in later {
+            self.call_channel(session, &room, vec![op]).await;
         }
         Ok(disconnect)
+    }
+
+    /// Asks the replicator what the policies allow on each private channel being joined: a join
+    /// they do not let read becomes its refusal; an allowed one records what may be written.
+    async fn authorize_private_joins(&self, session: &mut Session, effects: Vec<Effect>) -> Vec<Effect> {
+        let mut out = Vec::with_capacity(effects.len());
+        for effect in effects {
+            let Effect::Join {
+                topic,
+                reply,
+                private: Some(private),
+                ..
+            } = &effect
+            else {
+                out.push(effect);
+                continue;
+            };
+            let request = Authorize {
+                topic: topic.strip_prefix("realtime:").unwrap_or(topic).to_string(),
+                claims: private.claims.clone(),
+                headers: Default::default(),
+                extensions: vec![Extension::Broadcast, Extension::Presence],
+            };
+            // Readable broadcast admits the join; readable presence too when presence is on.
+            let admits = |read: &[Extension]| {
+                read.contains(&Extension::Broadcast) || (private.presence && read.contains(&Extension::Presence))
+            };
+            match replicator::authorize(&self.env, &request).await {
+                Some(answer) if admits(&answer.read) => {
+                    session.grant_private(
+                        topic,
+                        answer.write.contains(&Extension::Broadcast),
+                        answer.write.contains(&Extension::Presence),
+                    );
+                    out.push(effect);
+                }
+                _ => {
+                    let refusal = session.refuse_private(topic, reply);
+                    out.push(Effect::Send(refusal));
+                }
+            }
+        }
+        out
     }
 
     /// Registers a channel's bindings with the replicator; `Err` is the client's error text.
@@ -506,7 +576,7 @@ impl SocketHub {
                 });
                 for payload in &change.payloads {
                     for to in &payload.to {
-                        let joined = index.topics.get(&to.topic).is_some_and(|m| m.contains(&to.socket));
+                        let joined = index.is_joined(&to.socket, &to.topic);
                         let Some((ws, vsn)) = index.sockets.get(&to.socket).filter(|_| joined) else {
                             let gone = Unsubscribe {
                                 hub: self.name(),
@@ -555,15 +625,16 @@ impl SocketHub {
     }
 
     /// Sends ops to the topic's Channel through the outbox and records what it says of peers.
-    async fn call_channel(&self, session: &Session, topic: &str, ops: Vec<ChannelOp>) -> Option<Rc<ChannelResponse>> {
+    async fn call_channel(&self, session: &Session, room: &Room, ops: Vec<ChannelOp>) -> Option<Rc<ChannelResponse>> {
+        let (access, topic) = room;
         let Topic::Channel(sub_topic) = parse_topic(topic) else {
             return None;
         };
-        let name = channel_name(&session.tenant, Access::Public, sub_topic);
+        let name = channel_name(&session.tenant, *access, sub_topic);
         let stub = || self.env.durable_object(CHANNEL)?.get_by_name(&name);
         let response = self.outbox.send(stub, &name, &self.name(), topic, ops).await;
         if let Some(r) = &response {
-            self.peers.borrow_mut().insert(topic.to_string(), r.peers);
+            self.peers.borrow_mut().insert(room.clone(), r.peers);
         }
         response
     }
@@ -571,19 +642,20 @@ impl SocketHub {
     /// Hands what a Channel delivered to this hub's members.
     fn receive(&self, delivery: Delivery) {
         let index = self.index();
+        let room = (delivery.access, delivery.topic.clone());
         for event in delivery.events {
             match event {
                 HubEvent::Broadcast { broadcast } => {
-                    let sent = fan_out(&index, &delivery.topic, &Deliverable::Broadcast(&broadcast), None);
+                    let sent = fan_out(&index, &room, &Deliverable::Broadcast(&broadcast), None);
                     self.rates.borrow_mut().events.add(Date::now().as_millis(), sent);
                 }
                 HubEvent::PresenceDiff { diff } => {
                     let out = frame::fanout(&delivery.topic, "presence_diff", diff);
-                    let sent = fan_out(&index, &delivery.topic, &Deliverable::Push(&out), None);
+                    let sent = fan_out(&index, &room, &Deliverable::Push(&out), None);
                     self.rates.borrow_mut().presence.add(Date::now().as_millis(), sent);
                 }
                 HubEvent::Peers { peers } => {
-                    self.peers.borrow_mut().insert(delivery.topic.clone(), peers);
+                    self.peers.borrow_mut().insert(room.clone(), peers);
                 }
             }
         }
@@ -635,11 +707,12 @@ enum Deliverable<'a> {
     Push(&'a Outbound),
 }
 
-/// Delivers to this hub's members of `topic`, encoding once per serializer; counts the sends.
-fn fan_out(index: &Index, topic: &str, what: &Deliverable, skip: Option<&str>) -> u64 {
-    let Some(members) = index.topics.get(topic) else {
+/// Delivers to this hub's members of a room, encoding once per serializer; counts the sends.
+fn fan_out(index: &Index, room: &Room, what: &Deliverable, skip: Option<&str>) -> u64 {
+    let Some(members) = index.topics.get(room) else {
         return 0;
     };
+    let topic = room.1.as_str();
     let mut sent = 0;
     let mut encoded: [Option<Option<WireFrame>>; 2] = [None, None];
     for socket_id in members {
@@ -678,6 +751,11 @@ fn postgres_system_message(join_ref: Option<&str>, topic: &str, outcome: std::re
         "system",
         serde_json::json!({"extension": "postgres_changes", "status": status, "message": message, "channel": sub_topic}),
     )
+}
+
+/// The room of one of the session's channels (public if it has left already).
+fn room_of(session: &Session, topic: &str) -> Access {
+    access(session.membership(topic).is_some_and(|m| m.private))
 }
 
 /// A connection refused for a tenant limit (PROTOCOL.md 1.4).

@@ -1,8 +1,9 @@
 //! Calls from a hub to the replicator (`REPLICATOR_URL`, bearer `INTERNAL_SECRET`): registering
-//! re-authorizing and removing a channel's Postgres Changes bindings.
+//! re-authorizing and removing a channel's Postgres Changes bindings, and authorizing private
+//! channels.
 
 use serde::Serialize;
-use sluice_shared::internal::{Reauthorize, Subscribe, Subscribed, Unsubscribe};
+use sluice_shared::internal::{Authorize, Authorized, Reauthorize, Subscribe, Subscribed, Unsubscribe};
 use worker::*;
 
 use crate::config;
@@ -13,12 +14,12 @@ pub const UNREACHABLE: &str = "Realtime was unable to connect to the project dat
 
 /// Registers the bindings; `Err` holds the text the client sees as its `system` error.
 pub async fn subscribe(env: &Env, request: &Subscribe) -> std::result::Result<Subscribed, String> {
-    answer(call(env, Method::Post, request).await).await
+    answer(call(env, Method::Post, "/v1/subscriptions", request).await).await
 }
 
 /// Gives a channel's subscriptions new claims; answered as [`subscribe`].
 pub async fn reauthorize(env: &Env, request: &Reauthorize) -> std::result::Result<Subscribed, String> {
-    answer(call(env, Method::Patch, request).await).await
+    answer(call(env, Method::Patch, "/v1/subscriptions", request).await).await
 }
 
 async fn answer(response: std::result::Result<Response, String>) -> std::result::Result<Subscribed, String> {
@@ -48,17 +49,34 @@ async fn answer(response: std::result::Result<Response, String>) -> std::result:
     }
 }
 
+/// What the policies of a private channel allow; `None` (logged) when the replicator could not
+/// say, which refuses the join.
+pub async fn authorize(env: &Env, request: &Authorize) -> Option<Authorized> {
+    let mut res = match call(env, Method::Post, "/v1/authorize", request).await {
+        Ok(res) if res.status_code() == 200 => res,
+        Ok(res) => {
+            console_error!("the replicator answered an authorization with {}", res.status_code());
+            return None;
+        }
+        Err(problem) => {
+            console_error!("authorizing a private channel: {problem}");
+            return None;
+        }
+    };
+    res.json().await.ok()
+}
+
 /// Removes a channel's (or a socket's) bindings. Failures are logged: the replicator also drops
 /// subscriptions whose channel a hub reports gone.
 pub async fn unsubscribe(env: &Env, request: &Unsubscribe) {
-    match call(env, Method::Delete, request).await {
+    match call(env, Method::Delete, "/v1/subscriptions", request).await {
         Ok(res) if res.status_code() == 200 => {}
         Ok(res) => console_warn!("the replicator answered an unsubscribe with {}", res.status_code()),
         Err(problem) => console_warn!("unsubscribing postgres_changes: {problem}"),
     }
 }
 
-async fn call(env: &Env, method: Method, body: &impl Serialize) -> std::result::Result<Response, String> {
+async fn call(env: &Env, method: Method, path: &str, body: &impl Serialize) -> std::result::Result<Response, String> {
     let base = config::replicator_url(env).ok_or("REPLICATOR_URL is not set")?;
     let secret = config::internal_secret(env).ok_or("INTERNAL_SECRET is not set")?;
     let headers = Headers::new();
@@ -69,7 +87,7 @@ async fn call(env: &Env, method: Method, body: &impl Serialize) -> std::result::
         init.with_method(method)
             .with_headers(headers.clone())
             .with_body(Some(serde_json::to_string(body)?.into()));
-        Request::new_with_init(&format!("{base}/v1/subscriptions"), &init)
+        Request::new_with_init(&format!("{base}{path}"), &init)
     };
     let request = build().map_err(|e| e.to_string())?;
     Fetch::Request(request).send().await.map_err(|e| e.to_string())

@@ -14,8 +14,9 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{error, warn};
 
-use sluice_shared::internal::{bearer_matches, Reauthorize, Subscribe, Subscribed, Unsubscribe};
+use sluice_shared::internal::{bearer_matches, Authorize, Reauthorize, Subscribe, Subscribed, Unsubscribe};
 
+use crate::authorization;
 use crate::db::Db;
 use crate::registry::{ChannelKey, Registry, Sub};
 use crate::stream::{Stats, SYNC_PREFIX};
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/subscriptions",
             post(register).patch(reauthorize).delete(unregister),
         )
+        .route("/v1/authorize", post(authorize_channel))
         .with_state(state)
 }
 
@@ -146,6 +148,22 @@ async fn live(state: &AppState, channel: &ChannelKey, subs: Vec<(u32, Sub)>, ids
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"error": "Realtime was unable to connect to the project database"})),
         )
+    }
+}
+
+/// `POST /v1/authorize`: which extensions of a private channel the claims may read and write.
+async fn authorize_channel(State(state): State<AppState>, headers: HeaderMap, Json(body): Json<Authorize>) -> Answer {
+    if let Err(denied) = authorize(&state, &headers) {
+        return denied;
+    }
+    let outcome = async {
+        let mut client = state.db.dedicated().await?;
+        authorization::check(&mut client, &body).await
+    }
+    .await;
+    match outcome {
+        Ok(answer) => (StatusCode::OK, Json(json!(answer))),
+        Err(e) => database_error(e),
     }
 }
 

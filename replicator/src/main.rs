@@ -14,8 +14,10 @@
 //! - [`tables`]: catalog facts per table and role, and the batched RLS query.
 //! - [`dispatch`]: matching, RLS and per-hub batches for each batch of changes.
 //! - [`delivery`]: pushing batches to hubs, retrying until they answer.
+//! - [`authorization`]: private channels, by the RLS policies on `realtime.messages`.
 //! - [`http`]: `/healthz`, `/metrics` and the subscription API hubs call.
 
+mod authorization;
 mod broadcasts;
 mod config;
 mod db;

@@ -7,7 +7,8 @@
 //! - SocketHub → replicator: `POST /v1/subscriptions` with a [`Subscribe`] (answered 200
 //!   [`Subscribed`] once the subscription is live, or 422 with the client's `system` error text),
 //!   `PATCH /v1/subscriptions` with a [`Reauthorize`] (new claims, answered the same way),
-//!   `DELETE /v1/subscriptions` with an [`Unsubscribe`].
+//!   `DELETE /v1/subscriptions` with an [`Unsubscribe`]; `POST /v1/authorize` with an
+//!   [`Authorize`] (private channels), answered with [`Authorized`].
 //! - Replicator → gateway: `POST /internal/v1/changes/{hub}` with a [`ChangeBatch`], answered
 //!   with a [`ChangeReceipt`]; `POST /internal/v1/broadcasts` with [`DbBroadcasts`] (broadcasts
 //!   from the database for one channel), relayed by its Channel. Both carry
@@ -19,14 +20,23 @@ use serde_json::{Map, Value};
 use crate::frame::Broadcast;
 
 /// Which room a channel is: public and private channels with one name are different rooms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
+    #[default]
     Public,
     Private,
 }
 
 /// `ch:{tenant}:{public|private}:{sub_topic}`: the Channel Durable Object of a topic.
+/// The room a Channel object's name (see [`channel_name`]) stands for.
+pub fn access_of_channel(name: &str) -> Access {
+    match name.split(':').nth(2) {
+        Some("private") => Access::Private,
+        _ => Access::Public,
+    }
+}
+
 pub fn channel_name(tenant: &str, access: Access, sub_topic: &str) -> String {
     let access = match access {
         Access::Public => "public",
@@ -79,6 +89,9 @@ pub struct ChannelResponse {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Delivery {
     pub topic: String,
+    /// Which room of the topic: a hub may have members of both.
+    #[serde(default)]
+    pub access: Access,
     pub events: Vec<HubEvent>,
 }
 
@@ -131,6 +144,43 @@ pub struct Reauthorize {
     pub socket: String,
     pub topic: String,
     pub claims: Map<String, Value>,
+}
+
+/// Asks the replicator what a user may read (join) and write (broadcast, track) on a private
+/// channel, through the RLS policies on `realtime.messages` (PROTOCOL.md 5.6).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Authorize {
+    /// The sub-topic (`realtime.topic()`).
+    pub topic: String,
+    pub claims: Map<String, Value>,
+    /// `request.headers`.
+    #[serde(default)]
+    pub headers: Map<String, Value>,
+    /// Which of `broadcast` and `presence` to check.
+    pub extensions: Vec<Extension>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Extension {
+    Broadcast,
+    Presence,
+}
+
+impl Extension {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Extension::Broadcast => "broadcast",
+            Extension::Presence => "presence",
+        }
+    }
+}
+
+/// The answer to an [`Authorize`]: the extensions the user may read, and may write.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Authorized {
+    pub read: Vec<Extension>,
+    pub write: Vec<Extension>,
 }
 
 /// Removes one channel's subscriptions, or all of a socket's when `topic` is absent.
@@ -254,6 +304,8 @@ mod tests {
     fn names() {
         assert_eq!(channel_name("t", Access::Public, "room:1"), "ch:t:public:room:1");
         assert_eq!(channel_name("t", Access::Private, "room"), "ch:t:private:room");
+        assert_eq!(access_of_channel("ch:t:private:a:b"), Access::Private);
+        assert_eq!(access_of_channel("ch:t:public:private"), Access::Public);
     }
 
     #[test]

@@ -71,6 +71,14 @@ pub struct Membership {
     /// Whether the channel has Postgres Changes bindings registered with the replicator.
     #[serde(default)]
     pub postgres: bool,
+    /// A private channel (Realtime Authorization), and what its policies let this user write,
+    /// checked at join.
+    #[serde(default)]
+    pub private: bool,
+    #[serde(default)]
+    pub broadcast_write: bool,
+    #[serde(default)]
+    pub presence_write: bool,
 }
 
 /// The last 24 characters of a token: part of its signature, distinct for distinct tokens.
@@ -104,6 +112,9 @@ pub enum Effect {
         reply: Outbound,
         presence_state: bool,
         postgres: Option<PostgresJoin>,
+        /// A private channel: before anything else the hub asks what the policies allow, and
+        /// refuses the join ([`Session::refuse_private`]) or records it ([`Session::grant_private`]).
+        private: Option<PrivateJoin>,
     },
     /// The socket is no longer on `topic` (leave, rejoin, close); `untrack` if it had a presence,
     /// `postgres` if it had Postgres Changes bindings to remove.
@@ -111,6 +122,7 @@ pub enum Effect {
         topic: String,
         untrack: bool,
         postgres: bool,
+        private: bool,
     },
     /// Track (or update) this socket's presence on `topic`.
     Track {
@@ -137,12 +149,21 @@ pub struct PostgresJoin {
     pub wait: bool,
 }
 
+/// What the policies of a private channel are asked about at join.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrivateJoin {
+    pub claims: Map<String, Value>,
+    /// Whether presence is enabled (its read permission then also admits the join).
+    pub presence: bool,
+}
+
 impl Effect {
     fn leave(member: &Membership) -> Effect {
         Effect::Leave {
             topic: member.topic.clone(),
             untrack: member.tracked,
             postgres: member.postgres,
+            private: member.private,
         }
     }
 }
@@ -278,6 +299,28 @@ impl Session {
         ]
     }
 
+    /// The policies let this user read nothing of the private channel `topic`: the join is undone
+    /// and answered with upstream's error.
+    pub fn refuse_private(&mut self, topic: &str, reply: &Outbound) -> Outbound {
+        self.channels.retain(|m| m.topic != topic);
+        let sub_topic = topic.strip_prefix("realtime:").unwrap_or(topic);
+        frame::reply(
+            reply.join_ref.as_deref(),
+            reply.ref_.as_deref(),
+            topic,
+            false,
+            json!({"reason": format!("Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}")}),
+        )
+    }
+
+    /// The policies let this user into the private channel `topic`, writing what they allow.
+    pub fn grant_private(&mut self, topic: &str, broadcast_write: bool, presence_write: bool) {
+        if let Some(m) = self.channels.iter_mut().find(|m| m.topic == topic) {
+            m.broadcast_write = broadcast_write;
+            m.presence_write = presence_write;
+        }
+    }
+
     /// The socket is going away: it leaves every channel.
     pub fn close(&mut self) -> Vec<Effect> {
         self.channels.drain(..).map(|m| Effect::leave(&m)).collect()
@@ -304,6 +347,11 @@ impl Session {
                 ))],
                 false => Vec::new(),
             };
+        }
+        // Private channels: without write permission the message is dropped, with no reply even
+        // when ack was asked for (upstream).
+        if member.private && !member.broadcast_write {
+            return Vec::new();
         }
         broadcast(member, msg)
     }
@@ -344,6 +392,10 @@ impl Session {
         }
         if ctx.limits.payload_too_big(payload.to_string().len()) {
             return self.shut_down(member, "Track message size exceeded");
+        }
+        // Private channels: presence needs write permission; without it the reply is an error.
+        if member.private && !member.presence_write {
+            return vec![reply(false, json!({}))];
         }
         let event = payload
             .get("event")
@@ -425,12 +477,6 @@ impl Session {
             effects.push(error("ChannelRateLimitReached: Too many channels".into()));
         } else if let Err(err) = &token {
             effects.push(error(err.join_reason()));
-        } else if config.private {
-            // Private channels need the replicator's RLS check, which is not built yet: refuse
-            // rather than let anyone in.
-            effects.push(error(format!(
-                "Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}"
-            )));
         } else {
             let (exp, token_tail, claims) = token.expect("checked above");
             let presence_key = if config.presence_key.is_empty() {
@@ -449,6 +495,9 @@ impl Session {
                 token_tail,
                 presence_window: (0, 0),
                 postgres: !config.postgres_changes.is_empty(),
+                private: config.private,
+                broadcast_write: false,
+                presence_write: false,
             });
             // Each binding echoed as received, in order, with its id (PROTOCOL.md 3.1).
             let echoed: Vec<Value> = config
@@ -472,8 +521,12 @@ impl Session {
                 presence_state: config.presence_enabled,
                 postgres: (!config.postgres_changes.is_empty()).then(|| PostgresJoin {
                     bindings: config.postgres_changes.clone(),
-                    claims,
+                    claims: claims.clone(),
                     wait: config.postgres_wait,
+                }),
+                private: config.private.then_some(PrivateJoin {
+                    claims,
+                    presence: config.presence_enabled,
                 }),
             });
         }
@@ -669,12 +722,80 @@ mod tests {
             sent(&e)[0][4],
             json!({"status":"error","response":{"reason":"unmatched topic"}})
         );
-        let e = join(&mut s, "3", "realtime:secret", json!({"private": true}));
+        assert!(s.channels.is_empty());
+    }
+
+    #[test]
+    fn private_joins_wait_for_the_policies_and_honour_write_permissions() {
+        let mut s = session();
+        let e = join(
+            &mut s,
+            "1",
+            "realtime:secret",
+            json!({"private": true, "presence": {"enabled": true}}),
+        );
+        let Effect::Join {
+            reply,
+            private: Some(p),
+            ..
+        } = &e[0]
+        else {
+            panic!("expected a private join: {e:?}");
+        };
+        assert!(p.presence);
+        assert_eq!(p.claims["sub"], "u1");
+        // Refused: the join is undone with upstream's text.
+        let refusal = s.refuse_private("realtime:secret", reply);
+        assert!(s.channels.is_empty());
+        let refusal: Value = serde_json::from_str(&frame::encode(Vsn::V2, &refusal)).unwrap();
         assert_eq!(
-            sent(&e)[0][4]["response"]["reason"],
+            refusal[4]["response"]["reason"],
             "Unauthorized: You do not have permissions to read from this Channel topic: secret"
         );
-        assert!(s.channels.is_empty());
+        // Allowed to read, not to write: broadcasts are dropped even with ack, tracks refused.
+        join(
+            &mut s,
+            "2",
+            "realtime:secret",
+            json!({"private": true, "broadcast": {"ack": true}}),
+        );
+        s.grant_private("realtime:secret", false, false);
+        let b = handle(
+            &mut s,
+            msg(
+                Some("2"),
+                "3",
+                "realtime:secret",
+                "broadcast",
+                json!({"event": "e", "payload": {}}),
+            ),
+        );
+        assert!(b.is_empty());
+        let t = handle(
+            &mut s,
+            msg(
+                Some("2"),
+                "4",
+                "realtime:secret",
+                "presence",
+                json!({"event": "track", "payload": {}}),
+            ),
+        );
+        assert_eq!(sent(&t)[0][4], json!({"status": "error", "response": {}}));
+        s.grant_private("realtime:secret", true, true);
+        let b = handle(
+            &mut s,
+            msg(
+                Some("2"),
+                "5",
+                "realtime:secret",
+                "broadcast",
+                json!({"event": "e", "payload": {}}),
+            ),
+        );
+        assert!(matches!(b[0], Effect::Broadcast { .. }));
+        let e = handle(&mut s, msg(Some("2"), "6", "realtime:secret", "phx_leave", json!({})));
+        assert!(matches!(&e[0], Effect::Leave { private: true, .. }));
     }
 
     #[test]
@@ -927,7 +1048,8 @@ mod tests {
             Effect::Leave {
                 topic: "realtime:a".into(),
                 untrack: true,
-                postgres: false
+                postgres: false,
+                private: false
             }
         );
         assert_eq!(
@@ -935,7 +1057,8 @@ mod tests {
             vec![Effect::Leave {
                 topic: "realtime:b".into(),
                 untrack: false,
-                postgres: false
+                postgres: false,
+                private: false
             }]
         );
         assert!(s.channels.is_empty());

@@ -1,0 +1,84 @@
+// Private channels (Realtime Authorization): RLS policies on realtime.messages, written as in
+// Supabase's guide, decide who may join (read) and who may broadcast or track (write).
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { done, Inbox, joinWithInbox, subscribe, supabase, VSNS } from './clients.mjs';
+import { tokenFor } from '../stack/keys.mjs';
+import { startStack } from '../stack/stack.mjs';
+
+let stack;
+before(async () => {
+  stack = await startStack({ name: 'e2e-private' });
+  await stack.pg.sql(`
+    create role authenticated nologin;
+    grant usage on schema realtime to authenticated;
+    grant select, insert on realtime.messages to authenticated;
+    create policy "team members receive" on realtime.messages for select to authenticated
+      using (realtime.topic() like 'team-' || (current_setting('request.jwt.claims', true)::jsonb ->> 'team') || '-%');
+    create policy "team writers broadcast" on realtime.messages for insert to authenticated
+      with check (extension = 'broadcast'
+        and realtime.topic() like 'team-' || (current_setting('request.jwt.claims', true)::jsonb ->> 'team') || '-%'
+        and coalesce((current_setting('request.jwt.claims', true)::jsonb ->> 'writer')::bool, false));
+    create policy "presence except in quiet rooms" on realtime.messages for insert to authenticated
+      with check (extension = 'presence' and realtime.topic() not like '%-quiet');
+  `);
+});
+after(async () => {
+  await stack?.stop();
+});
+
+const user = (team, extra = {}, vsn = '2.0.0') => supabase(stack.url, tokenFor('authenticated', { team, ...extra }), vsn);
+const PRIVATE = { private: true };
+
+for (const vsn of VSNS) {
+  test(`vsn ${vsn}: the read policy admits team members and refuses others with upstream's text`, async () => {
+    const member = user('a', {}, vsn);
+    const outsider = user('b', {}, vsn);
+    try {
+      await joinWithInbox(member, 'team-a-room', PRIVATE);
+      const refused = await subscribe(outsider.channel('team-a-room', { config: PRIVATE })).catch((e) => e);
+      assert.match(refused.message, /CHANNEL_ERROR: Unauthorized: You do not have permissions to read from this Channel topic: team-a-room$/);
+    } finally {
+      await done(member, outsider);
+    }
+  });
+}
+
+test("a reader's broadcasts are dropped; a writer's arrive; public and private rooms stay apart", async () => {
+  const writer = user('a', { writer: true });
+  const reader = user('a');
+  const observer = user('a');
+  const publicMember = supabase(stack.url, stack.keys.anon);
+  try {
+    const w = await joinWithInbox(writer, 'team-a-chat', PRIVATE);
+    const r = await joinWithInbox(reader, 'team-a-chat', PRIVATE);
+    const o = await joinWithInbox(observer, 'team-a-chat', PRIVATE);
+    const p = await joinWithInbox(publicMember, 'team-a-chat');
+    assert.equal(await r.channel.send({ type: 'broadcast', event: 'dropped', payload: {} }), 'ok');
+    await w.channel.send({ type: 'broadcast', event: 'marker', payload: {} });
+    assert.equal((await o.inbox.next()).event, 'marker', 'the reader\'s message never arrived');
+    assert.equal((await r.inbox.next()).event, 'marker');
+    // Broadcast from the database to the private room reaches its members, not the public room.
+    await stack.pg.sql(`select realtime.send('{"n": 1}', 'from-db', 'team-a-chat')`);
+    await stack.pg.sql(`select realtime.send('{"n": 2}', 'public-marker', 'team-a-chat', false)`);
+    assert.equal((await o.inbox.next()).event, 'from-db');
+    assert.equal((await p.inbox.next()).event, 'public-marker', 'the public room got no private message');
+    assert.equal(p.inbox.items.length, 0);
+  } finally {
+    await done(writer, reader, observer, publicMember);
+  }
+});
+
+test('presence is allowed separately from broadcast', async () => {
+  const client = user('a');
+  try {
+    const open = client.channel('team-a-lobby', { config: { ...PRIVATE, presence: { key: 'u1' } } });
+    await subscribe(open);
+    assert.equal(await open.track({ at: 1 }), 'ok');
+    const quiet = client.channel('team-a-quiet', { config: { ...PRIVATE, presence: { key: 'u1' } } });
+    await subscribe(quiet);
+    assert.equal(await quiet.track({ at: 1 }), 'error');
+  } finally {
+    await done(client);
+  }
+});
