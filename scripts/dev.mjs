@@ -13,6 +13,8 @@ await stack.pg.sql(`
   exception when duplicate_object then null; end $$;
   create table if not exists public.messages (id bigserial primary key, body text, created_at timestamptz default now());
   grant select on public.messages to anon, authenticated, service_role;
+  grant usage on schema realtime to anon, authenticated, service_role;
+  grant select, insert, update on realtime.messages to anon, authenticated, service_role;
   alter publication supabase_realtime add table public.messages;`).catch((e) => log(`setting up the demo table: ${e.message}`));
 
 let stopping = false;

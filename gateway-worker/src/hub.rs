@@ -480,6 +480,8 @@ impl SocketHub {
                     let join_ref = session.membership(&topic).and_then(|m| m.join_ref.clone());
                     to_client(&postgres_system_message(join_ref.as_deref(), &topic, outcome));
                 }
+                // Handled before: see `authorize_private_joins`.
+                Effect::PrivateClaims { .. } => {}
                 Effect::Disconnect => disconnect = true,
             }
         }
@@ -489,11 +491,29 @@ impl SocketHub {
         Ok(disconnect)
     }
 
-    /// Asks the replicator what the policies allow on each private channel being joined: a join
-    /// they do not let read becomes its refusal; an allowed one records what may be written.
+    /// Asks the replicator what the policies allow on each private channel being joined (or whose
+    /// token changed): a join they do not let read becomes its refusal, a refreshed channel that
+    /// lost read is shut down; otherwise what may be written is recorded.
     async fn authorize_private_joins(&self, session: &mut Session, effects: Vec<Effect>) -> Vec<Effect> {
         let mut out = Vec::with_capacity(effects.len());
         for effect in effects {
+            if let Effect::PrivateClaims { topic, claims } = &effect {
+                let request = Authorize {
+                    topic: topic.strip_prefix("realtime:").unwrap_or(topic).to_string(),
+                    claims: claims.clone(),
+                    headers: Default::default(),
+                    extensions: vec![Extension::Broadcast, Extension::Presence],
+                };
+                match replicator::authorize(&self.env, &request).await {
+                    Some(answer) if !answer.read.is_empty() => session.grant_private(
+                        topic,
+                        answer.write.contains(&Extension::Broadcast),
+                        answer.write.contains(&Extension::Presence),
+                    ),
+                    _ => out.extend(session.lose_private(topic)),
+                }
+                continue;
+            }
             let Effect::Join {
                 topic,
                 reply,

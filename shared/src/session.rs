@@ -134,6 +134,9 @@ pub enum Effect {
     Untrack { topic: String },
     /// The channel's token changed: its Postgres Changes subscriptions now see rows as `claims`.
     PostgresClaims { topic: String, claims: Map<String, Value> },
+    /// The token of a private channel changed: the hub asks the policies again, and the channel
+    /// keeps its place ([`Session::grant_private`]) or is shut down ([`Session::lose_private`]).
+    PrivateClaims { topic: String, claims: Map<String, Value> },
     /// Close the socket (code 1001), after the effects before this one.
     Disconnect,
 }
@@ -275,13 +278,20 @@ impl Session {
                     m.exp = claims.exp;
                     m.token_tail = token_tail(token);
                 }
-                match member.postgres {
-                    true => vec![Effect::PostgresClaims {
+                let mut effects = Vec::new();
+                if member.private {
+                    effects.push(Effect::PrivateClaims {
+                        topic: member.topic.clone(),
+                        claims: claims.all.clone(),
+                    });
+                }
+                if member.postgres {
+                    effects.push(Effect::PostgresClaims {
                         topic: member.topic.clone(),
                         claims: claims.all,
-                    }],
-                    false => Vec::new(),
+                    });
                 }
+                effects
             }
             Err(err) => self.shut_down(member, &err.message()),
         }
@@ -319,6 +329,19 @@ impl Session {
             m.broadcast_write = broadcast_write;
             m.presence_write = presence_write;
         }
+    }
+
+    /// After a new token, the policies no longer let this user read the private channel `topic`:
+    /// it is shut down with upstream's message.
+    pub fn lose_private(&mut self, topic: &str) -> Vec<Effect> {
+        let Some(member) = self.membership(topic).cloned() else {
+            return Vec::new();
+        };
+        let sub_topic = topic.strip_prefix("realtime:").unwrap_or(topic);
+        self.shut_down(
+            &member,
+            &format!("You no longer have permission to read from this Channel topic: {sub_topic}"),
+        )
     }
 
     /// The socket is going away: it leaves every channel.

@@ -2,7 +2,8 @@
 // Supabase's guide, decide who may join (read) and who may broadcast or track (write).
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { done, Inbox, joinWithInbox, subscribe, supabase, VSNS } from './clients.mjs';
+import { done, Inbox, joinWithInbox, subscribe, supabase, until, VSNS } from './clients.mjs';
+import { waitFor } from '../stack/process.mjs';
 import { tokenFor } from '../stack/keys.mjs';
 import { startStack } from '../stack/stack.mjs';
 
@@ -78,6 +79,49 @@ test('presence is allowed separately from broadcast', async () => {
     const quiet = client.channel('team-a-quiet', { config: { ...PRIVATE, presence: { key: 'u1' } } });
     await subscribe(quiet);
     assert.equal(await quiet.track({ at: 1 }), 'error');
+  } finally {
+    await done(client);
+  }
+});
+
+test('a broadcast_changes trigger delivers row changes to a private channel', async () => {
+  await stack.pg.sql(`
+    create table public.todos (id int primary key, title text);
+    create function public.todos_changes() returns trigger language plpgsql security definer as $$
+    begin
+      perform realtime.broadcast_changes('team-a-todos', tg_op, tg_op, tg_table_name, tg_table_schema, new, old);
+      return null;
+    end $$;
+    create trigger todos_broadcast after insert or update or delete on public.todos
+      for each row execute function public.todos_changes();`);
+  const client = user('a');
+  try {
+    const { inbox } = await joinWithInbox(client, 'team-a-todos', PRIVATE);
+    await stack.pg.sql(`insert into todos values (1, 'write tests')`);
+    await stack.pg.sql(`update todos set title = 'ship' where id = 1`);
+    const insert = await inbox.next();
+    assert.equal(insert.event, 'INSERT');
+    assert.deepEqual([insert.payload.operation, insert.payload.table, insert.payload.schema], ['INSERT', 'todos', 'public']);
+    assert.deepEqual([insert.payload.record, insert.payload.old_record], [{ id: 1, title: 'write tests' }, null]);
+    assert.equal(insert.meta.id, insert.payload.id);
+    const update = await inbox.next();
+    assert.deepEqual([update.event, update.payload.old_record.title, update.payload.record.title], ['UPDATE', 'write tests', 'ship']);
+  } finally {
+    await done(client);
+  }
+});
+
+test('a new access_token that loses read access closes the channel with upstream\'s text', async () => {
+  const client = user('a');
+  try {
+    const channel = client.channel('team-a-moving', { config: PRIVATE });
+    const system = new Inbox('system');
+    channel.on('system', {}, system.push);
+    await subscribe(channel);
+    await client.realtime.setAuth(tokenFor('authenticated', { team: 'b' }));
+    const shutdown = await until(system, (m) => m.status === 'error');
+    assert.equal(shutdown.message, 'You no longer have permission to read from this Channel topic: team-a-moving');
+    await waitFor('the channel to close', () => channel.state === 'closed');
   } finally {
     await done(client);
   }
