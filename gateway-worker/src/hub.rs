@@ -10,7 +10,7 @@
 //! Presence always goes through the Channel, which holds the registry.
 
 use std::cell::{RefCell, RefMut};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -19,9 +19,9 @@ use sluice_shared::connect::{hub_name, Accepted};
 use sluice_shared::frame::{self, Broadcast, Outbound, Vsn, WireFrame};
 use sluice_shared::internal::{
     bearer_matches, channel_name, Access, Authorize, ChangeBatch, ChangeReceipt, ChannelOp, ChannelResponse, Delivery,
-    Extension, HubEvent, Reauthorize, StreamPosition, Subscribe, Unsubscribe,
+    Extension, HubEvent, Reauthorize, ReplayRequest, StreamPosition, Subscribe, Unsubscribe,
 };
-use sluice_shared::join::{parse_topic, Topic};
+use sluice_shared::join::{parse_topic, Replay, Topic};
 use sluice_shared::jwt::Keys;
 use sluice_shared::limits::{Limits, Rates};
 use sluice_shared::session::{Ctx, Effect, Membership, PostgresJoin, Session};
@@ -107,6 +107,8 @@ pub struct SocketHub {
     last_seen: RefCell<HashMap<String, u64>>,
     /// The tenant's keys and limits, read from the environment once per instance.
     settings: std::cell::OnceCell<(Rc<Keys>, Rc<Limits>)>,
+    /// Per socket, the ids of stored messages it got by replay (transient).
+    replayed: RefCell<HashMap<String, HashSet<String>>>,
     /// The last row change delivered; also in storage under [`CHANGES_POSITION`].
     changes_position: RefCell<Option<StreamPosition>>,
 }
@@ -185,6 +187,7 @@ impl DurableObject for SocketHub {
             last_seen: RefCell::default(),
             settings: Default::default(),
             changes_position: RefCell::new(None),
+            replayed: RefCell::default(),
         }
     }
 
@@ -384,9 +387,9 @@ impl SocketHub {
                     broadcast,
                     include_sender,
                 } => {
-                    let skip = (!include_sender).then_some(session.id.as_str());
+                    let skip = |socket: &str| !include_sender && socket == session.id;
                     let room = (room_of(session, &topic), topic);
-                    let sent = fan_out(&self.index(), &room, &Deliverable::Broadcast(&broadcast), skip);
+                    let sent = fan_out(&self.index(), &room, &Deliverable::Broadcast(&broadcast), &skip);
                     self.rates.borrow_mut().events.add(Date::now().as_millis(), sent);
                     if self.peers.borrow().get(&room) != Some(&0) {
                         later.push((room, ChannelOp::Broadcast { broadcast }));
@@ -397,7 +400,7 @@ impl SocketHub {
                     reply,
                     presence_state,
                     postgres,
-                    private: _,
+                    private,
                 } => {
                     let ops = if presence_state {
                         vec![ChannelOp::Subscribe, ChannelOp::PresenceState]
@@ -419,6 +422,9 @@ impl SocketHub {
                     if presence_state {
                         let state = state.unwrap_or_else(|| serde_json::json!({}));
                         to_client(&frame::push(join_ref.as_deref(), &topic, "presence_state", state));
+                    }
+                    if let Some(replay) = private.as_ref().and_then(|p| p.replay) {
+                        self.replay(ws, session, &topic, replay).await;
                     }
                     if let Some(pg) = &postgres {
                         let outcome = match registered {
@@ -552,6 +558,27 @@ impl SocketHub {
         out
     }
 
+    /// Sends a private channel's stored messages, oldest first (PROTOCOL.md 5.5), and remembers
+    /// their ids so their live copies are not delivered again.
+    async fn replay(&self, ws: &WebSocket, session: &Session, topic: &str, replay: Replay) {
+        let request = ReplayRequest {
+            topic: topic.strip_prefix("realtime:").unwrap_or(topic).to_string(),
+            since: replay.since,
+            limit: replay.limit,
+        };
+        let messages = replicator::replay(&self.env, &request).await;
+        let mut replayed = self.replayed.borrow_mut();
+        let ids = replayed.entry(session.id.clone()).or_default();
+        for broadcast in messages {
+            if let Some(id) = message_id(&broadcast) {
+                ids.insert(id.to_string());
+            }
+            if let Some(frame) = frame::encode_broadcast(session.vsn, topic, &broadcast) {
+                send(ws, frame);
+            }
+        }
+    }
+
     /// Registers a channel's bindings with the replicator; `Err` is the client's error text.
     async fn subscribe(&self, session: &Session, topic: &str, pg: &PostgresJoin) -> std::result::Result<(), String> {
         let request = Subscribe {
@@ -666,12 +693,17 @@ impl SocketHub {
         for event in delivery.events {
             match event {
                 HubEvent::Broadcast { broadcast } => {
-                    let sent = fan_out(&index, &room, &Deliverable::Broadcast(&broadcast), None);
+                    // A stored message a socket already got by replay is not delivered again.
+                    let replayed = self.replayed.borrow();
+                    let id = message_id(&broadcast);
+                    let skip =
+                        |socket: &str| id.is_some_and(|id| replayed.get(socket).is_some_and(|ids| ids.contains(id)));
+                    let sent = fan_out(&index, &room, &Deliverable::Broadcast(&broadcast), &skip);
                     self.rates.borrow_mut().events.add(Date::now().as_millis(), sent);
                 }
                 HubEvent::PresenceDiff { diff } => {
                     let out = frame::fanout(&delivery.topic, "presence_diff", diff);
-                    let sent = fan_out(&index, &room, &Deliverable::Push(&out), None);
+                    let sent = fan_out(&index, &room, &Deliverable::Push(&out), &|_| false);
                     self.rates.borrow_mut().presence.add(Date::now().as_millis(), sent);
                 }
                 HubEvent::Peers { peers } => {
@@ -688,6 +720,7 @@ impl SocketHub {
         };
         self.index().remove(&session.id);
         self.last_seen.borrow_mut().remove(&session.id);
+        self.replayed.borrow_mut().remove(&session.id);
         let effects = session.close();
         let _ = ws.serialize_attachment(&session);
         self.perform(ws, &session, effects).await?;
@@ -728,7 +761,7 @@ enum Deliverable<'a> {
 }
 
 /// Delivers to this hub's members of a room, encoding once per serializer; counts the sends.
-fn fan_out(index: &Index, room: &Room, what: &Deliverable, skip: Option<&str>) -> u64 {
+fn fan_out(index: &Index, room: &Room, what: &Deliverable, skip: &dyn Fn(&str) -> bool) -> u64 {
     let Some(members) = index.topics.get(room) else {
         return 0;
     };
@@ -736,7 +769,7 @@ fn fan_out(index: &Index, room: &Room, what: &Deliverable, skip: Option<&str>) -
     let mut sent = 0;
     let mut encoded: [Option<Option<WireFrame>>; 2] = [None, None];
     for socket_id in members {
-        if Some(socket_id.as_str()) == skip {
+        if skip(socket_id) {
             continue;
         }
         let Some((ws, vsn)) = index.sockets.get(socket_id) else {
@@ -771,6 +804,14 @@ fn postgres_system_message(join_ref: Option<&str>, topic: &str, outcome: std::re
         "system",
         serde_json::json!({"extension": "postgres_changes", "status": status, "message": message, "channel": sub_topic}),
     )
+}
+
+/// The `meta.id` of a broadcast from the database.
+fn message_id(broadcast: &Broadcast) -> Option<&str> {
+    match broadcast {
+        Broadcast::User(user) => user.meta.as_ref()?.get("id")?.as_str(),
+        Broadcast::Json(_) => None,
+    }
 }
 
 /// The room of one of the session's channels (public if it has left already).

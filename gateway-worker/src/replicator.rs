@@ -3,7 +3,10 @@
 //! channels.
 
 use serde::Serialize;
-use sluice_shared::internal::{Authorize, Authorized, Reauthorize, Subscribe, Subscribed, Unsubscribe};
+use sluice_shared::frame::Broadcast;
+use sluice_shared::internal::{
+    Authorize, Authorized, Reauthorize, ReplayRequest, Replayed, Subscribe, Subscribed, Unsubscribe,
+};
 use worker::*;
 
 use crate::config;
@@ -64,6 +67,27 @@ pub async fn authorize(env: &Env, request: &Authorize) -> Option<Authorized> {
         }
     };
     res.json().await.ok()
+}
+
+/// A private channel's stored messages to replay; none (logged) when the replicator cannot say.
+pub async fn replay(env: &Env, request: &ReplayRequest) -> Vec<Broadcast> {
+    match call(env, Method::Post, "/v1/replay", request).await {
+        Ok(mut res) if res.status_code() == 200 => match res.json::<Replayed>().await {
+            Ok(replayed) => replayed.messages,
+            Err(e) => {
+                console_error!("the replicator answered a replay with bad JSON: {e}");
+                Vec::new()
+            }
+        },
+        Ok(res) => {
+            console_error!("the replicator answered a replay with {}", res.status_code());
+            Vec::new()
+        }
+        Err(problem) => {
+            console_error!("replaying messages: {problem}");
+            Vec::new()
+        }
+    }
 }
 
 /// Removes a channel's (or a socket's) bindings. Failures are logged: the replicator also drops

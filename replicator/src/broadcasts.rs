@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use sluice_shared::filter::Cell;
 use sluice_shared::frame::{Broadcast, Encoding, UserBroadcast};
-use sluice_shared::internal::{Access, DbMessage};
+use sluice_shared::internal::{Access, DbMessage, ReplayRequest};
 use sluice_shared::subscription::Action;
 
 use crate::payload::RowChange;
@@ -63,6 +63,43 @@ pub fn from_change(change: &RowChange) -> Option<DbBroadcast> {
             }),
         },
     })
+}
+
+/// A private channel's stored broadcasts since `since` (epoch ms), the newest `limit`, oldest
+/// first, marked `replayed` (PROTOCOL.md 5.5).
+pub async fn replay(
+    db: &tokio_postgres::Client,
+    request: &ReplayRequest,
+) -> Result<Vec<Broadcast>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "select id::text, event, payload::text, binary_payload from (
+                 select id, event, payload, binary_payload, inserted_at from realtime.messages
+                 where topic = $1 and private and extension = 'broadcast'
+                   and inserted_at >= (to_timestamp($2::bigint / 1000.0) at time zone 'UTC')
+                 order by inserted_at desc limit $3) newest
+             order by inserted_at",
+            &[&request.topic, &request.since, &i64::from(request.limit)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            let id: String = row.get(0);
+            let event: Option<String> = row.get(1);
+            let (encoding, payload) = match (row.get::<_, Option<String>>(2), row.get::<_, Option<Vec<u8>>>(3)) {
+                (Some(json), _) => (Encoding::Json, json.into_bytes()),
+                (None, Some(bytes)) => (Encoding::Binary, bytes),
+                (None, None) => return None,
+            };
+            Some(Broadcast::User(UserBroadcast {
+                event: event?,
+                encoding,
+                payload,
+                meta: json!({ "id": id, "replayed": true }).as_object().cloned(),
+            }))
+        })
+        .collect())
 }
 
 /// `\x0102ff` (bytea's hex text form) as bytes.

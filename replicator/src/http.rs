@@ -14,13 +14,15 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{error, warn};
 
-use sluice_shared::internal::{bearer_matches, Authorize, Reauthorize, Subscribe, Subscribed, Unsubscribe};
+use sluice_shared::internal::{
+    bearer_matches, Authorize, Reauthorize, ReplayRequest, Replayed, Subscribe, Subscribed, Unsubscribe,
+};
 
-use crate::authorization;
 use crate::db::Db;
 use crate::registry::{ChannelKey, Registry, Sub};
 use crate::stream::{Stats, SYNC_PREFIX};
 use crate::subscriptions::{self, Refused, Registration};
+use crate::{authorization, broadcasts};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -43,6 +45,7 @@ pub fn router(state: AppState) -> Router {
             post(register).patch(reauthorize).delete(unregister),
         )
         .route("/v1/authorize", post(authorize_channel))
+        .route("/v1/replay", post(replay))
         .with_state(state)
 }
 
@@ -163,6 +166,18 @@ async fn authorize_channel(State(state): State<AppState>, headers: HeaderMap, Js
     .await;
     match outcome {
         Ok(answer) => (StatusCode::OK, Json(json!(answer))),
+        Err(e) => database_error(e),
+    }
+}
+
+/// `POST /v1/replay`: a private channel's stored broadcasts (the hub checked read access).
+async fn replay(State(state): State<AppState>, headers: HeaderMap, Json(body): Json<ReplayRequest>) -> Answer {
+    if let Err(denied) = authorize(&state, &headers) {
+        return denied;
+    }
+    let found = async { broadcasts::replay(&*state.db.client().await?, &body).await }.await;
+    match found {
+        Ok(messages) => (StatusCode::OK, Json(json!(Replayed { messages }))),
         Err(e) => database_error(e),
     }
 }

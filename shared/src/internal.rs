@@ -8,7 +8,8 @@
 //!   [`Subscribed`] once the subscription is live, or 422 with the client's `system` error text),
 //!   `PATCH /v1/subscriptions` with a [`Reauthorize`] (new claims, answered the same way),
 //!   `DELETE /v1/subscriptions` with an [`Unsubscribe`]; `POST /v1/authorize` with an
-//!   [`Authorize`] (private channels), answered with [`Authorized`].
+//!   [`Authorize`] (private channels), answered with [`Authorized`]; `POST /v1/replay` with a
+//!   [`ReplayRequest`], answered with [`Replayed`].
 //! - Replicator → gateway: `POST /internal/v1/changes/{hub}` with a [`ChangeBatch`], answered
 //!   with a [`ChangeReceipt`]; `POST /internal/v1/broadcasts` with [`DbBroadcasts`] (broadcasts
 //!   from the database for one channel), relayed by its Channel. Both carry
@@ -174,6 +175,21 @@ impl Extension {
             Extension::Presence => "presence",
         }
     }
+}
+
+/// Asks the replicator for a private channel's stored broadcasts (`realtime.messages`) since
+/// `since` (epoch ms), the newest `limit`; answered with [`Replayed`], oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplayRequest {
+    pub topic: String,
+    pub since: i64,
+    pub limit: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Replayed {
+    /// User broadcasts with meta `{"id": ..., "replayed": true}`.
+    pub messages: Vec<Broadcast>,
 }
 
 /// The answer to an [`Authorize`]: the extensions the user may read, and may write.

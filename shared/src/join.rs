@@ -89,6 +89,25 @@ pub fn parse_join(payload: &Value) -> JoinConfig {
 }
 
 /// `true`/`false`, or the strings `"true"`/`"false"` in any case.
+/// Replay asked for at join (`config.broadcast.replay`): messages since `since` (epoch ms), at
+/// most `limit` (clamped to 1..=25 as upstream, default 25).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replay {
+    pub since: i64,
+    pub limit: u32,
+}
+
+/// The replay parameters, or `None` when they are not valid (`since` must be an integer,
+/// `limit` an integer when given).
+pub fn parse_replay(value: &Value) -> Option<Replay> {
+    let since = value.get("since").and_then(Value::as_i64)?;
+    let limit = match value.get("limit") {
+        None | Some(Value::Null) => 25,
+        Some(v) => v.as_i64()?.clamp(1, 25) as u32,
+    };
+    Some(Replay { since, limit })
+}
+
 fn lenient_bool(v: &Value) -> Option<bool> {
     match v {
         Value::Bool(b) => Some(*b),
@@ -137,6 +156,22 @@ mod tests {
             Value::Object(c.postgres_changes[0].clone()),
             json!({"event": "INSERT", "schema": "public", "table": "t", "select": ["id"]})
         );
+    }
+
+    #[test]
+    fn replay_params() {
+        assert_eq!(parse_replay(&json!({"since": 5})), Some(Replay { since: 5, limit: 25 }));
+        assert_eq!(
+            parse_replay(&json!({"since": 5, "limit": 100})),
+            Some(Replay { since: 5, limit: 25 })
+        );
+        assert_eq!(
+            parse_replay(&json!({"since": 5, "limit": 0})),
+            Some(Replay { since: 5, limit: 1 })
+        );
+        assert!(parse_replay(&json!({"since": "yesterday"})).is_none());
+        assert!(parse_replay(&json!({"limit": 3})).is_none());
+        assert!(parse_replay(&json!({"since": 1, "limit": "x"})).is_none());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::frame::{self, Broadcast, Inbound, InboundPayload, Outbound, Vsn};
-use crate::join::{parse_join, parse_topic, Topic};
+use crate::join::{parse_join, parse_replay, parse_topic, Replay, Topic};
 use crate::jwt::{AuthError, Claims, Keys};
 use crate::limits::{Limits, Rates};
 use crate::subscription::binding_id;
@@ -158,6 +158,8 @@ pub struct PrivateJoin {
     pub claims: Map<String, Value>,
     /// Whether presence is enabled (its read permission then also admits the join).
     pub presence: bool,
+    /// Stored messages to send right after the reply.
+    pub replay: Option<Replay>,
 }
 
 impl Effect {
@@ -500,6 +502,12 @@ impl Session {
             effects.push(error("ChannelRateLimitReached: Too many channels".into()));
         } else if let Err(err) = &token {
             effects.push(error(err.join_reason()));
+        } else if config.replay.is_some() && !config.private {
+            effects.push(error(
+                "UnableToReplayMessages: Replay is not allowed for public channels".into(),
+            ));
+        } else if config.replay.as_ref().is_some_and(|r| parse_replay(r).is_none()) {
+            effects.push(error("UnableToReplayMessages: Replay params are not valid".into()));
         } else {
             let (exp, token_tail, claims) = token.expect("checked above");
             let presence_key = if config.presence_key.is_empty() {
@@ -550,6 +558,7 @@ impl Session {
                 private: config.private.then_some(PrivateJoin {
                     claims,
                     presence: config.presence_enabled,
+                    replay: config.replay.as_ref().and_then(parse_replay),
                 }),
             });
         }
@@ -739,6 +748,26 @@ mod tests {
         assert_eq!(
             sent(&e)[0][4]["response"]["reason"],
             "TopicNameRequired: You must provide a topic name"
+        );
+        let e = join(
+            &mut s,
+            "4",
+            "realtime:pub",
+            json!({"broadcast": {"replay": {"since": 1}}}),
+        );
+        assert_eq!(
+            sent(&e)[0][4]["response"]["reason"],
+            "UnableToReplayMessages: Replay is not allowed for public channels"
+        );
+        let e = join(
+            &mut s,
+            "5",
+            "realtime:priv",
+            json!({"private": true, "broadcast": {"replay": {"since": "x"}}}),
+        );
+        assert_eq!(
+            sent(&e)[0][4]["response"]["reason"],
+            "UnableToReplayMessages: Replay params are not valid"
         );
         let e = join(&mut s, "2", "room1", json!({}));
         assert_eq!(

@@ -126,3 +126,25 @@ test('a new access_token that loses read access closes the channel with upstream
     await done(client);
   }
 });
+
+for (const vsn of VSNS) {
+  test(`vsn ${vsn}: replay sends the newest stored messages oldest first, marked replayed, and live ones once`, async () => {
+    const topic = `team-a-replay-${vsn.replace(/\./g, '')}`;
+    const since = Date.now() - 60_000;
+    for (const n of [1, 2, 3]) await stack.pg.sql(`select realtime.send($1::jsonb, 'm', $2)`, [JSON.stringify({ n }), topic]);
+    const client = user('a', {}, vsn);
+    try {
+      const { inbox } = await joinWithInbox(client, topic, { ...PRIVATE, broadcast: { replay: { since, limit: 2 } } });
+      const [first, second] = [await inbox.next(), await inbox.next()];
+      assert.deepEqual([first.payload.n, second.payload.n], [2, 3]);
+      assert.deepEqual([first.meta.replayed, first.meta.id], [true, first.payload.id]);
+      await stack.pg.sql(`select realtime.send('{"n": 4}', 'm', $1)`, [topic]);
+      const live = await inbox.next();
+      assert.equal(live.payload.n, 4);
+      assert.equal(live.meta.replayed, undefined);
+      assert.equal(inbox.items.length, 0, 'nothing delivered twice');
+    } finally {
+      await done(client);
+    }
+  });
+}
