@@ -4,20 +4,22 @@
 use std::collections::BTreeMap;
 
 use futures_util::future::join_all;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use sluice_shared::connect::tenant_from_host;
 use sluice_shared::frame::Broadcast;
-use sluice_shared::internal::{bearer_matches, channel_name, Access, ChannelOp, ChannelRequest, DbBroadcasts};
+use sluice_shared::internal::{
+    bearer_matches, channel_name, Access, Authorize, ChannelOp, ChannelRequest, DbBroadcasts, Extension,
+};
 use sluice_shared::rest::{self, Refusal};
 use worker::*;
 
 use crate::config::{self, CHANNEL};
-use crate::{outbox, rpc};
+use crate::{outbox, replicator, rpc};
 
 /// `POST /api/broadcast`: many text broadcasts, each to its topic's channel.
 pub async fn broadcast_batch(mut req: Request, env: &Env) -> Result<Response> {
-    let tenant = match authenticate(&req, env) {
-        Ok(tenant) => tenant,
+    let (tenant, claims) = match authenticate(&req, env) {
+        Ok(caller) => caller,
         Err(refusal) => return answer(refusal),
     };
     let body = req.bytes().await?;
@@ -25,39 +27,57 @@ pub async fn broadcast_batch(mut req: Request, env: &Env) -> Result<Response> {
         Ok(messages) => messages,
         Err(refusal) => return answer(refusal),
     };
-    // Private channels need the RLS write check of Realtime Authorization, not built yet:
-    // like upstream's unauthorized private messages, they are skipped.
-    let mut per_topic: BTreeMap<String, Vec<Broadcast>> = BTreeMap::new();
-    for m in messages.into_iter().filter(|m| !m.private) {
-        per_topic.entry(m.topic).or_default().push(m.broadcast);
+    let mut per_room: BTreeMap<(Access, String), Vec<Broadcast>> = BTreeMap::new();
+    for m in messages {
+        let access = if m.private { Access::Private } else { Access::Public };
+        per_room.entry((access, m.topic)).or_default().push(m.broadcast);
     }
-    let sends = per_topic
-        .into_iter()
-        .map(|(topic, broadcasts)| relay(env, &tenant, topic, broadcasts));
-    for result in join_all(sends).await {
+    // Private topics the caller may not write to are skipped, as upstream.
+    let mut allowed = Vec::new();
+    for ((access, topic), broadcasts) in per_room {
+        if access == Access::Public || may_write(env, &topic, &claims).await {
+            allowed.push(relay(env, &tenant, access, topic, broadcasts));
+        }
+    }
+    for result in join_all(allowed).await {
         result?;
     }
     accepted()
 }
 
+/// Whether the caller's claims may broadcast to the private channel `topic` (the RLS policies on
+/// `realtime.messages`, asked through the replicator).
+async fn may_write(env: &Env, topic: &str, claims: &Map<String, Value>) -> bool {
+    let request = Authorize {
+        topic: topic.to_string(),
+        claims: claims.clone(),
+        headers: Default::default(),
+        extensions: vec![Extension::Broadcast],
+    };
+    replicator::authorize(env, &request)
+        .await
+        .is_some_and(|answer| answer.write.contains(&Extension::Broadcast))
+}
+
 /// `POST /api/broadcast/:topic/events/:event`: one user broadcast, JSON or binary.
 pub async fn broadcast_single(mut req: Request, env: &Env, topic: String, event: String) -> Result<Response> {
-    let tenant = match authenticate(&req, env) {
-        Ok(tenant) => tenant,
+    let (tenant, claims) = match authenticate(&req, env) {
+        Ok(caller) => caller,
         Err(refusal) => return answer(refusal),
     };
     let private = req.url()?.query_pairs().any(|(k, v)| k == "private" && v == "true");
-    if private {
+    if private && !may_write(env, &topic, &claims).await {
         return answer(Refusal {
             status: 403,
             body: json!({"message": "Unauthorized"}),
         });
     }
+    let access = if private { Access::Private } else { Access::Public };
     let content_type = req.headers().get("content-type")?;
     let body = req.bytes().await?;
     match rest::single_broadcast(&event, content_type.as_deref(), &body) {
         Ok(broadcast) => {
-            relay(env, &tenant, topic, vec![broadcast]).await?;
+            relay(env, &tenant, access, topic, vec![broadcast]).await?;
             accepted()
         }
         Err(refusal) => answer(refusal),
@@ -118,7 +138,8 @@ pub fn preflight() -> Result<Response> {
 }
 
 /// The tenant of a request whose token verifies with the tenant secret.
-fn authenticate(req: &Request, env: &Env) -> std::result::Result<String, Refusal> {
+/// The caller's tenant and verified claims.
+fn authenticate(req: &Request, env: &Env) -> std::result::Result<(String, Map<String, Value>), Refusal> {
     let headers = req.headers();
     let (authorization, apikey) = (
         headers.get("authorization").ok().flatten(),
@@ -130,14 +151,14 @@ fn authenticate(req: &Request, env: &Env) -> std::result::Result<String, Refusal
         Refusal::unauthorized()
     })?;
     let now_secs = (Date::now().as_millis() / 1000) as i64;
-    keys.verify(token, now_secs).map_err(|_| Refusal::unauthorized())?;
+    let claims = keys.verify(token, now_secs).map_err(|_| Refusal::unauthorized())?;
     let host = headers.get("host").ok().flatten().unwrap_or_default();
-    Ok(tenant_from_host(&host))
+    Ok((tenant_from_host(&host), claims.all))
 }
 
 /// Hands broadcasts to a public channel, which relays them to every hub with members.
-async fn relay(env: &Env, tenant: &str, sub_topic: String, broadcasts: Vec<Broadcast>) -> Result<()> {
-    let name = channel_name(tenant, Access::Public, &sub_topic);
+async fn relay(env: &Env, tenant: &str, access: Access, sub_topic: String, broadcasts: Vec<Broadcast>) -> Result<()> {
+    let name = channel_name(tenant, access, &sub_topic);
     let request = ChannelRequest {
         hub: "api".into(),
         topic: format!("realtime:{sub_topic}"),

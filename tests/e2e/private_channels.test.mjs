@@ -148,3 +148,27 @@ for (const vsn of VSNS) {
     }
   });
 }
+
+test('REST broadcast to private topics follows the write policy: batch skips, single answers 403', async () => {
+  const member = user('a');
+  const writerToken = tokenFor('authenticated', { team: 'a', writer: true });
+  const readerToken = tokenFor('authenticated', { team: 'a' });
+  const post = (path, token, body) => fetch(`${stack.url}${path}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, apikey: stack.keys.anon, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  try {
+    const { inbox } = await joinWithInbox(member, 'team-a-rest', PRIVATE);
+    const batch = (event) => ({ messages: [{ topic: 'team-a-rest', event, payload: {}, private: true }] });
+    assert.equal((await post('/api/broadcast', readerToken, batch('from-reader'))).status, 202);
+    assert.equal((await post('/api/broadcast', writerToken, batch('from-writer'))).status, 202);
+    assert.equal((await inbox.next()).event, 'from-writer', "the reader's message was skipped");
+    const single = await post('/api/broadcast/team-a-rest/events/single?private=true', readerToken, {});
+    assert.deepEqual([single.status, await single.json()], [403, { message: 'Unauthorized' }]);
+    assert.equal((await post('/api/broadcast/team-a-rest/events/single?private=true', writerToken, { n: 1 })).status, 202);
+    assert.equal((await inbox.next()).event, 'single');
+  } finally {
+    await done(member);
+  }
+});
