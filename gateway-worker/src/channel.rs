@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
+use sluice_shared::frame::Broadcast;
 use sluice_shared::internal::{
     access_of_channel, Access, ChannelOp, ChannelRequest, ChannelResponse, DbBroadcasts, Delivery, HubEvent,
     StreamPosition,
@@ -18,7 +19,7 @@ use sluice_shared::internal::{
 use sluice_shared::presence::{phx_ref, Owner, Registry};
 use worker::*;
 
-use crate::config::SOCKET_HUB;
+use crate::config::{self, SOCKET_HUB};
 use crate::{random, rpc};
 
 #[derive(Default, Serialize, Deserialize)]
@@ -79,6 +80,9 @@ impl Channel {
         let relayed: Option<StreamPosition> = storage.get(RELAYED_KEY).await.unwrap_or(None);
         let mut last = relayed.clone();
         let mut events = Vec::new();
+        let name = self.state.id().name().unwrap_or_default();
+        let tenant = name.split(':').nth(1).unwrap_or_default();
+        let limits = config::limits(&self.env, tenant).unwrap_or_default();
         for message in batch.messages {
             if relayed
                 .as_ref()
@@ -91,6 +95,16 @@ impl Channel {
                 lsn: message.lsn,
                 seq: message.seq,
             });
+            // Upstream drops (and logs) what is over the tenant's payload size.
+            if let Broadcast::User(user) = &message.broadcast {
+                if limits.payload_too_big(user.payload.len()) {
+                    console_warn!(
+                        "UnableToBroadcastChanges: a message to {} is over the payload size limit",
+                        batch.topic
+                    );
+                    continue;
+                }
+            }
             events.push(HubEvent::Broadcast {
                 broadcast: message.broadcast,
             });

@@ -16,6 +16,8 @@ pub struct Limits {
     pub max_client_presence_events_per_window: u32,
     pub client_presence_window_ms: u64,
     pub max_payload_size_in_kb: u32,
+    /// A tenant setting rather than a limit: refuse joins of public channels.
+    pub private_only: bool,
 }
 
 impl Default for Limits {
@@ -29,6 +31,7 @@ impl Default for Limits {
             max_client_presence_events_per_window: 5,
             client_presence_window_ms: 30_000,
             max_payload_size_in_kb: 3000,
+            private_only: false,
         }
     }
 }

@@ -493,6 +493,8 @@ impl Session {
         ctx.rates.joins.add(ctx.now_ms, 1);
         if sub_topic.is_empty() {
             effects.push(error("TopicNameRequired: You must provide a topic name".into()));
+        } else if ctx.limits.private_only && !config.private {
+            effects.push(error("PrivateOnly: This project only allows private channels".into()));
         } else if self.channels.is_empty() && ctx.users >= ctx.limits.max_concurrent_users {
             effects.push(error("ConnectionRateLimitReached: Too many connected users".into()));
         } else if ctx.rates.joins.exceeds(ctx.now_ms, ctx.limits.max_joins_per_second) {
@@ -748,6 +750,16 @@ mod tests {
         assert_eq!(
             sent(&e)[0][4]["response"]["reason"],
             "TopicNameRequired: You must provide a topic name"
+        );
+        let private_only = Limits {
+            private_only: true,
+            ..Limits::default()
+        };
+        let m = msg(Some("9"), "9", "realtime:open", "phx_join", json!({"config": {}}));
+        let e = handle_with(&mut s, m, NOW as u64 * 1000, &private_only, &mut Rates::default(), 0);
+        assert_eq!(
+            sent(&e)[0][4]["response"]["reason"],
+            "PrivateOnly: This project only allows private channels"
         );
         let e = join(
             &mut s,

@@ -18,7 +18,7 @@ describe('per-socket and size limits', () => {
   let stack;
   before(async () => (stack = await startStack({ name: 'e2e-limits-a', vars: { TENANT_LIMITS: JSON.stringify({ '*': {
     max_channels_per_client: 2, max_concurrent_users: 3, max_payload_size_in_kb: 1, max_client_presence_events_per_window: 3,
-  } }) } })));
+  }, localhost: { private_only: true } }) } })));
   after(async () => stack?.stop());
 
   test('channels per client', async (t) => {
@@ -69,6 +69,21 @@ describe('per-socket and size limits', () => {
     early.ws.send(JSON.stringify(['1', '1', 'realtime:crowd', 'phx_join', { config: {} }]));
     assert.deepEqual((await early.inbox.next())[4], { status: 'error', response: { reason: 'ConnectionRateLimitReached: Too many connected users' } });
     assert.deepEqual(await refusal(stack.url, stack.keys.anon), { status: 429, body: { error: 'Too many connected users' } });
+  });
+
+  test('private_only refuses public joins with upstream\'s text (tenant "localhost" here)', async (t) => {
+    const c = supabase(stack.url.replace('127.0.0.1', 'localhost'), stack.keys.anon);
+    t.after(() => done(c));
+    await assert.rejects(subscribe(c.channel('open')), /CHANNEL_ERROR: PrivateOnly: This project only allows private channels/);
+  });
+
+  test('a broadcast from the database over the payload size is dropped', async (t) => {
+    const c = supabase(stack.url, stack.keys.anon);
+    t.after(() => done(c));
+    const { inbox } = await joinWithInbox(c, 'db-sized');
+    await stack.pg.sql(`select realtime.send(jsonb_build_object('big', repeat('x', 3000)), 'big', 'db-sized', false)`);
+    await stack.pg.sql(`select realtime.send('{}', 'small', 'db-sized', false)`);
+    assert.equal((await inbox.next()).event, 'small');
   });
 });
 
