@@ -7,7 +7,12 @@
 //!
 //! A broadcast goes straight to this hub's own members (the fast path), and through the topic's
 //! Channel Durable Object to other hubs only when that channel said it has members elsewhere.
-//! Presence always goes through the Channel, which holds the registry.
+//! Presence always goes through the Channel, which holds the registry. A topic's public and
+//! private channels are different rooms.
+//!
+//! With the replicator (see [`crate::replicator`]) the hub registers channels' Postgres Changes
+//! bindings, asks what private channels' policies allow, fetches replays, and receives row
+//! changes for its sockets (`/internal/v1/changes`), each delivered once by stream position.
 
 use std::cell::{RefCell, RefMut};
 use std::collections::{BTreeSet, HashMap, HashSet};

@@ -2,14 +2,15 @@
 //! WebSockets at the edge.
 //!
 //! - [`connect`]: the Worker's WebSocket endpoints: tenant, apikey check, routing to a hub.
-//! - [`api`]: the HTTP API: REST broadcast, tenant health.
+//! - [`api`]: the HTTP API: REST broadcast, tenant health; database broadcasts from the replicator.
 //! - [`hub`]: the SocketHub Durable Object, which holds sockets through the Hibernation API.
 //! - [`channel`]: the Channel Durable Object: which hubs have members, presence, relaying.
 //! - [`outbox`]: ordered, coalesced calls from a hub to Channels.
 //! - [`config`]: settings read from the Worker's environment.
 //! - [`random`]: ids from the runtime's randomness.
 //! - [`rpc`]: HTTP calls between Durable Objects.
-//! - [`replicator`]: calls to the replicator (Postgres Changes subscriptions).
+//! - [`replicator`]: calls to the replicator (Postgres Changes subscriptions, authorization,
+//!   replay).
 //!
 //! Protocol logic lives in `sluice-shared`; this crate only moves bytes and state.
 
