@@ -73,7 +73,8 @@ impl DurableObject for Channel {
 impl Channel {
     /// Relays broadcasts from the database to every hub with members, each message once: those at
     /// or below the last relayed position are dropped. Answers 500, without moving the position,
-    /// if a hub could not be reached, so the replicator sends them again (at least once).
+    /// if a hub could not be reached, so the replicator sends them again; hubs that already had
+    /// them drop them by id.
     async fn relay_from_database(&self, batch: DbBroadcasts) -> Result<Response> {
         self.load().await?;
         let storage = self.state.storage();
@@ -105,7 +106,7 @@ impl Channel {
                     continue;
                 }
             }
-            events.push(HubEvent::Broadcast {
+            events.push(HubEvent::DbBroadcast {
                 broadcast: message.broadcast,
             });
         }

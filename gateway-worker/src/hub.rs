@@ -24,7 +24,7 @@ use sluice_shared::connect::{hub_name, Accepted};
 use sluice_shared::frame::{self, Broadcast, Outbound, Vsn, WireFrame};
 use sluice_shared::internal::{
     bearer_matches, channel_name, Access, Authorize, ChangeBatch, ChangeReceipt, ChannelOp, ChannelResponse, Delivery,
-    Extension, HubEvent, Reauthorize, ReplayRequest, StreamPosition, Subscribe, Unsubscribe,
+    Extension, HubEvent, Reauthorize, RecentIds, ReplayRequest, StreamPosition, Subscribe, Unsubscribe,
 };
 use sluice_shared::join::{parse_topic, Replay, Topic};
 use sluice_shared::jwt::Keys;
@@ -114,6 +114,8 @@ pub struct SocketHub {
     settings: std::cell::OnceCell<(Rc<Keys>, Rc<Limits>)>,
     /// Per socket, the ids of stored messages it got by replay (transient).
     replayed: RefCell<HashMap<String, HashSet<String>>>,
+    /// Ids of the database broadcasts delivered lately (transient).
+    recent_db_ids: RefCell<RecentIds>,
     /// The last row change delivered; also in storage under [`CHANGES_POSITION`].
     changes_position: RefCell<Option<StreamPosition>>,
 }
@@ -193,6 +195,7 @@ impl DurableObject for SocketHub {
             settings: Default::default(),
             changes_position: RefCell::new(None),
             replayed: RefCell::default(),
+            recent_db_ids: RefCell::new(RecentIds::new(10_000)),
         }
     }
 
@@ -697,13 +700,21 @@ impl SocketHub {
         let room = (delivery.access, delivery.topic.clone());
         for event in delivery.events {
             match event {
-                HubEvent::Broadcast { broadcast } => {
-                    // A stored message a socket already got by replay is not delivered again.
-                    let replayed = self.replayed.borrow();
+                HubEvent::DbBroadcast { broadcast } => {
+                    // Resent by a Channel whose other hub failed: delivered here already. And a
+                    // stored message a socket already got by replay is not delivered again.
                     let id = message_id(&broadcast);
+                    if id.is_some_and(|id| !self.recent_db_ids.borrow_mut().first_time(id)) {
+                        continue;
+                    }
+                    let replayed = self.replayed.borrow();
                     let skip =
                         |socket: &str| id.is_some_and(|id| replayed.get(socket).is_some_and(|ids| ids.contains(id)));
                     let sent = fan_out(&index, &room, &Deliverable::Broadcast(&broadcast), &skip);
+                    self.rates.borrow_mut().events.add(Date::now().as_millis(), sent);
+                }
+                HubEvent::Broadcast { broadcast } => {
+                    let sent = fan_out(&index, &room, &Deliverable::Broadcast(&broadcast), &|_| false);
                     self.rates.borrow_mut().events.add(Date::now().as_millis(), sent);
                 }
                 HubEvent::PresenceDiff { diff } => {

@@ -102,6 +102,10 @@ pub enum HubEvent {
     Broadcast {
         broadcast: Broadcast,
     },
+    /// A broadcast from the database (its `meta.id` is the message's row id).
+    DbBroadcast {
+        broadcast: Broadcast,
+    },
     PresenceDiff {
         diff: Value,
     },
@@ -145,6 +149,40 @@ pub struct Reauthorize {
     pub socket: String,
     pub topic: String,
     pub claims: Map<String, Value>,
+}
+
+/// The ids of the last `capacity` messages seen: a hub drops a database broadcast it already
+/// delivered (a Channel resends a batch when another hub failed).
+#[derive(Clone, Debug)]
+pub struct RecentIds {
+    order: std::collections::VecDeque<String>,
+    seen: std::collections::HashSet<String>,
+    capacity: usize,
+}
+
+impl RecentIds {
+    pub fn new(capacity: usize) -> RecentIds {
+        RecentIds {
+            order: Default::default(),
+            seen: Default::default(),
+            capacity,
+        }
+    }
+
+    /// Records `id`; whether it was new.
+    pub fn first_time(&mut self, id: &str) -> bool {
+        if self.seen.contains(id) {
+            return false;
+        }
+        if self.order.len() == self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.seen.remove(&oldest);
+            }
+        }
+        self.order.push_back(id.to_string());
+        self.seen.insert(id.to_string());
+        true
+    }
 }
 
 /// Asks the replicator what a user may read (join) and write (broadcast, track) on a private
@@ -291,6 +329,17 @@ mod tests {
     use serde_json::json;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn recent_ids() {
+        let mut r = RecentIds::new(2);
+        assert!(r.first_time("a"));
+        assert!(!r.first_time("a"));
+        assert!(r.first_time("b"));
+        assert!(r.first_time("c"), "a is forgotten now");
+        assert!(r.first_time("a"));
+        assert!(!r.first_time("c"));
+    }
 
     #[test]
     fn positions() {
