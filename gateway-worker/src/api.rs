@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use sluice_shared::connect::tenant_from_host;
 use sluice_shared::frame::Broadcast;
 use sluice_shared::internal::{
-    bearer_matches, channel_name, Access, Authorize, ChannelOp, ChannelRequest, DbBroadcasts, Extension,
+    bearer_matches, channel_name, Access, ChannelOp, ChannelRequest, DbBroadcasts, Extension,
 };
 use sluice_shared::rest::{self, Refusal};
 use worker::*;
@@ -48,13 +48,7 @@ pub async fn broadcast_batch(mut req: Request, env: &Env) -> Result<Response> {
 /// Whether the caller's claims may broadcast to the private channel `topic` (the RLS policies on
 /// `realtime.messages`, asked through the replicator).
 async fn may_write(env: &Env, topic: &str, claims: &Map<String, Value>) -> bool {
-    let request = Authorize {
-        topic: topic.to_string(),
-        claims: claims.clone(),
-        headers: Default::default(),
-        extensions: vec![Extension::Broadcast],
-    };
-    replicator::authorize(env, &request)
+    replicator::authorize(env, topic, claims)
         .await
         .is_some_and(|answer| answer.write.contains(&Extension::Broadcast))
 }

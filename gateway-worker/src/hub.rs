@@ -23,10 +23,10 @@ use percent_encoding::percent_decode_str;
 use sluice_shared::connect::{hub_name, Accepted};
 use sluice_shared::frame::{self, Broadcast, Outbound, Vsn, WireFrame};
 use sluice_shared::internal::{
-    bearer_matches, channel_name, Access, Authorize, ChangeBatch, ChangeReceipt, ChannelOp, ChannelResponse, Delivery,
-    Extension, HubEvent, Reauthorize, RecentIds, ReplayRequest, StreamPosition, Subscribe, Unsubscribe,
+    bearer_matches, channel_name, Access, ChangeBatch, ChangeReceipt, ChannelOp, ChannelResponse, Delivery, Extension,
+    HubEvent, Reauthorize, RecentIds, ReplayRequest, StreamPosition, Subscribe, Unsubscribe,
 };
-use sluice_shared::join::{parse_topic, Replay, Topic};
+use sluice_shared::join::{parse_topic, sub_topic, Replay, Topic};
 use sluice_shared::jwt::Keys;
 use sluice_shared::limits::{Limits, Rates};
 use sluice_shared::session::{Ctx, Effect, Membership, PostgresJoin, Session};
@@ -512,18 +512,8 @@ impl SocketHub {
         let mut out = Vec::with_capacity(effects.len());
         for effect in effects {
             if let Effect::PrivateClaims { topic, claims } = &effect {
-                let request = Authorize {
-                    topic: topic.strip_prefix("realtime:").unwrap_or(topic).to_string(),
-                    claims: claims.clone(),
-                    headers: Default::default(),
-                    extensions: vec![Extension::Broadcast, Extension::Presence],
-                };
-                match replicator::authorize(&self.env, &request).await {
-                    Some(answer) if !answer.read.is_empty() => session.grant_private(
-                        topic,
-                        answer.write.contains(&Extension::Broadcast),
-                        answer.write.contains(&Extension::Presence),
-                    ),
+                match replicator::authorize(&self.env, sub_topic(topic), claims).await {
+                    Some(answer) if !answer.read.is_empty() => session.grant_private(topic, &answer.write),
                     _ => out.extend(session.lose_private(topic)),
                 }
                 continue;
@@ -538,23 +528,13 @@ impl SocketHub {
                 out.push(effect);
                 continue;
             };
-            let request = Authorize {
-                topic: topic.strip_prefix("realtime:").unwrap_or(topic).to_string(),
-                claims: private.claims.clone(),
-                headers: Default::default(),
-                extensions: vec![Extension::Broadcast, Extension::Presence],
-            };
             // Readable broadcast admits the join; readable presence too when presence is on.
             let admits = |read: &[Extension]| {
                 read.contains(&Extension::Broadcast) || (private.presence && read.contains(&Extension::Presence))
             };
-            match replicator::authorize(&self.env, &request).await {
+            match replicator::authorize(&self.env, sub_topic(topic), &private.claims).await {
                 Some(answer) if admits(&answer.read) => {
-                    session.grant_private(
-                        topic,
-                        answer.write.contains(&Extension::Broadcast),
-                        answer.write.contains(&Extension::Presence),
-                    );
+                    session.grant_private(topic, &answer.write);
                     out.push(effect);
                 }
                 _ => {
@@ -570,7 +550,7 @@ impl SocketHub {
     /// their ids so their live copies are not delivered again.
     async fn replay(&self, ws: &WebSocket, session: &Session, topic: &str, replay: Replay) {
         let request = ReplayRequest {
-            topic: topic.strip_prefix("realtime:").unwrap_or(topic).to_string(),
+            topic: sub_topic(topic).to_string(),
             since: replay.since,
             limit: replay.limit,
         };
@@ -813,7 +793,7 @@ fn postgres_system_message(join_ref: Option<&str>, topic: &str, outcome: std::re
         Ok(()) => ("ok", "Subscribed to PostgreSQL".to_string()),
         Err(text) => ("error", text),
     };
-    let sub_topic = topic.strip_prefix("realtime:").unwrap_or(topic);
+    let sub_topic = sub_topic(topic);
     frame::push(
         join_ref,
         topic,

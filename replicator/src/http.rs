@@ -49,6 +49,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// What the client sees when the database cannot answer (upstream's text).
+const UNREACHABLE: &str = "Realtime was unable to connect to the project database";
+
 /// How long a registration waits for the stream to pass it before answering 503.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -147,10 +150,7 @@ async fn live(state: &AppState, channel: &ChannelKey, subs: Vec<(u32, Sub)>, ids
         (StatusCode::OK, Json(json!(Subscribed { ids })))
     } else {
         warn!("the replication stream did not reach a new subscription within {SYNC_TIMEOUT:?}");
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": "Realtime was unable to connect to the project database"})),
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": UNREACHABLE})))
     }
 }
 
@@ -207,10 +207,7 @@ async fn unregister(State(state): State<AppState>, headers: HeaderMap, Json(body
 
 fn database_error(e: tokio_postgres::Error) -> Answer {
     error!("subscription request failed: {e}");
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Json(json!({"error": "Realtime was unable to connect to the project database"})),
-    )
+    (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": UNREACHABLE})))
 }
 
 /// Internal calls carry `Authorization: Bearer <SLUICE_INTERNAL_SECRET>`.

@@ -36,14 +36,7 @@ pub async fn check(db: &Client, config: &Config) -> Result<(), String> {
         return Err(format!("role {user} may not replicate: run ALTER ROLE {user} WITH REPLICATION (as a superuser), or connect as a role that may"));
     }
 
-    let slot_exists = db
-        .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&config.slot],
-        )
-        .await
-        .map_err(sql_error("looking up the slot"))?
-        .is_some();
+    let slot_exists = slot_exists(db, config).await?;
     if !slot_exists {
         let row = db
             .query_one("SELECT current_setting('max_replication_slots')::int, (SELECT count(*)::int FROM pg_replication_slots)", &[])
@@ -60,15 +53,19 @@ pub async fn check(db: &Client, config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-pub async fn prepare_stream(db: &Client, config: &Config) -> Result<(), String> {
-    let slot_exists = db
+async fn slot_exists(db: &Client, config: &Config) -> Result<bool, String> {
+    Ok(db
         .query_opt(
             "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
             &[&config.slot],
         )
         .await
         .map_err(sql_error("looking up the slot"))?
-        .is_some();
+        .is_some())
+}
+
+pub async fn prepare_stream(db: &Client, config: &Config) -> Result<(), String> {
+    let slot_exists = slot_exists(db, config).await?;
     let publication_exists = db
         .query_opt(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",

@@ -101,12 +101,7 @@ pub fn sub_from_row(row: &Row) -> Result<(u32, Sub), String> {
         .transpose()?
         .unwrap_or_default();
     let claims: Value = row.get(8);
-    let action = match row.get::<_, &str>(5) {
-        "INSERT" => Action::Insert,
-        "UPDATE" => Action::Update,
-        "DELETE" => Action::Delete,
-        _ => Action::All,
-    };
+    let action = Action::from_event(row.get(5));
     let sub = Sub {
         channel: ChannelKey {
             hub: row.get(0),

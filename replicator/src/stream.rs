@@ -125,18 +125,16 @@ async fn stream_once(
                     .parse_wal_message(&data)
                     .map_err(|e| format!("decoding pgoutput: {e}"))?
                     .message;
-                if let LogicalReplicationMessage::Relation { relation_id, .. } = &message {
-                    dispatcher.relation_changed(*relation_id);
+                if let Some(relation) = relation_from(&message) {
+                    // A table (re)described: what was cached about it may be stale.
+                    dispatcher.relation_changed(relation.relid);
+                    relations.insert(relation.relid, Arc::new(relation));
+                    continue;
                 }
                 let Some(tx) = transaction.as_mut() else {
-                    if let Some(relation) = relation_from(&message) {
-                        relations.insert(relation.relid, Arc::new(relation));
-                    }
                     continue;
                 };
-                if let Some(relation) = relation_from(&message) {
-                    relations.insert(relation.relid, Arc::new(relation));
-                } else if let Some(change) = row_change(message, &relations, tx.commit_micros, tx.count) {
+                if let Some(change) = row_change(message, &relations, tx.commit_micros, tx.count) {
                     tx.count += 1;
                     if broadcasts::is_messages_table(&change) {
                         tx.broadcasts.extend(broadcasts::from_change(&change));

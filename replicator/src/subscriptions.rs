@@ -6,7 +6,7 @@
 
 use serde_json::{json, Map, Value};
 use sluice_shared::filter::{Condition, Op};
-use sluice_shared::subscription::{self, binding_id, params_to_log, Action, SubscriptionParams};
+use sluice_shared::subscription::{self, binding_id, params_to_log, SubscriptionParams};
 use tokio_postgres::{GenericClient, Transaction};
 
 use crate::registry::{self, ChannelKey, Registry, Sub};
@@ -72,18 +72,7 @@ pub async fn register(
             let relid: u32 = row.get(0);
             let filters = match check(tx, relid, role, &params).await? {
                 Ok(filters) => filters,
-                Err(problem) => {
-                    return Ok(Err(Refused(format!(
-                        "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: [{}]. Exception: {problem}",
-                        params_to_log(&params)
-                    ))))
-                }
-            };
-            let action = match params.action {
-                Action::All => "*",
-                Action::Insert => "INSERT",
-                Action::Update => "UPDATE",
-                Action::Delete => "DELETE",
+                Err(problem) => return Ok(Err(exception(&params, &problem))),
             };
             let row = tx
                 .query_one(
@@ -99,7 +88,7 @@ pub async fn register(
                         &reg.topic,
                         &(id as i64),
                         &relid,
-                        &action,
+                        &params.action.as_str(),
                         &Value::Array(filters),
                         &params.select,
                         &Value::Object(reg.claims.clone()),
@@ -109,17 +98,28 @@ pub async fn register(
                 .await?;
             match registry::sub_from_row(&row) {
                 Ok(sub) => registered.subs.push(sub),
-                Err(problem) => {
-                    return Ok(Err(Refused(format!(
-                        "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: [{}]. Exception: {problem}",
-                        params_to_log(&params)
-                    ))))
-                }
+                Err(problem) => return Ok(Err(exception(&params, &problem))),
             }
         }
         registered.ids.push(id);
     }
     Ok(Ok(registered))
+}
+
+/// Upstream's refusal when the database rejects a subscription, with Postgres's reason.
+fn exception(params: &SubscriptionParams, problem: &str) -> Refused {
+    Refused(format!(
+        "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: [{}]. Exception: {problem}",
+        params_to_log(params)
+    ))
+}
+
+/// Whether `role` is a Postgres role (claims name the role RLS sees rows as).
+async fn role_exists(db: &impl GenericClient, role: &str) -> Result<bool, tokio_postgres::Error> {
+    Ok(db
+        .query_opt("select 1 from pg_roles where rolname = $1", &[&role])
+        .await?
+        .is_some())
 }
 
 /// The filters as stored (`{column, op, negate, values}`, values canonical), or why the bindings
@@ -130,11 +130,7 @@ async fn check(
     role: &str,
     params: &SubscriptionParams,
 ) -> Result<Result<Vec<Value>, String>, tokio_postgres::Error> {
-    if db
-        .query_opt("select 1 from pg_roles where rolname = $1", &[&role])
-        .await?
-        .is_none()
-    {
+    if !role_exists(db, role).await? {
         return Ok(Err(format!("role \"{role}\" does not exist")));
     }
     let columns = params
@@ -203,11 +199,7 @@ pub async fn reauthorize(
     claims: &Map<String, Value>,
 ) -> Result<Result<Vec<(u32, Sub)>, Refused>, tokio_postgres::Error> {
     let role = claims.get("role").and_then(Value::as_str).unwrap_or("anon");
-    if tx
-        .query_opt("select 1 from pg_roles where rolname = $1", &[&role])
-        .await?
-        .is_none()
-    {
+    if !role_exists(tx, role).await? {
         return Ok(Err(Refused(format!("role \"{role}\" does not exist"))));
     }
     let rows = tx

@@ -13,6 +13,11 @@ pub enum Topic<'a> {
     Unmatched,
 }
 
+/// A full topic without its `realtime:` prefix (as `system` messages and policies name it).
+pub fn sub_topic(topic: &str) -> &str {
+    topic.strip_prefix("realtime:").unwrap_or(topic)
+}
+
 pub fn parse_topic(topic: &str) -> Topic<'_> {
     if topic == "phoenix" {
         Topic::Phoenix

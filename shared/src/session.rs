@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::frame::{self, Broadcast, Inbound, InboundPayload, Outbound, Vsn};
-use crate::join::{parse_join, parse_replay, parse_topic, Replay, Topic};
+use crate::internal::Extension;
+use crate::join::{parse_join, parse_replay, parse_topic, sub_topic, Replay, Topic};
 use crate::jwt::{AuthError, Claims, Keys};
 use crate::limits::{Limits, Rates};
 use crate::subscription::binding_id;
@@ -302,7 +303,7 @@ impl Session {
     /// Ends a channel for a fatal reason: `system` error, then `phx_close`, then the leave.
     fn shut_down(&mut self, member: &Membership, message: &str) -> Vec<Effect> {
         self.channels.retain(|m| m.topic != member.topic);
-        let sub_topic = member.topic.strip_prefix("realtime:").unwrap_or(&member.topic);
+        let sub_topic = sub_topic(&member.topic);
         let system = json!({"extension": "system", "status": "error", "message": message, "channel": sub_topic});
         vec![
             Effect::Send(frame::push(member.join_ref.as_deref(), &member.topic, "system", system)),
@@ -315,7 +316,7 @@ impl Session {
     /// and answered with upstream's error.
     pub fn refuse_private(&mut self, topic: &str, reply: &Outbound) -> Outbound {
         self.channels.retain(|m| m.topic != topic);
-        let sub_topic = topic.strip_prefix("realtime:").unwrap_or(topic);
+        let sub_topic = sub_topic(topic);
         frame::reply(
             reply.join_ref.as_deref(),
             reply.ref_.as_deref(),
@@ -325,11 +326,12 @@ impl Session {
         )
     }
 
-    /// The policies let this user into the private channel `topic`, writing what they allow.
-    pub fn grant_private(&mut self, topic: &str, broadcast_write: bool, presence_write: bool) {
+    /// The policies let this user into the private channel `topic`, writing the extensions they
+    /// allow.
+    pub fn grant_private(&mut self, topic: &str, writable: &[Extension]) {
         if let Some(m) = self.channels.iter_mut().find(|m| m.topic == topic) {
-            m.broadcast_write = broadcast_write;
-            m.presence_write = presence_write;
+            m.broadcast_write = writable.contains(&Extension::Broadcast);
+            m.presence_write = writable.contains(&Extension::Presence);
         }
     }
 
@@ -339,7 +341,7 @@ impl Session {
         let Some(member) = self.membership(topic).cloned() else {
             return Vec::new();
         };
-        let sub_topic = topic.strip_prefix("realtime:").unwrap_or(topic);
+        let sub_topic = sub_topic(topic);
         self.shut_down(
             &member,
             &format!("You no longer have permission to read from this Channel topic: {sub_topic}"),
@@ -823,7 +825,7 @@ mod tests {
             "realtime:secret",
             json!({"private": true, "broadcast": {"ack": true}}),
         );
-        s.grant_private("realtime:secret", false, false);
+        s.grant_private("realtime:secret", &[]);
         let b = handle(
             &mut s,
             msg(
@@ -846,7 +848,7 @@ mod tests {
             ),
         );
         assert_eq!(sent(&t)[0][4], json!({"status": "error", "response": {}}));
-        s.grant_private("realtime:secret", true, true);
+        s.grant_private("realtime:secret", &[Extension::Broadcast, Extension::Presence]);
         let b = handle(
             &mut s,
             msg(

@@ -33,6 +33,28 @@ pub enum Action {
     Delete,
 }
 
+impl Action {
+    /// From a binding's `event` (any case); anything else means every event, as upstream.
+    pub fn from_event(event: &str) -> Action {
+        match event.to_ascii_uppercase().as_str() {
+            "INSERT" => Action::Insert,
+            "UPDATE" => Action::Update,
+            "DELETE" => Action::Delete,
+            _ => Action::All,
+        }
+    }
+
+    /// `*`, `INSERT`, `UPDATE` or `DELETE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::All => "*",
+            Action::Insert => "INSERT",
+            Action::Update => "UPDATE",
+            Action::Delete => "DELETE",
+        }
+    }
+}
+
 /// One `column=[not.]op.value` condition. `in` values are kept as a Postgres array literal
 /// (`(a,b)` becomes `{a,b}`), other values unquoted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,12 +110,7 @@ fn canonical(value: &Value) -> String {
 /// The parameters as upstream prints them in subscribe errors:
 /// `event: INSERT, schema: public, table: t, filters: [{"id", "eq", "1", false}], select: nil`.
 pub fn params_to_log(params: &SubscriptionParams) -> String {
-    let event = match params.action {
-        Action::All => "*",
-        Action::Insert => "INSERT",
-        Action::Update => "UPDATE",
-        Action::Delete => "DELETE",
-    };
+    let event = params.action.as_str();
     let quote = |s: &str| Value::String(s.to_string()).to_string();
     let filters: Vec<String> = params
         .filters
@@ -122,17 +139,7 @@ pub fn params_to_log(params: &SubscriptionParams) -> String {
 
 /// Parses one binding as the client sent it.
 pub fn parse(binding: &Map<String, Value>) -> Result<SubscriptionParams, String> {
-    let action = match binding
-        .get("event")
-        .and_then(Value::as_str)
-        .map(str::to_ascii_uppercase)
-        .as_deref()
-    {
-        Some("INSERT") => Action::Insert,
-        Some("UPDATE") => Action::Update,
-        Some("DELETE") => Action::Delete,
-        _ => Action::All,
-    };
+    let action = Action::from_event(binding.get("event").and_then(Value::as_str).unwrap_or("*"));
     let select = match binding.get("select") {
         Some(Value::Array(cols)) => {
             let cols: Vec<String> = cols.iter().filter_map(Value::as_str).map(str::to_string).collect();
