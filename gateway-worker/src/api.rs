@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use futures_util::future::join_all;
 use serde_json::{json, Map, Value};
-use sluice_shared::connect::tenant_from_host;
+use sluice_shared::connect::{self, tenant_from_host};
 use sluice_shared::frame::Broadcast;
 use sluice_shared::internal::{
-    bearer_matches, channel_name, Access, ChannelOp, ChannelRequest, DbBroadcasts, Extension,
+    bearer_matches, channel_name, Access, Authorize, ChannelOp, ChannelRequest, DbBroadcasts, Extension,
 };
 use sluice_shared::rest::{self, Refusal};
 use worker::*;
@@ -18,7 +18,7 @@ use crate::{outbox, replicator, rpc};
 
 /// `POST /api/broadcast`: many text broadcasts, each to its topic's channel.
 pub async fn broadcast_batch(mut req: Request, env: &Env) -> Result<Response> {
-    let (tenant, claims) = match authenticate(&req, env) {
+    let caller = match authenticate(&req, env) {
         Ok(caller) => caller,
         Err(refusal) => return answer(refusal),
     };
@@ -35,8 +35,8 @@ pub async fn broadcast_batch(mut req: Request, env: &Env) -> Result<Response> {
     // Private topics the caller may not write to are skipped, as upstream.
     let mut allowed = Vec::new();
     for ((access, topic), broadcasts) in per_room {
-        if access == Access::Public || may_write(env, &topic, &claims).await {
-            allowed.push(relay(env, &tenant, access, topic, broadcasts));
+        if access == Access::Public || may_write(env, &topic, &caller).await {
+            allowed.push(relay(env, &caller.tenant, access, topic, broadcasts));
         }
     }
     for result in join_all(allowed).await {
@@ -45,22 +45,29 @@ pub async fn broadcast_batch(mut req: Request, env: &Env) -> Result<Response> {
     accepted()
 }
 
-/// Whether the caller's claims may broadcast to the private channel `topic` (the RLS policies on
+/// Whether the caller may broadcast to the private channel `topic` (the RLS policies on
 /// `realtime.messages`, asked through the replicator).
-async fn may_write(env: &Env, topic: &str, claims: &Map<String, Value>) -> bool {
-    replicator::authorize(env, topic, claims)
+async fn may_write(env: &Env, topic: &str, caller: &Caller) -> bool {
+    let request = Authorize {
+        topic: topic.to_string(),
+        claims: caller.claims.clone(),
+        headers: caller.headers.clone(),
+        read: Vec::new(),
+        write: vec![Extension::Broadcast],
+    };
+    replicator::authorize(env, &request)
         .await
         .is_some_and(|answer| answer.write.contains(&Extension::Broadcast))
 }
 
 /// `POST /api/broadcast/:topic/events/:event`: one user broadcast, JSON or binary.
 pub async fn broadcast_single(mut req: Request, env: &Env, topic: String, event: String) -> Result<Response> {
-    let (tenant, claims) = match authenticate(&req, env) {
+    let caller = match authenticate(&req, env) {
         Ok(caller) => caller,
         Err(refusal) => return answer(refusal),
     };
     let private = req.url()?.query_pairs().any(|(k, v)| k == "private" && v == "true");
-    if private && !may_write(env, &topic, &claims).await {
+    if private && !may_write(env, &topic, &caller).await {
         return answer(Refusal {
             status: 403,
             body: json!({"message": "Unauthorized"}),
@@ -71,7 +78,7 @@ pub async fn broadcast_single(mut req: Request, env: &Env, topic: String, event:
     let body = req.bytes().await?;
     match rest::single_broadcast(&event, content_type.as_deref(), &body) {
         Ok(broadcast) => {
-            relay(env, &tenant, access, topic, vec![broadcast]).await?;
+            relay(env, &caller.tenant, access, topic, vec![broadcast]).await?;
             accepted()
         }
         Err(refusal) => answer(refusal),
@@ -131,9 +138,14 @@ pub fn preflight() -> Result<Response> {
     cors(res)
 }
 
-/// The tenant of a request whose token verifies with the tenant secret.
-/// The caller's tenant and verified claims.
-fn authenticate(req: &Request, env: &Env) -> std::result::Result<(String, Map<String, Value>), Refusal> {
+/// Who called the API: the tenant (from the host), the verified claims and the `x-` headers.
+struct Caller {
+    tenant: String,
+    claims: Map<String, Value>,
+    headers: Map<String, Value>,
+}
+
+fn authenticate(req: &Request, env: &Env) -> std::result::Result<Caller, Refusal> {
     let headers = req.headers();
     let (authorization, apikey) = (
         headers.get("authorization").ok().flatten(),
@@ -147,7 +159,15 @@ fn authenticate(req: &Request, env: &Env) -> std::result::Result<(String, Map<St
     let now_secs = (Date::now().as_millis() / 1000) as i64;
     let claims = keys.verify(token, now_secs).map_err(|_| Refusal::unauthorized())?;
     let host = headers.get("host").ok().flatten().unwrap_or_default();
-    Ok((tenant_from_host(&host), claims.all))
+    let x_headers = connect::x_headers(&headers.entries().collect::<Vec<_>>()).map_err(|refused| Refusal {
+        status: refused.status,
+        body: json!({"message": refused.message}),
+    })?;
+    Ok(Caller {
+        tenant: tenant_from_host(&host),
+        claims: claims.all,
+        headers: x_headers,
+    })
 }
 
 /// Hands broadcasts to a public channel, which relays them to every hub with members.

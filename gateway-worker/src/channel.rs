@@ -74,7 +74,7 @@ impl Channel {
     /// Relays broadcasts from the database to every hub with members, each message once: those at
     /// or below the last relayed position are dropped. Answers 500, without moving the position,
     /// if a hub could not be reached, so the replicator sends them again; hubs that already had
-    /// them drop them by id.
+    /// them drop them by position.
     async fn relay_from_database(&self, batch: DbBroadcasts) -> Result<Response> {
         self.load().await?;
         let storage = self.state.storage();
@@ -91,11 +91,12 @@ impl Channel {
             {
                 continue;
             }
-            last = Some(StreamPosition {
+            let position = StreamPosition {
                 stream: batch.stream.clone(),
                 lsn: message.lsn,
                 seq: message.seq,
-            });
+            };
+            last = Some(position.clone());
             // Upstream drops (and logs) what is over the tenant's payload size.
             if let Broadcast::User(user) = &message.broadcast {
                 if limits.payload_too_big(user.payload.len()) {
@@ -108,6 +109,7 @@ impl Channel {
             }
             events.push(HubEvent::DbBroadcast {
                 broadcast: message.broadcast,
+                position,
             });
         }
         if events.is_empty() {

@@ -37,6 +37,7 @@ pub async fn websocket(req: Request, env: &Env) -> Result<Response> {
         header_key: header_key.as_deref(),
         query_key: query_key.as_deref(),
         vsn: vsn.as_deref(),
+        headers: req.headers().entries().collect(),
     };
     let now_secs = (Date::now().as_millis() / 1000) as i64;
     let accepted = match connect::authorize(&request, &keys, now_secs) {

@@ -15,16 +15,17 @@
 //! changes for its sockets (`/internal/v1/changes`), each delivered once by stream position.
 
 use std::cell::{RefCell, RefMut};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use percent_encoding::percent_decode_str;
+use serde_json::{Map, Value};
 use sluice_shared::connect::{hub_name, Accepted};
-use sluice_shared::frame::{self, Broadcast, Outbound, Vsn, WireFrame};
+use sluice_shared::frame::{self, Broadcast, Inbound, Outbound, Vsn, WireFrame};
 use sluice_shared::internal::{
-    bearer_matches, channel_name, Access, ChangeBatch, ChangeReceipt, ChannelOp, ChannelResponse, Delivery, Extension,
-    HubEvent, Reauthorize, RecentIds, ReplayRequest, StreamPosition, Subscribe, Unsubscribe,
+    bearer_matches, channel_name, Access, Authorize, ChangeBatch, ChangeReceipt, ChannelOp, ChannelResponse, Delivery,
+    Extension, HubEvent, Reauthorize, ReplayRequest, StreamPosition, Subscribe, Unsubscribe,
 };
 use sluice_shared::join::{parse_topic, sub_topic, Replay, Topic};
 use sluice_shared::jwt::Keys;
@@ -52,7 +53,8 @@ pub async fn open_socket(env: &Env, accepted: &Accepted, region: &str) -> Result
         Some(hint) => namespace.get_by_name_with_location_hint(&name, hint)?,
         None => namespace.get_by_name(&name)?,
     };
-    let session = Session::new(String::new(), accepted.tenant.clone(), accepted.vsn, &accepted.claims);
+    let mut session = Session::new(String::new(), accepted.tenant.clone(), accepted.vsn, &accepted.claims);
+    session.headers = accepted.headers.clone();
     let headers = Headers::new();
     headers.set("Upgrade", "websocket")?;
     headers.set(HEADER_SESSION, &serde_json::to_string(&session)?)?;
@@ -112,10 +114,12 @@ pub struct SocketHub {
     last_seen: RefCell<HashMap<String, u64>>,
     /// The tenant's keys and limits, read from the environment once per instance.
     settings: std::cell::OnceCell<(Rc<Keys>, Rc<Limits>)>,
+    /// Per socket being handled, the messages that arrived meanwhile (transient).
+    held: RefCell<HashMap<String, VecDeque<WebSocketIncomingMessage>>>,
     /// Per socket, the ids of stored messages it got by replay (transient).
     replayed: RefCell<HashMap<String, HashSet<String>>>,
-    /// Ids of the database broadcasts delivered lately (transient).
-    recent_db_ids: RefCell<RecentIds>,
+    /// Per room, the last database broadcast delivered; also in storage ([`db_position_key`]).
+    db_positions: RefCell<HashMap<Room, StreamPosition>>,
     /// The last row change delivered; also in storage under [`CHANGES_POSITION`].
     changes_position: RefCell<Option<StreamPosition>>,
 }
@@ -142,6 +146,8 @@ struct Index {
     topics: HashMap<Room, BTreeSet<String>>,
     /// Sockets with at least one joined channel: upstream's "users".
     users: BTreeSet<String>,
+    /// (socket, topic) of private channels admitted by presence read alone: no broadcasts.
+    presence_only: HashSet<(String, String)>,
 }
 
 impl Index {
@@ -152,6 +158,9 @@ impl Index {
                 .entry((access(channel.private), channel.topic.clone()))
                 .or_default()
                 .insert(session.id.clone());
+            if channel.presence_only {
+                self.presence_only.insert((session.id.clone(), channel.topic.clone()));
+            }
         }
         if !session.channels.is_empty() {
             self.users.insert(session.id.clone());
@@ -162,6 +171,7 @@ impl Index {
     fn remove(&mut self, socket_id: &str) {
         self.sockets.remove(socket_id);
         self.users.remove(socket_id);
+        self.presence_only.retain(|(socket, _)| socket != socket_id);
         self.topics.retain(|_, members| {
             members.remove(socket_id);
             !members.is_empty()
@@ -195,7 +205,8 @@ impl DurableObject for SocketHub {
             settings: Default::default(),
             changes_position: RefCell::new(None),
             replayed: RefCell::default(),
-            recent_db_ids: RefCell::new(RecentIds::new(10_000)),
+            held: RefCell::default(),
+            db_positions: RefCell::default(),
         }
     }
 
@@ -211,7 +222,7 @@ impl DurableObject for SocketHub {
             }
             "/internal/v1/deliver" => {
                 let delivery: Delivery = req.json().await?;
-                self.receive(delivery);
+                self.receive(delivery).await?;
                 Response::ok("")
             }
             "/internal/v1/changes" => {
@@ -222,46 +233,32 @@ impl DurableObject for SocketHub {
         }
     }
 
+    /// A socket's messages are handled one at a time, in order, as a Phoenix channel process
+    /// would: one that arrives while an earlier one waits (for the replicator, a Channel) is
+    /// queued behind it.
     async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
-        let Some(mut session) = ws.deserialize_attachment::<Session>()? else {
+        let Some(session) = ws.deserialize_attachment::<Session>()? else {
             return Ok(());
         };
-        self.last_seen
-            .borrow_mut()
-            .insert(session.id.clone(), Date::now().as_millis());
-        let decoded = match message {
-            WebSocketIncomingMessage::String(text) => frame::decode_text(session.vsn, &text),
-            WebSocketIncomingMessage::Binary(bytes) => frame::decode_binary(session.vsn, &bytes),
-        };
-        let inbound = match decoded {
-            Ok(inbound) => inbound,
-            Err(err) => {
-                // Upstream logs MalformedWebSocketMessage and keeps the socket open.
-                console_warn!("socket {}: dropped a malformed frame: {err}", session.id);
-                return Ok(());
-            }
-        };
-        let before = session.channels.clone();
-        let (keys, limits) = self.settings(&session.tenant);
-        let users = self.index().users.len() as u32;
-        let effects = session.handle(
-            inbound,
-            &mut Ctx {
-                now_ms: Date::now().as_millis(),
-                keys: &keys,
-                limits: &limits,
-                rates: &mut self.rates.borrow_mut(),
-                users,
-                fresh_key: &mut random::uuid,
-            },
-        );
-        let effects = self.authorize_private_joins(&mut session, effects).await;
-        if self.save(&ws, &session, &before)? {
-            self.schedule_expiry(&session).await?;
+        let id = session.id;
+        if let Some(queue) = self.held.borrow_mut().get_mut(&id) {
+            queue.push_back(message);
+            return Ok(());
         }
-        if self.perform(&ws, &session, effects).await? {
-            let _ = ws.close(Some(1001), Some("disconnected by the server"));
-            self.socket_gone(&ws).await?;
+        self.held.borrow_mut().insert(id.clone(), VecDeque::new());
+        let mut next = Some(message);
+        while let Some(message) = next {
+            if let Err(e) = self.handle_message(&ws, message).await {
+                console_error!("socket {id}: handling a message failed: {e}");
+            }
+            next = {
+                let mut held = self.held.borrow_mut();
+                let queued = held.get_mut(&id).and_then(VecDeque::pop_front);
+                if queued.is_none() {
+                    held.remove(&id);
+                }
+                queued
+            };
         }
         Ok(())
     }
@@ -347,6 +344,66 @@ impl SocketHub {
             .insert(session.id.clone(), Date::now().as_millis());
         console_log!("{}: accepted socket {} ({:?})", self.name(), session.id, session.vsn);
         Response::from_websocket(pair.client)
+    }
+
+    /// Decodes one client message and carries out what the session makes of it.
+    async fn handle_message(&self, ws: &WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
+        let Some(mut session) = ws.deserialize_attachment::<Session>()? else {
+            return Ok(());
+        };
+        self.last_seen
+            .borrow_mut()
+            .insert(session.id.clone(), Date::now().as_millis());
+        let decoded = match message {
+            WebSocketIncomingMessage::String(text) => frame::decode_text(session.vsn, &text),
+            WebSocketIncomingMessage::Binary(bytes) => frame::decode_binary(session.vsn, &bytes),
+        };
+        let inbound = match decoded {
+            Ok(inbound) => inbound,
+            Err(err) => {
+                // Upstream logs MalformedWebSocketMessage and keeps the socket open.
+                console_warn!("socket {}: dropped a malformed frame: {err}", session.id);
+                return Ok(());
+            }
+        };
+        let before = session.channels.clone();
+        let mut effects = self.handle(&mut session, inbound.clone());
+        if let [Effect::CheckWrite { topic, extension }] = effects.as_slice() {
+            let (topic, extension) = (topic.clone(), *extension);
+            let answer = self.may_write(&session, &topic, extension).await?;
+            // Unanswered: this message is refused and the next one asks again.
+            session.record_write(&topic, extension, Some(answer == Some(true)));
+            effects = self.handle(&mut session, inbound);
+            if answer.is_none() {
+                session.record_write(&topic, extension, None);
+            }
+        }
+        let effects = self.authorize_private_joins(&mut session, effects).await?;
+        if self.save(ws, &session, &before)? {
+            self.schedule_expiry(&session).await?;
+        }
+        if self.perform(ws, &session, effects).await? {
+            let _ = ws.close(Some(1001), Some("disconnected by the server"));
+            self.socket_gone(ws).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands one decoded message to the session.
+    fn handle(&self, session: &mut Session, inbound: Inbound) -> Vec<Effect> {
+        let (keys, limits) = self.settings(&session.tenant);
+        let users = self.index().users.len() as u32;
+        session.handle(
+            inbound,
+            &mut Ctx {
+                now_ms: Date::now().as_millis(),
+                keys: &keys,
+                limits: &limits,
+                rates: &mut self.rates.borrow_mut(),
+                users,
+                fresh_key: &mut random::uuid,
+            },
+        )
     }
 
     /// Persists the session and refreshes the index when its channels changed (says whether).
@@ -449,6 +506,9 @@ impl SocketHub {
                     private,
                 } => {
                     let room = (access(private), topic.clone());
+                    if private {
+                        self.state.storage().delete(&claims_key(&session.id, &topic)).await?;
+                    }
                     if postgres {
                         let request = Unsubscribe {
                             hub: self.name(),
@@ -466,6 +526,9 @@ impl SocketHub {
                         ));
                     }
                     if !self.index().has_members(&room) {
+                        // Nothing left here to deliver to: its database position can go.
+                        self.db_positions.borrow_mut().remove(&room);
+                        self.state.storage().delete(&db_position_key(&room)).await?;
                         later.push((room, ChannelOp::Unsubscribe));
                     }
                 }
@@ -494,8 +557,8 @@ impl SocketHub {
                     let join_ref = session.membership(&topic).and_then(|m| m.join_ref.clone());
                     to_client(&postgres_system_message(join_ref.as_deref(), &topic, outcome));
                 }
-                // Handled before: see `authorize_private_joins`.
-                Effect::PrivateClaims { .. } => {}
+                // Handled before: see `authorize_private_joins` and `handle_message`.
+                Effect::PrivateClaims { .. } | Effect::CheckWrite { .. } => {}
                 Effect::Disconnect => disconnect = true,
             }
         }
@@ -505,45 +568,78 @@ impl SocketHub {
         Ok(disconnect)
     }
 
-    /// Asks the replicator what the policies allow on each private channel being joined (or whose
-    /// token changed): a join they do not let read becomes its refusal, a refreshed channel that
-    /// lost read is shut down; otherwise what may be written is recorded.
-    async fn authorize_private_joins(&self, session: &mut Session, effects: Vec<Effect>) -> Vec<Effect> {
+    /// Asks the replicator what the policies let read on each private channel being joined (or
+    /// whose token changed): a join they do not admit becomes its refusal, a refreshed channel that
+    /// can read nothing is shut down. The claims of an admitted channel are kept in storage for
+    /// its later write checks (they are too big for the socket's attachment).
+    async fn authorize_private_joins(&self, session: &mut Session, effects: Vec<Effect>) -> Result<Vec<Effect>> {
         let mut out = Vec::with_capacity(effects.len());
         for effect in effects {
-            if let Effect::PrivateClaims { topic, claims } = &effect {
-                match replicator::authorize(&self.env, sub_topic(topic), claims).await {
-                    Some(answer) if !answer.read.is_empty() => session.grant_private(topic, &answer.write),
-                    _ => out.extend(session.lose_private(topic)),
-                }
-                continue;
-            }
-            let Effect::Join {
-                topic,
-                reply,
-                private: Some(private),
-                ..
-            } = &effect
-            else {
-                out.push(effect);
-                continue;
-            };
-            // Readable broadcast admits the join; readable presence too when presence is on.
-            let admits = |read: &[Extension]| {
-                read.contains(&Extension::Broadcast) || (private.presence && read.contains(&Extension::Presence))
-            };
-            match replicator::authorize(&self.env, sub_topic(topic), &private.claims).await {
-                Some(answer) if admits(&answer.read) => {
-                    session.grant_private(topic, &answer.write);
-                    out.push(effect);
-                }
+            let (topic, claims, join) = match &effect {
+                Effect::PrivateClaims { topic, claims } => (topic, claims, None),
+                Effect::Join {
+                    topic,
+                    reply,
+                    private: Some(private),
+                    ..
+                } => (topic, &private.claims, Some((reply, private))),
                 _ => {
+                    out.push(effect);
+                    continue;
+                }
+            };
+            let request = Authorize {
+                topic: sub_topic(topic).to_string(),
+                claims: claims.clone(),
+                headers: session.headers.clone(),
+                read: vec![Extension::Broadcast, Extension::Presence],
+                write: Vec::new(),
+            };
+            let read = replicator::authorize(&self.env, &request)
+                .await
+                .map(|answer| answer.read)
+                .unwrap_or_default();
+            let admitted = match join {
+                Some((_, private)) => private.admits(&read),
+                None => !read.is_empty(),
+            };
+            if admitted {
+                session.admit_private(topic, &read);
+                self.state
+                    .storage()
+                    .put(&claims_key(&session.id, topic), claims)
+                    .await?;
+            }
+            match (join, admitted) {
+                (Some(_), true) => out.push(effect),
+                (Some((reply, _)), false) => {
                     let refusal = session.refuse_private(topic, reply);
                     out.push(Effect::Send(refusal));
                 }
+                (None, true) => {}
+                (None, false) => {
+                    let topic = topic.clone();
+                    out.extend(session.lose_private(&topic));
+                }
             }
         }
-        out
+        Ok(out)
+    }
+
+    /// Whether the policies let this socket write `extension` on the private channel `topic`, with
+    /// the claims it was admitted with; `None` when the replicator could not say.
+    async fn may_write(&self, session: &Session, topic: &str, extension: Extension) -> Result<Option<bool>> {
+        let stored: Option<Map<String, Value>> = self.state.storage().get(&claims_key(&session.id, topic)).await?;
+        let request = Authorize {
+            topic: sub_topic(topic).to_string(),
+            claims: stored.unwrap_or_else(|| session.claims.clone()),
+            headers: session.headers.clone(),
+            read: Vec::new(),
+            write: vec![extension],
+        };
+        Ok(replicator::authorize(&self.env, &request)
+            .await
+            .map(|answer| answer.write.contains(&extension)))
     }
 
     /// Sends a private channel's stored messages, oldest first (PROTOCOL.md 5.5), and remembers
@@ -675,38 +771,90 @@ impl SocketHub {
     }
 
     /// Hands what a Channel delivered to this hub's members.
-    fn receive(&self, delivery: Delivery) {
-        let index = self.index();
+    async fn receive(&self, delivery: Delivery) -> Result<()> {
         let room = (delivery.access, delivery.topic.clone());
-        for event in delivery.events {
-            match event {
-                HubEvent::DbBroadcast { broadcast } => {
-                    // Resent by a Channel whose other hub failed: delivered here already. And a
-                    // stored message a socket already got by replay is not delivered again.
-                    let id = message_id(&broadcast);
-                    if id.is_some_and(|id| !self.recent_db_ids.borrow_mut().first_time(id)) {
-                        continue;
+        let mut delivered = self.db_position(&room).await?;
+        let first_delivered = delivered.clone();
+        let (_, limits) = self.settings(tenant_of_hub(&self.name()));
+        let mut over_rate = 0;
+        {
+            let index = self.index();
+            for event in delivery.events {
+                match event {
+                    HubEvent::DbBroadcast { broadcast, position } => {
+                        // Sent again by a Channel whose other hub failed: delivered here already.
+                        if !delivered
+                            .as_ref()
+                            .is_none_or(|d| d.is_before(&position.stream, position.lsn, position.seq))
+                        {
+                            continue;
+                        }
+                        delivered = Some(position);
+                        // Upstream drops database broadcasts while the tenant is over its rate.
+                        let now = Date::now().as_millis();
+                        if self
+                            .rates
+                            .borrow_mut()
+                            .events
+                            .exceeds(now, limits.max_events_per_second)
+                        {
+                            over_rate += 1;
+                            continue;
+                        }
+                        // A stored message a socket already got by replay is not delivered again.
+                        let id = message_id(&broadcast);
+                        let replayed = self.replayed.borrow();
+                        let skip = |socket: &str| {
+                            id.is_some_and(|id| replayed.get(socket).is_some_and(|ids| ids.contains(id)))
+                        };
+                        let sent = fan_out(&index, &room, &Deliverable::Broadcast(&broadcast), &skip);
+                        self.rates.borrow_mut().events.add(now, sent);
                     }
-                    let replayed = self.replayed.borrow();
-                    let skip =
-                        |socket: &str| id.is_some_and(|id| replayed.get(socket).is_some_and(|ids| ids.contains(id)));
-                    let sent = fan_out(&index, &room, &Deliverable::Broadcast(&broadcast), &skip);
-                    self.rates.borrow_mut().events.add(Date::now().as_millis(), sent);
-                }
-                HubEvent::Broadcast { broadcast } => {
-                    let sent = fan_out(&index, &room, &Deliverable::Broadcast(&broadcast), &|_| false);
-                    self.rates.borrow_mut().events.add(Date::now().as_millis(), sent);
-                }
-                HubEvent::PresenceDiff { diff } => {
-                    let out = frame::fanout(&delivery.topic, "presence_diff", diff);
-                    let sent = fan_out(&index, &room, &Deliverable::Push(&out), &|_| false);
-                    self.rates.borrow_mut().presence.add(Date::now().as_millis(), sent);
-                }
-                HubEvent::Peers { peers } => {
-                    self.peers.borrow_mut().insert(room.clone(), peers);
+                    HubEvent::Broadcast { broadcast } => {
+                        let sent = fan_out(&index, &room, &Deliverable::Broadcast(&broadcast), &|_| false);
+                        self.rates.borrow_mut().events.add(Date::now().as_millis(), sent);
+                    }
+                    HubEvent::PresenceDiff { diff } => {
+                        let out = frame::fanout(&delivery.topic, "presence_diff", diff);
+                        let sent = fan_out(&index, &room, &Deliverable::Push(&out), &|_| false);
+                        self.rates.borrow_mut().presence.add(Date::now().as_millis(), sent);
+                    }
+                    HubEvent::Peers { peers } => {
+                        self.peers.borrow_mut().insert(room.clone(), peers);
+                    }
                 }
             }
         }
+        if over_rate > 0 {
+            console_warn!(
+                "UnableToBroadcastChanges: dropped {over_rate} database broadcasts to {}: too many messages per second",
+                delivery.topic
+            );
+        }
+        if delivered != first_delivered {
+            if let Some(position) = delivered {
+                self.state.storage().put(&db_position_key(&room), &position).await?;
+                self.db_positions.borrow_mut().insert(room, position);
+            }
+        }
+        Ok(())
+    }
+
+    /// The last database broadcast this hub delivered to a room, if any since it had members.
+    async fn db_position(&self, room: &Room) -> Result<Option<StreamPosition>> {
+        if let Some(position) = self.db_positions.borrow().get(room) {
+            return Ok(Some(position.clone()));
+        }
+        // Unreadable (written by another version): deliver rather than drop.
+        Ok(self
+            .state
+            .storage()
+            .get(&db_position_key(room))
+            .await
+            .unwrap_or_else(|e| {
+                console_warn!("{}: ignoring an unreadable delivered position: {e}", self.name());
+                None
+            }))
     }
 
     /// A socket closed or failed: it leaves its channels, releasing its presences.
@@ -717,6 +865,7 @@ impl SocketHub {
         self.index().remove(&session.id);
         self.last_seen.borrow_mut().remove(&session.id);
         self.replayed.borrow_mut().remove(&session.id);
+        self.held.borrow_mut().remove(&session.id);
         let effects = session.close();
         let _ = ws.serialize_attachment(&session);
         self.perform(ws, &session, effects).await?;
@@ -764,8 +913,11 @@ fn fan_out(index: &Index, room: &Room, what: &Deliverable, skip: &dyn Fn(&str) -
     let topic = room.1.as_str();
     let mut sent = 0;
     let mut encoded: [Option<Option<WireFrame>>; 2] = [None, None];
+    let deaf = |socket: &String| {
+        matches!(what, Deliverable::Broadcast(_)) && index.presence_only.contains(&(socket.clone(), topic.to_string()))
+    };
     for socket_id in members {
-        if skip(socket_id) {
+        if skip(socket_id) || deaf(socket_id) {
             continue;
         }
         let Some((ws, vsn)) = index.sockets.get(socket_id) else {
@@ -800,6 +952,21 @@ fn postgres_system_message(join_ref: Option<&str>, topic: &str, outcome: std::re
         "system",
         serde_json::json!({"extension": "postgres_changes", "status": status, "message": message, "channel": sub_topic}),
     )
+}
+
+/// The storage key of the last database broadcast a hub delivered to a room.
+fn db_position_key((access, topic): &Room) -> String {
+    format!("db_broadcast:{access:?}:{topic}")
+}
+
+/// The tenant part of a hub's name (`hub:{tenant}:{region}:{shard}`).
+fn tenant_of_hub(name: &str) -> &str {
+    name.split(':').nth(1).unwrap_or_default()
+}
+
+/// The storage key of the claims a socket's private channel was admitted with.
+fn claims_key(socket: &str, topic: &str) -> String {
+    format!("claims:{socket}:{topic}")
 }
 
 /// The `meta.id` of a broadcast from the database.

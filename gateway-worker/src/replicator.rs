@@ -3,10 +3,9 @@
 //! channels.
 
 use serde::Serialize;
-use serde_json::{Map, Value};
 use sluice_shared::frame::Broadcast;
 use sluice_shared::internal::{
-    Authorize, Authorized, Extension, Reauthorize, ReplayRequest, Replayed, Subscribe, Subscribed, Unsubscribe,
+    Authorize, Authorized, Reauthorize, ReplayRequest, Replayed, Subscribe, Subscribed, Unsubscribe,
 };
 use worker::*;
 
@@ -53,16 +52,10 @@ async fn answer(response: std::result::Result<Response, String>) -> std::result:
     }
 }
 
-/// What the policies of the private channel `sub_topic` let these claims read and write (broadcast
-/// and presence); `None` (logged) when the replicator could not say, which callers treat as no.
-pub async fn authorize(env: &Env, sub_topic: &str, claims: &Map<String, Value>) -> Option<Authorized> {
-    let request = Authorize {
-        topic: sub_topic.to_string(),
-        claims: claims.clone(),
-        headers: Default::default(),
-        extensions: vec![Extension::Broadcast, Extension::Presence],
-    };
-    let mut res = match call(env, Method::Post, "/v1/authorize", &request).await {
+/// What the policies of a private channel let the request's claims read and write (of what it
+/// asks); `None` (logged) when the replicator could not say, which callers treat as no.
+pub async fn authorize(env: &Env, request: &Authorize) -> Option<Authorized> {
+    let mut res = match call(env, Method::Post, "/v1/authorize", request).await {
         Ok(res) if res.status_code() == 200 => res,
         Ok(res) => {
             console_error!("the replicator answered an authorization with {}", res.status_code());

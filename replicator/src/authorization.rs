@@ -18,18 +18,22 @@ pub async fn check(db: &mut Client, request: &Authorize) -> Result<Authorized, t
     let sub = request.claims.get("sub").and_then(Value::as_str).unwrap_or("");
     let claims = Value::Object(request.claims.clone()).to_string();
     let headers = Value::Object(request.headers.clone()).to_string();
-    let extensions: Vec<&str> = request.extensions.iter().map(|e| e.as_str()).collect();
-    let probes: Vec<String> = tx
-        .query(
+    // Probe rows are inserted before switching to the user, who may not insert at all.
+    let readable: Vec<&str> = request.read.iter().map(|e| e.as_str()).collect();
+    let probes: Vec<String> = if readable.is_empty() {
+        Vec::new()
+    } else {
+        tx.query(
             "insert into realtime.messages (topic, extension, private, event, payload)
              select $1, ext, true, 'sluice.authorization', '{}'::jsonb from unnest($2::text[]) ext
              returning id::text",
-            &[&request.topic, &extensions],
+            &[&request.topic, &readable],
         )
         .await?
         .iter()
         .map(|r| r.get(0))
-        .collect();
+        .collect()
+    };
     tx.execute(
         "select set_config('role', $1, true), set_config('realtime.topic', $2, true),
                 set_config('request.jwt.claims', $3, true), set_config('request.jwt.claim.sub', $4, true),
@@ -38,22 +42,24 @@ pub async fn check(db: &mut Client, request: &Authorize) -> Result<Authorized, t
     )
     .await?;
     let mut answer = Authorized::default();
-    tx.execute("savepoint policies", &[]).await?;
-    match tx
-        .query(
-            "select extension from realtime.messages where id = any($1::text[]::uuid[])",
-            &[&probes],
-        )
-        .await
-    {
-        Ok(rows) => answer.read = rows.iter().filter_map(|r| extension(r.get(0))).collect(),
-        Err(e) if e.as_db_error().is_some() => {
-            warn!("RlsPolicyError: reading {} as {role}: {e}", request.topic);
-            tx.execute("rollback to savepoint policies", &[]).await?;
+    if !probes.is_empty() {
+        tx.execute("savepoint policies", &[]).await?;
+        match tx
+            .query(
+                "select extension from realtime.messages where id = any($1::text[]::uuid[])",
+                &[&probes],
+            )
+            .await
+        {
+            Ok(rows) => answer.read = rows.iter().filter_map(|r| extension(r.get(0))).collect(),
+            Err(e) if e.as_db_error().is_some() => {
+                warn!("RlsPolicyError: reading {} as {role}: {e}", request.topic);
+                tx.execute("rollback to savepoint policies", &[]).await?;
+            }
+            Err(e) => return Err(e),
         }
-        Err(e) => return Err(e),
     }
-    for ext in &request.extensions {
+    for ext in &request.write {
         tx.execute("savepoint policies", &[]).await?;
         let inserted = tx
             .execute(

@@ -1,8 +1,14 @@
 //! The connect-time decision for a WebSocket upgrade (PROTOCOL.md 1.2–1.4) and the naming of the
 //! Durable Objects a socket lands in (DESIGN.md).
 
+use serde_json::{Map, Value};
+
 use crate::frame::Vsn;
 use crate::jwt::{AuthError, Claims, Keys};
+
+/// The most bytes of `x-` headers kept for `request.headers`: they live in the socket's 16 KiB
+/// hibernation attachment.
+pub const MAX_X_HEADER_BYTES: usize = 4096;
 
 /// What the client presented when opening the socket.
 pub struct ConnectRequest<'a> {
@@ -11,6 +17,8 @@ pub struct ConnectRequest<'a> {
     pub header_key: Option<&'a str>,
     pub query_key: Option<&'a str>,
     pub vsn: Option<&'a str>,
+    /// Every request header, for [`x_headers`].
+    pub headers: Vec<(String, String)>,
 }
 
 /// An accepted connection.
@@ -19,6 +27,8 @@ pub struct Accepted {
     pub tenant: String,
     pub vsn: Vsn,
     pub claims: Claims,
+    /// Its `x-` headers: what policies see as `request.headers`.
+    pub headers: Map<String, Value>,
 }
 
 /// A refused connection: an HTTP status and the `{"error": ...}` text.
@@ -48,7 +58,29 @@ pub fn authorize(req: &ConnectRequest, keys: &Keys, now_secs: i64) -> Result<Acc
         tenant: tenant_from_host(req.host),
         vsn,
         claims,
+        headers: x_headers(&req.headers)?,
     })
+}
+
+/// The `x-` headers of a request as a JSON object (names lower-cased), which Realtime
+/// Authorization policies read as `current_setting('request.headers')` (PROTOCOL.md 5.6).
+/// More than [`MAX_X_HEADER_BYTES`] is refused rather than cut, so a policy never sees half.
+pub fn x_headers(headers: &[(String, String)]) -> Result<Map<String, Value>, Refused> {
+    let kept: Map<String, Value> = headers
+        .iter()
+        .map(|(name, value)| (name.to_ascii_lowercase(), value))
+        .filter(|(name, _)| name.starts_with("x-"))
+        .map(|(name, value)| (name, Value::String(value.clone())))
+        .collect();
+    let bytes: usize = kept.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, str::len)).sum();
+    if bytes > MAX_X_HEADER_BYTES {
+        return Err(Refused {
+            status: 431,
+            message: format!("x- headers total {bytes} bytes; at most {MAX_X_HEADER_BYTES} are accepted"),
+            delay: false,
+        });
+    }
+    Ok(kept)
 }
 
 /// Tenant = the first DNS label of the host, port removed (upstream `get_external_id`).
@@ -79,6 +111,7 @@ mod tests {
             header_key,
             query_key,
             vsn,
+            headers: Vec::new(),
         }
     }
 
@@ -130,6 +163,21 @@ mod tests {
                 .status,
             400
         );
+    }
+
+    #[test]
+    fn keeps_x_headers_lower_cased_and_refuses_too_many() {
+        let headers = vec![
+            ("X-Device".to_string(), "kiosk".to_string()),
+            ("authorization".to_string(), "Bearer t".to_string()),
+            ("x-api-key".to_string(), "k".to_string()),
+        ];
+        assert_eq!(
+            Value::Object(x_headers(&headers).unwrap()),
+            json!({"x-device": "kiosk", "x-api-key": "k"})
+        );
+        let huge = vec![("x-big".to_string(), "a".repeat(MAX_X_HEADER_BYTES))];
+        assert_eq!(x_headers(&huge).unwrap_err().status, 431);
     }
 
     #[test]

@@ -102,9 +102,12 @@ pub enum HubEvent {
     Broadcast {
         broadcast: Broadcast,
     },
-    /// A broadcast from the database (its `meta.id` is the message's row id).
+    /// A broadcast from the database (its `meta.id` is the message's row id), at its place in
+    /// the replication stream: a hub drops what it already delivered to the room (a Channel
+    /// sends a batch again when another hub failed).
     DbBroadcast {
         broadcast: Broadcast,
+        position: StreamPosition,
     },
     PresenceDiff {
         diff: Value,
@@ -151,40 +154,6 @@ pub struct Reauthorize {
     pub claims: Map<String, Value>,
 }
 
-/// The ids of the last `capacity` messages seen: a hub drops a database broadcast it already
-/// delivered (a Channel resends a batch when another hub failed).
-#[derive(Clone, Debug)]
-pub struct RecentIds {
-    order: std::collections::VecDeque<String>,
-    seen: std::collections::HashSet<String>,
-    capacity: usize,
-}
-
-impl RecentIds {
-    pub fn new(capacity: usize) -> RecentIds {
-        RecentIds {
-            order: Default::default(),
-            seen: Default::default(),
-            capacity,
-        }
-    }
-
-    /// Records `id`; whether it was new.
-    pub fn first_time(&mut self, id: &str) -> bool {
-        if self.seen.contains(id) {
-            return false;
-        }
-        if self.order.len() == self.capacity {
-            if let Some(oldest) = self.order.pop_front() {
-                self.seen.remove(&oldest);
-            }
-        }
-        self.order.push_back(id.to_string());
-        self.seen.insert(id.to_string());
-        true
-    }
-}
-
 /// Asks the replicator what a user may read (join) and write (broadcast, track) on a private
 /// channel, through the RLS policies on `realtime.messages` (PROTOCOL.md 5.6).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -195,8 +164,12 @@ pub struct Authorize {
     /// `request.headers`.
     #[serde(default)]
     pub headers: Map<String, Value>,
-    /// Which of `broadcast` and `presence` to check.
-    pub extensions: Vec<Extension>,
+    /// The extensions whose read permission to check (at join and token refresh).
+    #[serde(default)]
+    pub read: Vec<Extension>,
+    /// The extensions whose write permission to check (lazily: first broadcast or track).
+    #[serde(default)]
+    pub write: Vec<Extension>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -329,17 +302,6 @@ mod tests {
     use serde_json::json;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-
-    #[test]
-    fn recent_ids() {
-        let mut r = RecentIds::new(2);
-        assert!(r.first_time("a"));
-        assert!(!r.first_time("a"));
-        assert!(r.first_time("b"));
-        assert!(r.first_time("c"), "a is forgotten now");
-        assert!(r.first_time("a"));
-        assert!(!r.first_time("c"));
-    }
 
     #[test]
     fn positions() {

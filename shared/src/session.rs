@@ -44,6 +44,9 @@ pub struct Session {
     /// Its claims: channels without a token of their own see Postgres changes as this user.
     #[serde(default)]
     pub claims: Map<String, Value>,
+    /// Its `x-` headers at connect: `request.headers` for private channels' policies.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub headers: Map<String, Value>,
     pub channels: Vec<Membership>,
 }
 
@@ -72,14 +75,19 @@ pub struct Membership {
     /// Whether the channel has Postgres Changes bindings registered with the replicator.
     #[serde(default)]
     pub postgres: bool,
-    /// A private channel (Realtime Authorization), and what its policies let this user write,
-    /// checked at join.
+    /// A private channel (Realtime Authorization): its policies were asked what this user may
+    /// read at join (and on each new token).
     #[serde(default)]
     pub private: bool,
+    /// Admitted by presence read alone: broadcasts are not delivered to it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub presence_only: bool,
+    /// What the policies let this user write, asked at the first broadcast / presence message
+    /// (`None`: not asked yet) and kept until the next token.
     #[serde(default)]
-    pub broadcast_write: bool,
+    pub broadcast_write: Option<bool>,
     #[serde(default)]
-    pub presence_write: bool,
+    pub presence_write: Option<bool>,
 }
 
 /// The last 24 characters of a token: part of its signature, distinct for distinct tokens.
@@ -113,8 +121,8 @@ pub enum Effect {
         reply: Outbound,
         presence_state: bool,
         postgres: Option<PostgresJoin>,
-        /// A private channel: before anything else the hub asks what the policies allow, and
-        /// refuses the join ([`Session::refuse_private`]) or records it ([`Session::grant_private`]).
+        /// A private channel: before anything else the hub asks what the policies let read, and
+        /// refuses the join ([`Session::refuse_private`]) or admits it ([`Session::admit_private`]).
         private: Option<PrivateJoin>,
     },
     /// The socket is no longer on `topic` (leave, rejoin, close); `untrack` if it had a presence,
@@ -136,8 +144,12 @@ pub enum Effect {
     /// The channel's token changed: its Postgres Changes subscriptions now see rows as `claims`.
     PostgresClaims { topic: String, claims: Map<String, Value> },
     /// The token of a private channel changed: the hub asks the policies again, and the channel
-    /// keeps its place ([`Session::grant_private`]) or is shut down ([`Session::lose_private`]).
+    /// keeps its place ([`Session::admit_private`]) or is shut down ([`Session::lose_private`]).
     PrivateClaims { topic: String, claims: Map<String, Value> },
+    /// The message needs to know whether this user may write `extension` on the private channel
+    /// `topic`, and nobody asked its policies yet: the hub asks, records the answer
+    /// ([`Session::record_write`]) and hands the same message in again.
+    CheckWrite { topic: String, extension: Extension },
     /// Close the socket (code 1001), after the effects before this one.
     Disconnect,
 }
@@ -163,6 +175,13 @@ pub struct PrivateJoin {
     pub replay: Option<Replay>,
 }
 
+impl PrivateJoin {
+    /// Whether what the policies let read admits the join: broadcast, or presence when enabled.
+    pub fn admits(&self, read: &[Extension]) -> bool {
+        read.contains(&Extension::Broadcast) || (self.presence && read.contains(&Extension::Presence))
+    }
+}
+
 impl Effect {
     fn leave(member: &Membership) -> Effect {
         Effect::Leave {
@@ -184,6 +203,7 @@ impl Session {
             role: claims.role.clone(),
             exp: claims.exp,
             claims: claims.all.clone(),
+            headers: Map::new(),
             channels: Vec::new(),
         }
     }
@@ -326,12 +346,25 @@ impl Session {
         )
     }
 
-    /// The policies let this user into the private channel `topic`, writing the extensions they
-    /// allow.
-    pub fn grant_private(&mut self, topic: &str, writable: &[Extension]) {
+    /// The policies let this user read the private channel `topic` (at join, or with a new
+    /// token): broadcasts reach it only if broadcast is readable, and what it may write will be
+    /// asked afresh.
+    pub fn admit_private(&mut self, topic: &str, readable: &[Extension]) {
         if let Some(m) = self.channels.iter_mut().find(|m| m.topic == topic) {
-            m.broadcast_write = writable.contains(&Extension::Broadcast);
-            m.presence_write = writable.contains(&Extension::Presence);
+            m.presence_only = !readable.contains(&Extension::Broadcast);
+            m.broadcast_write = None;
+            m.presence_write = None;
+        }
+    }
+
+    /// Records what the policies said of writing `extension` on the private channel `topic`
+    /// (`None`: ask them again at the next message).
+    pub fn record_write(&mut self, topic: &str, extension: Extension, allowed: Option<bool>) {
+        if let Some(m) = self.channels.iter_mut().find(|m| m.topic == topic) {
+            match extension {
+                Extension::Broadcast => m.broadcast_write = allowed,
+                Extension::Presence => m.presence_write = allowed,
+            }
         }
     }
 
@@ -354,6 +387,13 @@ impl Session {
     }
 
     fn broadcast(&mut self, member: &Membership, msg: Inbound, ctx: &mut Ctx) -> Vec<Effect> {
+        // Asked before anything is counted: the message comes back once the answer is known.
+        if member.private && member.broadcast_write.is_none() {
+            return vec![Effect::CheckWrite {
+                topic: member.topic.clone(),
+                extension: Extension::Broadcast,
+            }];
+        }
         ctx.rates.events.add(ctx.now_ms, 1);
         if ctx.rates.events.exceeds(ctx.now_ms, ctx.limits.max_events_per_second) {
             return self.shut_down(member, "Too many messages per second");
@@ -377,7 +417,7 @@ impl Session {
         }
         // Private channels: without write permission the message is dropped, with no reply even
         // when ack was asked for (upstream).
-        if member.private && !member.broadcast_write {
+        if member.private && member.broadcast_write != Some(true) {
             return Vec::new();
         }
         broadcast(member, msg)
@@ -396,6 +436,12 @@ impl Session {
         let InboundPayload::Json(payload) = &msg.payload else {
             return Vec::new();
         };
+        if member.private && member.presence_write.is_none() {
+            return vec![Effect::CheckWrite {
+                topic: member.topic.clone(),
+                extension: Extension::Presence,
+            }];
+        }
         // Per channel: at most N presence messages per window.
         let (start, count) = member.presence_window;
         let window = if ctx.now_ms.saturating_sub(start) >= ctx.limits.client_presence_window_ms {
@@ -421,7 +467,7 @@ impl Session {
             return self.shut_down(member, "Track message size exceeded");
         }
         // Private channels: presence needs write permission; without it the reply is an error.
-        if member.private && !member.presence_write {
+        if member.private && member.presence_write != Some(true) {
             return vec![reply(false, json!({}))];
         }
         let event = payload
@@ -531,8 +577,9 @@ impl Session {
                 presence_window: (0, 0),
                 postgres: !config.postgres_changes.is_empty(),
                 private: config.private,
-                broadcast_write: false,
-                presence_write: false,
+                presence_only: false,
+                broadcast_write: None,
+                presence_write: None,
             });
             // Each binding echoed as received, in order, with its id (PROTOCOL.md 3.1).
             let echoed: Vec<Value> = config
@@ -818,48 +865,58 @@ mod tests {
             refusal[4]["response"]["reason"],
             "Unauthorized: You do not have permissions to read from this Channel topic: secret"
         );
-        // Allowed to read, not to write: broadcasts are dropped even with ack, tracks refused.
+        // Admitted; write is asked at the first broadcast and at the first presence message,
+        // before anything is counted, and the same message is handed in again.
         join(
             &mut s,
             "2",
             "realtime:secret",
             json!({"private": true, "broadcast": {"ack": true}}),
         );
-        s.grant_private("realtime:secret", &[]);
-        let b = handle(
-            &mut s,
+        s.admit_private("realtime:secret", &[Extension::Broadcast]);
+        let broadcast = || {
             msg(
                 Some("2"),
                 "3",
                 "realtime:secret",
                 "broadcast",
                 json!({"event": "e", "payload": {}}),
-            ),
-        );
-        assert!(b.is_empty());
-        let t = handle(
-            &mut s,
+            )
+        };
+        let track = || {
             msg(
                 Some("2"),
                 "4",
                 "realtime:secret",
                 "presence",
                 json!({"event": "track", "payload": {}}),
-            ),
+            )
+        };
+        let check = |extension| {
+            vec![Effect::CheckWrite {
+                topic: "realtime:secret".into(),
+                extension,
+            }]
+        };
+        assert_eq!(handle(&mut s, broadcast()), check(Extension::Broadcast));
+        assert_eq!(handle(&mut s, track()), check(Extension::Presence));
+        // Not allowed: broadcasts dropped even with ack, tracks refused; not asked again.
+        s.record_write("realtime:secret", Extension::Broadcast, Some(false));
+        s.record_write("realtime:secret", Extension::Presence, Some(false));
+        assert!(handle(&mut s, broadcast()).is_empty());
+        assert_eq!(
+            sent(&handle(&mut s, track()))[0][4],
+            json!({"status": "error", "response": {}})
         );
-        assert_eq!(sent(&t)[0][4], json!({"status": "error", "response": {}}));
-        s.grant_private("realtime:secret", &[Extension::Broadcast, Extension::Presence]);
-        let b = handle(
-            &mut s,
-            msg(
-                Some("2"),
-                "5",
-                "realtime:secret",
-                "broadcast",
-                json!({"event": "e", "payload": {}}),
-            ),
-        );
-        assert!(matches!(b[0], Effect::Broadcast { .. }));
+        // Policies that could not be asked refuse this message and are asked at the next.
+        s.record_write("realtime:secret", Extension::Broadcast, None);
+        assert_eq!(handle(&mut s, broadcast()), check(Extension::Broadcast));
+        s.record_write("realtime:secret", Extension::Broadcast, Some(true));
+        assert!(matches!(handle(&mut s, broadcast())[0], Effect::Broadcast { .. }));
+        // A new token readmits the channel: write is asked again.
+        s.admit_private("realtime:secret", &[Extension::Presence]);
+        assert!(s.channels[0].presence_only);
+        assert_eq!(handle(&mut s, broadcast()), check(Extension::Broadcast));
         let e = handle(&mut s, msg(Some("2"), "6", "realtime:secret", "phx_leave", json!({})));
         assert!(matches!(&e[0], Effect::Leave { private: true, .. }));
     }

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { startStack } from '../stack/stack.mjs';
-import { done, joinWithInbox, rawSocket, refusedUpgrade, subscribe, supabase, watchedChannel } from './clients.mjs';
+import { done, Inbox, joinWithInbox, rawSocket, refusedUpgrade, subscribe, supabase, watchedChannel } from './clients.mjs';
 
 async function closedWith(w, message) {
   const system = await w.system.next();
@@ -93,6 +93,24 @@ describe('per-second limits', () => {
     max_events_per_second: 5, max_presence_events_per_second: 1, max_joins_per_second: 3, max_client_presence_events_per_window: 100,
   } }) } })));
   after(async () => stack?.stop());
+
+  // First in this stack: it needs the hub's event counter fresh.
+  test('broadcasts from the database over the events rate are dropped, not queued', async (t) => {
+    const c = supabase(stack.url, stack.keys.anon);
+    t.after(() => done(c));
+    const w = await watchedChannel(c, 'db-flood');
+    const inbox = new Inbox('db-flood');
+    w.channel.on('broadcast', { event: '*' }, inbox.push);
+    await stack.pg.sql(`select realtime.send(jsonb_build_object('i', i), 'm', 'db-flood', false) from generate_series(1, 60) i`);
+    assert.equal((await inbox.next()).payload.i, 1);
+    // The counter is tripped now: the channel's own next message closes it, after everything the
+    // hub delivered from the database (same socket, in order).
+    w.channel.send({ type: 'broadcast', event: 'e', payload: {} });
+    await closedWith(w, 'Too many messages per second');
+    const received = [1, ...inbox.items.map((m) => m.payload.i)];
+    assert.deepEqual(received, received.map((_, k) => k + 1), 'a prefix, in order');
+    assert.ok(received.length < 60, `only what fit the rate arrived (${received.length} of 60)`);
+  });
 
   test('events per second close the channel that sends', async (t) => {
     const c = supabase(stack.url, stack.keys.anon);

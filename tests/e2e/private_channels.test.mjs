@@ -2,7 +2,7 @@
 // Supabase's guide, decide who may join (read) and who may broadcast or track (write).
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { done, Inbox, joinWithInbox, subscribe, supabase, until, VSNS } from './clients.mjs';
+import { done, Inbox, joinWithInbox, pgChannel, rawSocket, subscribe, supabase, until, VSNS } from './clients.mjs';
 import { waitFor } from '../stack/process.mjs';
 import { tokenFor } from '../stack/keys.mjs';
 import { startStack } from '../stack/stack.mjs';
@@ -22,6 +22,8 @@ before(async () => {
         and coalesce((current_setting('request.jwt.claims', true)::jsonb ->> 'writer')::bool, false));
     create policy "presence except in quiet rooms" on realtime.messages for insert to authenticated
       with check (extension = 'presence' and realtime.topic() not like '%-quiet');
+    create policy "anyone sees who is on a stage" on realtime.messages for select to authenticated
+      using (extension = 'presence' and realtime.topic() like '%-stage');
   `);
 });
 after(async () => {
@@ -170,5 +172,88 @@ test('REST broadcast to private topics follows the write policy: batch skips, si
     assert.equal((await inbox.next()).event, 'single');
   } finally {
     await done(member);
+  }
+});
+
+test('write is asked at the first broadcast, not at join, and kept for the channel\'s life; messages stay in order', async () => {
+  await stack.pg.sql(`
+    create table public.open_rooms (name text primary key);
+    grant select on public.open_rooms to authenticated;
+    create policy "open rooms are readable" on realtime.messages for select to authenticated
+      using (realtime.topic() like 'lazy-%');
+    create policy "open rooms are writable" on realtime.messages for insert to authenticated
+      with check (extension = 'broadcast' and exists (select 1 from public.open_rooms where name = realtime.topic()));`);
+  const sender = user('z');
+  const receiver = user('z');
+  try {
+    const s = await joinWithInbox(sender, 'lazy-room', PRIVATE);
+    const r = await joinWithInbox(receiver, 'lazy-room', PRIVATE);
+    // Closed at join, open at the first broadcast: a check at join would drop everything.
+    await stack.pg.sql(`insert into public.open_rooms values ('lazy-room')`);
+    for (let i = 0; i < 20; i++) s.channel.send({ type: 'broadcast', event: 'm', payload: { i } });
+    for (let i = 0; i < 20; i++) assert.equal((await r.inbox.next()).payload.i, i);
+    // Closed again: the answer is kept until the next token, as upstream.
+    await stack.pg.sql(`delete from public.open_rooms`);
+    await s.channel.send({ type: 'broadcast', event: 'after-close', payload: {} });
+    assert.equal((await r.inbox.next()).event, 'after-close');
+  } finally {
+    await done(sender, receiver);
+  }
+});
+
+test("policies see the socket's x- headers as request.headers", async () => {
+  await stack.pg.sql(`
+    create policy "kiosks by header" on realtime.messages for select to authenticated
+      using (realtime.topic() = 'kiosk' and current_setting('request.headers', true)::jsonb ->> 'x-kiosk' = 'lobby');`);
+  const apikey = tokenFor('authenticated', { team: 'k' });
+  const join = async (headers) => {
+    const { ws, inbox } = await rawSocket(stack.url, { apikey, vsn: '2.0.0', headers });
+    ws.send(JSON.stringify(['1', '1', 'realtime:kiosk', 'phx_join', { config: { private: true } }]));
+    const reply = (await inbox.next())[4];
+    ws.close();
+    return reply;
+  };
+  assert.equal((await join({ 'X-Kiosk': 'lobby' })).status, 'ok');
+  assert.deepEqual(await join({ 'x-kiosk': 'garage' }), {
+    status: 'error',
+    response: { reason: 'Unauthorized: You do not have permissions to read from this Channel topic: kiosk' },
+  });
+});
+
+test('a member admitted by presence read alone gets presence but no broadcasts', async () => {
+  const performer = user('s', { writer: true });
+  const audience = user('x');
+  try {
+    const stage = await joinWithInbox(performer, 'team-s-stage', PRIVATE);
+    const events = new Inbox('audience events');
+    const seat = audience.channel('team-s-stage', { config: { ...PRIVATE, presence: { key: 'fan' } } });
+    seat.on('broadcast', { event: '*' }, (m) => events.push({ kind: 'broadcast', event: m.event }));
+    seat.on('presence', { event: 'join' }, ({ key }) => events.push({ kind: 'presence', key }));
+    await subscribe(seat);
+    // The performer's messages are handled in order: a broadcast delivered to the audience would
+    // reach it before the presence join that follows.
+    assert.equal(await stage.channel.send({ type: 'broadcast', event: 'song', payload: {} }), 'ok');
+    assert.equal(await stage.channel.track({ on: 'stage' }), 'ok');
+    const first = await until(events, (e) => e.kind === 'broadcast' || e.key !== 'fan');
+    assert.equal(first.kind, 'presence', 'the broadcast did not reach the audience');
+  } finally {
+    await done(performer, audience);
+  }
+});
+
+test('postgres_changes work on a private channel, governed by the table (not realtime.messages)', async () => {
+  await stack.pg.sql(`
+    create table public.scores (id int primary key, points int);
+    grant select on public.scores to authenticated;
+    alter publication supabase_realtime add table public.scores;`);
+  const client = user('a');
+  try {
+    const inbox = new Inbox('scores');
+    await pgChannel(client, 'team-a-scores', [{ binding: { event: 'INSERT', schema: 'public', table: 'scores' }, inbox }], PRIVATE);
+    await stack.pg.sql('insert into public.scores values (1, 10)');
+    const change = await inbox.next();
+    assert.deepEqual([change.eventType, change.new], ['INSERT', { id: 1, points: 10 }]);
+  } finally {
+    await done(client);
   }
 });
