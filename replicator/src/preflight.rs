@@ -84,13 +84,15 @@ pub async fn prepare_stream(db: &Client, config: &Config) -> Result<(), String> 
             .await
             .map_err(sql_error("preparing CREATE PUBLICATION"))?
             .get(0);
-        db.batch_execute(&create)
-            .await
-            .map_err(|e| format!("creating publication {} failed: {e}", config.publication))?;
-        info!(
-            "created the empty publication {p}: add the tables to stream with ALTER PUBLICATION {p} ADD TABLE <schema>.<table>",
-            p = config.publication
-        );
+        match db.batch_execute(&create).await {
+            Ok(()) => info!(
+                "created the empty publication {p}: add the tables to stream with ALTER PUBLICATION {p} ADD TABLE <schema>.<table>",
+                p = config.publication
+            ),
+            // Another replicator starting at the same time created it first.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
+            Err(e) => return Err(format!("creating publication {} failed: {e}", config.publication)),
+        }
     }
 
     if !slot_exists {

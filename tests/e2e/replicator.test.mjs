@@ -135,3 +135,26 @@ test('a database without wal_level=logical stops it at start with the fix', asyn
     await replica.destroy();
   }
 });
+
+test('replicators starting at once on a fresh database set it up once, and all start', async () => {
+  await pg.sql('create database fresh');
+  const databaseUrl = pg.url.replace(/\/postgres$/, '/fresh');
+  const started = await Promise.all(['a', 'b', 'c'].map(async (name) =>
+    startReplicator({ root: ROOT, databaseUrl, port: await freePort(), env: { SLUICE_SLOT: `sluice_${name}` } })));
+  try {
+    for (const replicator of started) assert.equal((await fetch(`${replicator.url}/healthz`)).status, 200);
+    const fresh = `select (select array_agg(version order by version) from sluice.migrations) as versions,
+      (select count(*)::int from pg_publication) as publications,
+      (select count(*)::int from pg_replication_slots where database = 'fresh') as slots`;
+    const client = new (await import('pg')).default.Client({ connectionString: databaseUrl });
+    await client.connect();
+    try {
+      const [row] = (await client.query(fresh)).rows;
+      assert.deepEqual(row, { versions: [1, 2, 3], publications: 2, slots: 3 });
+    } finally {
+      await client.end();
+    }
+  } finally {
+    await Promise.all(started.map((r) => r.stop()));
+  }
+});
