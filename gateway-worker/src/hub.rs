@@ -1,9 +1,10 @@
 //! SocketHub: the Durable Object `hub:{tenant}:{region}:{shard}` that owns client sockets.
 //!
 //! Sockets are accepted through the WebSocket Hibernation API, so the object may be evicted from
-//! memory while they stay open. Everything that must outlive that is in each socket's attachment:
-//! its [`Session`] (serializer, token role and expiry, joined channels). The in-memory [`Index`]
-//! (which sockets joined which topic) is only a cache, rebuilt from the attachments on wake.
+//! memory while they stay open. Everything that must outlive that is each socket's [`Session`]
+//! (serializer, token role and expiry, joined channels), kept in its attachment, or in storage
+//! once it outgrows the attachment's 16 KiB. The in-memory [`Index`] (which sockets joined which
+//! topic) is only a cache, rebuilt from the sessions on wake.
 //!
 //! A broadcast goes straight to this hub's own members (the fast path), and through the topic's
 //! Channel Durable Object to other hubs only when that channel said it has members elsewhere.
@@ -211,6 +212,7 @@ impl DurableObject for SocketHub {
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
+        self.ensure_index().await?;
         match req.path().as_str() {
             "/connect" => {
                 let response = self.accept(&req)?;
@@ -237,10 +239,10 @@ impl DurableObject for SocketHub {
     /// would: one that arrives while an earlier one waits (for the replicator, a Channel) is
     /// queued behind it.
     async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
-        let Some(session) = ws.deserialize_attachment::<Session>()? else {
+        self.ensure_index().await?;
+        let Some(id) = socket_id_of(&ws) else {
             return Ok(());
         };
-        let id = session.id;
         if let Some(queue) = self.held.borrow_mut().get_mut(&id) {
             queue.push_back(message);
             return Ok(());
@@ -269,8 +271,9 @@ impl DurableObject for SocketHub {
         let now_ms = Date::now().as_millis();
         let idle_timeout = config::idle_timeout_ms(&self.env);
         let mut next: Option<u64> = None;
+        self.ensure_index().await?;
         for ws in self.state.get_websockets() {
-            let Ok(Some(mut session)) = ws.deserialize_attachment::<Session>() else {
+            let Ok(Some(mut session)) = self.load_session(&ws).await else {
                 continue;
             };
             // Activity is known since this instance started; before that, count from now.
@@ -288,7 +291,7 @@ impl DurableObject for SocketHub {
             }
             let before = session.channels.clone();
             let effects = session.expire((now_ms / 1000) as i64);
-            self.save(&ws, &session, &before)?;
+            self.save(&ws, &session, &before).await?;
             self.perform(&ws, &session, effects).await?;
             let expiry = session.next_expiry().map(alarm_time);
             next = [next, Some(last + idle_timeout), expiry].into_iter().flatten().min();
@@ -306,11 +309,13 @@ impl DurableObject for SocketHub {
             .filter(|c| *c >= 1000 && *c != 1005 && *c != 1006)
             .unwrap_or(1000);
         let _ = ws.close(Some(code), Some("closed"));
+        self.ensure_index().await?;
         self.socket_gone(&ws).await
     }
 
     async fn websocket_error(&self, ws: WebSocket, error: Error) -> Result<()> {
         console_warn!("socket error: {error}");
+        self.ensure_index().await?;
         self.socket_gone(&ws).await
     }
 }
@@ -348,7 +353,7 @@ impl SocketHub {
 
     /// Decodes one client message and carries out what the session makes of it.
     async fn handle_message(&self, ws: &WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
-        let Some(mut session) = ws.deserialize_attachment::<Session>()? else {
+        let Some(mut session) = self.load_session(ws).await? else {
             return Ok(());
         };
         self.last_seen
@@ -379,7 +384,7 @@ impl SocketHub {
             }
         }
         let effects = self.authorize_private_joins(&mut session, effects).await?;
-        if self.save(ws, &session, &before)? {
+        if self.save(ws, &session, &before).await? {
             self.schedule_expiry(&session).await?;
         }
         if self.perform(ws, &session, effects).await? {
@@ -407,13 +412,47 @@ impl SocketHub {
     }
 
     /// Persists the session and refreshes the index when its channels changed (says whether).
-    fn save(&self, ws: &WebSocket, session: &Session, channels_before: &[Membership]) -> Result<bool> {
+    async fn save(&self, ws: &WebSocket, session: &Session, channels_before: &[Membership]) -> Result<bool> {
         if session.channels == channels_before {
             return Ok(false);
         }
-        ws.serialize_attachment(session)?;
+        self.store_session(ws, session).await?;
         self.index().insert(ws.clone(), session);
         Ok(true)
+    }
+
+    /// A socket's session: from its attachment, or from storage if it outgrew the attachment.
+    async fn load_session(&self, ws: &WebSocket) -> Result<Option<Session>> {
+        match ws.deserialize_attachment::<Attachment>()? {
+            None => Ok(None),
+            Some(Attachment::Inline(session)) => Ok(Some(session)),
+            Some(Attachment::Stored { stored_session }) => {
+                self.state.storage().get(&session_key(&stored_session)).await
+            }
+        }
+    }
+
+    /// Keeps a socket's session in its attachment, or in storage when it no longer fits the
+    /// attachment's 16 KiB (a socket with many channels); the attachment then says where.
+    async fn store_session(&self, ws: &WebSocket, session: &Session) -> Result<()> {
+        let was_stored = matches!(
+            ws.deserialize_attachment::<Attachment>(),
+            Ok(Some(Attachment::Stored { .. }))
+        );
+        let storage = self.state.storage();
+        match ws.serialize_attachment(session) {
+            Ok(()) if was_stored => storage.delete(&session_key(&session.id)).await.map(|_| ()),
+            Ok(()) => Ok(()),
+            Err(too_big) => {
+                if !was_stored {
+                    console_log!("socket {}: session kept in storage ({too_big})", session.id);
+                }
+                storage.put(&session_key(&session.id), session).await?;
+                ws.serialize_attachment(StoredSession {
+                    stored_session: session.id.clone(),
+                })
+            }
+        }
     }
 
     /// Moves the hub's alarm earlier if one of this session's channels expires before it.
@@ -859,7 +898,7 @@ impl SocketHub {
 
     /// A socket closed or failed: it leaves its channels, releasing its presences.
     async fn socket_gone(&self, ws: &WebSocket) -> Result<()> {
-        let Ok(Some(mut session)) = ws.deserialize_attachment::<Session>() else {
+        let Ok(Some(mut session)) = self.load_session(ws).await else {
             return Ok(());
         };
         self.index().remove(&session.id);
@@ -867,30 +906,35 @@ impl SocketHub {
         self.replayed.borrow_mut().remove(&session.id);
         self.held.borrow_mut().remove(&session.id);
         let effects = session.close();
-        let _ = ws.serialize_attachment(&session);
+        self.store_session(ws, &session).await?;
         self.perform(ws, &session, effects).await?;
         Ok(())
     }
 
-    /// The index, rebuilt from the sockets' attachments if this instance has not built it yet.
-    fn index(&self) -> RefMut<'_, Index> {
-        let mut slot = self.index.borrow_mut();
-        if slot.is_none() {
-            let mut index = Index::default();
-            let sockets = self.state.get_websockets();
-            for ws in &sockets {
-                if let Ok(Some(session)) = ws.deserialize_attachment::<Session>() {
-                    index.insert(ws.clone(), &session);
-                }
-            }
-            console_log!(
-                "{}: rebuilt the socket index from {} sockets",
-                self.name(),
-                sockets.len()
-            );
-            *slot = Some(index);
+    /// Builds the index from the sockets' sessions if this instance has not yet: every entry
+    /// point calls this first, so [`index`](Self::index) always sees it built.
+    async fn ensure_index(&self) -> Result<()> {
+        if self.index.borrow().is_some() {
+            return Ok(());
         }
-        RefMut::map(slot, |s| s.as_mut().expect("index was just built"))
+        let mut index = Index::default();
+        let sockets = self.state.get_websockets();
+        for ws in &sockets {
+            if let Some(session) = self.load_session(ws).await? {
+                index.insert(ws.clone(), &session);
+            }
+        }
+        console_log!(
+            "{}: rebuilt the socket index from {} sockets",
+            self.name(),
+            sockets.len()
+        );
+        self.index.borrow_mut().get_or_insert(index);
+        Ok(())
+    }
+
+    fn index(&self) -> RefMut<'_, Index> {
+        RefMut::map(self.index.borrow_mut(), |slot| slot.get_or_insert_with(Index::default))
     }
 
     fn name(&self) -> String {
@@ -952,6 +996,32 @@ fn postgres_system_message(join_ref: Option<&str>, topic: &str, outcome: std::re
         "system",
         serde_json::json!({"extension": "postgres_changes", "status": status, "message": message, "channel": sub_topic}),
     )
+}
+
+/// What a socket's attachment holds: its session, or where in storage the session is when it
+/// outgrew the attachment.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Attachment {
+    Inline(Session),
+    Stored { stored_session: String },
+}
+
+#[derive(serde::Serialize)]
+struct StoredSession {
+    stored_session: String,
+}
+
+/// The id of the socket, from its attachment.
+fn socket_id_of(ws: &WebSocket) -> Option<String> {
+    match ws.deserialize_attachment::<Attachment>().ok()?? {
+        Attachment::Inline(session) => Some(session.id),
+        Attachment::Stored { stored_session } => Some(stored_session),
+    }
+}
+
+fn session_key(socket: &str) -> String {
+    format!("session:{socket}")
 }
 
 /// The storage key of the last database broadcast a hub delivered to a room.

@@ -32,7 +32,8 @@ impl Ctx<'_> {
     }
 }
 
-/// The state of one socket. Small on purpose: it must fit a 16 KiB hibernation attachment.
+/// The state of one socket. Kept small: the hub keeps it in the socket's 16 KiB hibernation
+/// attachment while it fits (in storage beyond, which costs a read per message).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Session {
     pub id: String,

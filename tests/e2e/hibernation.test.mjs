@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { startStack } from '../stack/stack.mjs';
 import { waitFor } from '../stack/process.mjs';
-import { done, Inbox, joinWithInbox, subscribe, supabase, until } from './clients.mjs';
+import { done, Inbox, joinWithInbox, rawSocket, subscribe, supabase, until } from './clients.mjs';
+import { tokenFor } from '../stack/keys.mjs';
 
 let stack;
 before(async () => (stack = await startStack({ name: 'e2e-hibernation' })));
@@ -78,4 +79,30 @@ test('a Channel object evicted from memory keeps its presence registry', async (
   await subscribe(l);
   const state = await syncs.next();
   assert.deepEqual(state.ana?.map((p) => p.name), ['Ana'], 'the state came back from storage');
+});
+
+test('a socket with the default 100 channels keeps them (its session outgrows the attachment) across eviction', async () => {
+  const apikey = tokenFor('authenticated', { sub: 'a-user-id-of-ordinary-length-0123456789' });
+  const { ws, inbox } = await rawSocket(stack.url, { apikey, vsn: '2.0.0' });
+  const next = async (event) => { for (;;) { const m = await inbox.next(); if (m[3] === event) return m; } };
+  try {
+    const config = { broadcast: { self: true, ack: true }, presence: { key: '' }, private: false };
+    const topic = (i) => `realtime:a-fairly-ordinary-room-name-${i}`;
+    for (let i = 1; i <= 101; i++) ws.send(JSON.stringify([`${i}`, `${i}`, topic(i), 'phx_join', { config, access_token: apikey }]));
+    const replies = [];
+    while (replies.length < 101) replies.push(await next('phx_reply'));
+    assert.deepEqual(replies.slice(0, 100).filter((m) => m[4].status !== 'ok'), [], 'every join up to the limit succeeded');
+    assert.deepEqual(replies[100][4], { status: 'error', response: { reason: 'ChannelRateLimitReached: Too many channels' } });
+    assert.ok(stack.gateway.logLines().some((l) => l.includes('session kept in storage')));
+
+    const hub = stack.gateway.logLines().map((l) => l.match(/^(hub:\S+): accepted socket/)?.[1]).findLast(Boolean);
+    await stack.gateway.evictHub(hub);
+    // A fresh instance finds all 100 channels: the first and the last still echo (self: true).
+    for (const i of [1, 100]) {
+      ws.send(JSON.stringify([`${i}`, `b${i}`, topic(i), 'broadcast', { type: 'broadcast', event: 'e', payload: { i } }]));
+      assert.deepEqual((await next('broadcast')).slice(2, 5), [topic(i), 'broadcast', { type: 'broadcast', event: 'e', payload: { i } }]);
+    }
+  } finally {
+    ws.close();
+  }
 });
