@@ -235,9 +235,9 @@ impl DurableObject for SocketHub {
         }
     }
 
-    /// A socket's messages are handled one at a time, in order, as a Phoenix channel process
-    /// would: one that arrives while an earlier one waits (for the replicator, a Channel) is
-    /// queued behind it.
+    /// A message that must wait for the policies of a private channel (a join, a new token, a
+    /// first broadcast or track) holds its socket: messages arriving meanwhile queue behind it
+    /// and are handled in order once it is done. Other messages are handled at once.
     async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
         self.ensure_index().await?;
         let Some(id) = socket_id_of(&ws) else {
@@ -247,19 +247,22 @@ impl DurableObject for SocketHub {
             queue.push_back(message);
             return Ok(());
         }
-        self.held.borrow_mut().insert(id.clone(), VecDeque::new());
+        let mut holding = false;
         let mut next = Some(message);
         while let Some(message) = next {
-            if let Err(e) = self.handle_message(&ws, message).await {
+            if let Err(e) = self.handle_message(&ws, message, &mut holding).await {
                 console_error!("socket {id}: handling a message failed: {e}");
             }
-            next = {
-                let mut held = self.held.borrow_mut();
-                let queued = held.get_mut(&id).and_then(VecDeque::pop_front);
-                if queued.is_none() {
-                    held.remove(&id);
+            next = match holding {
+                true => {
+                    let mut held = self.held.borrow_mut();
+                    let queued = held.get_mut(&id).and_then(VecDeque::pop_front);
+                    if queued.is_none() {
+                        held.remove(&id);
+                    }
+                    queued
                 }
-                queued
+                false => None,
             };
         }
         Ok(())
@@ -351,8 +354,14 @@ impl SocketHub {
         Response::from_websocket(pair.client)
     }
 
-    /// Decodes one client message and carries out what the session makes of it.
-    async fn handle_message(&self, ws: &WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
+    /// Decodes one client message and carries out what the session makes of it. Before waiting
+    /// for a private channel's policies it holds the socket (see `websocket_message`).
+    async fn handle_message(
+        &self,
+        ws: &WebSocket,
+        message: WebSocketIncomingMessage,
+        holding: &mut bool,
+    ) -> Result<()> {
         let Some(mut session) = self.load_session(ws).await? else {
             return Ok(());
         };
@@ -373,6 +382,16 @@ impl SocketHub {
         };
         let before = session.channels.clone();
         let mut effects = self.handle(&mut session, inbound.clone());
+        let asks_policies = |e: &Effect| {
+            matches!(
+                e,
+                Effect::CheckWrite { .. } | Effect::PrivateClaims { .. } | Effect::Join { private: Some(_), .. }
+            )
+        };
+        if !*holding && effects.iter().any(asks_policies) {
+            self.held.borrow_mut().entry(session.id.clone()).or_default();
+            *holding = true;
+        }
         if let [Effect::CheckWrite { topic, extension }] = effects.as_slice() {
             let (topic, extension) = (topic.clone(), *extension);
             let answer = self.may_write(&session, &topic, extension).await?;
