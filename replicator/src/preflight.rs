@@ -3,6 +3,7 @@
 //! Every failure names the fix. Migrations run between the two, so that every publication the slot
 //! is read with exists before the slot does.
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 use tracing::info;
 
@@ -89,8 +90,10 @@ pub async fn prepare_stream(db: &Client, config: &Config) -> Result<(), String> 
                 "created the empty publication {p}: add the tables to stream with ALTER PUBLICATION {p} ADD TABLE <schema>.<table>",
                 p = config.publication
             ),
-            // Another replicator starting at the same time created it first.
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
+            // Another replicator starting at the same time created it first (seen as either code,
+            // depending on when the two transactions meet).
+            Err(e)
+                if e.code() == Some(&SqlState::DUPLICATE_OBJECT) || e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
             Err(e) => return Err(format!("creating publication {} failed: {e}", config.publication)),
         }
     }
