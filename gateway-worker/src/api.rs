@@ -48,13 +48,7 @@ pub async fn broadcast_batch(mut req: Request, env: &Env) -> Result<Response> {
 /// Whether the caller may broadcast to the private channel `topic` (the RLS policies on
 /// `realtime.messages`, asked through the replicator).
 async fn may_write(env: &Env, topic: &str, caller: &Caller) -> bool {
-    let request = Authorize {
-        topic: topic.to_string(),
-        claims: caller.claims.clone(),
-        headers: caller.headers.clone(),
-        read: Vec::new(),
-        write: vec![Extension::Broadcast],
-    };
+    let request = Authorize::writing(topic, &caller.claims, &caller.headers, Extension::Broadcast);
     replicator::authorize(env, &request)
         .await
         .is_some_and(|answer| answer.write.contains(&Extension::Broadcast))

@@ -147,8 +147,9 @@ struct Index {
     topics: HashMap<Room, BTreeSet<String>>,
     /// Sockets with at least one joined channel: upstream's "users".
     users: BTreeSet<String>,
-    /// (socket, topic) of private channels admitted by presence read alone: no broadcasts.
-    presence_only: HashSet<(String, String)>,
+    /// Per topic, the sockets admitted to its private channel by presence read alone: they get
+    /// no broadcasts.
+    presence_only: HashMap<String, HashSet<String>>,
 }
 
 impl Index {
@@ -160,7 +161,10 @@ impl Index {
                 .or_default()
                 .insert(session.id.clone());
             if channel.presence_only {
-                self.presence_only.insert((session.id.clone(), channel.topic.clone()));
+                self.presence_only
+                    .entry(channel.topic.clone())
+                    .or_default()
+                    .insert(session.id.clone());
             }
         }
         if !session.channels.is_empty() {
@@ -172,7 +176,10 @@ impl Index {
     fn remove(&mut self, socket_id: &str) {
         self.sockets.remove(socket_id);
         self.users.remove(socket_id);
-        self.presence_only.retain(|(socket, _)| socket != socket_id);
+        self.presence_only.retain(|_, sockets| {
+            sockets.remove(socket_id);
+            !sockets.is_empty()
+        });
         self.topics.retain(|_, members| {
             members.remove(socket_id);
             !members.is_empty()
@@ -467,7 +474,7 @@ impl SocketHub {
                     console_log!("socket {}: session kept in storage ({too_big})", session.id);
                 }
                 storage.put(&session_key(&session.id), session).await?;
-                ws.serialize_attachment(StoredSession {
+                ws.serialize_attachment(Attachment::Stored {
                     stored_session: session.id.clone(),
                 })
             }
@@ -564,7 +571,9 @@ impl SocketHub {
                     private,
                 } => {
                     let room = (access(private), topic.clone());
-                    if private {
+                    // A rejoin leaves the old incarnation after the new one was admitted: its
+                    // claims, under the same key, stay while the topic is still joined privately.
+                    if private && !session.membership(&topic).is_some_and(|m| m.private) {
                         self.state.storage().delete(&claims_key(&session.id, &topic)).await?;
                     }
                     if postgres {
@@ -646,13 +655,7 @@ impl SocketHub {
                     continue;
                 }
             };
-            let request = Authorize {
-                topic: sub_topic(topic).to_string(),
-                claims: claims.clone(),
-                headers: session.headers.clone(),
-                read: vec![Extension::Broadcast, Extension::Presence],
-                write: Vec::new(),
-            };
+            let request = Authorize::reading(sub_topic(topic), claims, &session.headers);
             let read = replicator::authorize(&self.env, &request)
                 .await
                 .map(|answer| answer.read)
@@ -688,13 +691,15 @@ impl SocketHub {
     /// the claims it was admitted with; `None` when the replicator could not say.
     async fn may_write(&self, session: &Session, topic: &str, extension: Extension) -> Result<Option<bool>> {
         let stored: Option<Map<String, Value>> = self.state.storage().get(&claims_key(&session.id, topic)).await?;
-        let request = Authorize {
-            topic: sub_topic(topic).to_string(),
-            claims: stored.unwrap_or_else(|| session.claims.clone()),
-            headers: session.headers.clone(),
-            read: Vec::new(),
-            write: vec![extension],
+        let Some(claims) = stored else {
+            // Kept at admission until the channel leaves: without them nobody can say who asks.
+            console_error!(
+                "socket {}: no claims kept for {topic}; its writes are refused",
+                session.id
+            );
+            return Ok(Some(false));
         };
+        let request = Authorize::writing(sub_topic(topic), &claims, &session.headers, extension);
         Ok(replicator::authorize(&self.env, &request)
             .await
             .map(|answer| answer.write.contains(&extension)))
@@ -831,7 +836,14 @@ impl SocketHub {
     /// Hands what a Channel delivered to this hub's members.
     async fn receive(&self, delivery: Delivery) -> Result<()> {
         let room = (delivery.access, delivery.topic.clone());
-        let mut delivered = self.db_position(&room).await?;
+        let from_database = delivery
+            .events
+            .iter()
+            .any(|e| matches!(e, HubEvent::DbBroadcast { .. }));
+        let mut delivered = match from_database {
+            true => self.db_position(&room).await?,
+            false => None,
+        };
         let first_delivered = delivered.clone();
         let (_, limits) = self.settings(tenant_of_hub(&self.name()));
         let mut over_rate = 0;
@@ -976,11 +988,13 @@ fn fan_out(index: &Index, room: &Room, what: &Deliverable, skip: &dyn Fn(&str) -
     let topic = room.1.as_str();
     let mut sent = 0;
     let mut encoded: [Option<Option<WireFrame>>; 2] = [None, None];
-    let deaf = |socket: &String| {
-        matches!(what, Deliverable::Broadcast(_)) && index.presence_only.contains(&(socket.clone(), topic.to_string()))
+    // Broadcasts skip members admitted by presence read alone.
+    let deaf = match what {
+        Deliverable::Broadcast(_) => index.presence_only.get(topic),
+        Deliverable::Push(_) => None,
     };
     for socket_id in members {
-        if skip(socket_id) || deaf(socket_id) {
+        if skip(socket_id) || deaf.is_some_and(|sockets| sockets.contains(socket_id)) {
             continue;
         }
         let Some((ws, vsn)) = index.sockets.get(socket_id) else {
@@ -1019,16 +1033,11 @@ fn postgres_system_message(join_ref: Option<&str>, topic: &str, outcome: std::re
 
 /// What a socket's attachment holds: its session, or where in storage the session is when it
 /// outgrew the attachment.
-#[derive(serde::Deserialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
 enum Attachment {
     Inline(Session),
     Stored { stored_session: String },
-}
-
-#[derive(serde::Serialize)]
-struct StoredSession {
-    stored_session: String,
 }
 
 /// The id of the socket, from its attachment.

@@ -172,6 +172,36 @@ pub struct Authorize {
     pub write: Vec<Extension>,
 }
 
+impl Authorize {
+    /// What these claims may read of the private channel `topic` (a sub-topic): at join and on
+    /// a new token, for broadcast and presence alike.
+    pub fn reading(topic: &str, claims: &Map<String, Value>, headers: &Map<String, Value>) -> Authorize {
+        Authorize {
+            topic: topic.to_string(),
+            claims: claims.clone(),
+            headers: headers.clone(),
+            read: vec![Extension::Broadcast, Extension::Presence],
+            write: Vec::new(),
+        }
+    }
+
+    /// Whether these claims may write `extension` on the private channel `topic`.
+    pub fn writing(
+        topic: &str,
+        claims: &Map<String, Value>,
+        headers: &Map<String, Value>,
+        extension: Extension,
+    ) -> Authorize {
+        Authorize {
+            topic: topic.to_string(),
+            claims: claims.clone(),
+            headers: headers.clone(),
+            read: Vec::new(),
+            write: vec![extension],
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Extension {

@@ -293,3 +293,22 @@ test("the Realtime Authorization guide's rooms_users policies, verbatim, with au
     await done(alice, bob, eve);
   }
 });
+
+test("a private channel joined again writes with its own token's claims, not the socket's", async () => {
+  const receiver = user('a');
+  // The socket connects as a reader; the channel brings a writer's token.
+  const { ws, inbox } = await rawSocket(stack.url, { apikey: tokenFor('authenticated', { team: 'a' }), vsn: '2.0.0' });
+  try {
+    const r = await joinWithInbox(receiver, 'team-a-rejoin', PRIVATE);
+    const access_token = tokenFor('authenticated', { team: 'a', writer: true });
+    for (const ref of ['1', '2']) {
+      ws.send(JSON.stringify([ref, ref, 'realtime:team-a-rejoin', 'phx_join', { config: { private: true }, access_token }]));
+      assert.equal((await until(inbox, (m) => m[3] === 'phx_reply' && m[1] === ref))[4].status, 'ok');
+    }
+    ws.send(JSON.stringify(['2', '3', 'realtime:team-a-rejoin', 'broadcast', { type: 'broadcast', event: 'after-rejoin', payload: {} }]));
+    assert.equal((await r.inbox.next()).event, 'after-rejoin');
+  } finally {
+    ws.close();
+    await done(receiver);
+  }
+});
