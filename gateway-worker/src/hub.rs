@@ -449,22 +449,20 @@ impl SocketHub {
 
     /// A socket's session: from its attachment, or from storage if it outgrew the attachment.
     async fn load_session(&self, ws: &WebSocket) -> Result<Option<Session>> {
-        match ws.deserialize_attachment::<Attachment>()? {
+        // Inline is the common case: read it as a session first (a marker fails at once).
+        if let Ok(session) = ws.deserialize_attachment::<Session>() {
+            return Ok(session);
+        }
+        match attachment_head(ws).and_then(|head| head.stored_session) {
+            Some(id) => self.state.storage().get(&session_key(&id)).await,
             None => Ok(None),
-            Some(Attachment::Inline(session)) => Ok(Some(session)),
-            Some(Attachment::Stored { stored_session }) => {
-                self.state.storage().get(&session_key(&stored_session)).await
-            }
         }
     }
 
     /// Keeps a socket's session in its attachment, or in storage when it no longer fits the
     /// attachment's 16 KiB (a socket with many channels); the attachment then says where.
     async fn store_session(&self, ws: &WebSocket, session: &Session) -> Result<()> {
-        let was_stored = matches!(
-            ws.deserialize_attachment::<Attachment>(),
-            Ok(Some(Attachment::Stored { .. }))
-        );
+        let was_stored = attachment_head(ws).is_some_and(|head| head.stored_session.is_some());
         let storage = self.state.storage();
         match ws.serialize_attachment(session) {
             Ok(()) if was_stored => storage.delete(&session_key(&session.id)).await.map(|_| ()),
@@ -474,8 +472,9 @@ impl SocketHub {
                     console_log!("socket {}: session kept in storage ({too_big})", session.id);
                 }
                 storage.put(&session_key(&session.id), session).await?;
-                ws.serialize_attachment(Attachment::Stored {
-                    stored_session: session.id.clone(),
+                ws.serialize_attachment(AttachmentHead {
+                    id: None,
+                    stored_session: Some(session.id.clone()),
                 })
             }
         }
@@ -1031,21 +1030,24 @@ fn postgres_system_message(join_ref: Option<&str>, topic: &str, outcome: std::re
     )
 }
 
-/// What a socket's attachment holds: its session, or where in storage the session is when it
-/// outgrew the attachment.
+/// What a socket's attachment says about itself: it holds either the whole session (`id` is
+/// the session's) or, when the session outgrew it, only `stored_session`, the id under which the
+/// session is in storage. Reading these two fields alone costs far less than the whole session.
 #[derive(serde::Serialize, serde::Deserialize)]
-#[serde(untagged)]
-enum Attachment {
-    Inline(Session),
-    Stored { stored_session: String },
+struct AttachmentHead {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stored_session: Option<String>,
+}
+
+fn attachment_head(ws: &WebSocket) -> Option<AttachmentHead> {
+    ws.deserialize_attachment().ok().flatten()
 }
 
 /// The id of the socket, from its attachment.
 fn socket_id_of(ws: &WebSocket) -> Option<String> {
-    match ws.deserialize_attachment::<Attachment>().ok()?? {
-        Attachment::Inline(session) => Some(session.id),
-        Attachment::Stored { stored_session } => Some(stored_session),
-    }
+    attachment_head(ws).and_then(|head| head.stored_session.or(head.id))
 }
 
 fn session_key(socket: &str) -> String {
