@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use sluice_shared::frame::Broadcast;
 use sluice_shared::internal::{
     access_of_channel, Access, ChannelOp, ChannelRequest, ChannelResponse, DbBroadcasts, Delivery, HubEvent,
-    StreamPosition,
 };
+use sluice_shared::position::{StreamPosition, Watermark};
 use sluice_shared::presence::{phx_ref, Owner, Registry};
 use worker::*;
 
@@ -79,24 +79,16 @@ impl Channel {
         self.load().await?;
         let storage = self.state.storage();
         let relayed: Option<StreamPosition> = storage.get(RELAYED_KEY).await.unwrap_or(None);
-        let mut last = relayed.clone();
+        let mut mark = Watermark::new(relayed);
         let mut events = Vec::new();
         let name = self.state.id().name().unwrap_or_default();
         let tenant = name.split(':').nth(1).unwrap_or_default();
         let limits = config::limits(&self.env, tenant).unwrap_or_default();
         for message in batch.messages {
-            if relayed
-                .as_ref()
-                .is_some_and(|p| !p.is_before(&batch.stream, message.lsn, message.seq))
-            {
+            if !mark.admit(&batch.stream, message.lsn, message.seq) {
                 continue;
             }
-            let position = StreamPosition {
-                stream: batch.stream.clone(),
-                lsn: message.lsn,
-                seq: message.seq,
-            };
-            last = Some(position.clone());
+            let position = mark.last().cloned().expect("just admitted");
             // Upstream drops (and logs) what is over the tenant's payload size.
             if let Broadcast::User(user) = &message.broadcast {
                 if limits.payload_too_big(user.payload.len()) {
@@ -137,7 +129,7 @@ impl Channel {
             console_error!("channel {topic}: relaying database broadcasts failed: {e}");
             return Response::error("a hub could not be reached", 500);
         }
-        if let Some(position) = last {
+        if let Some(position) = mark.last() {
             storage.put(RELAYED_KEY, position).await?;
         }
         Response::ok("")

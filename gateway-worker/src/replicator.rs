@@ -7,13 +7,13 @@ use sluice_shared::frame::Broadcast;
 use sluice_shared::internal::{
     Authorize, Authorized, Reauthorize, ReplayRequest, Replayed, Subscribe, Subscribed, Unsubscribe,
 };
+use sluice_shared::texts;
 use worker::*;
 
 use crate::config;
 
-/// What the client sees when the replicator cannot be asked (upstream's text for an unreachable
-/// project database).
-pub const UNREACHABLE: &str = "Realtime was unable to connect to the project database";
+/// What the client sees when the replicator cannot be asked.
+const UNREACHABLE: &str = texts::DATABASE_UNREACHABLE;
 
 /// Registers the bindings; `Err` holds the text the client sees as its `system` error.
 pub async fn subscribe(env: &Env, request: &Subscribe) -> std::result::Result<Subscribed, String> {

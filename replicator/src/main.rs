@@ -1,41 +1,43 @@
 //! sluice-replicator: runs beside the user's Postgres, streams its row changes from a persistent
 //! logical slot, and delivers each to the sockets whose subscriptions (event, filters, RLS) it
-//! matches, through the gateway's hubs.
+//! matches, through the gateway's hubs. Folders follow the pipeline:
 //!
-//! - [`config`]: environment variables, checked at start.
-//! - [`db`]: the SQL connection, reopened after Postgres restarts.
-//! - [`preflight`]: database checks and setup (publication, slot) at start.
-//! - [`migrations`]: sluice's own schema (`sluice`) in the database.
-//! - [`subscriptions`]: registering channels' `postgres_changes` bindings (checked, stored).
-//! - [`registry`]: the subscriptions in memory, by table.
-//! - [`stream`]: the replication stream, batched, confirmed after delivery.
-//! - [`payload`]: decoded row changes and the payloads built from them.
-//! - [`broadcasts`]: `realtime.messages` rows as broadcasts from the database.
-//! - [`tables`]: catalog facts per table and role, and the batched RLS query.
-//! - [`dispatch`]: matching, RLS and per-hub batches for each batch of changes.
-//! - [`delivery`]: pushing batches to hubs, retrying until they answer.
-//! - [`authorization`]: private channels, by the RLS policies on `realtime.messages`.
-//! - [`http`]: `/healthz`, `/metrics` and the subscription API hubs call.
+//! - [`setup`]: checks and prepares the database at start (preflight, migrations, slot).
+//! - [`source`]: the replication stream, decoded into row changes.
+//! - [`pipeline`]: the loop: gather batches, dispatch, sink, confirm; graceful shutdown.
+//! - [`dispatch`]: matching, RLS and payloads: what each hub must deliver.
+//! - [`sink`]: pushing batches to the gateway, retrying until it takes them.
+//! - [`subscriptions`]: channels' `postgres_changes` bindings: registry, storage, API.
+//! - [`messages`]: `realtime.messages`: private-channel policies, database broadcasts, replay.
+//! - [`http`]: `/healthz`, `/metrics`, and the internal API's routes.
+//!
+//! And around them: [`config`] (environment), [`db`] (the SQL connection), [`error`] (what each
+//! error means for retries), [`stats`] (counters and health), [`app`] (what the endpoints share),
+//! [`shutdown`] (SIGTERM and Ctrl-C).
 
-mod authorization;
-mod broadcasts;
+mod app;
 mod config;
 mod db;
-mod delivery;
 mod dispatch;
+mod error;
 mod http;
-mod migrations;
-mod payload;
-mod preflight;
-mod registry;
-mod stream;
+mod messages;
+mod pipeline;
+mod setup;
+mod shutdown;
+mod sink;
+mod source;
+mod stats;
 mod subscriptions;
-mod tables;
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tracing::{error, info};
+use sluice_shared::position::Lsn;
+use tracing::{error, info, warn};
+
+use error::StartError;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -52,50 +54,54 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> Result<(), String> {
-    let config = config::Config::from_env().map_err(|e| e.to_string())?;
-    let pg: tokio_postgres::Config = config.database_url.parse().map_err(|e| format!("{e}"))?;
+async fn run() -> Result<(), StartError> {
+    let shutdown = shutdown::on_signal();
+    let config = config::Config::from_env().map_err(|e| StartError(e.to_string()))?;
+    let pg: tokio_postgres::Config = config.database_url.parse().map_err(|e| StartError(format!("{e}")))?;
     info!("connecting to Postgres at {}", describe(&pg));
     let db = db::Db::connect(pg.clone()).await.map_err(|e| {
-        format!(
+        StartError(format!(
             "cannot connect to Postgres at {} ({e}): check SLUICE_DATABASE_URL and that the server is running and accepts connections",
             describe(&pg)
-        )
+        ))
     })?;
-    let client = db.client().await.map_err(|e| format!("{e}"))?;
-    preflight::check(&client, &config).await?;
-    migrations::run(&mut db.dedicated().await.map_err(|e| format!("{e}"))?).await?;
-    preflight::prepare_stream(&client, &config).await?;
+    setup::prepare(&db, &config).await?;
     let db = Arc::new(db);
-    let registry = Arc::new(registry::Registry::default());
-    let loaded = subscriptions::load(&*db.client().await.map_err(|e| format!("{e}"))?, &registry)
+    let registry = Arc::new(subscriptions::registry::Registry::default());
+    let client = db.client().await.map_err(|e| StartError(e.to_string()))?;
+    let loaded = subscriptions::store::load(&*client, &registry)
         .await
-        .map_err(|e| format!("loading the stored subscriptions failed: {e}"))?;
+        .map_err(|e| StartError(format!("loading the stored subscriptions failed: {e}")))?;
     info!("holding {loaded} stored subscriptions");
-    let stats = Arc::new(stream::Stats::default());
-    let (passed, passed_rx) = tokio::sync::watch::channel(0u64);
-    let gateway = delivery::Gateway::new(&config.gateway_url, &config.internal_secret);
-    let system_identifier: String = db
-        .client()
-        .await
-        .map_err(|e| format!("{e}"))?
+    let system_identifier: String = client
         .query_one("select system_identifier::text from pg_control_system()", &[])
         .await
-        .map_err(|e| format!("reading the database's system identifier: {e}"))?
+        .map_err(|e| StartError(format!("reading the database's system identifier: {e}")))?
         .get(0);
+    let stats = Arc::new(stats::Stats::default());
+    let (passed, passed_rx) = tokio::sync::watch::channel(Lsn::default());
     let stream = format!("{system_identifier}:{}", config.slot);
-    let dispatcher = dispatch::Dispatcher::new(registry.clone(), db.clone(), gateway, stats.clone(), stream);
+    let pipeline = pipeline::Pipeline {
+        config: config.clone(),
+        dispatcher: dispatch::Dispatcher::new(registry.clone(), db.clone(), stats.clone(), stream),
+        gateway: sink::Gateway::new(&config.gateway_url, &config.internal_secret, stats.clone()),
+        registry: registry.clone(),
+        db: db.clone(),
+        stats: stats.clone(),
+        passed,
+        shutdown: shutdown.clone(),
+    };
     info!("delivering changes to {}", config.gateway_url);
-    tokio::spawn(stream::run(config.clone(), stats.clone(), dispatcher, passed));
+    let pipeline = tokio::spawn(pipeline.run());
     tokio::spawn(maintain_message_partitions(db.clone()));
     let listener = tokio::net::TcpListener::bind(config.http_addr).await.map_err(|e| {
-        format!(
+        StartError(format!(
             "cannot listen on SLUICE_HTTP_ADDR={} ({e}): choose a free address",
             config.http_addr
-        )
+        ))
     })?;
     info!("serving http://{}/healthz and /metrics", config.http_addr);
-    let state = http::AppState {
+    let state = app::AppState {
         db,
         registry,
         passed: passed_rx,
@@ -104,18 +110,31 @@ async fn run() -> Result<(), String> {
         publication: config.publication.clone(),
         internal_secret: config.internal_secret.clone().into(),
     };
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-            info!("shutting down");
-        })
-        .await
-        .map_err(|e| format!("the HTTP server failed: {e}"))
+    let stopping = shutdown.clone();
+    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+        stopping.requested_now().await;
+    });
+    let server = tokio::spawn(async move { server.await });
+    // Both end after a shutdown request: the pipeline within its grace period and the stream's
+    // close; the server once its requests are answered (a registration waits for the stream at
+    // most 15 s).
+    match pipeline.await {
+        Ok(()) => info!("the pipeline stopped"),
+        Err(e) => error!("the pipeline failed: {e}"),
+    }
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(StartError(format!("the HTTP server failed: {e}"))),
+        Ok(Err(e)) => error!("the HTTP server failed: {e}"),
+        Err(_) => warn!("HTTP requests were still open 5 s after shutdown; leaving them"),
+    }
+    info!("stopped");
+    Ok(())
 }
 
 /// Keeps `realtime.messages` partitioned a few days ahead and drops days older than 72 h, hourly.
 async fn maintain_message_partitions(db: Arc<db::Db>) {
-    let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+    let mut hourly = tokio::time::interval(Duration::from_secs(3600));
     loop {
         hourly.tick().await;
         let done = match db.client().await {
@@ -126,7 +145,7 @@ async fn maintain_message_partitions(db: Arc<db::Db>) {
             Err(e) => Err(e),
         };
         if let Err(e) = done {
-            tracing::warn!("maintaining the partitions of realtime.messages failed: {e}; retrying in an hour");
+            warn!("maintaining the partitions of realtime.messages failed: {e}; retrying in an hour");
         }
     }
 }

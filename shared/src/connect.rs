@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::frame::Vsn;
 use crate::jwt::{AuthError, Claims, Keys};
+use crate::texts;
 
 /// The most bytes of `x-` headers kept for `request.headers`: they live in the socket's 16 KiB
 /// hibernation attachment.
@@ -44,7 +45,7 @@ pub fn authorize(req: &ConnectRequest, keys: &Keys, now_secs: i64) -> Result<Acc
     let Some(vsn) = Vsn::from_param(req.vsn) else {
         return Err(Refused {
             status: 400,
-            message: "Unsupported vsn: use 1.0.0 or 2.0.0".into(),
+            message: texts::UNSUPPORTED_VSN.into(),
             delay: false,
         });
     };

@@ -1,4 +1,4 @@
-//! Wire types of the internal API (DESIGN.md "Durable Objects" and "Internal HTTP API").
+//! Wire types of the internal API (docs/architecture.md, "The internal API").
 //!
 //! - SocketHub → Channel: `POST /internal/v1/channel` with a [`ChannelRequest`]: the ops of one or
 //!   more messages for one channel, coalesced, in order. Answered with a [`ChannelResponse`].
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::frame::Broadcast;
+use crate::position::{Lsn, StreamPosition};
 
 /// Which room a channel is: public and private channels with one name are different rooms.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -271,25 +272,9 @@ pub struct DbBroadcasts {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DbMessage {
-    pub lsn: u64,
+    pub lsn: Lsn,
     pub seq: u32,
     pub broadcast: Broadcast,
-}
-
-/// The last change a hub (or message a Channel) delivered from a stream.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StreamPosition {
-    pub stream: String,
-    pub lsn: u64,
-    pub seq: u32,
-}
-
-impl StreamPosition {
-    /// Whether a change at `(lsn, seq)` of `stream` comes after this position and so is new. A
-    /// change of another stream (a new database) always is.
-    pub fn is_before(&self, stream: &str, lsn: u64, seq: u32) -> bool {
-        self.stream != stream || (lsn, seq) > (self.lsn, self.seq)
-    }
 }
 
 /// One row change. `(lsn, seq)` orders changes and identifies them across retries and replicator
@@ -297,7 +282,7 @@ impl StreamPosition {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Change {
     /// The end LSN of the change's transaction.
-    pub lsn: u64,
+    pub lsn: Lsn,
     /// The change's place in its transaction.
     pub seq: u32,
     /// The payloads subscribers see (they differ by the columns each role may select).
@@ -332,21 +317,6 @@ mod tests {
     use serde_json::json;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-
-    #[test]
-    fn positions() {
-        let p = StreamPosition {
-            stream: "1:s".into(),
-            lsn: 100,
-            seq: 2,
-        };
-        assert!(!p.is_before("1:s", 100, 2), "the same change again");
-        assert!(!p.is_before("1:s", 100, 1));
-        assert!(!p.is_before("1:s", 99, 9));
-        assert!(p.is_before("1:s", 100, 3));
-        assert!(p.is_before("1:s", 101, 0));
-        assert!(p.is_before("2:s", 5, 0), "another database starts afresh");
-    }
 
     #[test]
     fn bearer() {

@@ -5,6 +5,8 @@ use jwt_compact::jwk::JsonWebKey;
 use jwt_compact::{Algorithm, AlgorithmExt, Claims as JwtClaims, Token, UntrustedToken, ValidationError};
 use serde_json::{Map, Value};
 
+use crate::texts;
+
 /// The verified claims of a token. `role` and `exp` are guaranteed present.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Claims {
@@ -34,8 +36,8 @@ impl AuthError {
     /// The text of an HTTP rejection of the WebSocket upgrade.
     pub fn connect_message(&self) -> String {
         match self {
-            AuthError::Missing => "API key is missing".into(),
-            AuthError::Expired { .. } => "Token has expired".into(),
+            AuthError::Missing => texts::API_KEY_MISSING.into(),
+            AuthError::Expired { .. } => texts::TOKEN_EXPIRED.into(),
             other => other.message(),
         }
     }
@@ -43,12 +45,12 @@ impl AuthError {
     /// The message used inside channels (join errors and `system` messages).
     pub fn message(&self) -> String {
         match self {
-            AuthError::Missing => "API key is missing".into(),
-            AuthError::Malformed => "The token provided is not a valid JWT".into(),
-            AuthError::BadSignature => "Failed to validate JWT signature".into(),
-            AuthError::Signer => "Failed to generate JWT signer, check your JWT secret or JWKS configuration".into(),
-            AuthError::MissingRoleOrExp => "Fields `role` and `exp` are required in JWT".into(),
-            AuthError::Expired { seconds_ago } => format!("Token has expired {seconds_ago} seconds ago"),
+            AuthError::Missing => texts::API_KEY_MISSING.into(),
+            AuthError::Malformed => texts::JWT_MALFORMED.into(),
+            AuthError::BadSignature => texts::JWT_BAD_SIGNATURE.into(),
+            AuthError::Signer => texts::JWT_SIGNER.into(),
+            AuthError::MissingRoleOrExp => texts::JWT_ROLE_AND_EXP.into(),
+            AuthError::Expired { seconds_ago } => texts::token_expired_ago(*seconds_ago),
         }
     }
 

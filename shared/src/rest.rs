@@ -3,6 +3,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::frame::{Broadcast, Encoding, UserBroadcast};
+use crate::texts;
 
 /// A refused request: HTTP status and JSON body.
 #[derive(Debug, PartialEq)]
@@ -17,7 +18,7 @@ impl Refusal {
     }
 
     pub fn unauthorized() -> Refusal {
-        Refusal::new(401, json!({"message": "Unauthorized"}))
+        Refusal::new(401, json!({"message": texts::REST_UNAUTHORIZED}))
     }
 }
 
@@ -156,7 +157,7 @@ pub fn single_broadcast(event: &str, content_type: Option<&str>, body: &[u8]) ->
             let value: Value = if body.is_empty() {
                 json!({})
             } else {
-                serde_json::from_slice(body).map_err(|_| Refusal::new(400, json!({"error": "Malformed JSON body"})))?
+                serde_json::from_slice(body).map_err(|_| Refusal::new(400, json!({"error": texts::MALFORMED_JSON})))?
             };
             let value = if value.is_object() {
                 value
@@ -165,10 +166,7 @@ pub fn single_broadcast(event: &str, content_type: Option<&str>, body: &[u8]) ->
             };
             Ok(user(Encoding::Json, value.to_string().into_bytes()))
         }
-        Some(_) => Err(Refusal::new(
-            415,
-            json!({"error": "Unsupported Media Type. Use application/json or application/octet-stream"}),
-        )),
+        Some(_) => Err(Refusal::new(415, json!({"error": texts::UNSUPPORTED_MEDIA_TYPE}))),
     }
 }
 

@@ -6,12 +6,13 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use crate::bindings::binding_id;
 use crate::frame::{self, Broadcast, Inbound, InboundPayload, Outbound, Vsn};
 use crate::internal::Extension;
 use crate::join::{parse_join, parse_replay, parse_topic, sub_topic, Replay, Topic};
 use crate::jwt::{AuthError, Claims, Keys};
 use crate::limits::{Limits, Rates};
-use crate::subscription::binding_id;
+use crate::texts;
 
 /// What a message is handled with besides the session itself: the time, the tenant's keys and
 /// limits, the hub's rate counters and user count, and a maker of presence keys for joins that
@@ -52,7 +53,7 @@ pub struct Session {
 }
 
 /// A joined channel of this socket.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Membership {
     /// The full topic, `realtime:<sub_topic>`.
     pub topic: String,
@@ -184,6 +185,15 @@ impl PrivateJoin {
 }
 
 impl Effect {
+    /// Whether the hub must ask a private channel's policies before carrying this out: the
+    /// socket's later messages then wait behind it ([`crate::hold`]), so they keep their order.
+    pub fn waits_for_policies(&self) -> bool {
+        matches!(
+            self,
+            Effect::CheckWrite { .. } | Effect::PrivateClaims { .. } | Effect::Join { private: Some(_), .. }
+        )
+    }
+
     fn leave(member: &Membership) -> Effect {
         Effect::Leave {
             topic: member.topic.clone(),
@@ -234,7 +244,7 @@ impl Session {
                     msg.ref_.as_deref(),
                     topic,
                     false,
-                    json!({"reason": "unmatched topic"}),
+                    json!({"reason": texts::UNMATCHED_TOPIC}),
                 ))],
             };
         };
@@ -343,7 +353,7 @@ impl Session {
             reply.ref_.as_deref(),
             topic,
             false,
-            json!({"reason": format!("Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}")}),
+            json!({"reason": texts::unauthorized_read(sub_topic)}),
         )
     }
 
@@ -376,10 +386,7 @@ impl Session {
             return Vec::new();
         };
         let sub_topic = sub_topic(topic);
-        self.shut_down(
-            &member,
-            &format!("You no longer have permission to read from this Channel topic: {sub_topic}"),
-        )
+        self.shut_down(&member, &texts::read_permission_lost(sub_topic))
     }
 
     /// The socket is going away: it leaves every channel.
@@ -397,7 +404,7 @@ impl Session {
         }
         ctx.rates.events.add(ctx.now_ms, 1);
         if ctx.rates.events.exceeds(ctx.now_ms, ctx.limits.max_events_per_second) {
-            return self.shut_down(member, "Too many messages per second");
+            return self.shut_down(member, texts::TOO_MANY_MESSAGES);
         }
         let size = match &msg.payload {
             InboundPayload::Json(v) => v.to_string().len(),
@@ -411,7 +418,7 @@ impl Session {
                     msg.ref_.as_deref(),
                     &msg.topic,
                     false,
-                    json!("payload_size_exceeded"),
+                    json!(texts::PAYLOAD_TOO_BIG),
                 ))],
                 false => Vec::new(),
             };
@@ -451,7 +458,7 @@ impl Session {
             (start, count + 1)
         };
         if window.1 > ctx.limits.max_client_presence_events_per_window {
-            return self.shut_down(member, "Client presence rate limit exceeded");
+            return self.shut_down(member, texts::CLIENT_PRESENCE_RATE);
         }
         if let Some(m) = self.channels.iter_mut().find(|m| m.topic == member.topic) {
             m.presence_window = window;
@@ -462,10 +469,10 @@ impl Session {
             .presence
             .exceeds(ctx.now_ms, ctx.limits.max_presence_events_per_second)
         {
-            return self.shut_down(member, "Too many presence messages per second");
+            return self.shut_down(member, texts::TOO_MANY_PRESENCE_MESSAGES);
         }
         if ctx.limits.payload_too_big(payload.to_string().len()) {
-            return self.shut_down(member, "Track message size exceeded");
+            return self.shut_down(member, texts::TRACK_TOO_BIG);
         }
         // Private channels: presence needs write permission; without it the reply is an error.
         if member.private && member.presence_write != Some(true) {
@@ -484,7 +491,7 @@ impl Session {
         };
         let effect = if tracked {
             let Some(meta) = payload.get("payload").and_then(Value::as_object) else {
-                return vec![reply(false, json!({"reason": "Presence track payload must be a map"}))];
+                return vec![reply(false, json!({"reason": texts::PRESENCE_NOT_A_MAP}))];
             };
             Effect::Track {
                 topic: topic.clone(),
@@ -513,7 +520,7 @@ impl Session {
         };
         let sub_topic = match parse_topic(topic) {
             Topic::Channel(sub) => sub,
-            _ => return vec![error("unmatched topic".into())],
+            _ => return vec![error(texts::UNMATCHED_TOPIC.into())],
         };
         let mut effects = Vec::new();
         // A second join of a joined topic ends the old incarnation first.
@@ -541,24 +548,28 @@ impl Session {
         };
         ctx.rates.joins.add(ctx.now_ms, 1);
         if sub_topic.is_empty() {
-            effects.push(error("TopicNameRequired: You must provide a topic name".into()));
+            effects.push(error(texts::TOPIC_NAME_REQUIRED.into()));
         } else if ctx.limits.private_only && !config.private {
-            effects.push(error("PrivateOnly: This project only allows private channels".into()));
+            effects.push(error(texts::PRIVATE_ONLY.into()));
         } else if self.channels.is_empty() && ctx.users >= ctx.limits.max_concurrent_users {
-            effects.push(error("ConnectionRateLimitReached: Too many connected users".into()));
+            effects.push(error(texts::join_limit(
+                "ConnectionRateLimitReached",
+                texts::TOO_MANY_USERS,
+            )));
         } else if ctx.rates.joins.exceeds(ctx.now_ms, ctx.limits.max_joins_per_second) {
-            effects.push(error("ClientJoinRateLimitReached: Too many joins per second".into()));
+            effects.push(error(texts::join_limit(
+                "ClientJoinRateLimitReached",
+                texts::TOO_MANY_JOINS,
+            )));
             effects.push(Effect::Disconnect);
         } else if self.channels.len() >= ctx.limits.max_channels_per_client as usize {
-            effects.push(error("ChannelRateLimitReached: Too many channels".into()));
+            effects.push(error(texts::TOO_MANY_CHANNELS.into()));
         } else if let Err(err) = &token {
             effects.push(error(err.join_reason()));
         } else if config.replay.is_some() && !config.private {
-            effects.push(error(
-                "UnableToReplayMessages: Replay is not allowed for public channels".into(),
-            ));
+            effects.push(error(texts::REPLAY_PUBLIC.into()));
         } else if config.replay.as_ref().is_some_and(|r| parse_replay(r).is_none()) {
-            effects.push(error("UnableToReplayMessages: Replay params are not valid".into()));
+            effects.push(error(texts::REPLAY_PARAMS.into()));
         } else {
             let (exp, token_tail, claims) = token.expect("checked above");
             let presence_key = if config.presence_key.is_empty() {

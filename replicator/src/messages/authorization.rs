@@ -1,4 +1,4 @@
-//! Realtime Authorization for private channels (PROTOCOL.md 5.6): what a user's claims may read
+//! Realtime Authorization for private channels (docs/protocol.md 5.6): what a user's claims may read
 //! and write on a topic, decided by the RLS policies on `realtime.messages`, as upstream does.
 //!
 //! Read: as the replicator's own role, insert one probe row per extension for the topic; then,

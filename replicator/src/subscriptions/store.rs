@@ -1,15 +1,16 @@
-//! Registering a channel's `postgres_changes` bindings (hub → replicator): each binding is
-//! parsed (`sluice_shared::subscription`), checked against the database (tables in the
+//! Storing a channel's `postgres_changes` bindings (hub → replicator): each binding is
+//! parsed (`sluice_shared::bindings`), checked against the database (tables in the
 //! publication, columns, filter values castable to the column types, `in` lists, the role), and
 //! stored in `sluice.subscriptions` so a replicator restart loses none. Answers carry the
 //! client-visible ids, or the exact `system` error text the client must see.
 
 use serde_json::{json, Map, Value};
+use sluice_shared::bindings::{self, binding_id, params_to_log, SubscriptionParams};
 use sluice_shared::filter::{Condition, Op};
-use sluice_shared::subscription::{self, binding_id, params_to_log, SubscriptionParams};
+use sluice_shared::texts;
 use tokio_postgres::{GenericClient, Transaction};
 
-use crate::registry::{self, ChannelKey, Registry, Sub};
+use super::registry::{self, ChannelKey, Registry, Sub};
 
 /// Upstream's limit on `in` lists.
 const MAX_IN_VALUES: usize = 100;
@@ -47,7 +48,7 @@ pub async fn register(
         subs: Vec::new(),
     };
     for binding in reg.bindings {
-        let params = match subscription::parse(binding) {
+        let params = match bindings::parse(binding) {
             Ok(params) => params,
             Err(text) => return Ok(Err(Refused(text))),
         };
@@ -63,10 +64,7 @@ pub async fn register(
             )
             .await?;
         if tables.is_empty() {
-            return Ok(Err(Refused(format!(
-                "Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: [{}]",
-                params_to_log(&params)
-            ))));
+            return Ok(Err(Refused(texts::unable_to_subscribe(&params_to_log(&params)))));
         }
         for row in tables {
             let relid: u32 = row.get(0);
@@ -108,10 +106,7 @@ pub async fn register(
 
 /// Upstream's refusal when the database rejects a subscription, with Postgres's reason.
 fn exception(params: &SubscriptionParams, problem: &str) -> Refused {
-    Refused(format!(
-        "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: [{}]. Exception: {problem}",
-        params_to_log(params)
-    ))
+    Refused(texts::subscription_exception(&params_to_log(params), problem))
 }
 
 /// Whether `role` is a Postgres role (claims name the role RLS sees rows as).

@@ -7,6 +7,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::texts;
+
 /// The filter operators upstream accepts.
 pub const OPERATORS: [&str; 13] = [
     "eq",
@@ -145,37 +147,24 @@ pub fn parse(binding: &Map<String, Value>) -> Result<SubscriptionParams, String>
             let cols: Vec<String> = cols.iter().filter_map(Value::as_str).map(str::to_string).collect();
             (!cols.is_empty()).then_some(cols)
         }
-        Some(Value::String(_)) => return Err(
-            "Error parsing `select` params: expected a list of column name strings, e.g. select: [\"col1\", \"col2\"]"
-                .into(),
-        ),
+        Some(Value::String(_)) => return Err(texts::BAD_SELECT.into()),
         _ => None,
     };
     let text = |key: &str| binding.get(key).and_then(Value::as_str);
     let has = |key: &str| binding.contains_key(key);
     let (schema, table, filters) = match (text("schema"), text("table"), text("filter")) {
         (Some(schema), Some(table), Some(filter)) => {
-            let filters = parse_filters(filter).map_err(|reason| format!("Error parsing `filter` params: {reason}"))?;
+            let filters = parse_filters(filter).map_err(|reason| texts::bad_filter(&reason))?;
             (schema, table, filters)
         }
         (Some(schema), Some(table), None) if !has("filter") => (schema, table, Vec::new()),
         (Some(schema), None, None) if !has("table") && !has("filter") => (schema, "*", Vec::new()),
         (None, Some(table), None) if !has("schema") && !has("filter") => ("public", table, Vec::new()),
-        _ if has("user_token") || has("auth_token") => {
-            return Err("No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: <redacted>".into())
-        }
-        _ => {
-            return Err(format!(
-                "No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: {}",
-                inspect(&Value::Object(binding.clone()))
-            ))
-        }
+        _ if has("user_token") || has("auth_token") => return Err(texts::no_subscription_params("<redacted>")),
+        _ => return Err(texts::no_subscription_params(&inspect(&Value::Object(binding.clone())))),
     };
     if select.is_some() && (schema == "*" || table == "*") {
-        return Err(
-            "Column selection is not supported for wildcard subscriptions. Provide an explicit schema and table name."
-                .into(),
-        );
+        return Err(texts::SELECT_ON_WILDCARD.into());
     }
     Ok(SubscriptionParams {
         action,

@@ -1,5 +1,6 @@
-//! The HTTP API (PROTOCOL.md 5.2–5.3, 8): REST broadcast, batch and single. Parsing and answers
-//! are `sluice_shared::rest`; this module authenticates and hands messages to Channels.
+//! REST broadcast (docs/protocol.md 5.2–5.3): `POST /api/broadcast` (batch) and
+//! `POST /api/broadcast/:topic/events/:event` (single). Parsing and answers are
+//! `sluice_shared::rest`; this module authenticates and hands messages to Channels.
 
 use std::collections::BTreeMap;
 
@@ -7,14 +8,13 @@ use futures_util::future::join_all;
 use serde_json::{json, Map, Value};
 use sluice_shared::connect::{self, tenant_from_host};
 use sluice_shared::frame::Broadcast;
-use sluice_shared::internal::{
-    bearer_matches, channel_name, Access, Authorize, ChannelOp, ChannelRequest, DbBroadcasts, Extension,
-};
+use sluice_shared::internal::{channel_name, Access, Authorize, ChannelOp, ChannelRequest, Extension};
 use sluice_shared::rest::{self, Refusal};
+use sluice_shared::texts;
 use worker::*;
 
 use crate::config::{self, CHANNEL};
-use crate::{outbox, replicator, rpc};
+use crate::{outbox, replicator};
 
 /// `POST /api/broadcast`: many text broadcasts, each to its topic's channel.
 pub async fn broadcast_batch(mut req: Request, env: &Env) -> Result<Response> {
@@ -64,7 +64,7 @@ pub async fn broadcast_single(mut req: Request, env: &Env, topic: String, event:
     if private && !may_write(env, &topic, &caller).await {
         return answer(Refusal {
             status: 403,
-            body: json!({"message": "Unauthorized"}),
+            body: json!({"message": texts::REST_UNAUTHORIZED}),
         });
     }
     let access = if private { Access::Private } else { Access::Public };
@@ -77,46 +77,6 @@ pub async fn broadcast_single(mut req: Request, env: &Env, topic: String, event:
         }
         Err(refusal) => answer(refusal),
     }
-}
-
-/// `GET /api/tenants/:id/health` (admin JWT signed with `API_JWT_SECRET`): upstream's shape,
-/// with the database state from the replicator's `/healthz` (`REPLICATOR_URL`).
-pub async fn tenant_health(req: Request, env: &Env) -> Result<Response> {
-    let authorization = req.headers().get("authorization")?;
-    let token = rest::caller_token(authorization.as_deref(), None).unwrap_or("");
-    let admin = config::admin_secret(env).map(|secret| {
-        let now_secs = (Date::now().as_millis() / 1000) as i64;
-        sluice_shared::jwt::Keys::new(secret.into_bytes())
-            .verify_any(token, now_secs)
-            .is_ok()
-    });
-    if admin != Some(true) {
-        // Upstream answers failed admin auth with 403 and an empty body.
-        return Ok(Response::empty()?.with_status(403));
-    }
-    // The replicator's /healthz: 200 when the database answers, with whether it streams.
-    let health: Option<Value> = match config::replicator_url(env) {
-        Some(url) => match Fetch::Url(Url::parse(&format!("{url}/healthz"))?).send().await {
-            Ok(mut res) if res.status_code() == 200 => res.json().await.ok(),
-            _ => None,
-        },
-        None => None,
-    };
-    let db_connected = health.is_some();
-    let replication_connected = health.is_some_and(|h| h["replication"] == "connected");
-    let region = req
-        .cf()
-        .and_then(|cf| cf.continent())
-        .unwrap_or_else(|| "default".into())
-        .to_ascii_lowercase();
-    Response::from_json(&json!({"data": {
-        "healthy": db_connected,
-        "db_connected": db_connected,
-        "replication_connected": replication_connected,
-        "connected_cluster": 1,
-        "region": region,
-        "node": "sluice-gateway",
-    }}))
 }
 
 /// CORS preflight: the API is open to browsers, as upstream's.
@@ -190,28 +150,4 @@ fn answer(refusal: Refusal) -> Result<Response> {
 fn cors(mut res: Response) -> Result<Response> {
     res.headers_mut().set("access-control-allow-origin", "*")?;
     Ok(res)
-}
-
-/// `POST /internal/v1/broadcasts` from the replicator: broadcasts from the database for one
-/// channel of the tenant this host names, handed to that channel's Channel object.
-pub async fn database_broadcasts(mut req: Request, env: &Env) -> Result<Response> {
-    let authorization = req.headers().get("authorization")?;
-    if !bearer_matches(
-        authorization.as_deref(),
-        &config::internal_secret(env).unwrap_or_default(),
-    ) {
-        return Response::error("Unauthorized", 401);
-    }
-    let host = req.headers().get("host")?.unwrap_or_default();
-    let tenant = tenant_from_host(&host);
-    let batch: DbBroadcasts = req.json().await?;
-    let name = channel_name(&tenant, batch.access, &batch.topic);
-    let stub = env.durable_object(CHANNEL)?.get_by_name(&name)?;
-    match rpc::post_json(stub, "/internal/v1/db-broadcasts", &batch).await {
-        Ok(_) => Response::ok(""),
-        Err(e) => {
-            console_error!("{name}: {e}");
-            Response::error("the channel could not relay the broadcasts", 503)
-        }
-    }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio_postgres::Client;
 
-use crate::payload::Relation;
+use crate::source::change::Relation;
 
 /// A table's catalog facts, aligned with its [`Relation`]'s columns.
 #[derive(Debug)]

@@ -1,14 +1,17 @@
-//! Broadcast from the database (PROTOCOL.md 5.4): rows inserted into `realtime.messages` (by
+//! Broadcast from the database (docs/protocol.md 5.4): rows inserted into `realtime.messages` (by
 //! `realtime.send`, `realtime.send_binary`, `realtime.broadcast_changes`) become user broadcasts
 //! to their topic's public or private channel, with metadata `{"id": <row id>}`.
 
 use serde_json::{json, Value};
+use sluice_shared::bindings::Action;
 use sluice_shared::filter::Cell;
 use sluice_shared::frame::{Broadcast, Encoding, UserBroadcast};
 use sluice_shared::internal::{Access, DbMessage, ReplayRequest};
-use sluice_shared::subscription::Action;
 
-use crate::payload::RowChange;
+use crate::source::change::RowChange;
+
+/// The publication of `realtime.messages` (created by the migrations), streamed by the same slot.
+pub const MESSAGES_PUBLICATION: &str = "sluice_messages";
 
 /// A broadcast for one channel.
 #[derive(Debug)]
@@ -66,7 +69,7 @@ pub fn from_change(change: &RowChange) -> Option<DbBroadcast> {
 }
 
 /// A private channel's stored broadcasts since `since` (epoch ms), the newest `limit`, oldest
-/// first, marked `replayed` (PROTOCOL.md 5.5).
+/// first, marked `replayed` (docs/protocol.md 5.5).
 pub async fn replay(
     db: &tokio_postgres::Client,
     request: &ReplayRequest,
@@ -114,8 +117,9 @@ fn decode_bytea(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payload::{Datum, RelColumn, Relation};
+    use crate::source::change::{Datum, RelColumn, Relation};
     use sluice_shared::pgvalue::oid;
+    use sluice_shared::position::Lsn;
     use std::sync::Arc;
 
     fn insert(values: [Option<&str>; 6]) -> RowChange {
@@ -139,7 +143,7 @@ mod tests {
             .collect();
         row.push(Datum::Null);
         RowChange {
-            lsn: 7,
+            lsn: Lsn(7),
             seq: 1,
             commit_micros: 0,
             relation: Arc::new(Relation {
@@ -173,7 +177,7 @@ mod tests {
         assert_eq!((u.event.as_str(), u.encoding), ("ev", Encoding::Json));
         assert_eq!(u.payload, br#"{"a":1}"#);
         assert_eq!(u.meta.unwrap()["id"], "u-1");
-        assert_eq!((b.message.lsn, b.message.seq), (7, 1));
+        assert_eq!((b.message.lsn, b.message.seq), (Lsn(7), 1));
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
+use sluice_shared::bindings::Action;
 use sluice_shared::filter::{Condition, Op};
-use sluice_shared::subscription::Action;
 use tokio_postgres::Row;
 
 /// A channel of a socket on a hub: where a subscription's changes go.

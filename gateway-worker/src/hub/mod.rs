@@ -1,0 +1,177 @@
+//! SocketHub: the Durable Object `hub:{tenant}:{region}:{shard}` that owns client sockets.
+//!
+//! Sockets are accepted through the WebSocket Hibernation API, so the object may be evicted from
+//! memory while they stay open. What must outlive that is each socket's
+//! [`Session`](sluice_shared::session::Session), kept in its attachment (or in storage once it
+//! outgrows the attachment's 16 KiB). The in-memory [`Roster`] (which sockets are in which room)
+//! is a cache, rebuilt from the sessions on wake. The protocol decisions are `sluice_shared`'s;
+//! this folder carries them out, one concern per file:
+//!
+//! - this file: the object, its state, and its entry points (upgrade, deliveries, socket events,
+//!   alarm), each handing over to one of the files below.
+//! - [`sockets`]: accepting sockets; sessions in attachments and storage; the roster; a socket
+//!   that goes.
+//! - [`messages`]: one client message: decode, hand to the session, the hold queue.
+//! - [`effects`]: carrying out what the session decided (replies, joins, leaves, presence,
+//!   Postgres Changes registrations).
+//! - [`private`]: private channels: asking the policies at join and at first write; replay.
+//! - [`deliveries`]: what arrives from elsewhere: row changes from the replicator, and relays
+//!   from Channels (broadcasts, database broadcasts, presence diffs), each delivered once.
+//! - [`fanout`]: delivering to this hub's members of a room; calls to a topic's Channel.
+//! - [`alarms`]: the one alarm: token expiry and idle sockets.
+//!
+//! A broadcast goes straight to this hub's own members (the fast path), and through the topic's
+//! Channel Durable Object to other hubs only when that Channel said it has members elsewhere.
+//! Presence always goes through the Channel, which holds the registry.
+
+mod alarms;
+mod deliveries;
+mod effects;
+mod fanout;
+mod messages;
+mod private;
+mod sockets;
+
+use std::cell::{OnceCell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+use sluice_shared::hold::Holds;
+use sluice_shared::internal::{ChangeBatch, Delivery};
+use sluice_shared::jwt::Keys;
+use sluice_shared::limits::{Limits, Rates};
+use sluice_shared::position::StreamPosition;
+use sluice_shared::roster::{Room, Roster};
+use worker::*;
+
+use crate::config;
+use crate::outbox::Outbox;
+
+/// The header a new socket's session travels in from the Worker to its hub.
+pub const SESSION_HEADER: &str = "x-sluice-session";
+
+#[durable_object]
+pub struct SocketHub {
+    state: State,
+    env: Env,
+    /// `None` after a (re)start until the first event needs it ([`SocketHub::ensure_roster`]).
+    roster: RefCell<Option<Roster<WebSocket>>>,
+    /// Per room, how many other hubs have members, as its Channel last said. Unknown: relay.
+    peers: RefCell<HashMap<Room, usize>>,
+    outbox: Outbox,
+    /// This hub's rate counters (transient: an evicted hub starts counting afresh).
+    rates: RefCell<Rates>,
+    /// When each socket last sent anything (epoch ms), for the idle timeout. Transient too.
+    last_seen: RefCell<HashMap<String, u64>>,
+    /// The tenant's keys and limits, read from the environment once per instance.
+    settings: OnceCell<(Rc<Keys>, Rc<Limits>)>,
+    /// Messages waiting behind one that waits for policies, per socket (transient).
+    held: RefCell<Holds<WebSocketIncomingMessage>>,
+    /// Per socket, the ids of stored messages it got by replay (transient).
+    replayed: RefCell<HashMap<String, HashSet<String>>>,
+    /// Per room, the last database broadcast delivered; also in storage.
+    db_positions: RefCell<HashMap<Room, StreamPosition>>,
+    /// The last row change delivered; also in storage.
+    changes_position: RefCell<Option<StreamPosition>>,
+}
+
+impl DurableObject for SocketHub {
+    fn new(state: State, env: Env) -> Self {
+        Self {
+            state,
+            env,
+            roster: RefCell::new(None),
+            peers: RefCell::default(),
+            outbox: Outbox::default(),
+            rates: RefCell::default(),
+            last_seen: RefCell::default(),
+            settings: OnceCell::new(),
+            held: RefCell::default(),
+            replayed: RefCell::default(),
+            db_positions: RefCell::default(),
+            changes_position: RefCell::new(None),
+        }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        self.ensure_roster().await?;
+        match req.path().as_str() {
+            "/connect" => {
+                let response = self.accept(&req)?;
+                if response.status_code() == 101 {
+                    self.wake_by(Date::now().as_millis() + config::idle_timeout_ms(&self.env))
+                        .await?;
+                }
+                Ok(response)
+            }
+            "/internal/v1/deliver" => {
+                let delivery: Delivery = req.json().await?;
+                self.receive_relay(delivery).await?;
+                Response::ok("")
+            }
+            "/internal/v1/changes" => {
+                let batch: ChangeBatch = req.json().await?;
+                Response::from_json(&self.receive_changes(batch).await?)
+            }
+            _ => Response::error("Not Found", 404),
+        }
+    }
+
+    async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
+        self.ensure_roster().await?;
+        self.receive_message(&ws, message).await
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        self.ensure_roster().await?;
+        self.run_alarm().await?;
+        Response::ok("")
+    }
+
+    async fn websocket_close(&self, ws: WebSocket, code: usize, _reason: String, _clean: bool) -> Result<()> {
+        self.ensure_roster().await?;
+        // Out of the roster first: nothing is sent to it once the handshake is answered.
+        self.socket_gone(&ws).await?;
+        let code = u16::try_from(code)
+            .ok()
+            .filter(|c| *c >= 1000 && *c != 1005 && *c != 1006)
+            .unwrap_or(1000);
+        // Complete the closing handshake; the socket may already be gone.
+        let _ = ws.close(Some(code), Some("closed"));
+        Ok(())
+    }
+
+    async fn websocket_error(&self, ws: WebSocket, error: Error) -> Result<()> {
+        console_warn!("socket error: {error}");
+        self.ensure_roster().await?;
+        self.socket_gone(&ws).await
+    }
+}
+
+impl SocketHub {
+    /// The tenant's keys and limits. Misconfigured keys verify nothing (joins then fail with
+    /// signer errors) and misconfigured limits fall back to the defaults; both are logged.
+    fn settings(&self, tenant: &str) -> (Rc<Keys>, Rc<Limits>) {
+        let (keys, limits) = self.settings.get_or_init(|| {
+            let keys = config::keys(&self.env).unwrap_or_else(|problem| {
+                console_error!("{problem}");
+                Keys::default()
+            });
+            let limits = config::limits(&self.env, tenant).unwrap_or_else(|problem| {
+                console_error!("{problem}");
+                Limits::default()
+            });
+            (Rc::new(keys), Rc::new(limits))
+        });
+        (keys.clone(), limits.clone())
+    }
+
+    fn name(&self) -> String {
+        self.state.id().name().unwrap_or_else(|| "SocketHub".into())
+    }
+}
+
+/// The tenant part of a hub's name (`hub:{tenant}:{region}:{shard}`).
+fn tenant_of_hub(name: &str) -> &str {
+    name.split(':').nth(1).unwrap_or_default()
+}

@@ -1,0 +1,45 @@
+//! The tenants API, as far as sluice has one: `GET /api/tenants/:id/health` (admin JWT signed with
+//! `API_JWT_SECRET`).
+
+use serde_json::{json, Value};
+use sluice_shared::rest;
+use worker::*;
+
+use super::websocket::region_of;
+use crate::config;
+
+/// `GET /api/tenants/:id/health` (admin JWT signed with `API_JWT_SECRET`): upstream's shape,
+/// with the database state from the replicator's `/healthz` (`REPLICATOR_URL`).
+pub async fn tenant_health(req: Request, env: &Env) -> Result<Response> {
+    let authorization = req.headers().get("authorization")?;
+    let token = rest::caller_token(authorization.as_deref(), None).unwrap_or("");
+    let admin = config::admin_secret(env).map(|secret| {
+        let now_secs = (Date::now().as_millis() / 1000) as i64;
+        sluice_shared::jwt::Keys::new(secret.into_bytes())
+            .verify_any(token, now_secs)
+            .is_ok()
+    });
+    if admin != Some(true) {
+        // Upstream answers failed admin auth with 403 and an empty body.
+        return Ok(Response::empty()?.with_status(403));
+    }
+    // The replicator's /healthz: 200 when the database answers, with whether it streams.
+    let health: Option<Value> = match config::replicator_url(env) {
+        Some(url) => match Fetch::Url(Url::parse(&format!("{url}/healthz"))?).send().await {
+            Ok(mut res) if res.status_code() == 200 => res.json().await.ok(),
+            _ => None,
+        },
+        None => None,
+    };
+    let db_connected = health.is_some();
+    let replication_connected = health.is_some_and(|h| h["replication"] == "connected");
+    let region = region_of(&req);
+    Response::from_json(&json!({"data": {
+        "healthy": db_connected,
+        "db_connected": db_connected,
+        "replication_connected": replication_connected,
+        "connected_cluster": 1,
+        "region": region,
+        "node": "sluice-gateway",
+    }}))
+}

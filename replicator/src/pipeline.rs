@@ -1,0 +1,259 @@
+//! The pipeline: the one loop that moves changes from the source to the sink.
+//!
+//! ```text
+//!   source (slot, pgoutput) ──events──▶ gather committed transactions into a batch
+//!        ▲                                   │ the stream pauses, or the batch is full or old
+//!        │ confirm(end of batch)             ▼
+//!        └────────────── sink (hubs, channels) ◀── dispatch (match, RLS, per-hub batches)
+//! ```
+//!
+//! Discipline: a batch's end position is confirmed only after every hub and channel took its
+//! share, so a crash replays it and hubs drop what they already delivered. While the gateway
+//! does not take a batch, nothing more is read (backpressure, not loss).
+//!
+//! The loop's priorities, highest first (a `biased` `select!`):
+//! 1. shutdown: stop reading, deliver what was gathered (bounded), confirm, close the stream;
+//! 2. the stream's next event;
+//! 3. a batch is waiting and the stream has nothing ready: flush it now.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_shared::position::Lsn;
+use tokio::sync::watch;
+use tracing::{error, warn};
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::dispatch::Dispatcher;
+use crate::error::{Recovery, StreamError};
+use crate::messages::broadcasts::{self, DbBroadcast};
+use crate::shutdown::{Shutdown, GRACE};
+use crate::sink::Gateway;
+use crate::source::change::RowChange;
+use crate::source::{Event, Source};
+use crate::stats::Stats;
+use crate::subscriptions::{self, registry::Registry};
+
+/// Most changes gathered into one batch; a larger transaction is still dispatched whole.
+const MAX_BATCH: usize = 5_000;
+/// A batch waits at most this long for more while the stream keeps sending.
+const MAX_BATCH_AGE: Duration = Duration::from_millis(100);
+/// How long closing the stream may take at shutdown.
+const CLOSE_WITHIN: Duration = Duration::from_secs(3);
+
+pub struct Pipeline {
+    pub config: Config,
+    pub dispatcher: Dispatcher,
+    pub gateway: Gateway,
+    pub registry: Arc<Registry>,
+    pub db: Arc<Db>,
+    pub stats: Arc<Stats>,
+    /// The highest position the stream has fully handled: registrations wait for it to pass
+    /// their mark.
+    pub passed: watch::Sender<Lsn>,
+    pub shutdown: Shutdown,
+}
+
+/// Committed changes and database broadcasts waiting to be dispatched, and the position
+/// confirming them.
+#[derive(Default)]
+struct Batch {
+    changes: Vec<RowChange>,
+    broadcasts: Vec<DbBroadcast>,
+    end: Option<Lsn>,
+    since: Option<Instant>,
+}
+
+impl Batch {
+    fn is_pending(&self) -> bool {
+        self.end.is_some()
+    }
+
+    fn is_due(&self) -> bool {
+        self.changes.len() + self.broadcasts.len() >= MAX_BATCH
+            || self.since.is_some_and(|since| since.elapsed() >= MAX_BATCH_AGE)
+    }
+}
+
+/// The transaction being received: its commit time, changes and broadcasts.
+#[derive(Default)]
+struct Transaction {
+    commit_micros: i64,
+    changes: Vec<RowChange>,
+    broadcasts: Vec<DbBroadcast>,
+}
+
+impl Pipeline {
+    /// Streams until shutdown, reconnecting after errors: soon (1 s doubling to 30 s) when the
+    /// database or network failed, every 30 s when a setting is wrong.
+    pub async fn run(mut self) {
+        let mut backoff = Duration::from_secs(1);
+        while !self.shutdown.requested() {
+            let outcome = self.stream_once().await;
+            self.stats.connected.store(false, std::sync::atomic::Ordering::Relaxed);
+            let pause = match outcome {
+                Ok(()) => {
+                    backoff = Duration::from_secs(1);
+                    backoff
+                }
+                Err(e) => match e.recovery() {
+                    Recovery::Stop => break,
+                    Recovery::RetrySoon => {
+                        warn!("replication stream ended: {e}; reconnecting in {} s", backoff.as_secs());
+                        let pause = backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        pause
+                    }
+                    Recovery::RetrySlowly => {
+                        error!("replication stream ended: {e}; retrying in 30 s");
+                        Duration::from_secs(30)
+                    }
+                },
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.shutdown.requested_now() => {}
+            }
+        }
+    }
+
+    /// One replication connection, from connecting until it ends or shutdown closes it.
+    async fn stream_once(&mut self) -> Result<(), StreamError> {
+        let mut source = tokio::select! {
+            source = Source::connect(&self.config) => source?,
+            _ = self.shutdown.requested_now() => return Ok(()),
+        };
+        self.stats.connected.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut transaction: Option<Transaction> = None;
+        let mut batch = Batch::default();
+        let mut confirmed = Lsn::default();
+        let shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.requested_now() => {
+                    // An open transaction is dropped: it was not committed as far as we saw.
+                    self.flush(&mut batch, &source, &mut confirmed).await?;
+                    source.close(confirmed, CLOSE_WITHIN).await;
+                    return Ok(());
+                }
+                event = source.next() => {
+                    let Some(event) = event? else {
+                        return Ok(());
+                    };
+                    self.apply(event, &mut transaction, &mut batch, &source, &mut confirmed);
+                    if batch.is_due() {
+                        self.flush(&mut batch, &source, &mut confirmed).await?;
+                    }
+                }
+                _ = std::future::ready(()), if batch.is_pending() => {
+                    self.flush(&mut batch, &source, &mut confirmed).await?;
+                }
+            }
+        }
+    }
+
+    /// Takes one event into the transaction and batch being gathered.
+    fn apply(
+        &mut self,
+        event: Event,
+        transaction: &mut Option<Transaction>,
+        batch: &mut Batch,
+        source: &Source,
+        confirmed: &mut Lsn,
+    ) {
+        match event {
+            Event::Begin { commit_micros } => {
+                *transaction = Some(Transaction {
+                    commit_micros,
+                    ..Transaction::default()
+                })
+            }
+            Event::Relation(relation) => self.dispatcher.relation_changed(relation.relid),
+            Event::Change(mut change) => {
+                let Some(tx) = transaction.as_mut() else {
+                    return;
+                };
+                change.commit_micros = tx.commit_micros;
+                if broadcasts::is_messages_table(&change) {
+                    tx.broadcasts.extend(broadcasts::from_change(&change));
+                    return;
+                }
+                Stats::count(&self.stats.changes, 1);
+                // Only changes someone subscribed to are kept.
+                if self.dispatcher.wants(change.relation.relid) {
+                    tx.changes.push(change);
+                }
+            }
+            Event::Commit { end_lsn } => {
+                Stats::count(&self.stats.transactions, 1);
+                let tx = transaction.take().unwrap_or_default();
+                batch
+                    .changes
+                    .extend(tx.changes.into_iter().map(|c| RowChange { lsn: end_lsn, ..c }));
+                batch.broadcasts.extend(tx.broadcasts.into_iter().map(|mut b| {
+                    b.message.lsn = end_lsn;
+                    b
+                }));
+                batch.end = Some(end_lsn);
+                batch.since.get_or_insert_with(Instant::now);
+            }
+            Event::Mark { lsn } => self.pass(lsn),
+            // Between transactions, with nothing waiting, WAL up to the server's position holds
+            // nothing for us (other tables, checkpoints): confirm it, or the slot would pin that
+            // WAL and a shutting-down server would wait for us forever.
+            Event::Idle { wal_end } if transaction.is_none() && !batch.is_pending() => {
+                source.confirm(wal_end);
+                *confirmed = wal_end;
+                self.pass(wal_end);
+            }
+            Event::Idle { .. } => {}
+        }
+    }
+
+    /// Dispatches the batch, hands it to the sink, and confirms its end once everything was
+    /// taken. After shutdown was asked for this gets [`GRACE`]; past it the batch stays
+    /// unconfirmed (`Interrupted`).
+    async fn flush(&mut self, batch: &mut Batch, source: &Source, confirmed: &mut Lsn) -> Result<(), StreamError> {
+        let Some(end) = batch.end else {
+            return Ok(());
+        };
+        let shutdown = self.shutdown.clone();
+        tokio::select! {
+            delivered = self.deliver(batch) => delivered?,
+            _ = shutdown.grace_over() => {
+                warn!("the batch ending at {end} was not delivered within {GRACE:?} of shutdown; it will be delivered after the next start");
+                return Err(StreamError::Interrupted);
+            }
+        }
+        source.confirm(end);
+        *confirmed = end;
+        self.pass(end);
+        *batch = Batch::default();
+        Ok(())
+    }
+
+    /// Dispatch and sink for one batch.
+    async fn deliver(&mut self, batch: &mut Batch) -> Result<(), StreamError> {
+        if !batch.changes.is_empty() {
+            Stats::count(&self.stats.batches, 1);
+            let per_hub = self.dispatcher.dispatch(&batch.changes).await?;
+            let gone = self.gateway.deliver_all(&per_hub).await;
+            subscriptions::forget_gone(&self.registry, &self.db, gone);
+            batch.changes.clear();
+        }
+        if !batch.broadcasts.is_empty() {
+            let broadcasts = std::mem::take(&mut batch.broadcasts);
+            self.gateway
+                .relay_broadcasts(self.dispatcher.stream(), broadcasts)
+                .await;
+        }
+        Ok(())
+    }
+
+    fn pass(&self, lsn: Lsn) {
+        self.passed
+            .send_if_modified(|p| std::mem::replace(p, (*p).max(lsn)) < lsn);
+    }
+}

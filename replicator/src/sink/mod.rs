@@ -1,0 +1,150 @@
+//! The sink: pushing to the gateway Worker (`SLUICE_GATEWAY_URL`, bearer secret). Change batches
+//! go to hubs (`/internal/v1/changes/{hub}`), database broadcasts to channels
+//! (`/internal/v1/broadcasts`). A push is retried until the gateway takes it: the stream waits
+//! (backpressure) rather than lose anything. An outage is retried soon (backoff to 5 s); a
+//! refusal (wrong secret or URL) is reported in the log and `/healthz` and retried every 10 s,
+//! so fixing the setting is enough to recover.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use serde::Serialize;
+use sluice_shared::internal::{Access, ChangeBatch, ChangeReceipt, DbBroadcasts, DbMessage, Unsubscribe};
+use tracing::{error, info, warn};
+
+use crate::error::{DeliveryError, Recovery};
+use crate::messages::broadcasts::DbBroadcast;
+use crate::stats::Stats;
+
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+/// How often a refused push is tried again.
+const REFUSED_RETRY: Duration = Duration::from_secs(10);
+
+pub struct Gateway {
+    http: reqwest::Client,
+    base: String,
+    secret: String,
+    stats: Arc<Stats>,
+}
+
+impl Gateway {
+    pub fn new(base: &str, secret: &str, stats: Arc<Stats>) -> Gateway {
+        Gateway {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("an HTTP client with default TLS settings"),
+            base: base.to_string(),
+            secret: secret.to_string(),
+            stats,
+        }
+    }
+
+    /// Delivers each hub its batch, all hubs at once; returns once every hub took its batch, with
+    /// the channels the hubs said are gone.
+    pub async fn deliver_all(&self, per_hub: &BTreeMap<String, ChangeBatch>) -> Vec<Unsubscribe> {
+        let sends = per_hub.iter().map(|(hub, batch)| self.deliver(hub, batch));
+        let receipts = join_all(sends).await;
+        let deliveries: u64 = per_hub
+            .values()
+            .flat_map(|b| &b.changes)
+            .flat_map(|c| &c.payloads)
+            .map(|p| p.to.len() as u64)
+            .sum();
+        Stats::count(&self.stats.deliveries, deliveries);
+        receipts.into_iter().flat_map(|r| r.gone).collect()
+    }
+
+    /// Delivers `batch` to `hub`; its receipt.
+    async fn deliver(&self, hub: &str, batch: &ChangeBatch) -> ChangeReceipt {
+        let path = format!("/internal/v1/changes/{}", utf8_percent_encode(hub, NON_ALPHANUMERIC));
+        let what = format!("{} changes to {hub}", batch.changes.len());
+        let answer = self.post_until_taken(&path, batch, &what).await;
+        serde_json::from_str(&answer).unwrap_or_else(|e| {
+            warn!("{hub} answered with an unreadable receipt ({e}); assuming no channel is gone");
+            ChangeReceipt::default()
+        })
+    }
+
+    /// Hands database broadcasts to their channels, one request per channel (in order within
+    /// each), all channels at once; returns once every one was taken.
+    pub async fn relay_broadcasts(&self, stream: &str, broadcasts: Vec<DbBroadcast>) {
+        let mut per_channel: BTreeMap<(String, Access), Vec<DbMessage>> = BTreeMap::new();
+        for b in broadcasts {
+            per_channel.entry((b.topic, b.access)).or_default().push(b.message);
+        }
+        let sends = per_channel.into_iter().map(|((topic, access), messages)| async move {
+            let batch = DbBroadcasts {
+                stream: stream.to_string(),
+                topic,
+                access,
+                messages,
+            };
+            let what = format!("{} database broadcasts to {}", batch.messages.len(), batch.topic);
+            self.post_until_taken("/internal/v1/broadcasts", &batch, &what).await;
+            Stats::count(&self.stats.db_broadcasts, batch.messages.len() as u64);
+        });
+        join_all(sends).await;
+    }
+
+    /// POSTs `body` as JSON until the gateway takes it; the answer's text.
+    async fn post_until_taken(&self, path: &str, body: &impl Serialize, what: &str) -> String {
+        let mut wait = FIRST_RETRY;
+        let mut attempts = 0u32;
+        loop {
+            let problem = match self.post(path, body).await {
+                Ok(text) => {
+                    if attempts > 0 {
+                        info!("delivered {what} after {attempts} failed attempts");
+                        self.stats.set_refused(None);
+                    }
+                    return text;
+                }
+                Err(problem) => problem,
+            };
+            Stats::count(&self.stats.push_errors, 1);
+            attempts += 1;
+            let pause = match problem.recovery() {
+                Recovery::RetrySlowly => {
+                    if attempts == 1 || attempts.is_multiple_of(6) {
+                        error!("cannot deliver {what}: {problem}; retrying every {REFUSED_RETRY:?}, the stream waits meanwhile");
+                    }
+                    self.stats.set_refused(Some(problem.to_string()));
+                    REFUSED_RETRY
+                }
+                _ => {
+                    if attempts == 1 || attempts.is_multiple_of(20) {
+                        warn!("cannot deliver {what}: {problem}; retrying (attempt {attempts}), the stream waits meanwhile");
+                    }
+                    let pause = wait;
+                    wait = (wait * 2).min(MAX_RETRY);
+                    pause
+                }
+            };
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// One POST: the answer's text, or why the gateway did not take it.
+    async fn post(&self, path: &str, body: &impl Serialize) -> Result<String, DeliveryError> {
+        let unavailable = |e: reqwest::Error| DeliveryError::Unavailable(e.to_string());
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.secret)
+            .json(body)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let status = response.status();
+        let text = response.text().await.map_err(unavailable)?;
+        match status.is_success() {
+            true => Ok(text),
+            false => Err(DeliveryError::from_status(status.as_u16(), &text)),
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The internal endpoints for Postgres Changes, called by hubs (bearer secret checked by
+//! `crate::http`): `POST /v1/subscriptions` registers a channel's bindings, `PATCH` gives them
+//! new claims (a refreshed token), `DELETE` removes a channel's or a socket's.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::json;
+use sluice_shared::internal::{Reauthorize, Subscribe, Subscribed, Unsubscribe};
+use sluice_shared::position::Lsn;
+use sluice_shared::texts;
+use tracing::warn;
+
+use super::registry::{ChannelKey, Sub};
+use super::store::{self, Refused, Registration};
+use super::SYNC_PREFIX;
+use crate::app::{database_error, Answer, AppState};
+
+/// How long a registration waits for the stream to pass it before answering 503.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `POST /v1/subscriptions`: 200 `{"ids": [...]}` in binding order once the subscription is live
+/// (see [`live`]), or 422 `{"error": <the system message text>}`.
+pub async fn register(State(state): State<AppState>, Json(body): Json<Subscribe>) -> Answer {
+    let channel = ChannelKey {
+        hub: body.hub.clone(),
+        socket: body.socket.clone(),
+        topic: body.topic.clone(),
+    };
+    let registration = Registration {
+        publication: &state.publication,
+        hub: &body.hub,
+        socket: &body.socket,
+        topic: &body.topic,
+        claims: &body.claims,
+        bindings: &body.bindings,
+    };
+    let outcome = in_transaction(&state, async |tx| store::register(tx, &registration).await).await;
+    match outcome {
+        Ok(Ok(registered)) => live(&state, &channel, registered.subs, registered.ids).await,
+        Ok(Err(Refused(text))) => (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"error": text}))),
+        Err(e) => database_error(e),
+    }
+}
+
+/// `PATCH /v1/subscriptions`: the channel's subscriptions take new claims (a refreshed token).
+/// Answered like a registration.
+pub async fn reauthorize(State(state): State<AppState>, Json(body): Json<Reauthorize>) -> Answer {
+    let channel = ChannelKey {
+        hub: body.hub.clone(),
+        socket: body.socket.clone(),
+        topic: body.topic.clone(),
+    };
+    let outcome = in_transaction(&state, async |tx| store::reauthorize(tx, &channel, &body.claims).await).await;
+    match outcome {
+        Ok(Ok(subs)) => {
+            let mut ids: Vec<u64> = subs.iter().map(|(_, s)| s.binding_id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            live(&state, &channel, subs, ids).await
+        }
+        Ok(Err(Refused(text))) => (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"error": text}))),
+        Err(e) => database_error(e),
+    }
+}
+
+/// Runs `work` in a transaction, committed only when it does not refuse.
+async fn in_transaction<T>(
+    state: &AppState,
+    work: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<Result<T, Refused>, tokio_postgres::Error>,
+) -> Result<Result<T, Refused>, tokio_postgres::Error> {
+    let mut client = state.db.dedicated().await?;
+    let tx = client.transaction().await?;
+    let outcome = work(&tx).await?;
+    if outcome.is_ok() {
+        tx.commit().await?;
+    }
+    Ok(outcome)
+}
+
+/// Puts a channel's stored subscriptions in the registry, then answers 200 `{"ids"}` once the
+/// stream has passed a mark written to the WAL afterwards: from then on every commit is evaluated
+/// with them, so every change committed after the client hears "Subscribed" is delivered.
+async fn live(state: &AppState, channel: &ChannelKey, subs: Vec<(u32, Sub)>, ids: Vec<u64>) -> Answer {
+    state.registry.replace_channel(channel, subs);
+    let mark = async {
+        let client = state.db.client().await?;
+        let row = client
+            .query_one("select pg_logical_emit_message(false, $1, '')::text", &[&SYNC_PREFIX])
+            .await?;
+        let text: &str = row.get(0);
+        Ok::<_, tokio_postgres::Error>(text.parse::<Lsn>().unwrap_or_default())
+    }
+    .await;
+    let mark = match mark {
+        Ok(mark) => mark,
+        Err(e) => return database_error(e),
+    };
+    let mut passed = state.passed.clone();
+    let reached = tokio::time::timeout(SYNC_TIMEOUT, passed.wait_for(|p| *p >= mark))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if reached {
+        (StatusCode::OK, Json(json!(Subscribed { ids })))
+    } else {
+        warn!("the replication stream did not reach a new subscription within {SYNC_TIMEOUT:?}");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": texts::DATABASE_UNREACHABLE})),
+        )
+    }
+}
+
+/// `DELETE /v1/subscriptions`: drops a channel's subscriptions (or a whole socket's).
+pub async fn unregister(State(state): State<AppState>, Json(body): Json<Unsubscribe>) -> Answer {
+    state.registry.remove(&body.hub, &body.socket, body.topic.as_deref());
+    let removed = async {
+        let client = state.db.client().await?;
+        store::remove(&*client, &body.hub, &body.socket, body.topic.as_deref()).await
+    }
+    .await;
+    match removed {
+        Ok(n) => (StatusCode::OK, Json(json!({"removed": n}))),
+        Err(e) => database_error(e),
+    }
+}
