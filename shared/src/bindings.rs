@@ -1,5 +1,5 @@
 //! Parsing a `postgres_changes` binding of a join into subscription parameters, with upstream's
-//! exact error texts (PROTOCOL.md 4.1–4.2; `postgres_cdc_rls/subscriptions.ex`).
+//! exact error texts (docs/protocol.md 4.1–4.2; `postgres_cdc_rls/subscriptions.ex`).
 //!
 //! Checks that need the database (columns exist, values cast to the column type, the role may
 //! select them, `in` has at most 100 elements, the table is in the publication) are the

@@ -1,5 +1,5 @@
-//! The connect-time decision for a WebSocket upgrade (PROTOCOL.md 1.2–1.4) and the naming of the
-//! Durable Objects a socket lands in (DESIGN.md).
+//! The connect-time decision for a WebSocket upgrade (docs/protocol.md 1.2–1.4) and the naming of the
+//! Durable Objects a socket lands in (docs/architecture.md).
 
 use serde_json::{Map, Value};
 
@@ -64,7 +64,7 @@ pub fn authorize(req: &ConnectRequest, keys: &Keys, now_secs: i64) -> Result<Acc
 }
 
 /// The `x-` headers of a request as a JSON object (names lower-cased), which Realtime
-/// Authorization policies read as `current_setting('request.headers')` (PROTOCOL.md 5.6).
+/// Authorization policies read as `current_setting('request.headers')` (docs/protocol.md 5.6).
 /// More than [`MAX_X_HEADER_BYTES`] is refused rather than cut, so a policy never sees half.
 pub fn x_headers(headers: &[(String, String)]) -> Result<Map<String, Value>, Refused> {
     let kept: Map<String, Value> = headers

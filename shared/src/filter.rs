@@ -1,4 +1,4 @@
-//! Evaluating a subscription's filters against a row (PROTOCOL.md 4.2): the typed comparison
+//! Evaluating a subscription's filters against a row (docs/protocol.md 4.2): the typed comparison
 //! upstream does in SQL (`'<v>'::<type> <op> '<f>'::<type>`), done in Rust on the text forms.
 //!
 //! Both sides must be in Postgres's canonical text form: the row's values come from pgoutput,

@@ -1,9 +1,9 @@
 //! Wire frames: decoding what clients send and encoding what they receive.
 //!
-//! Two serializers, chosen per socket by the `vsn` query parameter (PROTOCOL.md 2):
+//! Two serializers, chosen per socket by the `vsn` query parameter (docs/protocol.md 2):
 //! - V1 (`1.0.0`): JSON objects `{topic, event, payload, ref, join_ref?}`, text frames only.
 //! - V2 (`2.0.0`): JSON arrays `[join_ref, ref, topic, event, payload]`, plus binary frames for user
-//!   broadcasts: kind 3 from the client, kind 4 to the client (PROTOCOL.md 2.4).
+//!   broadcasts: kind 3 from the client, kind 4 to the client (docs/protocol.md 2.4).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -238,7 +238,7 @@ pub fn encode(vsn: Vsn, msg: &Outbound) -> String {
 }
 
 /// Encodes a broadcast on `topic` for a receiver of the given serializer, following the fan-out
-/// rules of PROTOCOL.md 2.4. `None` means this receiver cannot be sent this broadcast (binary
+/// rules of docs/protocol.md 2.4. `None` means this receiver cannot be sent this broadcast (binary
 /// payload to a V1 socket, or fields too long for a binary frame).
 pub fn encode_broadcast(vsn: Vsn, topic: &str, broadcast: &Broadcast) -> Option<WireFrame> {
     match (broadcast, vsn) {
@@ -306,7 +306,7 @@ pub fn encode_user_broadcast_push(join_ref: &str, ref_: &str, topic: &str, user:
     Some(out)
 }
 
-// ---- Builders with the join_ref/ref conventions of PROTOCOL.md 2.3 ----
+// ---- Builders with the join_ref/ref conventions of docs/protocol.md 2.3 ----
 
 /// A reply to a client request: `[join_ref, ref, topic, "phx_reply", {status, response}]`.
 pub fn reply(join_ref: Option<&str>, ref_: Option<&str>, topic: &str, ok: bool, response: Value) -> Outbound {

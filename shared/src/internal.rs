@@ -156,7 +156,7 @@ pub struct Reauthorize {
 }
 
 /// Asks the replicator what a user may read (join) and write (broadcast, track) on a private
-/// channel, through the RLS policies on `realtime.messages` (PROTOCOL.md 5.6).
+/// channel, through the RLS policies on `realtime.messages` (docs/protocol.md 5.6).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Authorize {
     /// The sub-topic (`realtime.topic()`).

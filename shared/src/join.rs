@@ -1,4 +1,4 @@
-//! Topics and the `phx_join` payload, parsed leniently as upstream does (PROTOCOL.md 3.1).
+//! Topics and the `phx_join` payload, parsed leniently as upstream does (docs/protocol.md 3.1).
 
 use serde_json::{Map, Value};
 

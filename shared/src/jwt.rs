@@ -1,4 +1,4 @@
-//! JWT verification for sockets and channels (PROTOCOL.md 1.4). The caller passes the time in.
+//! JWT verification for sockets and channels (docs/protocol.md 1.4). The caller passes the time in.
 
 use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Hs384, Hs384Key, Hs512, Hs512Key, Rsa, RsaPublicKey};
 use jwt_compact::jwk::JsonWebKey;

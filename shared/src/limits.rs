@@ -1,4 +1,4 @@
-//! Tenant limits (PROTOCOL.md 7): their configuration, upstream's defaults, and the rate counters
+//! Tenant limits (docs/protocol.md 7): their configuration, upstream's defaults, and the rate counters
 //! that enforce the per-second ones.
 
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,5 @@
 //! Column values as `postgres_changes` payloads carry them: pgoutput's text form of a value,
-//! rendered as Postgres's `to_jsonb` would render it (PROTOCOL.md 4.6). Numbers become JSON
+//! rendered as Postgres's `to_jsonb` would render it (docs/protocol.md 4.6). Numbers become JSON
 //! numbers, booleans booleans, json/jsonb nested JSON, arrays JSON arrays, timestamps ISO 8601
 //! with `T`, bytea hex; everything else stays a string.
 //!

@@ -1,4 +1,4 @@
-//! The presence registry of one channel (PROTOCOL.md 6), kept by its Channel Durable Object.
+//! The presence registry of one channel (docs/protocol.md 6), kept by its Channel Durable Object.
 //!
 //! Each (hub, socket) tracks at most one meta under its channel's presence key. Every change yields
 //! a [`Diff`] for all members; a changed meta is a leave of the old one plus a join of the new one

@@ -1,4 +1,4 @@
-//! The REST broadcast API (PROTOCOL.md 5.2–5.3): request parsing and upstream's answers.
+//! The REST broadcast API (docs/protocol.md 5.2–5.3): request parsing and upstream's answers.
 
 use serde_json::{json, Map, Value};
 

@@ -593,7 +593,7 @@ impl Session {
                 broadcast_write: None,
                 presence_write: None,
             });
-            // Each binding echoed as received, in order, with its id (PROTOCOL.md 3.1).
+            // Each binding echoed as received, in order, with its id (docs/protocol.md 3.1).
             let echoed: Vec<Value> = config
                 .postgres_changes
                 .iter()

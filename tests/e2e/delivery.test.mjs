@@ -11,19 +11,27 @@ import { freePort, waitFor } from '../stack/process.mjs';
 import { startReplicator } from '../stack/replicator.mjs';
 import { ROOT } from '../stack/stack.mjs';
 
-/** A gateway stand-in: records batches per hub; answers 503 while `failing`, else the receipt. */
+/**
+ * A gateway stand-in: records batches per hub; answers 503 while `failing`, 401 while `refusing`
+ * (a wrong secret), else the receipt, after `delayMs` (a slow hub).
+ */
 async function fakeGateway() {
-  const gw = { batches: [], failing: false, gone: [], attempts: 0, authorizations: new Set() };
+  const gw = { batches: [], failing: false, refusing: false, delayMs: 0, gone: [], attempts: 0, authorizations: new Set() };
   const server = http.createServer((req, res) => {
     const chunks = [];
     req.on('data', (c) => chunks.push(c));
-    req.on('end', () => {
+    req.on('end', async () => {
       gw.attempts++;
       gw.authorizations.add(req.headers.authorization);
       if (gw.failing) {
         res.writeHead(503).end('down');
         return;
       }
+      if (gw.refusing) {
+        res.writeHead(401).end('Unauthorized');
+        return;
+      }
+      if (gw.delayMs) await new Promise((r) => setTimeout(r, gw.delayMs));
       gw.batches.push({ url: req.url, body: JSON.parse(Buffer.concat(chunks).toString()) });
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ gone: gw.gone }));
     });
@@ -34,6 +42,8 @@ async function fakeGateway() {
   gw.stop = () => new Promise((r) => server.close(r));
   /** Every change id (the row's `id`) delivered, in order. */
   gw.ids = () => gw.batches.flatMap((b) => b.body.changes.flatMap((c) => c.payloads.map((p) => p.data.record?.id)));
+  /** The highest position (LSN) of a change delivered. */
+  gw.maxLsn = () => Math.max(0, ...gw.batches.flatMap((b) => b.body.changes.map((c) => c.lsn)));
   return gw;
 }
 
@@ -111,4 +121,55 @@ test('channels a hub reports gone lose their subscriptions', async () => {
   await waitFor('the next batch', () => gw.batches.length > before);
   const recipients = gw.batches.at(-1).body.changes[0].payloads[0].to.map((r) => r.socket);
   assert.deepEqual(recipients, ['s2']);
+});
+
+const healthz = async () => (await fetch(`${replicator.url}/healthz`)).json();
+/** The slot's confirmed position as a number (same scale as the batches' `lsn`). */
+async function confirmedLsn() {
+  const [{ lsn }] = await pg.sql(`select confirmed_flush_lsn::text as lsn from pg_replication_slots where slot_name = 'sluice_changes'`);
+  const [high, low] = lsn.split('/');
+  return parseInt(high, 16) * 2 ** 32 + parseInt(low, 16);
+}
+
+test('a gateway refusing the secret is reported in /healthz and the log, retried slowly, and recovers once fixed', async () => {
+  gw.refusing = true;
+  await pg.sql('insert into t values (8)');
+  const health = await waitFor('/healthz to report the refusal', async () => {
+    const h = await healthz();
+    return h.status === 'degraded' && h;
+  });
+  assert.match(health.gateway, /SLUICE_INTERNAL_SECRET must equal the gateway's INTERNAL_SECRET/);
+  assert.ok(
+    replicator.proc.lines.some((l) => l.includes('ERROR') && l.includes("SLUICE_INTERNAL_SECRET must equal the gateway's INTERNAL_SECRET")),
+    'the log says what to fix',
+  );
+  // Retried slowly: not the outage backoff (which makes several attempts a second).
+  const attempts = gw.attempts;
+  await new Promise((r) => setTimeout(r, 2000));
+  assert.ok(gw.attempts - attempts <= 1, `${gw.attempts - attempts} attempts in 2 s while refused`);
+  gw.refusing = false;
+  await waitFor('the change once the secret is fixed', () => gw.ids().includes(8), { timeoutMs: 20_000 });
+  assert.equal((await healthz()).status, 'ok');
+});
+
+test('SIGTERM mid-stream: the batch in flight is delivered and confirmed, the replicator exits 0, and a restart delivers every change exactly once', async () => {
+  const first = 100;
+  const count = 60;
+  const sent = gw.batches.length;
+  gw.delayMs = 150; // every delivery is in flight for a while
+  const writer = (async () => {
+    for (let id = first; id < first + count; id++) await pg.sql(`insert into t values (${id})`);
+  })();
+  await waitFor('deliveries under way', () => gw.batches.length > sent + 1);
+  replicator.proc.child.kill('SIGTERM');
+  const { code } = await replicator.proc.exited;
+  assert.equal(code, 0, `exit code ${code}:\n${replicator.proc.lines.slice(-15).join('\n')}`);
+  assert.ok(replicator.proc.lines.some((l) => l.includes('replication stream closed')), 'the stream was closed cleanly');
+  assert.ok((await confirmedLsn()) >= gw.maxLsn(), 'what was delivered was confirmed before exit');
+  await writer;
+  gw.delayMs = 0;
+  await start();
+  await waitFor('every change', () => gw.ids().includes(first + count - 1));
+  const ids = gw.ids().filter((id) => id >= first);
+  assert.deepEqual(ids, Array.from({ length: count }, (_, i) => first + i), 'each change once, in order');
 });

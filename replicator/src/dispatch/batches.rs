@@ -106,3 +106,158 @@ pub(super) fn build_batches(
     }
     per_hub
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use sluice_shared::bindings::Action;
+    use sluice_shared::pgvalue::oid;
+    use sluice_shared::position::Lsn;
+
+    use super::*;
+    use crate::source::change::{Datum, RelColumn, Relation};
+    use crate::subscriptions::registry::Sub;
+
+    fn change(id: &str, seq: u32) -> RowChange {
+        let col = |name: &str, type_oid, identity| RelColumn {
+            name: name.into(),
+            type_oid,
+            identity,
+        };
+        RowChange {
+            lsn: Lsn(100),
+            seq,
+            commit_micros: 0,
+            relation: Arc::new(Relation {
+                relid: 7,
+                schema: "public".into(),
+                table: "notes".into(),
+                columns: vec![col("id", oid::INT8, true), col("body", oid::TEXT, false)],
+            }),
+            action: Action::Insert,
+            new: Some(vec![Datum::Text(id.into()), Datum::Text(format!("note {id}"))]),
+            old: None,
+            old_is_key: false,
+        }
+    }
+
+    fn sub(hub: &str, socket: &str, id: u64, claims: &str, select: Option<&[&str]>) -> Arc<Sub> {
+        Arc::new(Sub {
+            channel: ChannelKey {
+                hub: hub.into(),
+                socket: socket.into(),
+                topic: "realtime:notes".into(),
+            },
+            binding_id: id,
+            action: Action::All,
+            conditions: Vec::new(),
+            select: select.map(|cols| cols.iter().map(|c| c.to_string()).collect()),
+            role: Arc::from("authenticated"),
+            claims: Arc::from(claims),
+        })
+    }
+
+    fn hit(change: usize, sub: &Arc<Sub>, verdict: Verdict) -> Hit {
+        Hit {
+            change,
+            sub: sub.clone(),
+            verdict,
+        }
+    }
+
+    fn tables(rls: bool) -> Tables {
+        let mut tables = Tables::default();
+        tables.remember(7, &["int8", "text"], &[0], rls, "authenticated");
+        tables
+    }
+
+    /// (hub, change seq, payload record, sockets with their ids)
+    type Seen = Vec<(String, u32, serde_json::Value, Vec<(String, Vec<u64>)>)>;
+
+    fn seen(per_hub: &BTreeMap<String, ChangeBatch>) -> Seen {
+        let mut out = Vec::new();
+        for (hub, batch) in per_hub {
+            assert_eq!(batch.stream, "1:slot");
+            for change in &batch.changes {
+                for payload in &change.payloads {
+                    let to = payload.to.iter().map(|r| (r.socket.clone(), r.ids.clone())).collect();
+                    out.push((hub.clone(), change.seq, payload.data["record"].clone(), to));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn one_payload_per_hub_and_view_with_each_channels_ids() {
+        let batch = [change("1", 0)];
+        let (a1, a2) = (sub("hub:a", "s1", 11, "{}", None), sub("hub:a", "s1", 12, "{}", None));
+        let b = sub("hub:b", "s2", 11, "{}", None);
+        let narrow = sub("hub:a", "s3", 13, "{}", Some(&["body"]));
+        let hits = [
+            hit(0, &a1, Verdict::Visible),
+            hit(0, &a2, Verdict::Visible),
+            hit(0, &a1, Verdict::Visible), // the same binding matched twice: its id once
+            hit(0, &b, Verdict::Visible),
+            hit(0, &narrow, Verdict::Visible),
+        ];
+        let per_hub = build_batches("1:slot", &batch, &hits, (&HashMap::new(), &HashMap::new()), &tables(false));
+        let full = json!({"id": 1, "body": "note 1"});
+        assert_eq!(
+            seen(&per_hub),
+            vec![
+                ("hub:a".into(), 0, full.clone(), vec![("s1".into(), vec![11, 12])]),
+                ("hub:a".into(), 0, json!({"id": 1, "body": "note 1"}), vec![("s3".into(), vec![13])]),
+                ("hub:b".into(), 0, full, vec![("s2".into(), vec![11])]),
+            ]
+        );
+        assert_eq!(per_hub["hub:a"].changes[0].lsn, Lsn(100));
+    }
+
+    #[test]
+    fn rls_hits_reach_only_the_contexts_that_see_the_row() {
+        let batch = [change("1", 0), change("2", 1)];
+        let (alice, bob) = (
+            sub("hub:a", "alice", 1, r#"{"sub":"alice"}"#, None),
+            sub("hub:a", "bob", 1, r#"{"sub":"bob"}"#, None),
+        );
+        let hits = [
+            hit(0, &alice, Verdict::IfVisible),
+            hit(0, &bob, Verdict::IfVisible),
+            hit(1, &alice, Verdict::IfVisible),
+            hit(1, &bob, Verdict::IfVisible),
+        ];
+        let context = |s: &Arc<Sub>| (7, s.role.clone(), s.claims.clone());
+        let visible: Visible = HashMap::from([
+            (context(&alice), HashSet::from([vec!["1".to_string()]])),
+            (context(&bob), HashSet::from([vec!["2".to_string()]])),
+        ]);
+        let keys: Keys = HashMap::from([(0, Some(vec!["1".to_string()])), (1, Some(vec!["2".to_string()]))]);
+        let per_hub = build_batches("1:slot", &batch, &hits, (&visible, &keys), &tables(true));
+        let who: Vec<(u32, Vec<String>)> = seen(&per_hub)
+            .into_iter()
+            .map(|(_, seq, _, to)| (seq, to.into_iter().map(|(s, _)| s).collect()))
+            .collect();
+        assert_eq!(who, vec![(0, vec!["alice".to_string()]), (1, vec!["bob".to_string()])]);
+    }
+
+    #[test]
+    fn error_rows_replace_the_record() {
+        let batch = [change("1", 0)];
+        let s = sub("hub:a", "s1", 5, "{}", None);
+        let hits = [hit(0, &s, Verdict::Error(payload::UNAUTHORIZED))];
+        let per_hub = build_batches("1:slot", &batch, &hits, (&HashMap::new(), &HashMap::new()), &tables(false));
+        let data = &per_hub["hub:a"].changes[0].payloads[0].data;
+        assert_eq!(data["errors"], json!([payload::UNAUTHORIZED]));
+    }
+
+    #[test]
+    fn nothing_matched_builds_nothing() {
+        let batch = [change("1", 0)];
+        let per_hub = build_batches("1:slot", &batch, &[], (&HashMap::new(), &HashMap::new()), &tables(false));
+        assert!(per_hub.is_empty());
+    }
+}

@@ -60,7 +60,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (
         3,
         r#"
-    -- Supabase's `realtime` schema for Broadcast from the database (PROTOCOL.md 5.4), created only
+    -- Supabase's `realtime` schema for Broadcast from the database (docs/protocol.md 5.4), created only
     -- where absent: a Supabase database keeps its own. Upstream's signatures and behaviour.
     do $do$
     begin
