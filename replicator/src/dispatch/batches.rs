@@ -204,13 +204,24 @@ mod tests {
             hit(0, &b, Verdict::Visible),
             hit(0, &narrow, Verdict::Visible),
         ];
-        let per_hub = build_batches("1:slot", &batch, &hits, (&HashMap::new(), &HashMap::new()), &tables(false));
+        let per_hub = build_batches(
+            "1:slot",
+            &batch,
+            &hits,
+            (&HashMap::new(), &HashMap::new()),
+            &tables(false),
+        );
         let full = json!({"id": 1, "body": "note 1"});
         assert_eq!(
             seen(&per_hub),
             vec![
                 ("hub:a".into(), 0, full.clone(), vec![("s1".into(), vec![11, 12])]),
-                ("hub:a".into(), 0, json!({"id": 1, "body": "note 1"}), vec![("s3".into(), vec![13])]),
+                (
+                    "hub:a".into(),
+                    0,
+                    json!({"id": 1, "body": "note 1"}),
+                    vec![("s3".into(), vec![13])]
+                ),
                 ("hub:b".into(), 0, full, vec![("s2".into(), vec![11])]),
             ]
         );
@@ -249,7 +260,13 @@ mod tests {
         let batch = [change("1", 0)];
         let s = sub("hub:a", "s1", 5, "{}", None);
         let hits = [hit(0, &s, Verdict::Error(payload::UNAUTHORIZED))];
-        let per_hub = build_batches("1:slot", &batch, &hits, (&HashMap::new(), &HashMap::new()), &tables(false));
+        let per_hub = build_batches(
+            "1:slot",
+            &batch,
+            &hits,
+            (&HashMap::new(), &HashMap::new()),
+            &tables(false),
+        );
         let data = &per_hub["hub:a"].changes[0].payloads[0].data;
         assert_eq!(data["errors"], json!([payload::UNAUTHORIZED]));
     }
@@ -257,7 +274,13 @@ mod tests {
     #[test]
     fn nothing_matched_builds_nothing() {
         let batch = [change("1", 0)];
-        let per_hub = build_batches("1:slot", &batch, &[], (&HashMap::new(), &HashMap::new()), &tables(false));
+        let per_hub = build_batches(
+            "1:slot",
+            &batch,
+            &[],
+            (&HashMap::new(), &HashMap::new()),
+            &tables(false),
+        );
         assert!(per_hub.is_empty());
     }
 }

@@ -118,7 +118,8 @@ impl Tables {
             pk_columns: pk_columns.to_vec(),
         };
         self.info.insert(relid, Arc::new(info));
-        self.selectable.insert((relid, Arc::from(role)), Arc::new(vec![true; n]));
+        self.selectable
+            .insert((relid, Arc::from(role)), Arc::new(vec![true; n]));
     }
 
     /// Per relation column, whether `role` may select it.

@@ -2,6 +2,11 @@
 //! makes happen. Pure: the hub feeds it decoded messages and the time, and carries out the
 //! [`Effect`]s it returns. The whole state is serializable so the hub can keep it in the socket's
 //! hibernation attachment.
+//!
+//! - this file: the session, its memberships, and the messages of a joined channel (broadcast,
+//!   presence, token refresh, leave), plus what the hub reports back (private-channel answers).
+//! - [`effect`]: what the session asks the hub to do.
+//! - [`join`]: a `phx_join`: limits, tokens, config, the join reply.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -102,107 +107,10 @@ fn usable_token(token: Option<&str>) -> Option<&str> {
     token.filter(|t| !t.is_empty() && !t.starts_with("sb_"))
 }
 
-/// What the hub must do after a message.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Effect {
-    /// Send to this socket.
-    Send(Outbound),
-    /// Deliver to every socket joined to `topic`; to the sender only if `include_sender`.
-    Broadcast {
-        topic: String,
-        broadcast: Broadcast,
-        include_sender: bool,
-    },
-    /// The socket joined `topic`: register it with the channel, then send `reply`, then push the
-    /// channel's `presence_state` if `presence_state`.
-    ///
-    /// With `postgres`, the channel's bindings are registered with the replicator too: after the
-    /// reply, or before it when the client asked to wait.
-    Join {
-        topic: String,
-        reply: Outbound,
-        presence_state: bool,
-        postgres: Option<PostgresJoin>,
-        /// A private channel: before anything else the hub asks what the policies let read, and
-        /// refuses the join ([`Session::refuse_private`]) or admits it ([`Session::admit_private`]).
-        private: Option<PrivateJoin>,
-    },
-    /// The socket is no longer on `topic` (leave, rejoin, close); `untrack` if it had a presence,
-    /// `postgres` if it had Postgres Changes bindings to remove.
-    Leave {
-        topic: String,
-        untrack: bool,
-        postgres: bool,
-        private: bool,
-    },
-    /// Track (or update) this socket's presence on `topic`.
-    Track {
-        topic: String,
-        key: String,
-        meta: Map<String, Value>,
-    },
-    /// Remove this socket's presence from `topic`.
-    Untrack { topic: String },
-    /// The channel's token changed: its Postgres Changes subscriptions now see rows as `claims`.
-    PostgresClaims { topic: String, claims: Map<String, Value> },
-    /// The token of a private channel changed: the hub asks the policies again, and the channel
-    /// keeps its place ([`Session::admit_private`]) or is shut down ([`Session::lose_private`]).
-    PrivateClaims { topic: String, claims: Map<String, Value> },
-    /// The message needs to know whether this user may write `extension` on the private channel
-    /// `topic`, and nobody asked its policies yet: the hub asks, records the answer
-    /// ([`Session::record_write`]) and hands the same message in again.
-    CheckWrite { topic: String, extension: Extension },
-    /// Close the socket (code 1001), after the effects before this one.
-    Disconnect,
-}
+mod effect;
+mod join;
 
-/// The `postgres_changes` bindings of a join, for the replicator.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PostgresJoin {
-    /// As the client sent them, in order.
-    pub bindings: Vec<Map<String, Value>>,
-    /// The claims of the token the channel runs on: RLS sees rows as this user.
-    pub claims: Map<String, Value>,
-    /// `postgres_changes_options.wait`: reply only once the subscription is live.
-    pub wait: bool,
-}
-
-/// What the policies of a private channel are asked about at join.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PrivateJoin {
-    pub claims: Map<String, Value>,
-    /// Whether presence is enabled (its read permission then also admits the join).
-    pub presence: bool,
-    /// Stored messages to send right after the reply.
-    pub replay: Option<Replay>,
-}
-
-impl PrivateJoin {
-    /// Whether what the policies let read admits the join: broadcast, or presence when enabled.
-    pub fn admits(&self, read: &[Extension]) -> bool {
-        read.contains(&Extension::Broadcast) || (self.presence && read.contains(&Extension::Presence))
-    }
-}
-
-impl Effect {
-    /// Whether the hub must ask a private channel's policies before carrying this out: the
-    /// socket's later messages then wait behind it ([`crate::hold`]), so they keep their order.
-    pub fn waits_for_policies(&self) -> bool {
-        matches!(
-            self,
-            Effect::CheckWrite { .. } | Effect::PrivateClaims { .. } | Effect::Join { private: Some(_), .. }
-        )
-    }
-
-    fn leave(member: &Membership) -> Effect {
-        Effect::Leave {
-            topic: member.topic.clone(),
-            untrack: member.tracked,
-            postgres: member.postgres,
-            private: member.private,
-        }
-    }
-}
+pub use effect::{Effect, PostgresJoin, PrivateJoin};
 
 impl Session {
     /// A socket that connected with a token bearing `claims`.
@@ -505,127 +413,6 @@ impl Session {
             m.tracked = tracked;
         }
         vec![effect, reply(true, json!({}))]
-    }
-
-    fn join(&mut self, msg: &Inbound, ctx: &mut Ctx) -> Vec<Effect> {
-        let topic = msg.topic.as_str();
-        let error = |reason: String| {
-            Effect::Send(frame::reply(
-                msg.join_ref.as_deref(),
-                msg.ref_.as_deref(),
-                topic,
-                false,
-                json!({"reason": reason}),
-            ))
-        };
-        let sub_topic = match parse_topic(topic) {
-            Topic::Channel(sub) => sub,
-            _ => return vec![error(texts::UNMATCHED_TOPIC.into())],
-        };
-        let mut effects = Vec::new();
-        // A second join of a joined topic ends the old incarnation first.
-        if let Some(old) = self.membership(topic).cloned() {
-            self.channels.retain(|m| m.topic != topic);
-            effects.push(Effect::leave(&old));
-            effects.push(Effect::Send(frame::close(old.join_ref.as_deref(), topic)));
-        }
-        let payload = match &msg.payload {
-            InboundPayload::Json(v) => v,
-            InboundPayload::UserBroadcast(_) => &Value::Null,
-        };
-        let config = parse_join(payload);
-        // The channel runs on its own access_token when it brings one, else on the socket's.
-        let now_secs = ctx.now_secs();
-        let token = match usable_token(config.access_token.as_deref()) {
-            Some(token) => ctx
-                .keys
-                .verify(token, now_secs)
-                .map(|claims| (claims.exp, token_tail(token), claims.all)),
-            None if self.exp <= now_secs => Err(AuthError::Expired {
-                seconds_ago: now_secs - self.exp,
-            }),
-            None => Ok((self.exp, String::new(), self.claims.clone())),
-        };
-        ctx.rates.joins.add(ctx.now_ms, 1);
-        if sub_topic.is_empty() {
-            effects.push(error(texts::TOPIC_NAME_REQUIRED.into()));
-        } else if ctx.limits.private_only && !config.private {
-            effects.push(error(texts::PRIVATE_ONLY.into()));
-        } else if self.channels.is_empty() && ctx.users >= ctx.limits.max_concurrent_users {
-            effects.push(error(texts::join_limit(
-                "ConnectionRateLimitReached",
-                texts::TOO_MANY_USERS,
-            )));
-        } else if ctx.rates.joins.exceeds(ctx.now_ms, ctx.limits.max_joins_per_second) {
-            effects.push(error(texts::join_limit(
-                "ClientJoinRateLimitReached",
-                texts::TOO_MANY_JOINS,
-            )));
-            effects.push(Effect::Disconnect);
-        } else if self.channels.len() >= ctx.limits.max_channels_per_client as usize {
-            effects.push(error(texts::TOO_MANY_CHANNELS.into()));
-        } else if let Err(err) = &token {
-            effects.push(error(err.join_reason()));
-        } else if config.replay.is_some() && !config.private {
-            effects.push(error(texts::REPLAY_PUBLIC.into()));
-        } else if config.replay.as_ref().is_some_and(|r| parse_replay(r).is_none()) {
-            effects.push(error(texts::REPLAY_PARAMS.into()));
-        } else {
-            let (exp, token_tail, claims) = token.expect("checked above");
-            let presence_key = if config.presence_key.is_empty() {
-                (ctx.fresh_key)()
-            } else {
-                config.presence_key.clone()
-            };
-            self.channels.push(Membership {
-                topic: topic.to_string(),
-                join_ref: msg.join_ref.clone(),
-                broadcast_self: config.broadcast_self,
-                ack: config.broadcast_ack,
-                presence_key,
-                tracked: false,
-                exp,
-                token_tail,
-                presence_window: (0, 0),
-                postgres: !config.postgres_changes.is_empty(),
-                private: config.private,
-                presence_only: false,
-                broadcast_write: None,
-                presence_write: None,
-            });
-            // Each binding echoed as received, in order, with its id (docs/protocol.md 3.1).
-            let echoed: Vec<Value> = config
-                .postgres_changes
-                .iter()
-                .map(|binding| {
-                    let mut entry = binding.clone();
-                    entry.insert("id".into(), json!(binding_id(binding)));
-                    Value::Object(entry)
-                })
-                .collect();
-            effects.push(Effect::Join {
-                topic: topic.to_string(),
-                reply: frame::reply(
-                    msg.join_ref.as_deref(),
-                    msg.ref_.as_deref(),
-                    topic,
-                    true,
-                    json!({ "postgres_changes": echoed }),
-                ),
-                presence_state: config.presence_enabled,
-                postgres: (!config.postgres_changes.is_empty()).then(|| PostgresJoin {
-                    bindings: config.postgres_changes.clone(),
-                    claims: claims.clone(),
-                    wait: config.postgres_wait,
-                }),
-                private: config.private.then_some(PrivateJoin {
-                    claims,
-                    presence: config.presence_enabled,
-                    replay: config.replay.as_ref().and_then(parse_replay),
-                }),
-            });
-        }
-        effects
     }
 }
 
