@@ -27,12 +27,6 @@ impl fmt::Display for StartError {
     }
 }
 
-impl From<String> for StartError {
-    fn from(text: String) -> StartError {
-        StartError(text)
-    }
-}
-
 /// Why the stream (reading, evaluating and delivering a batch) stopped.
 #[derive(Debug)]
 pub enum StreamError {

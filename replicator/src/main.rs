@@ -12,10 +12,10 @@
 //! - [`http`]: `/healthz`, `/metrics`, and the internal API's routes.
 //!
 //! And around them: [`config`] (environment), [`db`] (the SQL connection), [`error`] (what each
-//! error means for retries), [`stats`] (counters and health), [`app`] (what the endpoints share),
-//! [`shutdown`] (SIGTERM and Ctrl-C).
+//! error means for retries), [`stats`] (counters and health), [`answer`] (how the internal API
+//! answers), [`shutdown`] (SIGTERM and Ctrl-C).
 
-mod app;
+mod answer;
 mod config;
 mod db;
 mod dispatch;
@@ -101,17 +101,21 @@ async fn run() -> Result<(), StartError> {
         ))
     })?;
     info!("serving http://{}/healthz and /metrics", config.http_addr);
-    let state = app::AppState {
+    let health = http::Health {
+        db: db.clone(),
+        stats,
+        registry: registry.clone(),
+        slot: config.slot.clone(),
+    };
+    let subscriptions_api = subscriptions::api::Api {
         db,
         registry,
         passed: passed_rx,
-        stats,
-        slot: config.slot.clone(),
         publication: config.publication.clone(),
-        internal_secret: config.internal_secret.clone().into(),
     };
+    let router = http::router(health, subscriptions_api, config.internal_secret.clone().into());
     let stopping = shutdown.clone();
-    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         stopping.requested_now().await;
     });
     let server = tokio::spawn(async move { server.await });

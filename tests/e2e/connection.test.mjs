@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { startStack } from '../stack/stack.mjs';
 import { signJwt, tokenFor } from '../stack/keys.mjs';
-import { rawSocket, refusedUpgrade, VSNS } from './clients.mjs';
+import { rawSocket, refusedUpgrade, until, VSNS } from './clients.mjs';
 
 let stack;
 before(async () => (stack = await startStack({ name: 'e2e-connection' })));
@@ -120,4 +120,25 @@ describe('idle sockets', () => {
       chatty.ws.close();
     }
   });
+});
+
+test('sockets the client closed get no more frames', async () => {
+  // Each socket joins (its reply waits for the topic's Channel) and closes at once: the hub must
+  // not write the reply, or anything else, to a socket whose close it has answered.
+  const join = (ref) => JSON.stringify([ref, ref, 'realtime:closing', 'phx_join', { config: { presence: { key: '' } } }]);
+  const sockets = await Promise.all(Array.from({ length: 20 }, () => rawSocket(stack.url, { apikey: stack.keys.anon, vsn: '2.0.0' })));
+  const closed = sockets.map(({ ws }) => new Promise((resolve) => ws.once('close', resolve)));
+  for (const { ws } of sockets) {
+    ws.send(join('1'));
+    ws.close();
+  }
+  await Promise.all(closed);
+  // Calls to one Channel go in order: once a later join of the topic is answered, the closed
+  // sockets' joins were answered too.
+  const probe = await rawSocket(stack.url, { apikey: stack.keys.anon, vsn: '2.0.0' });
+  probe.ws.send(join('2'));
+  await until(probe.inbox, (m) => m[3] === 'phx_reply');
+  probe.ws.close();
+  const warnings = stack.gateway.logLines().filter((l) => /after close|send failed/.test(l));
+  assert.deepEqual(warnings, []);
 });

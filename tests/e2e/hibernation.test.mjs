@@ -12,7 +12,7 @@ let stack;
 before(async () => (stack = await startStack({ name: 'e2e-hibernation' })));
 after(async () => stack?.stop());
 
-const rebuilds = () => stack.gateway.logLines().filter((l) => l.includes('rebuilt the socket index')).length;
+const rebuilds = () => stack.gateway.logLines().filter((l) => l.includes('rebuilt the roster')).length;
 
 test('broadcast and acks still work after the hub is evicted from memory', async (t) => {
   const v2 = supabase(stack.url, stack.keys.anon);
@@ -29,8 +29,8 @@ test('broadcast and acks still work after the hub is evicted from memory', async
   // The first message after eviction reaches a new instance of the hub.
   assert.equal(await b.channel.send({ type: 'broadcast', event: 'after-wake', payload: { n: 1 } }), 'ok');
   assert.deepEqual((await a.inbox.next()).payload, { n: 1 });
-  assert.equal(rebuilds(), before + 1, 'a fresh hub instance rebuilt its index from the sockets');
-  const sockets = stack.gateway.logLines().findLast((l) => l.includes('rebuilt the socket index'));
+  assert.equal(rebuilds(), before + 1, 'a fresh hub instance rebuilt its roster from the sockets');
+  const sockets = stack.gateway.logLines().findLast((l) => l.includes('rebuilt the roster'));
   assert.match(sockets, /from 2 sockets/);
 
   // Membership options (ack, self) came back from the attachments too.

@@ -329,6 +329,19 @@ test('changes made while the replicator is killed (kill -9) arrive once after it
   });
 });
 
+test('a replicator stopped with SIGTERM mid-stream exits 0 and, restarted, delivers every change once', async () => {
+  await exactlyOnceThrough('sigterm-replicator', async (insertRest) => {
+    const port = new URL(stack.replicator.url).port;
+    // Changes keep coming while it stops: some are in flight, some after it is gone.
+    const writing = insertRest();
+    stack.replicator.proc.child.kill('SIGTERM');
+    const { code } = await stack.replicator.proc.exited;
+    assert.equal(code, 0, 'a graceful stop');
+    await writing;
+    stack.replicator = await startReplicator({ root: ROOT, databaseUrl: stack.pg.url, port, gatewayUrl: stack.gateway.url });
+  }, { count: 40 });
+});
+
 test('changes around a Postgres restart arrive once', async () => {
   await exactlyOnceThrough('restart-postgres', async (insertRest) => {
     await insertRest();

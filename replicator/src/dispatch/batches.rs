@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use sluice_shared::internal::{Change, ChangeBatch, ChangePayload, Recipient};
 
+use super::matching::{Hit, Keys, Verdict, Visible};
 use super::payload::{self, View};
 use super::tables::Tables;
-use super::{Hit, Keys, Verdict, Visible};
 use crate::source::change::RowChange;
 use crate::subscriptions::registry::ChannelKey;
 

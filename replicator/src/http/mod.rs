@@ -6,42 +6,48 @@
 //! - `/v1/authorize`, `/v1/replay`: `crate::messages::api`.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use sluice_shared::internal::bearer_matches;
 
-use crate::app::AppState;
+use crate::db::Db;
 use crate::messages;
+use crate::stats::Stats;
 use crate::subscriptions;
+use crate::subscriptions::registry::Registry;
 
-pub fn router(state: AppState) -> Router {
-    let internal = Router::new()
-        .route(
-            "/v1/subscriptions",
-            post(subscriptions::api::register)
-                .patch(subscriptions::api::reauthorize)
-                .delete(subscriptions::api::unregister),
-        )
-        .route("/v1/authorize", post(messages::api::authorize_channel))
-        .route("/v1/replay", post(messages::api::replay))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_secret));
+/// What `/healthz` and `/metrics` read.
+#[derive(Clone)]
+pub struct Health {
+    pub db: Arc<Db>,
+    pub stats: Arc<Stats>,
+    pub registry: Arc<Registry>,
+    pub slot: String,
+}
+
+/// Every route: health and metrics open, the internal API behind `secret`.
+pub fn router(health: Health, subscriptions: subscriptions::api::Api, secret: Arc<str>) -> Router {
+    let internal = subscriptions::api::routes(subscriptions)
+        .merge(messages::api::routes(health.db.clone()))
+        .route_layer(middleware::from_fn_with_state(secret, require_secret));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .with_state(health)
         .merge(internal)
-        .with_state(state)
 }
 
 /// Internal calls carry `Authorization: Bearer <SLUICE_INTERNAL_SECRET>`.
-async fn require_secret(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn require_secret(State(secret): State<Arc<str>>, request: Request, next: Next) -> Response {
     let presented = request.headers().get("authorization").and_then(|v| v.to_str().ok());
-    if bearer_matches(presented, &state.internal_secret) {
+    if bearer_matches(presented, &secret) {
         next.run(request).await
     } else {
         (StatusCode::UNAUTHORIZED, Json(json!({"error": "unauthorized"}))).into_response()
@@ -50,7 +56,7 @@ async fn require_secret(State(state): State<AppState>, request: Request, next: N
 
 /// 200 while the database answers: `status` is `ok`, or `degraded` with `gateway` saying why
 /// while the gateway refuses deliveries (a setting to fix; the stream waits meanwhile).
-async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+async fn healthz(State(state): State<Health>) -> (StatusCode, Json<Value>) {
     let answer = match state.db.client().await {
         Ok(client) => client.simple_query("SELECT 1").await.map(|_| ()),
         Err(e) => Err(e),
@@ -75,7 +81,7 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> String {
+async fn metrics(State(state): State<Health>) -> String {
     let lag = match state.db.client().await {
         Ok(client) => client
             .query_opt(

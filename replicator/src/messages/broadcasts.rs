@@ -10,9 +10,6 @@ use sluice_shared::internal::{Access, DbMessage, ReplayRequest};
 
 use crate::source::change::RowChange;
 
-/// The publication of `realtime.messages` (created by the migrations), streamed by the same slot.
-pub const MESSAGES_PUBLICATION: &str = "sluice_messages";
-
 /// A broadcast for one channel.
 #[derive(Debug)]
 pub struct DbBroadcast {

@@ -4,6 +4,8 @@
 use tokio_postgres::Client;
 use tracing::info;
 
+use crate::error::StartError;
+
 /// (version, SQL). Append only: an applied migration never changes.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
@@ -179,8 +181,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
     ),
 ];
 
-pub async fn run(client: &mut Client) -> Result<(), String> {
-    let fail = |e: tokio_postgres::Error| format!("migrating the sluice schema failed: {e}");
+pub async fn run(client: &mut Client) -> Result<(), StartError> {
+    let fail = |e: tokio_postgres::Error| StartError(format!("migrating the sluice schema failed: {e}"));
     let tx = client.transaction().await.map_err(fail)?;
     tx.execute("select pg_advisory_xact_lock(hashtext('sluice.migrations'))", &[])
         .await

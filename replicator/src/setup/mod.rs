@@ -10,6 +10,10 @@
 pub mod migrations;
 pub mod preflight;
 
+/// The publication of `realtime.messages` (created by the migrations), read by the same slot as
+/// the tables' publication.
+pub const MESSAGES_PUBLICATION: &str = "sluice_messages";
+
 use crate::config::Config;
 use crate::db::Db;
 use crate::error::StartError;

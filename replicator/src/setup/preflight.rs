@@ -8,21 +8,22 @@ use tokio_postgres::Client;
 use tracing::info;
 
 use crate::config::Config;
+use crate::error::StartError;
 
-fn sql_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> String {
-    move |e| format!("preflight: {what} failed: {e}")
+fn sql_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StartError {
+    move |e| StartError(format!("preflight: {what} failed: {e}"))
 }
 
-pub async fn check(db: &Client, config: &Config) -> Result<(), String> {
+pub async fn check(db: &Client, config: &Config) -> Result<(), StartError> {
     let wal_level: String = db
         .query_one("SELECT current_setting('wal_level')", &[])
         .await
         .map_err(sql_error("reading wal_level"))?
         .get(0);
     if wal_level != "logical" {
-        return Err(format!(
+        return Err(StartError(format!(
             "wal_level is {wal_level}, and logical replication needs logical: run ALTER SYSTEM SET wal_level = logical (or set it in postgresql.conf) and restart Postgres"
-        ));
+        )));
     }
 
     let row = db
@@ -34,7 +35,7 @@ pub async fn check(db: &Client, config: &Config) -> Result<(), String> {
         .map_err(sql_error("reading the role"))?;
     let (user, can_replicate): (String, bool) = (row.get(0), row.get(1));
     if !can_replicate {
-        return Err(format!("role {user} may not replicate: run ALTER ROLE {user} WITH REPLICATION (as a superuser), or connect as a role that may"));
+        return Err(StartError(format!("role {user} may not replicate: run ALTER ROLE {user} WITH REPLICATION (as a superuser), or connect as a role that may")));
     }
 
     let slot_exists = slot_exists(db, config).await?;
@@ -45,16 +46,16 @@ pub async fn check(db: &Client, config: &Config) -> Result<(), String> {
             .map_err(sql_error("counting slots"))?;
         let (max, used): (i32, i32) = (row.get(0), row.get(1));
         if used >= max {
-            return Err(format!(
+            return Err(StartError(format!(
                 "no free replication slot (max_replication_slots = {max}, all used): raise max_replication_slots and restart Postgres, or drop an unused slot with pg_drop_replication_slot"
-            ));
+            )));
         }
     }
 
     Ok(())
 }
 
-async fn slot_exists(db: &Client, config: &Config) -> Result<bool, String> {
+async fn slot_exists(db: &Client, config: &Config) -> Result<bool, StartError> {
     Ok(db
         .query_opt(
             "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
@@ -65,7 +66,7 @@ async fn slot_exists(db: &Client, config: &Config) -> Result<bool, String> {
         .is_some())
 }
 
-pub async fn prepare_stream(db: &Client, config: &Config) -> Result<(), String> {
+pub async fn prepare_stream(db: &Client, config: &Config) -> Result<(), StartError> {
     let slot_exists = slot_exists(db, config).await?;
     let publication_exists = db
         .query_opt(
@@ -94,7 +95,7 @@ pub async fn prepare_stream(db: &Client, config: &Config) -> Result<(), String> 
             // depending on when the two transactions meet).
             Err(e)
                 if e.code() == Some(&SqlState::DUPLICATE_OBJECT) || e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
-            Err(e) => return Err(format!("creating publication {} failed: {e}", config.publication)),
+            Err(e) => return Err(StartError(format!("creating publication {} failed: {e}", config.publication))),
         }
     }
 
@@ -104,7 +105,7 @@ pub async fn prepare_stream(db: &Client, config: &Config) -> Result<(), String> 
             &[&config.slot],
         )
         .await
-        .map_err(|e| format!("creating replication slot {} failed: {e}", config.slot))?;
+        .map_err(|e| StartError(format!("creating replication slot {} failed: {e}", config.slot)))?;
         info!("created the persistent replication slot {}", config.slot);
     }
     Ok(())

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::error::StreamError;
-use crate::messages::broadcasts::MESSAGES_PUBLICATION;
+use crate::setup::MESSAGES_PUBLICATION;
 use crate::subscriptions::SYNC_PREFIX;
 use change::{Datum, RelColumn, Relation, RowChange};
 

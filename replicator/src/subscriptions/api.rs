@@ -1,29 +1,53 @@
-//! The internal endpoints for Postgres Changes, called by hubs (bearer secret checked by
-//! `crate::http`): `POST /v1/subscriptions` registers a channel's bindings, `PATCH` gives them
+//! The internal endpoints for Postgres Changes, called by hubs (the HTTP server checks the
+//! bearer secret): `POST /v1/subscriptions` registers a channel's bindings, `PATCH` gives them
 //! new claims (a refreshed token), `DELETE` removes a channel's or a socket's.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
+use axum::routing::post;
+use axum::{Json, Router};
 use serde_json::json;
 use sluice_shared::internal::{Reauthorize, Subscribe, Subscribed, Unsubscribe};
 use sluice_shared::position::Lsn;
 use sluice_shared::texts;
+use tokio::sync::watch;
 use tracing::warn;
 
-use super::registry::{ChannelKey, Sub};
+use super::registry::{ChannelKey, Registry, Sub};
 use super::store::{self, Refused, Registration};
 use super::SYNC_PREFIX;
-use crate::app::{database_error, Answer, AppState};
+use crate::answer::{database_error, Answer};
+use crate::db::Db;
+
+/// What these endpoints work with.
+#[derive(Clone)]
+pub struct Api {
+    pub db: Arc<Db>,
+    pub registry: Arc<Registry>,
+    /// The highest WAL position the stream has fully handled (`crate::pipeline` sends it).
+    pub passed: watch::Receiver<Lsn>,
+    pub publication: String,
+}
+
+/// The routes, with their state.
+pub fn routes(api: Api) -> Router {
+    Router::new()
+        .route(
+            "/v1/subscriptions",
+            post(register).patch(reauthorize).delete(unregister),
+        )
+        .with_state(api)
+}
 
 /// How long a registration waits for the stream to pass it before answering 503.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// `POST /v1/subscriptions`: 200 `{"ids": [...]}` in binding order once the subscription is live
 /// (see [`live`]), or 422 `{"error": <the system message text>}`.
-pub async fn register(State(state): State<AppState>, Json(body): Json<Subscribe>) -> Answer {
+async fn register(State(state): State<Api>, Json(body): Json<Subscribe>) -> Answer {
     let channel = ChannelKey {
         hub: body.hub.clone(),
         socket: body.socket.clone(),
@@ -47,7 +71,7 @@ pub async fn register(State(state): State<AppState>, Json(body): Json<Subscribe>
 
 /// `PATCH /v1/subscriptions`: the channel's subscriptions take new claims (a refreshed token).
 /// Answered like a registration.
-pub async fn reauthorize(State(state): State<AppState>, Json(body): Json<Reauthorize>) -> Answer {
+async fn reauthorize(State(state): State<Api>, Json(body): Json<Reauthorize>) -> Answer {
     let channel = ChannelKey {
         hub: body.hub.clone(),
         socket: body.socket.clone(),
@@ -68,7 +92,7 @@ pub async fn reauthorize(State(state): State<AppState>, Json(body): Json<Reautho
 
 /// Runs `work` in a transaction, committed only when it does not refuse.
 async fn in_transaction<T>(
-    state: &AppState,
+    state: &Api,
     work: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<Result<T, Refused>, tokio_postgres::Error>,
 ) -> Result<Result<T, Refused>, tokio_postgres::Error> {
     let mut client = state.db.dedicated().await?;
@@ -83,7 +107,7 @@ async fn in_transaction<T>(
 /// Puts a channel's stored subscriptions in the registry, then answers 200 `{"ids"}` once the
 /// stream has passed a mark written to the WAL afterwards: from then on every commit is evaluated
 /// with them, so every change committed after the client hears "Subscribed" is delivered.
-async fn live(state: &AppState, channel: &ChannelKey, subs: Vec<(u32, Sub)>, ids: Vec<u64>) -> Answer {
+async fn live(state: &Api, channel: &ChannelKey, subs: Vec<(u32, Sub)>, ids: Vec<u64>) -> Answer {
     state.registry.replace_channel(channel, subs);
     let mark = async {
         let client = state.db.client().await?;
@@ -114,7 +138,7 @@ async fn live(state: &AppState, channel: &ChannelKey, subs: Vec<(u32, Sub)>, ids
 }
 
 /// `DELETE /v1/subscriptions`: drops a channel's subscriptions (or a whole socket's).
-pub async fn unregister(State(state): State<AppState>, Json(body): Json<Unsubscribe>) -> Answer {
+async fn unregister(State(state): State<Api>, Json(body): Json<Unsubscribe>) -> Answer {
     state.registry.remove(&body.hub, &body.socket, body.topic.as_deref());
     let removed = async {
         let client = state.db.client().await?;

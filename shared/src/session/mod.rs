@@ -6,7 +6,7 @@
 //! - this file: the session, its memberships, and the messages of a joined channel (broadcast,
 //!   presence, token refresh, leave), plus what the hub reports back (private-channel answers).
 //! - [`effect`]: what the session asks the hub to do.
-//! - [`join`]: a `phx_join`: limits, tokens, config, the join reply.
+//! - [`joining`]: a `phx_join`: limits, tokens, config, the join reply.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -108,7 +108,7 @@ fn usable_token(token: Option<&str>) -> Option<&str> {
 }
 
 mod effect;
-mod join;
+mod joining;
 
 pub use effect::{Effect, PostgresJoin, PrivateJoin};
 
