@@ -12,9 +12,6 @@ use worker::*;
 
 use crate::config;
 
-/// What the client sees when the replicator cannot be asked.
-const UNREACHABLE: &str = texts::DATABASE_UNREACHABLE;
-
 /// Registers the bindings; `Err` holds the text the client sees as its `system` error.
 pub async fn subscribe(env: &Env, request: &Subscribe) -> std::result::Result<Subscribed, String> {
     answer(call(env, Method::Post, "/v1/subscriptions", request).await).await
@@ -30,24 +27,27 @@ async fn answer(response: std::result::Result<Response, String>) -> std::result:
         Ok(res) => res,
         Err(problem) => {
             console_error!("registering postgres_changes with the replicator: {problem}");
-            return Err(UNREACHABLE.into());
+            return Err(texts::DATABASE_UNREACHABLE.into());
         }
     };
     match res.status_code() {
         200 => res.json().await.map_err(|e| {
             console_error!("the replicator answered a subscription with bad JSON: {e}");
-            UNREACHABLE.to_string()
+            texts::DATABASE_UNREACHABLE.to_string()
         }),
         422 => {
             let body: serde_json::Value = res.json().await.unwrap_or_default();
-            Err(body["error"].as_str().unwrap_or(UNREACHABLE).to_string())
+            Err(body["error"]
+                .as_str()
+                .unwrap_or(texts::DATABASE_UNREACHABLE)
+                .to_string())
         }
         status => {
             console_error!(
                 "the replicator answered a subscription with {status}: {}",
                 res.text().await.unwrap_or_default()
             );
-            Err(UNREACHABLE.into())
+            Err(texts::DATABASE_UNREACHABLE.into())
         }
     }
 }

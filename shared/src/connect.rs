@@ -77,7 +77,7 @@ pub fn x_headers(headers: &[(String, String)]) -> Result<Map<String, Value>, Ref
     if bytes > MAX_X_HEADER_BYTES {
         return Err(Refused {
             status: 431,
-            message: format!("x- headers total {bytes} bytes; at most {MAX_X_HEADER_BYTES} are accepted"),
+            message: texts::headers_too_big(bytes, MAX_X_HEADER_BYTES),
             delay: false,
         });
     }

@@ -21,6 +21,21 @@ pub const UNSUPPORTED_VSN: &str = "Unsupported vsn: use 1.0.0 or 2.0.0";
 /// 426 for a plain GET on the socket path. sluice's own.
 pub const EXPECTED_UPGRADE: &str = "Expected a WebSocket upgrade";
 
+/// 431 when a connection's `x-` headers (policies' `request.headers`) total more than the limit.
+/// sluice's own: it refuses rather than cut, so a policy never sees half the headers.
+pub fn headers_too_big(bytes: usize, limit: usize) -> String {
+    format!("x- headers total {bytes} bytes; at most {limit} are accepted")
+}
+
+// --- Closing a socket (the close frame's reason; sluice's own, upstream's Phoenix sends none) ---
+
+/// Close 1000 to a socket silent for `IDLE_TIMEOUT_MS`.
+pub const CLOSE_IDLE: &str = "idle timeout";
+/// Close 1001 when the server disconnects a socket (e.g. too many joins per second).
+pub const CLOSE_DISCONNECTED: &str = "disconnected by the server";
+/// The server's answer to a client's close.
+pub const CLOSE_ANSWERED: &str = "closed";
+
 // --- Tokens (`user_socket.ex`, `realtime_channel.ex`, `channels/auth/channels_authorization.ex`) ---
 
 pub const JWT_MALFORMED: &str = "The token provided is not a valid JWT";

@@ -2,6 +2,7 @@
 //! `IDLE_TIMEOUT_MS`, then sets itself for the next of either.
 
 use sluice_shared::session::Session;
+use sluice_shared::texts;
 use worker::*;
 
 use super::SocketHub;
@@ -27,7 +28,7 @@ impl SocketHub {
                     now_ms - last
                 );
                 self.socket_gone(&ws).await?;
-                let _ = ws.close(Some(1000), Some("idle timeout"));
+                let _ = ws.close(Some(1000), Some(texts::CLOSE_IDLE));
                 continue;
             }
             let before = session.channels.clone();

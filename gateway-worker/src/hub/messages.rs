@@ -4,6 +4,7 @@
 
 use sluice_shared::frame::{self, Inbound};
 use sluice_shared::session::{Ctx, Effect, Session};
+use sluice_shared::texts;
 use worker::*;
 
 use super::sockets::socket_id_of;
@@ -68,7 +69,7 @@ impl SocketHub {
         }
         if self.perform(&session, effects).await? {
             self.socket_gone(ws).await?;
-            let _ = ws.close(Some(1001), Some("disconnected by the server"));
+            let _ = ws.close(Some(1001), Some(texts::CLOSE_DISCONNECTED));
         }
         Ok(())
     }

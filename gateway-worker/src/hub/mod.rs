@@ -42,6 +42,7 @@ use sluice_shared::jwt::Keys;
 use sluice_shared::limits::{Limits, Rates};
 use sluice_shared::position::StreamPosition;
 use sluice_shared::roster::{Room, Roster};
+use sluice_shared::texts;
 use worker::*;
 
 use crate::config;
@@ -137,7 +138,7 @@ impl DurableObject for SocketHub {
             .filter(|c| *c >= 1000 && *c != 1005 && *c != 1006)
             .unwrap_or(1000);
         // Complete the closing handshake; the socket may already be gone.
-        let _ = ws.close(Some(code), Some("closed"));
+        let _ = ws.close(Some(code), Some(texts::CLOSE_ANSWERED));
         Ok(())
     }
 
