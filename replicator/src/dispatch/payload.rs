@@ -3,11 +3,8 @@
 //! primary key, their `typname`s, what the subscriber's role may select, whether RLS is on) are
 //! passed in as a [`View`].
 
-use std::sync::Arc;
-
 use serde_json::{json, Map, Value};
 use sluice_shared::bindings::Action;
-use sluice_shared::filter::Cell;
 use sluice_shared::pgvalue;
 
 use crate::source::change::{Datum, Relation, RowChange};
@@ -173,7 +170,10 @@ pub fn commit_timestamp(micros_since_2000: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
     use crate::source::change::RelColumn;
+    use sluice_shared::filter::Cell;
     use sluice_shared::pgvalue::oid;
     use sluice_shared::position::Lsn;
 
