@@ -112,6 +112,15 @@ impl<S> Roster<S> {
         })
     }
 
+    /// A socket still open here and joined to `topic` (in either room): where a row change
+    /// addressed to that channel goes. `None`: the channel is gone, its subscription can go.
+    pub fn member(&self, socket_id: &str, topic: &str) -> Option<(&S, Vsn)> {
+        self.is_joined(socket_id, topic)
+            .then(|| self.sockets.get(socket_id))
+            .flatten()
+            .map(|(socket, vsn)| (socket, *vsn))
+    }
+
     /// The members of `room` that receive a fan-out to `audience`, less those `skip` names (the
     /// sender of a broadcast without `self`, a socket that already got a message by replay).
     pub fn recipients<'a>(
@@ -215,6 +224,18 @@ mod tests {
             0
         );
         assert_eq!(r.users(), 0);
+    }
+
+    #[test]
+    fn a_change_goes_to_a_socket_only_while_it_is_joined() {
+        let mut r = Roster::default();
+        r.insert(1, &session("a", Vsn::V1, &[("realtime:x", true, false)]));
+        assert_eq!(r.member("a", "realtime:x"), Some((&1, Vsn::V1)), "private rooms count");
+        assert_eq!(r.member("a", "realtime:y"), None, "not joined to that topic");
+        r.insert(1, &session("a", Vsn::V1, &[]));
+        assert_eq!(r.member("a", "realtime:x"), None, "left");
+        r.remove("a");
+        assert_eq!(r.member("a", "realtime:x"), None, "closed");
     }
 
     #[test]

@@ -27,8 +27,7 @@ impl SocketHub {
                     session.id,
                     now_ms - last
                 );
-                self.socket_gone(&ws).await?;
-                let _ = ws.close(Some(1000), Some(texts::CLOSE_IDLE));
+                self.socket_gone(&ws, Some((1000, texts::CLOSE_IDLE))).await?;
                 continue;
             }
             let before = session.channels.clone();

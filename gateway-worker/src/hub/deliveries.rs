@@ -45,8 +45,7 @@ impl SocketHub {
                 }
                 for payload in &change.payloads {
                     for to in &payload.to {
-                        let joined = roster.is_joined(&to.socket, &to.topic);
-                        let Some((ws, vsn)) = roster.socket(&to.socket).filter(|_| joined) else {
+                        let Some((ws, vsn)) = roster.member(&to.socket, &to.topic) else {
                             let gone = Unsubscribe {
                                 hub: self.name(),
                                 socket: to.socket.clone(),
@@ -62,7 +61,7 @@ impl SocketHub {
                             "postgres_changes",
                             serde_json::json!({"ids": to.ids, "data": payload.data}),
                         );
-                        send(ws, WireFrame::Text(frame::encode(*vsn, &out)));
+                        send(ws, WireFrame::Text(frame::encode(vsn, &out)));
                     }
                 }
             }

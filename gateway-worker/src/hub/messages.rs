@@ -68,8 +68,7 @@ impl SocketHub {
             self.schedule_expiry(&session).await?;
         }
         if self.perform(&session, effects).await? {
-            self.socket_gone(ws).await?;
-            let _ = ws.close(Some(1001), Some(texts::CLOSE_DISCONNECTED));
+            self.socket_gone(ws, Some((1001, texts::CLOSE_DISCONNECTED))).await?;
         }
         Ok(())
     }

@@ -131,21 +131,18 @@ impl DurableObject for SocketHub {
 
     async fn websocket_close(&self, ws: WebSocket, code: usize, _reason: String, _clean: bool) -> Result<()> {
         self.ensure_roster().await?;
-        // Out of the roster first: nothing is sent to it once the handshake is answered.
-        self.socket_gone(&ws).await?;
+        // Complete the closing handshake with the client's code (one that may be sent).
         let code = u16::try_from(code)
             .ok()
             .filter(|c| *c >= 1000 && *c != 1005 && *c != 1006)
             .unwrap_or(1000);
-        // Complete the closing handshake; the socket may already be gone.
-        let _ = ws.close(Some(code), Some(texts::CLOSE_ANSWERED));
-        Ok(())
+        self.socket_gone(&ws, Some((code, texts::CLOSE_ANSWERED))).await
     }
 
     async fn websocket_error(&self, ws: WebSocket, error: Error) -> Result<()> {
         console_warn!("socket error: {error}");
         self.ensure_roster().await?;
-        self.socket_gone(&ws).await
+        self.socket_gone(&ws, None).await
     }
 }
 

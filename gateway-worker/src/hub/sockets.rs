@@ -86,16 +86,25 @@ impl SocketHub {
         }
     }
 
-    /// A socket closed or failed: it leaves the roster (nothing more is sent to it) and its
-    /// channels, releasing its presences.
-    pub(super) async fn socket_gone(&self, ws: &WebSocket) -> Result<()> {
-        let Ok(Some(mut session)) = self.load_session(ws).await else {
+    /// A socket closed, failed, or is closed by the server: it leaves the roster (nothing more
+    /// is sent to it), then the close frame `close` (code, reason) is sent if given, then it
+    /// leaves its channels, releasing its presences (calls to Channels the client need not wait
+    /// for).
+    pub(super) async fn socket_gone(&self, ws: &WebSocket, close: Option<(u16, &str)>) -> Result<()> {
+        let session = self.load_session(ws).await.ok().flatten();
+        if let Some(session) = &session {
+            self.roster().remove(&session.id);
+            self.last_seen.borrow_mut().remove(&session.id);
+            self.replayed.borrow_mut().remove(&session.id);
+            self.held.borrow_mut().forget(&session.id);
+        }
+        if let Some((code, reason)) = close {
+            // The socket may be gone already.
+            let _ = ws.close(Some(code), Some(reason));
+        }
+        let Some(mut session) = session else {
             return Ok(());
         };
-        self.roster().remove(&session.id);
-        self.last_seen.borrow_mut().remove(&session.id);
-        self.replayed.borrow_mut().remove(&session.id);
-        self.held.borrow_mut().forget(&session.id);
         let effects = session.close();
         self.store_session(ws, &session).await?;
         self.perform(&session, effects).await?;

@@ -174,6 +174,17 @@ mod tests {
         tables
     }
 
+    /// The batches for hits on a table without RLS.
+    fn without_rls(batch: &[RowChange], hits: &[Hit]) -> BTreeMap<String, ChangeBatch> {
+        build_batches(
+            "1:slot",
+            batch,
+            hits,
+            (&HashMap::new(), &HashMap::new()),
+            &tables(false),
+        )
+    }
+
     /// (hub, change seq, payload record, sockets with their ids)
     type Seen = Vec<(String, u32, serde_json::Value, Vec<(String, Vec<u64>)>)>;
 
@@ -204,13 +215,7 @@ mod tests {
             hit(0, &b, Verdict::Visible),
             hit(0, &narrow, Verdict::Visible),
         ];
-        let per_hub = build_batches(
-            "1:slot",
-            &batch,
-            &hits,
-            (&HashMap::new(), &HashMap::new()),
-            &tables(false),
-        );
+        let per_hub = without_rls(&batch, &hits);
         let full = json!({"id": 1, "body": "note 1"});
         assert_eq!(
             seen(&per_hub),
@@ -260,13 +265,7 @@ mod tests {
         let batch = [change("1", 0)];
         let s = sub("hub:a", "s1", 5, "{}", None);
         let hits = [hit(0, &s, Verdict::Error(payload::UNAUTHORIZED))];
-        let per_hub = build_batches(
-            "1:slot",
-            &batch,
-            &hits,
-            (&HashMap::new(), &HashMap::new()),
-            &tables(false),
-        );
+        let per_hub = without_rls(&batch, &hits);
         let data = &per_hub["hub:a"].changes[0].payloads[0].data;
         assert_eq!(data["errors"], json!([payload::UNAUTHORIZED]));
     }
@@ -274,13 +273,7 @@ mod tests {
     #[test]
     fn nothing_matched_builds_nothing() {
         let batch = [change("1", 0)];
-        let per_hub = build_batches(
-            "1:slot",
-            &batch,
-            &[],
-            (&HashMap::new(), &HashMap::new()),
-            &tables(false),
-        );
+        let per_hub = without_rls(&batch, &[]);
         assert!(per_hub.is_empty());
     }
 }
