@@ -41,6 +41,15 @@ impl Db {
     }
 }
 
+/// The server a connection's settings name: a host, a Unix socket directory, or `localhost`.
+pub fn host(config: &Config) -> String {
+    match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    }
+}
+
 async fn open(config: &Config) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {

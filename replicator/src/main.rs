@@ -156,11 +156,7 @@ async fn maintain_message_partitions(db: Arc<db::Db>) {
 
 /// `host:port/dbname` for log lines, without the password.
 fn describe(pg: &tokio_postgres::Config) -> String {
-    let host = match pg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
-    };
+    let host = db::host(pg);
     let port = pg.get_ports().first().copied().unwrap_or(5432);
     format!("{host}:{port}/{}", pg.get_dbname().unwrap_or("(default db)"))
 }

@@ -127,42 +127,34 @@ impl Pipeline {
         self.stats.connected.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut transaction: Option<Transaction> = None;
         let mut batch = Batch::default();
-        let mut confirmed = Lsn::default();
         let shutdown = self.shutdown.clone();
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.requested_now() => {
                     // An open transaction is dropped: it was not committed as far as we saw.
-                    self.flush(&mut batch, &source, &mut confirmed).await?;
-                    source.close(confirmed, CLOSE_WITHIN).await;
+                    self.flush(&mut batch, &mut source).await?;
+                    source.close(CLOSE_WITHIN).await;
                     return Ok(());
                 }
                 event = source.next() => {
                     let Some(event) = event? else {
                         return Ok(());
                     };
-                    self.apply(event, &mut transaction, &mut batch, &source, &mut confirmed);
+                    self.apply(event, &mut transaction, &mut batch, &mut source);
                     if batch.is_due() {
-                        self.flush(&mut batch, &source, &mut confirmed).await?;
+                        self.flush(&mut batch, &mut source).await?;
                     }
                 }
                 _ = std::future::ready(()), if batch.is_pending() => {
-                    self.flush(&mut batch, &source, &mut confirmed).await?;
+                    self.flush(&mut batch, &mut source).await?;
                 }
             }
         }
     }
 
     /// Takes one event into the transaction and batch being gathered.
-    fn apply(
-        &mut self,
-        event: Event,
-        transaction: &mut Option<Transaction>,
-        batch: &mut Batch,
-        source: &Source,
-        confirmed: &mut Lsn,
-    ) {
+    fn apply(&mut self, event: Event, transaction: &mut Option<Transaction>, batch: &mut Batch, source: &mut Source) {
         match event {
             Event::Begin { commit_micros } => {
                 *transaction = Some(Transaction {
@@ -204,9 +196,7 @@ impl Pipeline {
             // nothing for us (other tables, checkpoints): confirm it, or the slot would pin that
             // WAL and a shutting-down server would wait for us forever.
             Event::Idle { wal_end } if transaction.is_none() && !batch.is_pending() => {
-                source.confirm(wal_end);
-                *confirmed = wal_end;
-                self.pass(wal_end);
+                self.confirm(source, wal_end);
             }
             Event::Idle { .. } => {}
         }
@@ -215,7 +205,7 @@ impl Pipeline {
     /// Dispatches the batch, hands it to the sink, and confirms its end once everything was
     /// taken. After shutdown was asked for this gets [`GRACE`]; past it the batch stays
     /// unconfirmed (`Interrupted`).
-    async fn flush(&mut self, batch: &mut Batch, source: &Source, confirmed: &mut Lsn) -> Result<(), StreamError> {
+    async fn flush(&mut self, batch: &mut Batch, source: &mut Source) -> Result<(), StreamError> {
         let Some(end) = batch.end else {
             return Ok(());
         };
@@ -227,9 +217,7 @@ impl Pipeline {
                 return Err(StreamError::Interrupted);
             }
         }
-        source.confirm(end);
-        *confirmed = end;
-        self.pass(end);
+        self.confirm(source, end);
         *batch = Batch::default();
         Ok(())
     }
@@ -250,6 +238,13 @@ impl Pipeline {
                 .await;
         }
         Ok(())
+    }
+
+    /// Everything up to `lsn` is delivered: the slot may release it, and registrations waiting
+    /// for a mark at or below it may answer.
+    fn confirm(&self, source: &mut Source, lsn: Lsn) {
+        source.confirm(lsn);
+        self.pass(lsn);
     }
 
     fn pass(&self, lsn: Lsn) {

@@ -47,6 +47,8 @@ pub struct Source {
     relations: HashMap<u32, Arc<Relation>>,
     /// Changes seen in the current transaction (their `seq`).
     seq: u32,
+    /// The last position confirmed on this connection.
+    confirmed: Lsn,
 }
 
 impl Source {
@@ -61,6 +63,7 @@ impl Source {
             parser: LogicalReplicationParser::with_protocol_version(1),
             relations: HashMap::new(),
             seq: 0,
+            confirmed: Lsn::default(),
         })
     }
 
@@ -97,14 +100,15 @@ impl Source {
     }
 
     /// Everything up to `lsn` was delivered: the server may release that WAL.
-    pub fn confirm(&self, lsn: Lsn) {
+    pub fn confirm(&mut self, lsn: Lsn) {
+        self.confirmed = self.confirmed.max(lsn);
         self.client.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
     }
 
     /// Ends the stream cleanly: waits (at most `within`) until the server has been told the last
     /// confirmed position, then sends CopyDone and lets the connection close.
-    pub async fn close(mut self, confirmed: Lsn, within: Duration) {
-        self.confirm(confirmed);
+    pub async fn close(mut self, within: Duration) {
+        let confirmed = self.confirmed;
         let deadline = Instant::now() + within;
         let metrics = self.client.metrics();
         while metrics.last_applied_lsn().0 < confirmed.0 && Instant::now() < deadline {
@@ -143,11 +147,7 @@ fn replication_config(config: &Config) -> Result<ReplicationConfig, StreamError>
         .database_url
         .parse()
         .map_err(|e: tokio_postgres::Error| StreamError::Config(e.to_string()))?;
-    let host = match pg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
-    };
+    let host = crate::db::host(&pg);
     let password = pg
         .get_password()
         .map(|p| String::from_utf8_lossy(p).into_owned())
