@@ -7,10 +7,13 @@
 //      batched checks against the per-change-per-subscriber design (Supabase's `apply_rls`),
 //      implemented below as a baseline on the same database;
 //   3. latency: commit to supabase-js callback, p50/p95/p99, at 100 and 1,000 changes/s through
-//      the whole local stack (Postgres, replicator, wrangler dev).
+//      the whole local stack (Postgres, replicator, wrangler dev);
+//   4. joins: subscribe() to SUBSCRIBED, p50/p99, for channels without and with postgres_changes
+//      bindings (the latter wait until changes committed afterwards will be delivered), with the
+//      stream idle and with 1,000 changes/s flowing.
 //
 //   cargo build --release -p sluice-replicator && scripts/build-worker
-//   node_modules/.bin/node bench/postgres_changes.mjs [--only throughput,rls,latency] [--rows 50000] [--seconds 5]
+//   node_modules/.bin/node bench/postgres_changes.mjs [--only throughput,rls,latency,joins] [--rows 50000] [--seconds 5]
 //
 // It runs the release build of the replicator (target/release).
 // A program, not a test: numbers depend on the machine, which also runs the load generator.
@@ -18,7 +21,7 @@ import http from 'node:http';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
-import { done, Inbox, pgChannel, supabase } from '../tests/e2e/clients.mjs';
+import { done, Inbox, pgChannel, subscribe, supabase } from '../tests/e2e/clients.mjs';
 import { DEV_INTERNAL_SECRET, tokenFor } from '../tests/stack/keys.mjs';
 import { Postgres } from '../tests/stack/postgres.mjs';
 import { freePort, waitFor } from '../tests/stack/process.mjs';
@@ -26,7 +29,7 @@ import { startReplicator } from '../tests/stack/replicator.mjs';
 import { ROOT, startStack } from '../tests/stack/stack.mjs';
 
 const { values: opts } = parseArgs({ options: {
-  only: { type: 'string', default: 'throughput,rls,latency' },
+  only: { type: 'string', default: 'throughput,rls,latency,joins' },
   rows: { type: 'string', default: '50000' },
   seconds: { type: 'string', default: '5' },
 } });
@@ -290,6 +293,55 @@ async function latency() {
   }
 }
 
+async function joins() {
+  const JOINS = 100;
+  const rows = [];
+  const stack = await startStack({ name: 'bench-joins', gateway: 'wrangler', log: () => {} });
+  try {
+    await stack.pg.sql(`create role anon nologin; create table joined (id bigserial primary key, n int);
+      grant select on joined to anon; alter publication supabase_realtime add table joined`);
+    const db = new pg.Client({ connectionString: stack.pg.url });
+    await db.connect();
+    for (const load of [0, 1000]) {
+      // Background commits, one every 10 ms, while the joins are timed.
+      let writing = load > 0;
+      const writer = (async () => {
+        while (writing) {
+          await db.query('insert into joined (n) select 1 from generate_series(1, $1)', [load / 100]);
+          await new Promise((r) => setTimeout(r, 10));
+        }
+      })();
+      for (const bindings of [false, true]) {
+        const client = supabase(stack.url, stack.keys.anon);
+        const times = [];
+        for (let i = 0; i < JOINS; i++) {
+          const channel = client.channel(`join-${load}-${bindings}-${i}`);
+          if (bindings) channel.on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'joined', filter: `n=eq.${i + 2}` }, () => {});
+          const started = now();
+          await subscribe(channel);
+          times.push(now() - started);
+          await client.removeChannel(channel);
+        }
+        await done(client);
+        times.sort((a, b) => a - b);
+        rows.push({ load, bindings, p50: percentile(times, 0.5), p99: percentile(times, 0.99) });
+      }
+      writing = false;
+      await writer;
+    }
+    await db.end();
+  } finally {
+    await stack.stop();
+  }
+  console.log(`\n### 4. subscribe() to SUBSCRIBED, whole local stack (wrangler dev), ${JOINS} joins each\n`);
+  console.log('| changes/s flowing | channel | p50 ms | p99 ms |');
+  console.log('|---:|---|---:|---:|');
+  for (const r of rows) {
+    console.log(`| ${r.load} | ${r.bindings ? 'one postgres_changes binding' : 'no bindings'} | ${fmt(r.p50)} | ${fmt(r.p99)} |`);
+  }
+}
+
 if (only.has('throughput')) { console.error('==> throughput'); await throughput(); }
 if (only.has('rls')) { console.error('==> rls'); await rls(); }
 if (only.has('latency')) { console.error('==> latency'); await latency(); }
+if (only.has('joins')) { console.error('==> joins'); await joins(); }

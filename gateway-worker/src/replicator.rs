@@ -12,14 +12,36 @@ use worker::*;
 
 use crate::config;
 
-/// Registers the bindings; `Err` holds the text the client sees as its `system` error.
+/// How long a join's reply waits for its bindings to go live: well under realtime-js's 10 s join
+/// timeout. The replicator gives up a little earlier (its `SYNC_TIMEOUT`) and says why.
+const SUBSCRIBE_TIMEOUT_MS: u64 = 5_000;
+
+/// Registers the bindings and answers once changes committed from now on will reach the channel;
+/// `Err` holds the text the client sees as its `system` error.
 pub async fn subscribe(env: &Env, request: &Subscribe) -> std::result::Result<Subscribed, String> {
-    answer(call(env, Method::Post, "/v1/subscriptions", request).await).await
+    bounded(async { answer(call(env, Method::Post, "/v1/subscriptions", request).await).await }).await
 }
 
 /// Gives a channel's subscriptions new claims; answered as [`subscribe`].
 pub async fn reauthorize(env: &Env, request: &Reauthorize) -> std::result::Result<Subscribed, String> {
-    answer(call(env, Method::Patch, "/v1/subscriptions", request).await).await
+    bounded(async { answer(call(env, Method::Patch, "/v1/subscriptions", request).await).await }).await
+}
+
+/// `registration`, or the unreachable-database text once [`SUBSCRIBE_TIMEOUT_MS`] passed.
+async fn bounded(
+    registration: impl std::future::Future<Output = std::result::Result<Subscribed, String>>,
+) -> std::result::Result<Subscribed, String> {
+    use futures_util::future::{select, Either};
+    let timeout = Delay::from(std::time::Duration::from_millis(SUBSCRIBE_TIMEOUT_MS));
+    match select(std::pin::pin!(registration), timeout).await {
+        Either::Left((outcome, _)) => outcome,
+        Either::Right(_) => {
+            console_error!(
+                "UnableToSubscribeToPostgres: the replicator did not confirm a subscription within {SUBSCRIBE_TIMEOUT_MS} ms"
+            );
+            Err(texts::DATABASE_UNREACHABLE.into())
+        }
+    }
 }
 
 async fn answer(response: std::result::Result<Response, String>) -> std::result::Result<Subscribed, String> {

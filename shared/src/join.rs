@@ -41,9 +41,6 @@ pub struct JoinConfig {
     pub presence_key: String,
     /// Each binding as the client sent it (nulls removed), to be echoed verbatim with an id.
     pub postgres_changes: Vec<Map<String, Value>>,
-    /// `postgres_changes_options.wait` (realtime-js 2.119): hold the reply until the bindings
-    /// are live.
-    pub postgres_wait: bool,
     pub private: bool,
     /// `access_token` (or legacy `user_token`) for this channel, if any.
     pub access_token: Option<String>,
@@ -84,7 +81,6 @@ pub fn parse_join(payload: &Value) -> JoinConfig {
                     .collect()
             })
             .unwrap_or_default(),
-        postgres_wait: flag(&["postgres_changes_options", "wait"]),
         private: flag(&["private"]),
         access_token: ["access_token", "user_token"]
             .iter()

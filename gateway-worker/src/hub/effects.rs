@@ -58,10 +58,11 @@ impl SocketHub {
                         .await
                         .and_then(|r| r.presence_state.clone());
                     let join_ref = reply.join_ref.clone();
-                    // A client that asked to wait gets its reply once changes flow.
+                    // No subscribe race: the reply (the client's SUBSCRIBED) waits until every
+                    // change committed after it will reach this channel, or the bound passed.
                     let registered = match &postgres {
-                        Some(pg) if pg.wait => Some(self.subscribe(session, &topic, pg).await),
-                        _ => None,
+                        Some(pg) => Some(self.subscribe(session, &topic, pg).await),
+                        None => None,
                     };
                     to_client(&reply);
                     if presence_state {
@@ -71,11 +72,7 @@ impl SocketHub {
                     if let Some(replay) = private.as_ref().and_then(|p| p.replay) {
                         self.replay(session, &topic, replay).await;
                     }
-                    if let Some(pg) = &postgres {
-                        let outcome = match registered {
-                            Some(outcome) => outcome,
-                            None => self.subscribe(session, &topic, pg).await,
-                        };
+                    if let Some(outcome) = registered {
                         to_client(&postgres_system_message(join_ref.as_deref(), &topic, outcome));
                     }
                 }

@@ -42,8 +42,9 @@ pub fn routes(api: Api) -> Router {
         .with_state(api)
 }
 
-/// How long a registration waits for the stream to pass it before answering 503.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a registration waits for the stream to pass it before answering 503: a join's reply
+/// waits for this answer, and the gateway gives up after 5 s (realtime-js times a join out at 10).
+const SYNC_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// `POST /v1/subscriptions`: 200 `{"ids": [...]}` in binding order once the subscription is live
 /// (see [`live`]), or 422 `{"error": <the system message text>}`.
@@ -111,8 +112,14 @@ async fn live(state: &Api, channel: &ChannelKey, subs: Vec<(u32, Sub)>, ids: Vec
     state.registry.replace_channel(channel, subs);
     let mark = async {
         let client = state.db.client().await?;
+        // Transactional, so that its commit flushes the WAL and the server streams it at once (a
+        // non-transactional message waits for the WAL writer, 200 ms by default); committed
+        // synchronously whatever the database's default.
         let row = client
-            .query_one("select pg_logical_emit_message(false, $1, '')::text", &[&SYNC_PREFIX])
+            .query_one(
+                "select pg_logical_emit_message(true, $1, '')::text, set_config('synchronous_commit', 'on', true)",
+                &[&SYNC_PREFIX],
+            )
             .await?;
         let text: &str = row.get(0);
         Ok::<_, tokio_postgres::Error>(text.parse::<Lsn>().unwrap_or_default())

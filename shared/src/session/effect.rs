@@ -16,8 +16,9 @@ pub enum Effect {
     /// The socket joined `topic`: register it with the channel, then send `reply`, then push the
     /// channel's `presence_state` if `presence_state`.
     ///
-    /// With `postgres`, the channel's bindings are registered with the replicator too: after the
-    /// reply, or before it when the client asked to wait.
+    /// With `postgres`, the channel's bindings are registered with the replicator first: the reply
+    /// waits until changes committed after it will be delivered (bounded; see the gateway's
+    /// `hub/effects.rs`), whether or not the client sent `postgres_changes_options.wait`.
     Join {
         topic: String,
         reply: Outbound,
@@ -63,8 +64,6 @@ pub struct PostgresJoin {
     pub bindings: Vec<Map<String, Value>>,
     /// The claims of the token the channel runs on: RLS sees rows as this user.
     pub claims: Map<String, Value>,
-    /// `postgres_changes_options.wait`: reply only once the subscription is live.
-    pub wait: bool,
 }
 
 /// What the policies of a private channel are asked about at join.

@@ -113,7 +113,6 @@ impl Session {
                 postgres: (!config.postgres_changes.is_empty()).then(|| PostgresJoin {
                     bindings: config.postgres_changes.clone(),
                     claims: claims.clone(),
-                    wait: config.postgres_wait,
                 }),
                 private: config.private.then_some(PrivateJoin {
                     claims,
