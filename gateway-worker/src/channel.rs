@@ -51,13 +51,13 @@ impl DurableObject for Channel {
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         if req.path() == "/internal/v1/db-broadcasts" {
-            let batch: DbBroadcasts = req.json().await?;
+            let batch: DbBroadcasts = rpc::json_body(&mut req).await?;
             return self.relay_from_database(batch).await;
         }
         if req.path() != "/internal/v1/channel" || req.method() != Method::Post {
             return Response::error("Not Found", 404);
         }
-        let request: ChannelRequest = req.json().await?;
+        let request: ChannelRequest = rpc::json_body(&mut req).await?;
         self.load().await?;
         let (response, deliveries, changed) = self.apply(&request);
         if changed {

@@ -39,6 +39,23 @@ pub fn connect_error_backoff_ms(env: &Env) -> u64 {
         .unwrap_or(2000)
 }
 
+/// How long a refused join waits before its error reply, as upstream
+/// (`CHANNEL_ERROR_BACKOFF_MS`, default 5000), so a client cannot retry refused joins quickly.
+pub fn channel_error_backoff_ms(env: &Env) -> u64 {
+    read(env, "CHANNEL_ERROR_BACKOFF_MS")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000)
+}
+
+/// How long a join with `broadcast.replication_ready` waits for the database's replication
+/// connection before the channel is shut down (`REPLICATION_READY_TIMEOUT_MS`, default a minute
+/// as upstream's `replication_ready_timeout`).
+pub fn replication_ready_timeout_ms(env: &Env) -> u64 {
+    read(env, "REPLICATION_READY_TIMEOUT_MS")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60_000)
+}
+
 /// The secret admin tokens of the management API are signed with (`API_JWT_SECRET`).
 pub fn admin_secret(env: &Env) -> Option<String> {
     read(env, "API_JWT_SECRET").filter(|s| !s.is_empty())

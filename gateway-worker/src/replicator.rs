@@ -74,6 +74,28 @@ async fn answer(response: std::result::Result<Response, String>) -> std::result:
     }
 }
 
+/// What the replicator's `/healthz` says of the database: `None` when it cannot be reached or
+/// the database does not answer.
+pub async fn health(env: &Env) -> Option<Health> {
+    let url = config::replicator_url(env)?;
+    let mut res = Fetch::Url(Url::parse(&format!("{url}/healthz")).ok()?)
+        .send()
+        .await
+        .ok()?;
+    if res.status_code() != 200 {
+        return None;
+    }
+    let body: serde_json::Value = res.json().await.ok()?;
+    Some(Health {
+        replication_connected: body["replication"] == "connected",
+    })
+}
+
+/// The database answers; whether its replication stream is up too.
+pub struct Health {
+    pub replication_connected: bool,
+}
+
 /// What the policies of a private channel let the request's claims read and write (of what it
 /// asks); `None` (logged) when the replicator could not say, which callers treat as no.
 pub async fn authorize(env: &Env, request: &Authorize) -> Option<Authorized> {

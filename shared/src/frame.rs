@@ -330,6 +330,19 @@ pub fn push(join_ref: Option<&str>, topic: &str, event: &str, payload: Value) ->
     }
 }
 
+/// A `system` message to a channel: `extension` is `system` or `postgres_changes`, the channel
+/// is the topic without `realtime:` (`realtime_channel.ex` `push_system_message`).
+pub fn system(join_ref: Option<&str>, topic: &str, extension: &str, ok: bool, message: &str) -> Outbound {
+    let channel = topic.strip_prefix("realtime:").unwrap_or(topic);
+    let status = if ok { "ok" } else { "error" };
+    push(
+        join_ref,
+        topic,
+        "system",
+        json!({"extension": extension, "status": status, "message": message, "channel": channel}),
+    )
+}
+
 /// A fan-out delivery (`broadcast`, `presence_diff`, `postgres_changes`): `[null, null, ...]`.
 pub fn fanout(topic: &str, event: &str, payload: Value) -> Outbound {
     push(None, topic, event, payload)

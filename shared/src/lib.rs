@@ -10,6 +10,7 @@
 //! - [`jwt`]: token verification with upstream's error texts.
 //! - [`hold`]: the hold queue: a socket's messages wait behind one that waits for policies.
 //! - [`limits`]: tenant limits and rate counters.
+//! - [`metrics`]: what the gateway's hubs count, rendered for Prometheus.
 //! - [`pgvalue`]: column values rendered as `to_jsonb` does.
 //! - [`position`]: LSNs, stream positions, and the watermark that drops what was delivered.
 //! - [`presence`]: a channel's presence registry and diffs.
@@ -27,6 +28,7 @@ pub mod internal;
 pub mod join;
 pub mod jwt;
 pub mod limits;
+pub mod metrics;
 pub mod pgvalue;
 pub mod position;
 pub mod presence;

@@ -16,8 +16,13 @@ pub struct Limits {
     pub max_client_presence_events_per_window: u32,
     pub client_presence_window_ms: u64,
     pub max_payload_size_in_kb: u32,
+    /// Bytes per second a tenant's sockets send and receive, together. Upstream (2.129) stores it
+    /// and does not enforce it; sluice does, like `max_events_per_second`.
+    pub max_bytes_per_second: u32,
     /// A tenant setting rather than a limit: refuse joins of public channels.
     pub private_only: bool,
+    /// A tenant setting: presence is on for every channel, whether or not the client enables it.
+    pub presence_enabled: bool,
 }
 
 impl Default for Limits {
@@ -31,7 +36,9 @@ impl Default for Limits {
             max_client_presence_events_per_window: 5,
             client_presence_window_ms: 30_000,
             max_payload_size_in_kb: 3000,
+            max_bytes_per_second: 100_000,
             private_only: false,
+            presence_enabled: false,
         }
     }
 }
@@ -114,6 +121,8 @@ pub struct Rates {
     pub events: RateCounter,
     pub presence: RateCounter,
     pub joins: RateCounter,
+    /// Bytes of frames received from and sent to sockets.
+    pub bytes: RateCounter,
 }
 
 #[cfg(test)]

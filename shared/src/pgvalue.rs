@@ -59,7 +59,8 @@ pub fn render(type_oid: u32, text: &str) -> Value {
         oid::INT2 | oid::INT4 | oid::INT8 | oid::OID => {
             text.parse::<i64>().map(Value::from).unwrap_or_else(|_| text.into())
         }
-        oid::FLOAT4 | oid::FLOAT8 | oid::NUMERIC => number(text),
+        oid::FLOAT4 | oid::FLOAT8 => number(text),
+        oid::NUMERIC => exact_number(text),
         oid::JSON | oid::JSONB => serde_json::from_str(text).unwrap_or_else(|_| text.into()),
         oid::TIMESTAMP => Value::String(text.replacen(' ', "T", 1)),
         oid::TIMESTAMPTZ => Value::String(iso_timestamptz(text)),
@@ -76,6 +77,16 @@ fn number(text: &str) -> Value {
     match text.parse::<f64>().ok().and_then(Number::from_f64) {
         Some(n) => Value::Number(n),
         None => Value::String(text.to_string()),
+    }
+}
+
+/// A `numeric`, digit for digit as Postgres printed it (`to_jsonb` keeps `12.50` and every digit
+/// of `12345678901234567890.123`); NaN and the infinities as strings. Exact because the workspace
+/// builds serde_json with `arbitrary_precision`: a JSON number keeps its text end to end.
+fn exact_number(text: &str) -> Value {
+    match serde_json::from_str::<Number>(text) {
+        Ok(n) => Value::Number(n),
+        Err(_) => Value::String(text.to_string()),
     }
 }
 
@@ -183,6 +194,27 @@ mod tests {
         assert_eq!(
             render(2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
             json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+        );
+    }
+
+    #[test]
+    fn numerics_keep_every_digit() {
+        let text = |v: Value| serde_json::to_string(&v).unwrap();
+        for digits in [
+            "12345678901234567890.123",
+            "12.50",
+            "-0.000000000000000000001",
+            "100000000000000000000",
+        ] {
+            assert_eq!(text(render(oid::NUMERIC, digits)), digits);
+        }
+        assert_eq!(
+            text(render(1231, "{1.10,NaN,99999999999999999999}")),
+            r#"[1.10,"NaN",99999999999999999999]"#
+        );
+        assert_eq!(
+            text(render(oid::JSONB, r#"{"n": 12345678901234567890.123}"#)),
+            r#"{"n":12345678901234567890.123}"#
         );
     }
 

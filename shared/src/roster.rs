@@ -94,6 +94,16 @@ impl<S> Roster<S> {
         self.sockets.get(socket_id)
     }
 
+    /// How many sockets are open here.
+    pub fn sockets(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// How many channels are joined here (a socket on two topics counts twice).
+    pub fn memberships(&self) -> usize {
+        self.rooms.values().map(BTreeSet::len).sum()
+    }
+
     /// How many sockets have joined at least one channel (upstream's concurrent users).
     pub fn users(&self) -> usize {
         self.users.len()

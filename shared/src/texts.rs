@@ -75,6 +75,16 @@ pub const TOO_MANY_MESSAGES: &str = "Too many messages per second";
 pub const TOO_MANY_PRESENCE_MESSAGES: &str = "Too many presence messages per second";
 pub const CLIENT_PRESENCE_RATE: &str = "Client presence rate limit exceeded";
 pub const TRACK_TOO_BIG: &str = "Track message size exceeded";
+/// sluice's own: `max_bytes_per_second` reached (upstream does not enforce it), in the style of
+/// "Too many messages per second".
+pub const TOO_MANY_BYTES: &str = "Too many bytes per second";
+/// `config.broadcast.replication_ready` could not be answered within the timeout.
+pub const REPLICATION_NOT_READY: &str = "Replication connection was not established in time";
+
+// --- `system` messages with status ok (`realtime_channel.ex`) ---
+
+/// `config.broadcast.replication_ready`: the database's replication connection is up.
+pub const REPLICATION_READY: &str = "Replication connection established";
 
 /// A refreshed token no longer lets the user read a private channel.
 pub fn read_permission_lost(sub_topic: &str) -> String {

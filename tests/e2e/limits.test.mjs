@@ -140,3 +140,43 @@ describe('per-second limits', () => {
     assert.deepEqual(await refusal(stack.url, stack.keys.anon), { status: 429, body: { error: 'Too many joins per second' } });
   });
 });
+
+describe('bytes per second (sluice enforces what upstream only stores)', () => {
+  let stack;
+  before(async () => (stack = await startStack({ name: 'e2e-limits-c', vars: { TENANT_LIMITS: JSON.stringify({ '*': {
+    max_bytes_per_second: 2000,
+  } }) } })));
+  after(async () => stack?.stop());
+
+  test('the bytes a tenant\'s sockets send and receive close the channel that sends', async (t) => {
+    const c = supabase(stack.url, stack.keys.anon);
+    t.after(() => done(c));
+    const w = await watchedChannel(c, 'heavy', { broadcast: { ack: true } });
+    // About 1 KB each: the first few fit 2,000 B/s over the 5-second first bucket, then no more.
+    const replies = [];
+    for (let i = 0; i < 20; i++) replies.push(await w.channel.send({ type: 'broadcast', event: 'e', payload: { blob: 'x'.repeat(1000) } }));
+    assert.equal(replies[0], 'ok');
+    await closedWith(w, 'Too many bytes per second');
+  });
+});
+
+describe('join error backoff (CHANNEL_ERROR_BACKOFF_MS)', () => {
+  let stack;
+  before(async () => (stack = await startStack({ name: 'e2e-limits-d', vars: {
+    CHANNEL_ERROR_BACKOFF_MS: '1500', TENANT_LIMITS: JSON.stringify({ '*': { max_channels_per_client: 1 } }),
+  } })));
+  after(async () => stack?.stop());
+
+  test('a refused join is answered after the backoff; an admitted one is not held', async (t) => {
+    const c = supabase(stack.url, stack.keys.anon);
+    t.after(() => done(c));
+    let started = Date.now();
+    await subscribe(c.channel('first'));
+    const admittedMs = Date.now() - started;
+    started = Date.now();
+    await assert.rejects(subscribe(c.channel('second')), /ChannelRateLimitReached: Too many channels/);
+    const refusedMs = Date.now() - started;
+    assert.ok(refusedMs >= 1500, `the refusal came after ${refusedMs} ms, before the 1,500 ms backoff`);
+    assert.ok(admittedMs < 1500, `the admitted join took ${admittedMs} ms`);
+  });
+});

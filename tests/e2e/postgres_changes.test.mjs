@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { done, Inbox, pgChannel, subscribe, supabase, until, VSNS } from './clients.mjs';
+import { createClient } from '@supabase/supabase-js';
 import { tokenFor } from '../stack/keys.mjs';
 import { startReplicator } from '../stack/replicator.mjs';
 import { ROOT, startStack } from '../stack/stack.mjs';
@@ -29,7 +30,9 @@ before(async () => {
       t text, vc varchar(10), ch char(3), u uuid, j json, jb jsonb, tz timestamptz, ts timestamp, d date, tm time, iv interval,
       ia int[], ta text[], ba bool[], ja jsonb[], na numeric[], ip inet, by bytea);
     grant select on public.types to anon;
-    alter publication supabase_realtime add table public.items, public.notes, public.secrets, public.full_identity, public.nokey, public.types;
+    create table public.exact (id int primary key, n numeric, na numeric[], doc jsonb);
+    grant select on public.exact to anon;
+    alter publication supabase_realtime add table public.items, public.notes, public.secrets, public.full_identity, public.nokey, public.types, public.exact;
     alter database postgres set timezone = 'UTC';
   `);
 });
@@ -154,6 +157,42 @@ test('values are rendered as to_jsonb renders them (bytea as hex without \\x, as
     await done(client);
   }
 });
+
+for (const vsn of VSNS) {
+  test(`vsn ${vsn}: numeric values keep every digit, as to_jsonb renders them`, async () => {
+    // Every number parsed to its source text, so that digits JavaScript numbers would round are
+    // compared; the record is taken as it arrives, before realtime-js converts numeric columns.
+    const exactly = (text) => JSON.parse(text, (_key, value, ctx) => (typeof value === 'number' ? ctx.source : value));
+    const arrived = new Inbox('exact records');
+    const decode = (raw, callback) => {
+      let msg = exactly(raw);
+      if (Array.isArray(msg)) {
+        const [join_ref, ref, topic, event, payload] = msg;
+        msg = { join_ref, ref, topic, event, payload };
+      }
+      if (msg.event === 'postgres_changes') arrived.push(msg.payload.data.record);
+      return callback(msg);
+    };
+    const client = createClient(stack.url, stack.keys.anon, {
+      auth: { persistSession: false, autoRefreshToken: false },
+      realtime: { vsn, decode },
+    });
+    const inbox = new Inbox('exact');
+    try {
+      await pgChannel(client, `exact-${vsn}`, [{ binding: { event: 'INSERT', schema: 'public', table: 'exact' }, inbox }]);
+      const id = nextId++;
+      await sql(`insert into exact values ($1, 12345678901234567890.123, '{98765432109876543210.000001,12.50,NaN}',
+        '{"big": 123456789012345678901234567890, "small": 0.10000000000000000000001}')`, [id]);
+      await inbox.next();
+      const record = await arrived.next();
+      const [{ row }] = await sql('select to_jsonb(r)::text as row from exact r where id = $1', [id]);
+      assert.equal(record.n, '12345678901234567890.123');
+      assert.deepEqual(record, exactly(row));
+    } finally {
+      await done(client);
+    }
+  });
+}
 
 test('a bad filter gets the exact system error and the channel stays joined', async () => {
   const client = supabase(stack.url, stack.keys.anon);

@@ -9,7 +9,8 @@ import { startProcess } from './process.mjs';
 export async function startGatewayHarness({ root, jwtSecret, vars = {} }) {
   const server = createTestHarness({
     root,
-    workers: [{ configPath: 'wrangler.toml', vars, secrets: { JWT_SECRET: jwtSecret } }],
+    // Refused joins wait 100 ms, as in upstream's test configuration (production: 5 s).
+    workers: [{ configPath: 'wrangler.toml', vars: { CHANNEL_ERROR_BACKOFF_MS: '100', ...vars }, secrets: { JWT_SECRET: jwtSecret } }],
   });
   const { url } = await server.listen();
   const worker = server.getWorker();

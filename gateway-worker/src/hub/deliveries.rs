@@ -16,6 +16,7 @@ use worker::*;
 use super::fanout::{fan_out, Deliverable};
 use super::private::message_id;
 use super::sockets::send;
+use super::traffic::{self, Sent};
 use super::{tenant_of_hub, SocketHub};
 
 /// The storage key of the last row change a hub delivered.
@@ -37,6 +38,7 @@ impl SocketHub {
         };
         let mut mark = Watermark::new(delivered.clone());
         let mut receipt = ChangeReceipt::default();
+        let mut sent = Sent::default();
         {
             let roster = self.roster();
             for change in &batch.changes {
@@ -61,11 +63,12 @@ impl SocketHub {
                             "postgres_changes",
                             serde_json::json!({"ids": to.ids, "data": payload.data}),
                         );
-                        send(ws, WireFrame::Text(frame::encode(vsn, &out)));
+                        sent.add(send(ws, WireFrame::Text(frame::encode(vsn, &out))));
                     }
                 }
             }
         }
+        self.sent(sent, Some(traffic::POSTGRES_CHANGES));
         if mark.last() != delivered.as_ref() {
             if let Some(position) = mark.last() {
                 self.state.storage().put(CHANGES_POSITION, position).await?;
@@ -115,16 +118,22 @@ impl SocketHub {
                             id.is_some_and(|id| replayed.get(socket).is_some_and(|ids| ids.contains(id)))
                         };
                         let sent = fan_out(&roster, &room, Deliverable::Broadcast(&broadcast), skip);
-                        self.rates.borrow_mut().events.add(now, sent);
+                        self.rates.borrow_mut().events.add(now, sent.frames);
+                        self.sent(sent, Some(traffic::BROADCAST));
                     }
                     HubEvent::Broadcast { broadcast } => {
                         let sent = fan_out(&roster, &room, Deliverable::Broadcast(&broadcast), |_| false);
-                        self.rates.borrow_mut().events.add(Date::now().as_millis(), sent);
+                        self.rates.borrow_mut().events.add(Date::now().as_millis(), sent.frames);
+                        self.sent(sent, Some(traffic::BROADCAST));
                     }
                     HubEvent::PresenceDiff { diff } => {
                         let out = frame::fanout(&delivery.topic, "presence_diff", diff);
                         let sent = fan_out(&roster, &room, Deliverable::Push(&out), |_| false);
-                        self.rates.borrow_mut().presence.add(Date::now().as_millis(), sent);
+                        self.rates
+                            .borrow_mut()
+                            .presence
+                            .add(Date::now().as_millis(), sent.frames);
+                        self.sent(sent, Some(traffic::PRESENCE));
                     }
                     HubEvent::Peers { peers } => {
                         self.peers.borrow_mut().insert(room.clone(), peers);

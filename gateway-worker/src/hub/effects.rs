@@ -2,19 +2,19 @@
 //! fan-out, joins and leaves with the topic's Channel, presence, and the channel's Postgres
 //! Changes registration with the replicator.
 
-use sluice_shared::frame::{self, Outbound, WireFrame};
+use sluice_shared::frame::{self, Outbound};
 use sluice_shared::internal::{ChannelOp, Reauthorize, Subscribe, Unsubscribe};
-use sluice_shared::join::sub_topic;
 use sluice_shared::roster::access;
 use sluice_shared::session::{Effect, PostgresJoin, Session};
-use sluice_shared::texts;
+use sluice_shared::{metrics, texts};
 use worker::*;
 
 use super::deliveries::db_position_key;
 use super::fanout::{fan_out, room_of, Deliverable};
 use super::private::claims_key;
+use super::traffic;
 use super::SocketHub;
-use crate::replicator;
+use crate::{config, replicator};
 
 impl SocketHub {
     /// Carries out a session's effects in order. Replies and local deliveries happen at once;
@@ -22,11 +22,20 @@ impl SocketHub {
     /// socket must be disconnected.
     pub(super) async fn perform(&self, session: &Session, effects: Vec<Effect>) -> Result<bool> {
         let mut later = Vec::new();
+        let mut later_joins = Vec::new();
         let mut disconnect = false;
-        let to_client = |out: &Outbound| self.send_to(&session.id, WireFrame::Text(frame::encode(session.vsn, out)));
+        let to_client = |out: &Outbound| self.push_to(&session.id, out);
         for effect in effects {
             match effect {
                 Effect::Send(out) => to_client(&out),
+                Effect::RefuseJoin(out) => {
+                    let reason = out.payload["response"]["reason"].as_str().unwrap_or_default();
+                    let code = metrics::refusal_code(reason).to_string();
+                    *self.counts.borrow_mut().refused_joins.entry(code).or_default() += 1;
+                    let backoff = config::channel_error_backoff_ms(&self.env);
+                    Delay::from(std::time::Duration::from_millis(backoff)).await;
+                    to_client(&out)
+                }
                 Effect::Broadcast {
                     topic,
                     broadcast,
@@ -35,7 +44,8 @@ impl SocketHub {
                     let skip = |socket: &str| !include_sender && socket == session.id;
                     let room = (room_of(session, &topic), topic);
                     let sent = fan_out(&self.roster(), &room, Deliverable::Broadcast(&broadcast), skip);
-                    self.rates.borrow_mut().events.add(Date::now().as_millis(), sent);
+                    self.rates.borrow_mut().events.add(Date::now().as_millis(), sent.frames);
+                    self.sent(sent, Some(traffic::BROADCAST));
                     if self.peers.borrow().get(&room) != Some(&0) {
                         later.push((room, ChannelOp::Broadcast { broadcast }));
                     }
@@ -44,9 +54,11 @@ impl SocketHub {
                     topic,
                     reply,
                     presence_state,
+                    replication_ready,
                     postgres,
                     private,
                 } => {
+                    self.counts.borrow_mut().joins += 1;
                     let ops = if presence_state {
                         vec![ChannelOp::Subscribe, ChannelOp::PresenceState]
                     } else {
@@ -74,6 +86,9 @@ impl SocketHub {
                     }
                     if let Some(outcome) = registered {
                         to_client(&postgres_system_message(join_ref.as_deref(), &topic, outcome));
+                    }
+                    if replication_ready {
+                        later_joins.push((topic, join_ref));
                     }
                 }
                 Effect::Leave {
@@ -144,7 +159,47 @@ impl SocketHub {
         for (room, op) in later {
             self.call_channel(session, &room, vec![op]).await;
         }
+        for (topic, join_ref) in later_joins {
+            self.notify_replication_ready(&session.id, &topic, join_ref.as_deref())
+                .await?;
+        }
         Ok(disconnect)
+    }
+
+    /// `config.broadcast.replication_ready`: once the database's replication connection is up,
+    /// a `system` message says so; when it is not up in time (`REPLICATION_READY_TIMEOUT_MS`), the
+    /// channel is shut down. Upstream checks every 500 ms, for a minute by default.
+    async fn notify_replication_ready(&self, socket: &str, topic: &str, join_ref: Option<&str>) -> Result<()> {
+        let deadline = Date::now().as_millis() + config::replication_ready_timeout_ms(&self.env);
+        loop {
+            if replicator::health(&self.env)
+                .await
+                .is_some_and(|h| h.replication_connected)
+            {
+                let ready = frame::system(join_ref, topic, "system", true, texts::REPLICATION_READY);
+                self.push_to(socket, &ready);
+                return Ok(());
+            }
+            if Date::now().as_millis() >= deadline {
+                break;
+            }
+            Delay::from(std::time::Duration::from_millis(500)).await;
+        }
+        console_warn!(
+            "ReplicationConnectionTimeout: {topic} of socket {socket}: {}",
+            texts::REPLICATION_NOT_READY
+        );
+        let Some(ws) = self.roster().socket(socket).map(|(ws, _)| ws.clone()) else {
+            return Ok(());
+        };
+        let Some(mut session) = self.load_session(&ws).await? else {
+            return Ok(());
+        };
+        let before = session.channels.clone();
+        let effects = session.shut_down_channel(topic, join_ref, texts::REPLICATION_NOT_READY);
+        self.save(&ws, &session, &before).await?;
+        Box::pin(self.perform(&session, effects)).await?;
+        Ok(())
     }
 
     /// Registers a channel's bindings with the replicator; `Err` is the client's error text.
@@ -163,15 +218,8 @@ impl SocketHub {
 /// The `system` message that ends a channel's Postgres Changes registration
 /// (docs/protocol.md 3.2).
 fn postgres_system_message(join_ref: Option<&str>, topic: &str, outcome: std::result::Result<(), String>) -> Outbound {
-    let (status, message) = match outcome {
-        Ok(()) => ("ok", texts::SUBSCRIBED_TO_POSTGRES.to_string()),
-        Err(text) => ("error", text),
-    };
-    let sub_topic = sub_topic(topic);
-    frame::push(
-        join_ref,
-        topic,
-        "system",
-        serde_json::json!({"extension": "postgres_changes", "status": status, "message": message, "channel": sub_topic}),
-    )
+    match outcome {
+        Ok(()) => frame::system(join_ref, topic, "postgres_changes", true, texts::SUBSCRIBED_TO_POSTGRES),
+        Err(text) => frame::system(join_ref, topic, "postgres_changes", false, &text),
+    }
 }

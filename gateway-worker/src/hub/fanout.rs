@@ -12,6 +12,7 @@ use sluice_shared::session::Session;
 use worker::*;
 
 use super::sockets::send;
+use super::traffic::Sent;
 use super::SocketHub;
 use crate::config::CHANNEL;
 
@@ -45,14 +46,14 @@ pub(super) enum Deliverable<'a> {
     Push(&'a Outbound),
 }
 
-/// Delivers to this hub's members of a room, encoding once per serializer; counts the sends.
-pub(super) fn fan_out(roster: &Roster<WebSocket>, room: &Room, what: Deliverable, skip: impl Fn(&str) -> bool) -> u64 {
+/// Delivers to this hub's members of a room, encoding once per serializer; says what it sent.
+pub(super) fn fan_out(roster: &Roster<WebSocket>, room: &Room, what: Deliverable, skip: impl Fn(&str) -> bool) -> Sent {
     let audience = match what {
         Deliverable::Broadcast(_) => Audience::BroadcastReaders,
         Deliverable::Push(_) => Audience::Everyone,
     };
     let topic = room.1.as_str();
-    let mut sent = 0;
+    let mut sent = Sent::default();
     let mut encoded: [Option<Option<WireFrame>>; 2] = [None, None];
     for (_, ws, vsn) in roster.recipients(room, audience, skip) {
         let slot = &mut encoded[match vsn {
@@ -64,8 +65,7 @@ pub(super) fn fan_out(roster: &Roster<WebSocket>, room: &Room, what: Deliverable
             Deliverable::Push(out) => Some(WireFrame::Text(frame::encode(vsn, out))),
         });
         if let Some(frame) = frame {
-            send(ws, frame.clone());
-            sent += 1;
+            sent.add(send(ws, frame.clone()));
         }
     }
     sent

@@ -37,8 +37,14 @@ impl SocketHub {
             .borrow_mut()
             .insert(session.id.clone(), Date::now().as_millis());
         let decoded = match message {
-            WebSocketIncomingMessage::String(text) => frame::decode_text(session.vsn, &text),
-            WebSocketIncomingMessage::Binary(bytes) => frame::decode_binary(session.vsn, &bytes),
+            WebSocketIncomingMessage::String(text) => {
+                self.received(text.len());
+                frame::decode_text(session.vsn, &text)
+            }
+            WebSocketIncomingMessage::Binary(bytes) => {
+                self.received(bytes.len());
+                frame::decode_binary(session.vsn, &bytes)
+            }
         };
         let inbound = match decoded {
             Ok(inbound) => inbound,

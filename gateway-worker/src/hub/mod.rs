@@ -19,6 +19,7 @@
 //!   from Channels (broadcasts, database broadcasts, presence diffs), each delivered once.
 //! - [`fanout`]: delivering to this hub's members of a room; calls to a topic's Channel.
 //! - [`alarms`]: the one alarm: token expiry and idle sockets.
+//! - [`traffic`]: what the sockets send and receive, for the byte limit and `/metrics`.
 //!
 //! A broadcast goes straight to this hub's own members (the fast path), and through the topic's
 //! Channel Durable Object to other hubs only when that Channel said it has members elsewhere.
@@ -31,6 +32,7 @@ mod fanout;
 mod messages;
 mod private;
 mod sockets;
+mod traffic;
 
 use std::cell::{OnceCell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -40,13 +42,14 @@ use sluice_shared::hold::Holds;
 use sluice_shared::internal::{ChangeBatch, Delivery};
 use sluice_shared::jwt::Keys;
 use sluice_shared::limits::{Limits, Rates};
+use sluice_shared::metrics::HubCounts;
 use sluice_shared::position::StreamPosition;
 use sluice_shared::roster::{Room, Roster};
 use sluice_shared::texts;
 use worker::*;
 
-use crate::config;
 use crate::outbox::Outbox;
+use crate::{config, rpc};
 
 /// The header a new socket's session travels in from the Worker to its hub.
 pub const SESSION_HEADER: &str = "x-sluice-session";
@@ -62,6 +65,8 @@ pub struct SocketHub {
     outbox: Outbox,
     /// This hub's rate counters (transient: an evicted hub starts counting afresh).
     rates: RefCell<Rates>,
+    /// What `/metrics` reports of this hub (transient like the rates).
+    counts: RefCell<HubCounts>,
     /// When each socket last sent anything (epoch ms), for the idle timeout. Transient too.
     last_seen: RefCell<HashMap<String, u64>>,
     /// The tenant's keys and limits, read from the environment once per instance.
@@ -85,6 +90,7 @@ impl DurableObject for SocketHub {
             peers: RefCell::default(),
             outbox: Outbox::default(),
             rates: RefCell::default(),
+            counts: RefCell::default(),
             last_seen: RefCell::default(),
             settings: OnceCell::new(),
             held: RefCell::default(),
@@ -106,12 +112,12 @@ impl DurableObject for SocketHub {
                 Ok(response)
             }
             "/internal/v1/deliver" => {
-                let delivery: Delivery = req.json().await?;
+                let delivery: Delivery = rpc::json_body(&mut req).await?;
                 self.receive_relay(delivery).await?;
                 Response::ok("")
             }
             "/internal/v1/changes" => {
-                let batch: ChangeBatch = req.json().await?;
+                let batch: ChangeBatch = rpc::json_body(&mut req).await?;
                 Response::from_json(&self.receive_changes(batch).await?)
             }
             _ => Response::error("Not Found", 404),

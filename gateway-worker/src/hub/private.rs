@@ -56,8 +56,7 @@ impl SocketHub {
             match (join, admitted) {
                 (Some(_), true) => out.push(effect),
                 (Some((reply, _)), false) => {
-                    let refusal = session.refuse_private(topic, reply);
-                    out.push(Effect::Send(refusal));
+                    out.push(session.refuse_private(topic, reply));
                 }
                 (None, true) => {}
                 (None, false) => {

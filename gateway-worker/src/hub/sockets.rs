@@ -3,12 +3,13 @@
 
 use std::cell::RefMut;
 
-use sluice_shared::frame::WireFrame;
+use sluice_shared::frame::{self, Outbound, WireFrame};
 use sluice_shared::roster::Roster;
 use sluice_shared::session::{Membership, Session};
 use sluice_shared::texts;
 use worker::*;
 
+use super::traffic::Sent;
 use super::{SocketHub, SESSION_HEADER};
 use crate::random;
 
@@ -138,9 +139,20 @@ impl SocketHub {
     /// Sends to one socket, unless it has left the roster (closed by the client or the server:
     /// a reply computed across an await may find its socket gone).
     pub(super) fn send_to(&self, socket_id: &str, frame: WireFrame) {
-        if let Some((ws, _)) = self.roster().socket(socket_id) {
-            send(ws, frame);
-        }
+        let sent = match self.roster().socket(socket_id) {
+            Some((ws, _)) => send(ws, frame),
+            None => return,
+        };
+        self.sent(sent, None);
+    }
+
+    /// Sends `out` to a socket still in the roster, in the socket's serializer.
+    pub(super) fn push_to(&self, socket_id: &str, out: &Outbound) {
+        let vsn = match self.roster().socket(socket_id) {
+            Some((_, vsn)) => *vsn,
+            None => return,
+        };
+        self.send_to(socket_id, WireFrame::Text(frame::encode(vsn, out)));
     }
 }
 
@@ -184,12 +196,19 @@ fn socket_id() -> String {
 }
 
 /// Writes one frame to a socket; a socket that closed meanwhile is logged, not an error.
-pub(super) fn send(ws: &WebSocket, frame: WireFrame) {
-    let result = match frame {
-        WireFrame::Text(text) => ws.send_with_str(text),
-        WireFrame::Binary(bytes) => ws.send_with_bytes(bytes),
+pub(super) fn send(ws: &WebSocket, frame: WireFrame) -> Sent {
+    let (result, bytes) = match frame {
+        WireFrame::Text(text) => (ws.send_with_str(&text), text.len()),
+        WireFrame::Binary(bytes) => (ws.send_with_bytes(&bytes), bytes.len()),
     };
-    if let Err(err) = result {
-        console_warn!("send failed: {err}");
+    match result {
+        Ok(()) => Sent {
+            frames: 1,
+            bytes: bytes as u64,
+        },
+        Err(err) => {
+            console_warn!("send failed: {err}");
+            Sent::default()
+        }
     }
 }

@@ -49,7 +49,7 @@ pub async fn database_broadcasts(mut req: Request, env: &Env) -> Result<Response
     }
     let host = req.headers().get("host")?.unwrap_or_default();
     let tenant = tenant_from_host(&host);
-    let batch: DbBroadcasts = req.json().await?;
+    let batch: DbBroadcasts = rpc::json_body(&mut req).await?;
     let name = channel_name(&tenant, batch.access, &batch.topic);
     let stub = env.durable_object(CHANNEL)?.get_by_name(&name)?;
     match rpc::post_json(stub, "/internal/v1/db-broadcasts", &batch).await {

@@ -1,12 +1,12 @@
 //! The tenants API, as far as sluice has one: `GET /api/tenants/:id/health` (admin JWT signed with
 //! `API_JWT_SECRET`).
 
-use serde_json::{json, Value};
+use serde_json::json;
 use sluice_shared::rest;
 use worker::*;
 
 use super::websocket::region_of;
-use crate::config;
+use crate::{config, replicator};
 
 /// `GET /api/tenants/:id/health` (admin JWT signed with `API_JWT_SECRET`): upstream's shape,
 /// with the database state from the replicator's `/healthz` (`REPLICATOR_URL`).
@@ -23,16 +23,9 @@ pub async fn tenant_health(req: Request, env: &Env) -> Result<Response> {
         // Upstream answers failed admin auth with 403 and an empty body.
         return Ok(Response::empty()?.with_status(403));
     }
-    // The replicator's /healthz: 200 when the database answers, with whether it streams.
-    let health: Option<Value> = match config::replicator_url(env) {
-        Some(url) => match Fetch::Url(Url::parse(&format!("{url}/healthz"))?).send().await {
-            Ok(mut res) if res.status_code() == 200 => res.json().await.ok(),
-            _ => None,
-        },
-        None => None,
-    };
+    let health = replicator::health(env).await;
     let db_connected = health.is_some();
-    let replication_connected = health.is_some_and(|h| h["replication"] == "connected");
+    let replication_connected = health.is_some_and(|h| h.replication_connected);
     let region = region_of(&req);
     Response::from_json(&json!({"data": {
         "healthy": db_connected,

@@ -7,6 +7,9 @@ use super::*;
 pub enum Effect {
     /// Send to this socket.
     Send(Outbound),
+    /// Send this join's error reply after the join error backoff (upstream's
+    /// `CHANNEL_ERROR_BACKOFF_MS`), so that a client cannot retry a refused join quickly.
+    RefuseJoin(Outbound),
     /// Deliver to every socket joined to `topic`; to the sender only if `include_sender`.
     Broadcast {
         topic: String,
@@ -23,6 +26,9 @@ pub enum Effect {
         topic: String,
         reply: Outbound,
         presence_state: bool,
+        /// `config.broadcast.replication_ready`: after the reply, a `system` message once the
+        /// database's replication connection is up, or the channel shut down when it is not in time.
+        replication_ready: bool,
         postgres: Option<PostgresJoin>,
         /// A private channel: before anything else the hub asks what the policies let read, and
         /// refuses the join ([`Session::refuse_private`]) or admits it ([`Session::admit_private`]).

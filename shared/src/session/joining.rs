@@ -7,7 +7,7 @@ impl Session {
     pub(super) fn join(&mut self, msg: &Inbound, ctx: &mut Ctx) -> Vec<Effect> {
         let topic = msg.topic.as_str();
         let error = |reason: String| {
-            Effect::Send(frame::reply(
+            Effect::RefuseJoin(frame::reply(
                 msg.join_ref.as_deref(),
                 msg.ref_.as_deref(),
                 topic,
@@ -17,7 +17,16 @@ impl Session {
         };
         let sub_topic = match parse_topic(topic) {
             Topic::Channel(sub) => sub,
-            _ => return vec![error(texts::UNMATCHED_TOPIC.into())],
+            // Phoenix's own answer, not the channel's: no backoff.
+            _ => {
+                return vec![Effect::Send(frame::reply(
+                    msg.join_ref.as_deref(),
+                    msg.ref_.as_deref(),
+                    topic,
+                    false,
+                    json!({"reason": texts::UNMATCHED_TOPIC}),
+                ))]
+            }
         };
         let mut effects = Vec::new();
         // A second join of a joined topic ends the old incarnation first.
@@ -31,6 +40,8 @@ impl Session {
             InboundPayload::UserBroadcast(_) => &Value::Null,
         };
         let config = parse_join(payload);
+        // Upstream: presence is on when the client or the tenant turns it on.
+        let presence = config.presence_enabled || ctx.limits.presence_enabled;
         // The channel runs on its own access_token when it brings one, else on the socket's.
         let now_secs = ctx.now_secs();
         let token = match usable_token(config.access_token.as_deref()) {
@@ -109,14 +120,15 @@ impl Session {
                     true,
                     json!({ "postgres_changes": echoed }),
                 ),
-                presence_state: config.presence_enabled,
+                presence_state: presence,
+                replication_ready: config.replication_ready,
                 postgres: (!config.postgres_changes.is_empty()).then(|| PostgresJoin {
                     bindings: config.postgres_changes.clone(),
                     claims: claims.clone(),
                 }),
                 private: config.private.then_some(PrivateJoin {
                     claims,
-                    presence: config.presence_enabled,
+                    presence,
                     replay: config.replay.as_ref().and_then(parse_replay),
                 }),
             });

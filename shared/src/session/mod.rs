@@ -239,30 +239,38 @@ impl Session {
         }
     }
 
+    /// Ends the channel `topic` for `message`, if it is still the incarnation joined with
+    /// `join_ref` (a later join of the topic is left alone).
+    pub fn shut_down_channel(&mut self, topic: &str, join_ref: Option<&str>, message: &str) -> Vec<Effect> {
+        match self.membership(topic).cloned() {
+            Some(member) if member.join_ref.as_deref() == join_ref => self.shut_down(&member, message),
+            _ => Vec::new(),
+        }
+    }
+
     /// Ends a channel for a fatal reason: `system` error, then `phx_close`, then the leave.
     fn shut_down(&mut self, member: &Membership, message: &str) -> Vec<Effect> {
         self.channels.retain(|m| m.topic != member.topic);
-        let sub_topic = sub_topic(&member.topic);
-        let system = json!({"extension": "system", "status": "error", "message": message, "channel": sub_topic});
+        let join_ref = member.join_ref.as_deref();
         vec![
-            Effect::Send(frame::push(member.join_ref.as_deref(), &member.topic, "system", system)),
+            Effect::Send(frame::system(join_ref, &member.topic, "system", false, message)),
             Effect::Send(frame::close(member.join_ref.as_deref(), &member.topic)),
             Effect::leave(member),
         ]
     }
 
     /// The policies let this user read nothing of the private channel `topic`: the join is undone
-    /// and answered with upstream's error.
-    pub fn refuse_private(&mut self, topic: &str, reply: &Outbound) -> Outbound {
+    /// and answered with upstream's error (after the backoff).
+    pub fn refuse_private(&mut self, topic: &str, reply: &Outbound) -> Effect {
         self.channels.retain(|m| m.topic != topic);
         let sub_topic = sub_topic(topic);
-        frame::reply(
+        Effect::RefuseJoin(frame::reply(
             reply.join_ref.as_deref(),
             reply.ref_.as_deref(),
             topic,
             false,
             json!({"reason": texts::unauthorized_read(sub_topic)}),
-        )
+        ))
     }
 
     /// The policies let this user read the private channel `topic` (at join, or with a new
@@ -313,6 +321,9 @@ impl Session {
         ctx.rates.events.add(ctx.now_ms, 1);
         if ctx.rates.events.exceeds(ctx.now_ms, ctx.limits.max_events_per_second) {
             return self.shut_down(member, texts::TOO_MANY_MESSAGES);
+        }
+        if ctx.rates.bytes.exceeds(ctx.now_ms, ctx.limits.max_bytes_per_second) {
+            return self.shut_down(member, texts::TOO_MANY_BYTES);
         }
         let size = match &msg.payload {
             InboundPayload::Json(v) => v.to_string().len(),
@@ -378,6 +389,9 @@ impl Session {
             .exceeds(ctx.now_ms, ctx.limits.max_presence_events_per_second)
         {
             return self.shut_down(member, texts::TOO_MANY_PRESENCE_MESSAGES);
+        }
+        if ctx.rates.bytes.exceeds(ctx.now_ms, ctx.limits.max_bytes_per_second) {
+            return self.shut_down(member, texts::TOO_MANY_BYTES);
         }
         if ctx.limits.payload_too_big(payload.to_string().len()) {
             return self.shut_down(member, texts::TRACK_TOO_BIG);
@@ -517,6 +531,20 @@ mod tests {
         )
     }
 
+    /// The reason of the join error among `effects` (answered after the backoff), or null.
+    fn refused(effects: &[Effect]) -> Value {
+        effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::RefuseJoin(o) => {
+                    let reply: Value = serde_json::from_str(&frame::encode(Vsn::V2, o)).unwrap();
+                    Some(reply[4]["response"]["reason"].clone())
+                }
+                _ => None,
+            })
+            .unwrap_or(Value::Null)
+    }
+
     /// What reaches the client, as V2 frames (join replies included).
     fn sent(effects: &[Effect]) -> Vec<Value> {
         effects
@@ -591,23 +619,79 @@ mod tests {
     }
 
     #[test]
+    fn presence_is_on_when_the_client_or_the_tenant_turns_it_on() {
+        let join_with = |client: bool, tenant: bool| {
+            let limits = Limits {
+                presence_enabled: tenant,
+                ..Limits::default()
+            };
+            let config = json!({"config": {"presence": {"enabled": client}, "broadcast": {"replication_ready": true}}});
+            let m = msg(Some("1"), "1", "realtime:p", "phx_join", config);
+            match handle_with(&mut session(), m, NOW as u64 * 1000, &limits, &mut Rates::default(), 0).remove(0) {
+                Effect::Join {
+                    presence_state,
+                    replication_ready,
+                    ..
+                } => {
+                    assert!(replication_ready);
+                    presence_state
+                }
+                other => panic!("expected a join: {other:?}"),
+            }
+        };
+        assert!(!join_with(false, false));
+        assert!(join_with(true, false));
+        assert!(join_with(false, true));
+    }
+
+    #[test]
+    fn bytes_per_second_close_the_channel_that_sends() {
+        let limits = Limits {
+            max_bytes_per_second: 1000,
+            ..Limits::default()
+        };
+        let mut rates = Rates::default();
+        let mut s = session();
+        let now = NOW as u64 * 1000;
+        handle_with(
+            &mut s,
+            msg(Some("1"), "1", "realtime:b", "phx_join", json!({})),
+            now,
+            &limits,
+            &mut rates,
+            0,
+        );
+        let send = |s: &mut Session, rates: &mut Rates| {
+            let m = msg(
+                Some("1"),
+                "2",
+                "realtime:b",
+                "broadcast",
+                json!({"type": "broadcast", "event": "e", "payload": {}}),
+            );
+            handle_with(s, m, now, &limits, rates, 0)
+        };
+        assert!(matches!(send(&mut s, &mut rates)[0], Effect::Broadcast { .. }));
+        // The hub counts what the sockets sent and received: 5 KB within the first 5 s bucket.
+        rates.bytes.add(now, 5_001);
+        let e = send(&mut s, &mut rates);
+        assert_eq!(sent(&e)[0][4]["message"], "Too many bytes per second");
+        assert_eq!(sent(&e)[1][3], "phx_close");
+        assert!(s.channels.is_empty());
+    }
+
+    #[test]
     fn join_errors() {
         let mut s = session();
         let e = join(&mut s, "1", "realtime:", json!({}));
-        assert_eq!(
-            sent(&e)[0][4]["response"]["reason"],
-            "TopicNameRequired: You must provide a topic name"
-        );
+        assert_eq!(refused(&e), "TopicNameRequired: You must provide a topic name");
         let private_only = Limits {
             private_only: true,
             ..Limits::default()
         };
         let m = msg(Some("9"), "9", "realtime:open", "phx_join", json!({"config": {}}));
         let e = handle_with(&mut s, m, NOW as u64 * 1000, &private_only, &mut Rates::default(), 0);
-        assert_eq!(
-            sent(&e)[0][4]["response"]["reason"],
-            "PrivateOnly: This project only allows private channels"
-        );
+        assert_eq!(refused(&e), "PrivateOnly: This project only allows private channels");
         let e = join(
             &mut s,
             "4",
@@ -615,7 +699,7 @@ mod tests {
             json!({"broadcast": {"replay": {"since": 1}}}),
         );
         assert_eq!(
-            sent(&e)[0][4]["response"]["reason"],
+            refused(&e),
             "UnableToReplayMessages: Replay is not allowed for public channels"
         );
         let e = join(
@@ -624,10 +708,7 @@ mod tests {
             "realtime:priv",
             json!({"private": true, "broadcast": {"replay": {"since": "x"}}}),
         );
-        assert_eq!(
-            sent(&e)[0][4]["response"]["reason"],
-            "UnableToReplayMessages: Replay params are not valid"
-        );
+        assert_eq!(refused(&e), "UnableToReplayMessages: Replay params are not valid");
         let e = join(&mut s, "2", "room1", json!({}));
         assert_eq!(
             sent(&e)[0][4],
@@ -658,9 +739,8 @@ mod tests {
         // Refused: the join is undone with upstream's text.
         let refusal = s.refuse_private("realtime:secret", reply);
         assert!(s.channels.is_empty());
-        let refusal: Value = serde_json::from_str(&frame::encode(Vsn::V2, &refusal)).unwrap();
         assert_eq!(
-            refusal[4]["response"]["reason"],
+            refused(&[refusal]),
             "Unauthorized: You do not have permissions to read from this Channel topic: secret"
         );
         // Admitted; write is asked at the first broadcast and at the first presence message,
@@ -724,10 +804,7 @@ mod tests {
         let mut s = session();
         s.exp = NOW - 5;
         let e = join(&mut s, "1", "realtime:a", json!({}));
-        assert_eq!(
-            sent(&e)[0][4]["response"]["reason"],
-            "InvalidJWTToken: Token has expired 5 seconds ago"
-        );
+        assert_eq!(refused(&e), "InvalidJWTToken: Token has expired 5 seconds ago");
         assert!(s.channels.is_empty());
     }
 
@@ -1030,10 +1107,7 @@ mod tests {
                 json!({"access_token": expired}),
             ),
         );
-        assert_eq!(
-            sent(&e)[0][4]["response"]["reason"],
-            "InvalidJWTToken: Token has expired 7 seconds ago"
-        );
+        assert_eq!(refused(&e), "InvalidJWTToken: Token has expired 7 seconds ago");
         let e = handle(
             &mut s,
             msg(
@@ -1044,10 +1118,7 @@ mod tests {
                 json!({"access_token": "garbage"}),
             ),
         );
-        assert_eq!(
-            sent(&e)[0][4]["response"]["reason"],
-            "MalformedJWT: The token provided is not a valid JWT"
-        );
+        assert_eq!(refused(&e), "MalformedJWT: The token provided is not a valid JWT");
         assert!(s.channels.is_empty());
     }
 
@@ -1144,10 +1215,7 @@ mod tests {
             &mut rates,
             1,
         );
-        assert_eq!(
-            sent(&e)[0][4]["response"]["reason"],
-            "ConnectionRateLimitReached: Too many connected users"
-        );
+        assert_eq!(refused(&e), "ConnectionRateLimitReached: Too many connected users");
         handle_with(
             &mut s,
             join_msg("2", "realtime:a"),
@@ -1165,10 +1233,7 @@ mod tests {
             &mut rates,
             1,
         );
-        assert_eq!(
-            sent(&e)[0][4]["response"]["reason"],
-            "ChannelRateLimitReached: Too many channels"
-        );
+        assert_eq!(refused(&e), "ChannelRateLimitReached: Too many channels");
     }
 
     #[test]
@@ -1197,10 +1262,7 @@ mod tests {
                 0,
             );
         }
-        assert_eq!(
-            sent(&last)[0][4]["response"]["reason"],
-            "ClientJoinRateLimitReached: Too many joins per second"
-        );
+        assert_eq!(refused(&last), "ClientJoinRateLimitReached: Too many joins per second");
         assert_eq!(last.last(), Some(&Effect::Disconnect));
     }
 
