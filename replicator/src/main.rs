@@ -94,6 +94,11 @@ async fn run() -> Result<(), StartError> {
     info!("delivering changes to {}", config.gateway_url);
     let pipeline = tokio::spawn(pipeline.run());
     tokio::spawn(maintain_message_partitions(db.clone()));
+    tokio::spawn(subscriptions::publication::watch(
+        db.clone(),
+        registry.clone(),
+        config.publication.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind(config.http_addr).await.map_err(|e| {
         StartError(format!(
             "cannot listen on SLUICE_HTTP_ADDR={} ({e}): choose a free address",

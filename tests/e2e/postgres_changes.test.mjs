@@ -194,6 +194,45 @@ for (const vsn of VSNS) {
   });
 }
 
+for (const vsn of VSNS) {
+  test(`vsn ${vsn}: wildcard subscriptions take tables published after the join, and stop for removed ones`, async () => {
+    const schema = `later_${vsn.replaceAll('.', '_')}`;
+    await sql(`create schema ${schema}; grant usage on schema ${schema} to anon;
+      create table ${schema}.first (id int primary key); create table ${schema}.second (id int primary key);
+      grant select on all tables in schema ${schema} to anon;
+      alter publication supabase_realtime add table ${schema}.first`);
+    const client = supabase(stack.url, stack.keys.anon, vsn);
+    const schemaWide = new Inbox('schema-wide');
+    const everything = new Inbox('everything');
+    try {
+      await pgChannel(client, `later-${vsn}`, [
+        { binding: { event: 'INSERT', schema }, inbox: schemaWide },
+        { binding: { event: 'INSERT', schema: '*', table: '*' }, inbox: everything },
+      ]);
+      await sql(`alter publication supabase_realtime add table ${schema}.second`);
+      // Picked up within seconds, without a rejoin: insert until a row of the new table arrives.
+      let id = 0;
+      const inserting = setInterval(() => sql(`insert into ${schema}.second values (${++id})`).catch(() => {}), 200);
+      let first;
+      try {
+        first = await until(schemaWide, (c) => c.table === 'second', 10_000);
+      } finally {
+        clearInterval(inserting);
+      }
+      assert.equal(first.schema, schema);
+      assert.equal((await until(everything, (c) => c.table === 'second' && c.schema === schema)).new.id, first.new.id);
+      // Removed: its changes stop, while the table still published keeps delivering.
+      await sql(`alter publication supabase_realtime drop table ${schema}.second`);
+      await sql(`insert into ${schema}.second values (1000)`);
+      await sql(`insert into ${schema}.first values (1)`);
+      const next = await until(schemaWide, (c) => c.new.id === 1000 || c.table === 'first');
+      assert.equal(next.table, 'first', 'a change of the removed table arrived');
+    } finally {
+      await done(client);
+    }
+  });
+}
+
 test('a bad filter gets the exact system error and the channel stays joined', async () => {
   const client = supabase(stack.url, stack.keys.anon);
   try {

@@ -179,6 +179,14 @@ const MIGRATIONS: &[(i32, &str)] = &[
     end $do$;
     "#,
     ),
+    (
+        4,
+        r#"
+    -- A wildcard binding (schema-wide or `*`) as the client sent it: tables published after the
+    -- channel joined are matched against it (`subscriptions::publication`). Null for others.
+    alter table sluice.subscriptions add column binding jsonb;
+    "#,
+    ),
 ];
 
 pub async fn run(client: &mut Client) -> Result<(), StartError> {

@@ -3,12 +3,14 @@
 //! - [`registry`]: the subscriptions in memory, by table, as the dispatcher reads them.
 //! - [`store`]: checking bindings against the database and storing them (`sluice.subscriptions`).
 //! - [`api`]: the internal endpoints hubs call (`/v1/subscriptions`).
+//! - [`publication`]: tables published later, taken by wildcard bindings.
 //!
 //! A registration answers only once the stream has passed a mark written to the WAL after the
 //! subscription was in the registry, so every change committed after the client hears
 //! "Subscribed to PostgreSQL" is evaluated with it.
 
 pub mod api;
+pub mod publication;
 pub mod registry;
 pub mod store;
 

@@ -70,6 +70,12 @@ impl Registry {
         }
     }
 
+    /// Adds one subscription of a channel on table `relid` (a table published later).
+    pub fn add(&self, relid: u32, sub: Sub) {
+        let mut tables = self.by_table.write().expect("registry lock");
+        Arc::make_mut(tables.entry(relid).or_default()).push(Arc::new(sub));
+    }
+
     /// Removes a channel's subscriptions, or a whole socket's when `topic` is `None`.
     pub fn remove(&self, hub: &str, socket: &str, topic: Option<&str>) {
         let mut tables = self.by_table.write().expect("registry lock");

@@ -12,6 +12,10 @@ use tokio_postgres::{GenericClient, Transaction};
 
 use super::registry::{self, ChannelKey, Registry, Sub};
 
+/// The advisory lock between registrations (shared) and tables published later (exclusive):
+/// a channel's rows are not replaced while wildcard bindings take new tables.
+pub const LOCK: i64 = 0x736c_7563_6501; // "sluce", 1
+
 /// Upstream's limit on `in` lists.
 const MAX_IN_VALUES: usize = 100;
 
@@ -41,8 +45,8 @@ pub async fn register(
     tx: &Transaction<'_>,
     reg: &Registration<'_>,
 ) -> Result<Result<Registered, Refused>, tokio_postgres::Error> {
+    tx.execute("select pg_advisory_xact_lock_shared($1)", &[&LOCK]).await?;
     remove(tx, reg.hub, reg.socket, Some(reg.topic)).await?;
-    let role = reg.claims.get("role").and_then(Value::as_str).unwrap_or("anon");
     let mut registered = Registered {
         ids: Vec::with_capacity(reg.bindings.len()),
         subs: Vec::new(),
@@ -53,55 +57,140 @@ pub async fn register(
             Err(text) => return Ok(Err(Refused(text))),
         };
         let id = binding_id(binding);
-        let tables = tx
-            .query(
-                "select format('%I.%I', schemaname, tablename)::regclass::oid
-                 from pg_publication_tables
-                 where pubname = $1
-                   and schemaname like (case $2 when '*' then '%' else $2 end) escape ''
-                   and tablename like (case $3 when '*' then '%' else $3 end) escape ''",
-                &[&reg.publication, &params.schema, &params.table],
-            )
-            .await?;
+        let tables = published_tables(tx, reg.publication, &params).await?;
         if tables.is_empty() {
             return Ok(Err(Refused(texts::unable_to_subscribe(&params_to_log(&params)))));
         }
-        for row in tables {
-            let relid: u32 = row.get(0);
-            let filters = match check(tx, relid, role, &params).await? {
-                Ok(filters) => filters,
-                Err(problem) => return Ok(Err(exception(&params, &problem))),
-            };
-            let row = tx
-                .query_one(
-                    &format!(
-                        "insert into sluice.subscriptions (hub, socket, topic, binding_id, relid, action, filters, select_columns, claims, claims_role)
-                         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::regrole)
-                         returning {}",
-                        registry::COLUMNS
-                    ),
-                    &[
-                        &reg.hub,
-                        &reg.socket,
-                        &reg.topic,
-                        &(id as i64),
-                        &relid,
-                        &params.action.as_str(),
-                        &Value::Array(filters),
-                        &params.select,
-                        &Value::Object(reg.claims.clone()),
-                        &role,
-                    ],
-                )
-                .await?;
-            match registry::sub_from_row(&row) {
-                Ok(sub) => registered.subs.push(sub),
+        let channel = ChannelKey {
+            hub: reg.hub.to_string(),
+            socket: reg.socket.to_string(),
+            topic: reg.topic.to_string(),
+        };
+        for relid in tables {
+            match insert(tx, &channel, id, relid, binding, &params, reg.claims).await? {
+                Ok(sub) => registered.subs.push((relid, sub)),
                 Err(problem) => return Ok(Err(exception(&params, &problem))),
             }
         }
         registered.ids.push(id);
     }
     Ok(Ok(registered))
+}
+
+/// The tables of the publication a binding's schema and table (`*` for any) match.
+async fn published_tables(
+    db: &impl GenericClient,
+    publication: &str,
+    params: &SubscriptionParams,
+) -> Result<Vec<u32>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "select format('%I.%I', schemaname, tablename)::regclass::oid
+             from pg_publication_tables
+             where pubname = $1
+               and schemaname like (case $2 when '*' then '%' else $2 end) escape ''
+               and tablename like (case $3 when '*' then '%' else $3 end) escape ''",
+            &[&publication, &params.schema, &params.table],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// Checks one binding against table `relid` and stores it: the subscription, or why the
+/// binding cannot apply to that table. A wildcard binding is stored as sent, for tables
+/// published later.
+async fn insert(
+    db: &impl GenericClient,
+    channel: &ChannelKey,
+    id: u64,
+    relid: u32,
+    binding: &Map<String, Value>,
+    params: &SubscriptionParams,
+    claims: &Map<String, Value>,
+) -> Result<Result<Sub, String>, tokio_postgres::Error> {
+    let role = claims.get("role").and_then(Value::as_str).unwrap_or("anon");
+    let filters = match check(db, relid, role, params).await? {
+        Ok(filters) => filters,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    let wildcard = (params.schema == "*" || params.table == "*").then(|| Value::Object(binding.clone()));
+    let row = db
+        .query_one(
+            &format!(
+                "insert into sluice.subscriptions (hub, socket, topic, binding_id, relid, action, filters, select_columns, claims, claims_role, binding)
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::regrole, $11)
+                 returning {}",
+                registry::COLUMNS
+            ),
+            &[
+                &channel.hub,
+                &channel.socket,
+                &channel.topic,
+                &(id as i64),
+                &relid,
+                &params.action.as_str(),
+                &Value::Array(filters),
+                &params.select,
+                &Value::Object(claims.clone()),
+                &role,
+                &wildcard,
+            ],
+        )
+        .await?;
+    Ok(registry::sub_from_row(&row).map(|(_, sub)| sub))
+}
+
+/// Tables published after wildcard bindings were stored: each such binding is checked against
+/// the publication's tables it matches and has no subscription on yet, and stored there. The
+/// subscriptions taken, by table; a table a binding cannot apply to (a filter column it lacks)
+/// is logged and left out.
+pub async fn take_published_tables(
+    db: &impl GenericClient,
+    publication: &str,
+) -> Result<Vec<(u32, Sub)>, tokio_postgres::Error> {
+    let wildcards = db
+        .query(
+            "select distinct on (hub, socket, topic, binding_id) hub, socket, topic, binding_id, binding, claims
+             from sluice.subscriptions where binding is not null",
+            &[],
+        )
+        .await?;
+    let mut taken = Vec::new();
+    for row in &wildcards {
+        let channel = ChannelKey {
+            hub: row.get(0),
+            socket: row.get(1),
+            topic: row.get(2),
+        };
+        let id = row.get::<_, i64>(3) as u64;
+        let (Value::Object(binding), Value::Object(claims)) = (row.get::<_, Value>(4), row.get::<_, Value>(5)) else {
+            continue;
+        };
+        let Ok(params) = bindings::parse(&binding) else {
+            continue;
+        };
+        for relid in published_tables(db, publication, &params).await? {
+            let known = db
+                .query_opt(
+                    "select 1 from sluice.subscriptions
+                     where hub = $1 and socket = $2 and topic = $3 and binding_id = $4 and relid = $5",
+                    &[&channel.hub, &channel.socket, &channel.topic, &(id as i64), &relid],
+                )
+                .await?;
+            if known.is_some() {
+                continue;
+            }
+            match insert(db, &channel, id, relid, &binding, &params, &claims).await? {
+                Ok(sub) => taken.push((relid, sub)),
+                Err(problem) => tracing::warn!(
+                    "UnableToSubscribeToPostgres: {} of {}: a table published later does not fit its binding: {problem}",
+                    channel.topic,
+                    channel.socket
+                ),
+            }
+        }
+    }
+    Ok(taken)
 }
 
 /// Upstream's refusal when the database rejects a subscription, with Postgres's reason.
