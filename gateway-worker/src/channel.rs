@@ -239,7 +239,7 @@ impl Channel {
                 events,
             };
             if let Err(e) = self.post_to_hub(&hub, &delivery).await {
-                console_error!("channel {topic}: delivery to {hub} failed: {e}");
+                console_error!("ErrorOnRpcCall: channel {topic}: delivery to {hub} failed: {e}");
             }
         });
         join_all(sends).await;

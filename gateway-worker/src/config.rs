@@ -7,6 +7,7 @@ use worker::Env;
 /// The bindings of the Durable Object namespaces.
 pub const SOCKET_HUB: &str = "SOCKET_HUB";
 pub const CHANNEL: &str = "CHANNEL";
+pub const DIRECTORY: &str = "DIRECTORY";
 
 /// How many SocketHubs share a tenant's sockets in one region (`HUB_SHARDS`, default 1).
 pub fn hub_shards(env: &Env) -> u32 {
@@ -54,6 +55,12 @@ pub fn replication_ready_timeout_ms(env: &Env) -> u64 {
     read(env, "REPLICATION_READY_TIMEOUT_MS")
         .and_then(|v| v.parse().ok())
         .unwrap_or(60_000)
+}
+
+/// The secret `/metrics` bearer tokens are signed with (`METRICS_JWT_SECRET`, as upstream);
+/// without it `/metrics` refuses everyone.
+pub fn metrics_secret(env: &Env) -> Option<String> {
+    read(env, "METRICS_JWT_SECRET").filter(|s| !s.is_empty())
 }
 
 /// The secret admin tokens of the management API are signed with (`API_JWT_SECRET`).

@@ -5,6 +5,8 @@
 //!   internal API the replicator calls.
 //! - [`hub`]: the SocketHub Durable Object, which holds sockets through the Hibernation API.
 //! - [`channel`]: the Channel Durable Object: which hubs have members, presence, relaying.
+//! - [`directory`]: the Directory Durable Object: every hub, and refused connections, for
+//!   `/metrics`.
 //! - [`outbox`]: ordered, coalesced calls from a hub to Channels.
 //! - [`replicator`]: calls to the replicator (Postgres Changes subscriptions, authorization,
 //!   replay).
@@ -19,6 +21,7 @@ use worker::*;
 
 mod channel;
 mod config;
+mod directory;
 mod hub;
 mod outbox;
 mod random;
@@ -27,9 +30,10 @@ mod routes;
 mod rpc;
 
 pub use channel::Channel;
+pub use directory::Directory;
 pub use hub::SocketHub;
 
-use routes::{broadcast, internal, tenants, websocket};
+use routes::{broadcast, internal, metrics, tenants, websocket};
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
@@ -42,6 +46,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     match (req.method(), route) {
         (Method::Get, "/realtime/v1/websocket" | "/socket/websocket") => websocket::upgrade(req, &env).await,
         (Method::Get, "/healthcheck") => Response::ok("ok"),
+        (Method::Get, "/metrics") => metrics::metrics(req, &env).await,
         (Method::Post, r) if r.starts_with("/internal/v1/changes/") => internal::changes(req, &env).await,
         (Method::Post, "/internal/v1/broadcasts") => internal::database_broadcasts(req, &env).await,
         (Method::Get, r) if r.starts_with("/api/tenants/") && r.ends_with("/health") => {

@@ -67,7 +67,7 @@ impl Outbox {
                 let response = match post(&stub, &request).await {
                     Ok(r) => Some(Rc::new(r)),
                     Err(e) => {
-                        console_error!("{hub}: request to {channel} failed: {e}");
+                        console_error!("ErrorOnRpcCall: {hub}: request to {channel} failed: {e}");
                         None
                     }
                 };

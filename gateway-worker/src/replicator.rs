@@ -48,13 +48,13 @@ async fn answer(response: std::result::Result<Response, String>) -> std::result:
     let mut res = match response {
         Ok(res) => res,
         Err(problem) => {
-            console_error!("registering postgres_changes with the replicator: {problem}");
+            console_error!("UnableToSubscribeToPostgres: registering postgres_changes with the replicator: {problem}");
             return Err(texts::DATABASE_UNREACHABLE.into());
         }
     };
     match res.status_code() {
         200 => res.json().await.map_err(|e| {
-            console_error!("the replicator answered a subscription with bad JSON: {e}");
+            console_error!("UnableToSubscribeToPostgres: the replicator answered a subscription with bad JSON: {e}");
             texts::DATABASE_UNREACHABLE.to_string()
         }),
         422 => {
@@ -66,7 +66,7 @@ async fn answer(response: std::result::Result<Response, String>) -> std::result:
         }
         status => {
             console_error!(
-                "the replicator answered a subscription with {status}: {}",
+                "UnableToSubscribeToPostgres: the replicator answered a subscription with {status}: {}",
                 res.text().await.unwrap_or_default()
             );
             Err(texts::DATABASE_UNREACHABLE.into())
@@ -102,11 +102,14 @@ pub async fn authorize(env: &Env, request: &Authorize) -> Option<Authorized> {
     let mut res = match call(env, Method::Post, "/v1/authorize", request).await {
         Ok(res) if res.status_code() == 200 => res,
         Ok(res) => {
-            console_error!("the replicator answered an authorization with {}", res.status_code());
+            console_error!(
+                "UnableToSetPolicies: the replicator answered an authorization with {}",
+                res.status_code()
+            );
             return None;
         }
         Err(problem) => {
-            console_error!("authorizing a private channel: {problem}");
+            console_error!("UnableToSetPolicies: authorizing a private channel: {problem}");
             return None;
         }
     };
@@ -119,16 +122,19 @@ pub async fn replay(env: &Env, request: &ReplayRequest) -> Vec<Broadcast> {
         Ok(mut res) if res.status_code() == 200 => match res.json::<Replayed>().await {
             Ok(replayed) => replayed.messages,
             Err(e) => {
-                console_error!("the replicator answered a replay with bad JSON: {e}");
+                console_error!("UnableToReplayMessages: the replicator answered a replay with bad JSON: {e}");
                 Vec::new()
             }
         },
         Ok(res) => {
-            console_error!("the replicator answered a replay with {}", res.status_code());
+            console_error!(
+                "UnableToReplayMessages: the replicator answered a replay with {}",
+                res.status_code()
+            );
             Vec::new()
         }
         Err(problem) => {
-            console_error!("replaying messages: {problem}");
+            console_error!("UnableToReplayMessages: replaying messages: {problem}");
             Vec::new()
         }
     }
@@ -139,8 +145,11 @@ pub async fn replay(env: &Env, request: &ReplayRequest) -> Vec<Broadcast> {
 pub async fn unsubscribe(env: &Env, request: &Unsubscribe) {
     match call(env, Method::Delete, "/v1/subscriptions", request).await {
         Ok(res) if res.status_code() == 200 => {}
-        Ok(res) => console_warn!("the replicator answered an unsubscribe with {}", res.status_code()),
-        Err(problem) => console_warn!("unsubscribing postgres_changes: {problem}"),
+        Ok(res) => console_warn!(
+            "SubscriptionDeletionFailed: the replicator answered an unsubscribe with {}",
+            res.status_code()
+        ),
+        Err(problem) => console_warn!("SubscriptionDeletionFailed: unsubscribing postgres_changes: {problem}"),
     }
 }
 

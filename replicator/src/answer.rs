@@ -12,7 +12,7 @@ pub type Answer = (StatusCode, Json<Value>);
 
 /// The database failed: logged, and the client sees upstream's text for an unreachable database.
 pub fn database_error(e: tokio_postgres::Error) -> Answer {
-    error!("an internal API request failed: {e}");
+    error!("ErrorRunningQuery: an internal API request failed: {e}");
     (
         StatusCode::INTERNAL_SERVER_ERROR,
         Json(json!({"error": texts::DATABASE_UNREACHABLE})),

@@ -54,7 +54,7 @@ async fn open(config: &Config) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            warn!("the Postgres connection ended: {e}");
+            warn!("DatabaseConnectionDown: the Postgres connection ended: {e}");
         }
     });
     Ok(client)

@@ -154,7 +154,7 @@ async fn maintain_message_partitions(db: Arc<db::Db>) {
             Err(e) => Err(e),
         };
         if let Err(e) = done {
-            warn!("maintaining the partitions of realtime.messages failed: {e}; retrying in an hour");
+            warn!("PartitionCreationFailed: maintaining the partitions of realtime.messages failed: {e}; retrying in an hour");
         }
     }
 }

@@ -100,13 +100,16 @@ impl Pipeline {
                 Err(e) => match e.recovery() {
                     Recovery::Stop => break,
                     Recovery::RetrySoon => {
-                        warn!("replication stream ended: {e}; reconnecting in {} s", backoff.as_secs());
+                        warn!(
+                            "ReplicationConnectionDown: replication stream ended: {e}; reconnecting in {} s",
+                            backoff.as_secs()
+                        );
                         let pause = backoff;
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                         pause
                     }
                     Recovery::RetrySlowly => {
-                        error!("replication stream ended: {e}; retrying in 30 s");
+                        error!("ReplicationConnectionDown: replication stream ended: {e}; retrying in 30 s");
                         Duration::from_secs(30)
                     }
                 },

@@ -39,6 +39,9 @@ pub struct Refused {
     pub message: String,
     /// Whether upstream's connect error backoff applies (token problems).
     pub delay: bool,
+    /// Upstream's error code for logs and metrics (`MissingAPIKey`, `InvalidJWTToken`, ...), or
+    /// sluice's own where upstream has none.
+    pub code: &'static str,
 }
 
 pub fn authorize(req: &ConnectRequest, keys: &Keys, now_secs: i64) -> Result<Accepted, Refused> {
@@ -47,6 +50,7 @@ pub fn authorize(req: &ConnectRequest, keys: &Keys, now_secs: i64) -> Result<Acc
             status: 400,
             message: texts::UNSUPPORTED_VSN.into(),
             delay: false,
+            code: "UnsupportedVsn",
         });
     };
     let token = req.header_key.or(req.query_key).unwrap_or("");
@@ -54,6 +58,10 @@ pub fn authorize(req: &ConnectRequest, keys: &Keys, now_secs: i64) -> Result<Acc
         status: 401,
         message: e.connect_message(),
         delay: true,
+        code: match e {
+            AuthError::Missing => "MissingAPIKey",
+            other => other.code(),
+        },
     })?;
     Ok(Accepted {
         tenant: tenant_from_host(req.host),
@@ -79,6 +87,7 @@ pub fn x_headers(headers: &[(String, String)]) -> Result<Map<String, Value>, Ref
             status: 431,
             message: texts::headers_too_big(bytes, MAX_X_HEADER_BYTES),
             delay: false,
+            code: "HeadersTooLarge",
         });
     }
     Ok(kept)
@@ -148,7 +157,8 @@ mod tests {
             Err(Refused {
                 status: 401,
                 message: "API key is missing".into(),
-                delay: true
+                delay: true,
+                code: "MissingAPIKey",
             })
         );
         let expired = sign(json!({"role": "anon", "exp": NOW - 1}));

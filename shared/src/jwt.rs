@@ -54,15 +54,19 @@ impl AuthError {
         }
     }
 
-    /// The `Code: message` reason of a failed `phx_join`.
-    pub fn join_reason(&self) -> String {
-        let code = match self {
+    /// Upstream's error code for the situation (`ERROR_CODES.md`).
+    pub fn code(&self) -> &'static str {
+        match self {
             AuthError::Malformed | AuthError::Missing => "MalformedJWT",
             AuthError::BadSignature => "JwtSignatureError",
             AuthError::Signer => "JwtSignerError",
             AuthError::MissingRoleOrExp | AuthError::Expired { .. } => "InvalidJWTToken",
-        };
-        format!("{code}: {}", self.message())
+        }
+    }
+
+    /// The `Code: message` reason of a failed `phx_join`.
+    pub fn join_reason(&self) -> String {
+        format!("{}: {}", self.code(), self.message())
     }
 }
 

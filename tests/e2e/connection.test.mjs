@@ -3,8 +3,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { startStack } from '../stack/stack.mjs';
+import { waitFor } from '../stack/process.mjs';
 import { signJwt, tokenFor } from '../stack/keys.mjs';
-import { rawSocket, refusedUpgrade, until, VSNS } from './clients.mjs';
+import { createClient } from '@supabase/supabase-js';
+import { done, rawSocket, refusedUpgrade, subscribe, until, VSNS } from './clients.mjs';
 
 let stack;
 before(async () => (stack = await startStack({ name: 'e2e-connection' })));
@@ -141,4 +143,26 @@ test('sockets the client closed get no more frames', async () => {
   probe.ws.close();
   const warnings = stack.gateway.logLines().filter((l) => /after close|send failed/.test(l));
   assert.deepEqual(warnings, []);
+});
+
+test('the log_level connection parameter decides which of a socket\'s lines are written', async () => {
+  const client = (logLevel) => createClient(stack.url, stack.keys.anon, {
+    auth: { persistSession: false, autoRefreshToken: false },
+    realtime: logLevel ? { logLevel } : {},
+  });
+  const loud = client('info');
+  const quiet = client(undefined); // upstream's default: error
+  try {
+    // The quiet socket first: its lines, were there any, would be logged before the loud one's.
+    for (const [c, topic] of [[quiet, 'quiet-topic'], [loud, 'loud-topic']]) {
+      const channel = c.channel(topic, { config: { broadcast: { ack: true } } });
+      await subscribe(channel);
+      assert.equal(await channel.send({ type: 'broadcast', event: 'e', payload: {} }), 'ok');
+    }
+    const logged = (text) => stack.gateway.logLines().some((l) => l.includes(text));
+    await waitFor('the loud socket\'s info lines', () => logged('realtime:loud-topic: joined') && logged('realtime:loud-topic: received a broadcast'));
+    assert.equal(logged('realtime:quiet-topic'), false, 'no info lines of the quiet socket');
+  } finally {
+    await done(loud, quiet);
+  }
 });

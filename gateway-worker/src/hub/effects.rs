@@ -5,7 +5,7 @@
 use sluice_shared::frame::{self, Outbound};
 use sluice_shared::internal::{ChannelOp, Reauthorize, Subscribe, Unsubscribe};
 use sluice_shared::roster::access;
-use sluice_shared::session::{Effect, PostgresJoin, Session};
+use sluice_shared::session::{Effect, LogLevel, LogLine, PostgresJoin, Session};
 use sluice_shared::{metrics, texts};
 use worker::*;
 
@@ -154,6 +154,7 @@ impl SocketHub {
                 // Handled before: see `authorize_private_joins` and `handle_message`.
                 Effect::PrivateClaims { .. } | Effect::CheckWrite { .. } => {}
                 Effect::Disconnect => disconnect = true,
+                Effect::Log(line) => self.log(session, &line),
             }
         }
         for (room, op) in later {
@@ -164,6 +165,16 @@ impl SocketHub {
                 .await?;
         }
         Ok(disconnect)
+    }
+
+    /// Writes one of a socket's log lines, at its level.
+    pub(super) fn log(&self, session: &Session, line: &LogLine) {
+        let (hub, socket, message) = (self.name(), &session.id, &line.message);
+        match line.level {
+            LogLevel::Info => console_log!("{hub}: socket {socket}: {message}"),
+            LogLevel::Warning => console_warn!("{hub}: socket {socket}: {message}"),
+            LogLevel::Error => console_error!("{hub}: socket {socket}: {message}"),
+        }
     }
 
     /// `config.broadcast.replication_ready`: once the database's replication connection is up,

@@ -3,7 +3,7 @@
 //! messages queue behind it (`sluice_shared::hold`) and run in order once it is done.
 
 use sluice_shared::frame::{self, Inbound};
-use sluice_shared::session::{Ctx, Effect, Session};
+use sluice_shared::session::{Ctx, Effect, LogLevel, LogLine, Session};
 use sluice_shared::texts;
 use worker::*;
 
@@ -21,7 +21,7 @@ impl SocketHub {
         let mut next = self.held.borrow_mut().arrive(&id, message);
         while let Some(message) = next {
             if let Err(e) = self.handle_message(ws, message).await {
-                console_error!("socket {id}: handling a message failed: {e}");
+                console_error!("UnknownErrorOnWebSocketMessage: socket {id}: handling a message failed: {e}");
             }
             next = self.held.borrow_mut().next(&id);
         }
@@ -50,7 +50,13 @@ impl SocketHub {
             Ok(inbound) => inbound,
             Err(err) => {
                 // Upstream logs MalformedWebSocketMessage and keeps the socket open.
-                console_warn!("socket {}: dropped a malformed frame: {err}", session.id);
+                let line = LogLine {
+                    level: LogLevel::Warning,
+                    message: format!("MalformedWebSocketMessage: dropped a malformed frame: {err}"),
+                };
+                if session.logs(line.level) {
+                    self.log(&session, &line);
+                }
                 return Ok(());
             }
         };

@@ -34,7 +34,7 @@ mod private;
 mod sockets;
 mod traffic;
 
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
@@ -49,7 +49,7 @@ use sluice_shared::texts;
 use worker::*;
 
 use crate::outbox::Outbox;
-use crate::{config, rpc};
+use crate::{config, directory, rpc};
 
 /// The header a new socket's session travels in from the Worker to its hub.
 pub const SESSION_HEADER: &str = "x-sluice-session";
@@ -67,6 +67,8 @@ pub struct SocketHub {
     rates: RefCell<Rates>,
     /// What `/metrics` reports of this hub (transient like the rates).
     counts: RefCell<HubCounts>,
+    /// Whether this start of the hub told the Directory it exists.
+    in_directory: Cell<bool>,
     /// When each socket last sent anything (epoch ms), for the idle timeout. Transient too.
     last_seen: RefCell<HashMap<String, u64>>,
     /// The tenant's keys and limits, read from the environment once per instance.
@@ -91,6 +93,7 @@ impl DurableObject for SocketHub {
             outbox: Outbox::default(),
             rates: RefCell::default(),
             counts: RefCell::default(),
+            in_directory: Cell::new(false),
             last_seen: RefCell::default(),
             settings: OnceCell::new(),
             held: RefCell::default(),
@@ -108,9 +111,13 @@ impl DurableObject for SocketHub {
                 if response.status_code() == 101 {
                     self.wake_by(Date::now().as_millis() + config::idle_timeout_ms(&self.env))
                         .await?;
+                    if !self.in_directory.replace(true) {
+                        directory::register(&self.env, &self.name()).await?;
+                    }
                 }
                 Ok(response)
             }
+            "/internal/v1/metrics" => Response::from_json(&self.counts()),
             "/internal/v1/deliver" => {
                 let delivery: Delivery = rpc::json_body(&mut req).await?;
                 self.receive_relay(delivery).await?;

@@ -21,16 +21,27 @@ impl SocketHub {
         };
         let mut session: Session = serde_json::from_str(&session)?;
         let (_, limits) = self.settings(&session.tenant);
-        if self.roster().users() as u32 >= limits.max_concurrent_users {
-            return limit_refusal(texts::TOO_MANY_USERS);
-        }
-        if self
+        let refused = if self.roster().users() as u32 >= limits.max_concurrent_users {
+            Some(("ConnectionRateLimitReached", texts::TOO_MANY_USERS))
+        } else if self
             .rates
             .borrow_mut()
             .joins
             .exceeds(Date::now().as_millis(), limits.max_joins_per_second)
         {
-            return limit_refusal(texts::TOO_MANY_JOINS);
+            Some(("JoinsRateLimitReached", texts::TOO_MANY_JOINS))
+        } else {
+            None
+        };
+        if let Some((code, message)) = refused {
+            console_warn!("{}: refused a connection: {code}: {message}", self.name());
+            *self
+                .counts
+                .borrow_mut()
+                .refused_connections
+                .entry(code.into())
+                .or_default() += 1;
+            return limit_refusal(message);
         }
         session.id = socket_id();
         let pair = WebSocketPair::new()?;

@@ -3,9 +3,27 @@
 //! - [`websocket`]: the client socket endpoints; authenticate the upgrade, pick the hub.
 //! - [`broadcast`]: REST broadcast, batch and single.
 //! - [`tenants`]: tenant health for admins.
+//! - [`metrics`]: Prometheus metrics for operators.
 //! - [`internal`]: what the replicator calls: row changes to hubs, database broadcasts to Channels.
 
 pub mod broadcast;
 pub mod internal;
+pub mod metrics;
 pub mod tenants;
 pub mod websocket;
+
+use worker::{Date, Request, Result};
+
+/// Whether the request carries `Authorization: Bearer <JWT>` signed with `secret` (HS*; `exp`
+/// checked when present), as upstream checks admin and metrics tokens. No secret: no one.
+pub fn signed_by(req: &Request, secret: Option<String>) -> Result<bool> {
+    let Some(secret) = secret else {
+        return Ok(false);
+    };
+    let authorization = req.headers().get("authorization")?;
+    let token = sluice_shared::rest::caller_token(authorization.as_deref(), None).unwrap_or("");
+    let now_secs = (Date::now().as_millis() / 1000) as i64;
+    Ok(sluice_shared::jwt::Keys::new(secret.into_bytes())
+        .verify_any(token, now_secs)
+        .is_ok())
+}

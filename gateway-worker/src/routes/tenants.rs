@@ -2,24 +2,16 @@
 //! `API_JWT_SECRET`).
 
 use serde_json::json;
-use sluice_shared::rest;
 use worker::*;
 
+use super::signed_by;
 use super::websocket::region_of;
 use crate::{config, replicator};
 
 /// `GET /api/tenants/:id/health` (admin JWT signed with `API_JWT_SECRET`): upstream's shape,
 /// with the database state from the replicator's `/healthz` (`REPLICATOR_URL`).
 pub async fn tenant_health(req: Request, env: &Env) -> Result<Response> {
-    let authorization = req.headers().get("authorization")?;
-    let token = rest::caller_token(authorization.as_deref(), None).unwrap_or("");
-    let admin = config::admin_secret(env).map(|secret| {
-        let now_secs = (Date::now().as_millis() / 1000) as i64;
-        sluice_shared::jwt::Keys::new(secret.into_bytes())
-            .verify_any(token, now_secs)
-            .is_ok()
-    });
-    if admin != Some(true) {
+    if !signed_by(&req, config::admin_secret(env))? {
         // Upstream answers failed admin auth with 403 and an empty body.
         return Ok(Response::empty()?.with_status(403));
     }

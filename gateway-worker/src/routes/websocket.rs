@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice_shared::connect::{self, hub_name, Accepted, ConnectRequest};
-use sluice_shared::session::Session;
+use sluice_shared::session::{LogLevel, Session};
 use sluice_shared::texts;
 use worker::*;
 
 use crate::config::{self, SOCKET_HUB};
+use crate::directory;
 use crate::hub::SESSION_HEADER;
 
 pub async fn upgrade(req: Request, env: &Env) -> Result<Response> {
@@ -48,13 +49,23 @@ pub async fn upgrade(req: Request, env: &Env) -> Result<Response> {
     let accepted = match connect::authorize(&request, &keys, now_secs) {
         Ok(accepted) => accepted,
         Err(refused) => {
+            let tenant = connect::tenant_from_host(&host);
+            console_warn!(
+                "refused a connection to tenant {tenant}: {}: {}",
+                refused.code,
+                refused.message
+            );
+            if let Err(e) = directory::refused(env, &tenant, refused.code).await {
+                console_error!("counting a refused connection: {e}");
+            }
             if refused.delay {
                 Delay::from(Duration::from_millis(config::connect_error_backoff_ms(env))).await;
             }
             return json_error(refused.status, &refused.message);
         }
     };
-    open_socket(env, &accepted, &region_of(&req)).await
+    let log_level = LogLevel::parse(param("log_level").as_deref());
+    open_socket(env, &accepted, log_level, &region_of(&req)).await
 }
 
 /// The region part of the hub name: the client's continent where Cloudflare tells it.
@@ -74,7 +85,7 @@ fn json_error(status: u16, message: &str) -> Result<Response> {
 static NEXT_SHARD: AtomicU32 = AtomicU32::new(0);
 
 /// Hands an authenticated upgrade to the hub that will own the socket.
-async fn open_socket(env: &Env, accepted: &Accepted, region: &str) -> Result<Response> {
+async fn open_socket(env: &Env, accepted: &Accepted, log_level: LogLevel, region: &str) -> Result<Response> {
     let namespace = env.durable_object(SOCKET_HUB)?;
     let shard = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % config::hub_shards(env);
     let name = hub_name(&accepted.tenant, region, shard);
@@ -84,6 +95,7 @@ async fn open_socket(env: &Env, accepted: &Accepted, region: &str) -> Result<Res
     };
     let mut session = Session::new(String::new(), accepted.tenant.clone(), accepted.vsn, &accepted.claims);
     session.headers = accepted.headers.clone();
+    session.log_level = log_level;
     let headers = Headers::new();
     headers.set("Upgrade", "websocket")?;
     headers.set(SESSION_HEADER, &serde_json::to_string(&session)?)?;

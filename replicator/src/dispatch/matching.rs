@@ -104,7 +104,7 @@ pub(super) async fn judge_and_check(
             }
             Err(e) if e.as_db_error().is_some() => {
                 warn!(
-                    "RLS check on {} as {role} failed: {e}; the rows stay hidden from it",
+                    "RlsPolicyError: RLS check on {} as {role} failed: {e}; the rows stay hidden from it",
                     info.quoted_name
                 );
                 tx.execute("rollback to savepoint rls", &[]).await?;

@@ -190,7 +190,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
 ];
 
 pub async fn run(client: &mut Client) -> Result<(), StartError> {
-    let fail = |e: tokio_postgres::Error| StartError(format!("migrating the sluice schema failed: {e}"));
+    let fail = |e: tokio_postgres::Error| {
+        StartError(format!(
+            "MigrationsFailedToRun: migrating the sluice schema failed: {e}"
+        ))
+    };
     let tx = client.transaction().await.map_err(fail)?;
     tx.execute("select pg_advisory_xact_lock(hashtext('sluice.migrations'))", &[])
         .await

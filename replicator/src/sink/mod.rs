@@ -111,14 +111,14 @@ impl Gateway {
             let pause = match problem.recovery() {
                 Recovery::RetrySlowly => {
                     if attempts == 1 || attempts.is_multiple_of(6) {
-                        error!("cannot deliver {what}: {problem}; retrying every {REFUSED_RETRY:?}, the stream waits meanwhile");
+                        error!("UnableToBroadcastChanges: cannot deliver {what}: {problem}; retrying every {REFUSED_RETRY:?}, the stream waits meanwhile");
                     }
                     self.stats.set_refused(Some(problem.to_string()));
                     REFUSED_RETRY
                 }
                 _ => {
                     if attempts == 1 || attempts.is_multiple_of(20) {
-                        warn!("cannot deliver {what}: {problem}; retrying (attempt {attempts}), the stream waits meanwhile");
+                        warn!("UnableToBroadcastChanges: cannot deliver {what}: {problem}; retrying (attempt {attempts}), the stream waits meanwhile");
                     }
                     let pause = wait;
                     wait = (wait * 2).min(MAX_RETRY);

@@ -136,7 +136,7 @@ async fn live(state: &Api, channel: &ChannelKey, subs: Vec<(u32, Sub)>, ids: Vec
     if reached {
         (StatusCode::OK, Json(json!(Subscribed { ids })))
     } else {
-        warn!("the replication stream did not reach a new subscription within {SYNC_TIMEOUT:?}");
+        warn!("UnableToSubscribeToPostgres: the replication stream did not reach a new subscription within {SYNC_TIMEOUT:?}");
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"error": texts::DATABASE_UNREACHABLE})),

@@ -41,7 +41,7 @@ pub fn forget_gone(registry: &Registry, db: &Arc<Db>, gone: Vec<Unsubscribe>) {
             if let Ok(client) = db.client().await {
                 let removed = store::remove(&*client, &gone.hub, &gone.socket, gone.topic.as_deref()).await;
                 if let Err(e) = removed {
-                    warn!("removing subscriptions of a gone channel: {e}");
+                    warn!("SubscriptionDeletionFailed: removing subscriptions of a gone channel: {e}");
                 }
             }
         });

@@ -61,6 +61,8 @@ pub enum Effect {
     CheckWrite { topic: String, extension: Extension },
     /// Close the socket (code 1001), after the effects before this one.
     Disconnect,
+    /// Write a line to the hub's log (already filtered by the socket's `log_level`).
+    Log(LogLine),
 }
 
 /// The `postgres_changes` bindings of a join, for the replicator.

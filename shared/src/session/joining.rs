@@ -133,6 +133,16 @@ impl Session {
                 }),
             });
         }
-        effects
+        // Join errors are logged whatever the socket's level (upstream's `log_error`). Lines go
+        // first: a disconnect stays last.
+        let lines = effects.iter().filter_map(|effect| match effect {
+            Effect::RefuseJoin(reply) => self.log(LogLevel::Error, || {
+                let reason = reply.payload["response"]["reason"].as_str().unwrap_or_default();
+                format!("{topic}: {reason}")
+            }),
+            Effect::Join { .. } => self.log(LogLevel::Info, || format!("{topic}: joined")),
+            _ => None,
+        });
+        lines.collect::<Vec<_>>().into_iter().chain(effects).collect()
     }
 }

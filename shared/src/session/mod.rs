@@ -55,6 +55,9 @@ pub struct Session {
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub headers: Map<String, Value>,
     pub channels: Vec<Membership>,
+    /// Which of this socket's log lines are written (the `log_level` connection parameter).
+    #[serde(default, skip_serializing_if = "log::skip_default")]
+    pub log_level: LogLevel,
 }
 
 /// A joined channel of this socket.
@@ -109,8 +112,10 @@ fn usable_token(token: Option<&str>) -> Option<&str> {
 
 mod effect;
 mod joining;
+mod log;
 
 pub use effect::{Effect, PostgresJoin, PrivateJoin};
+pub use log::{LogLevel, LogLine};
 
 impl Session {
     /// A socket that connected with a token bearing `claims`.
@@ -124,6 +129,7 @@ impl Session {
             claims: claims.all.clone(),
             headers: Map::new(),
             channels: Vec::new(),
+            log_level: LogLevel::default(),
         }
     }
 
@@ -252,11 +258,17 @@ impl Session {
     fn shut_down(&mut self, member: &Membership, message: &str) -> Vec<Effect> {
         self.channels.retain(|m| m.topic != member.topic);
         let join_ref = member.join_ref.as_deref();
-        vec![
+        let log = self.log(LogLevel::Warning, || {
+            format!("{}: ChannelShutdown: {message}", member.topic)
+        });
+        [
             Effect::Send(frame::system(join_ref, &member.topic, "system", false, message)),
             Effect::Send(frame::close(member.join_ref.as_deref(), &member.topic)),
             Effect::leave(member),
         ]
+        .into_iter()
+        .chain(log)
+        .collect()
     }
 
     /// The policies let this user read nothing of the private channel `topic`: the join is undone
@@ -347,7 +359,8 @@ impl Session {
         if member.private && member.broadcast_write != Some(true) {
             return Vec::new();
         }
-        broadcast(member, msg)
+        let log = self.log(LogLevel::Info, || format!("{}: received a broadcast", member.topic));
+        broadcast(member, msg).into_iter().chain(log).collect()
     }
 
     fn presence(&mut self, member: &Membership, msg: &Inbound, ctx: &mut Ctx) -> Vec<Effect> {
@@ -426,7 +439,8 @@ impl Session {
         if let Some(m) = self.channels.iter_mut().find(|m| m.topic == topic) {
             m.tracked = tracked;
         }
-        vec![effect, reply(true, json!({}))]
+        let log = self.log(LogLevel::Info, || format!("{topic}: presence {event}"));
+        [effect, reply(true, json!({}))].into_iter().chain(log).collect()
     }
 }
 
@@ -642,6 +656,43 @@ mod tests {
         assert!(!join_with(false, false));
         assert!(join_with(true, false));
         assert!(join_with(false, true));
+    }
+
+    #[test]
+    fn log_lines_follow_the_socket_log_level() {
+        let lines = |e: &[Effect]| -> Vec<String> {
+            e.iter()
+                .filter_map(|e| match e {
+                    Effect::Log(line) => Some(format!("{:?} {}", line.level, line.message)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut quiet = session();
+        assert_eq!(
+            lines(&join(&mut quiet, "1", "realtime:a", json!({}))),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            lines(&join(&mut quiet, "2", "realtime:", json!({}))),
+            ["Error realtime:: TopicNameRequired: You must provide a topic name"],
+            "join errors are logged at any level"
+        );
+        let mut loud = session();
+        loud.log_level = LogLevel::parse(Some("info"));
+        assert_eq!(
+            lines(&join(&mut loud, "1", "realtime:a", json!({}))),
+            ["Info realtime:a: joined"]
+        );
+        let m = msg(
+            Some("1"),
+            "2",
+            "realtime:a",
+            "broadcast",
+            json!({"type": "broadcast", "event": "e", "payload": {}}),
+        );
+        assert_eq!(lines(&handle(&mut loud, m)), ["Info realtime:a: received a broadcast"]);
+        assert_eq!(LogLevel::parse(Some("debug")), LogLevel::Error);
     }
 
     #[test]

@@ -1,0 +1,108 @@
+//! Directory: the Durable Object `directory`, one for the whole gateway, that `/metrics` starts
+//! from. It knows every SocketHub that ever took a socket (each registers once per start) and
+//! counts connections the Worker refused before any hub saw them, per tenant and reason. Neither
+//! is on a hot path: a hub registers once per start, a refusal already waited out its backoff.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use worker::*;
+
+use crate::config::DIRECTORY;
+use crate::rpc;
+
+/// The one Directory's name.
+const NAME: &str = "directory";
+/// Refusals of tenants no hub serves are counted under this tenant: a Host header is the
+/// caller's to choose, and must not make up labels.
+pub const UNKNOWN_TENANT: &str = "unknown";
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum DirectoryOp {
+    Register { hub: String },
+    Refused { tenant: String, reason: String },
+    Snapshot,
+}
+
+/// What `/metrics` reads: the hubs, and refused connections per tenant and reason.
+#[derive(Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub hubs: Vec<String>,
+    pub refused: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+#[durable_object]
+pub struct Directory {
+    state: State,
+}
+
+impl DurableObject for Directory {
+    fn new(state: State, _env: Env) -> Self {
+        Self { state }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let storage = self.state.storage();
+        match rpc::json_body::<DirectoryOp>(&mut req).await? {
+            DirectoryOp::Register { hub } => storage.put(&format!("hub:{hub}"), true).await?,
+            DirectoryOp::Refused { tenant, reason } => {
+                let known = storage
+                    .list_with_options(ListOptions::new().prefix(&format!("hub:hub:{tenant}:")).limit(1))
+                    .await?
+                    .size()
+                    > 0;
+                let tenant = if known { tenant } else { UNKNOWN_TENANT.to_string() };
+                let key = format!("refused:{tenant}\n{reason}");
+                let count: u64 = storage.get(&key).await.ok().flatten().unwrap_or(0);
+                storage.put(&key, count + 1).await?;
+            }
+            DirectoryOp::Snapshot => {
+                let mut snapshot = Snapshot::default();
+                for key in storage.list().await?.keys() {
+                    let key = key?.as_string().unwrap_or_default();
+                    if let Some(hub) = key.strip_prefix("hub:") {
+                        snapshot.hubs.push(hub.to_string());
+                    } else if let Some((tenant, reason)) = key.strip_prefix("refused:").and_then(|k| k.split_once('\n'))
+                    {
+                        let count: u64 = storage.get(&key).await.ok().flatten().unwrap_or(0);
+                        snapshot
+                            .refused
+                            .entry(tenant.into())
+                            .or_default()
+                            .insert(reason.into(), count);
+                    }
+                }
+                return Response::from_json(&snapshot);
+            }
+        }
+        Response::ok("")
+    }
+}
+
+fn stub(env: &Env) -> Result<Stub> {
+    env.durable_object(DIRECTORY)?.get_by_name(NAME)
+}
+
+/// A hub took its first socket since it started.
+pub async fn register(env: &Env, hub: &str) -> Result<()> {
+    rpc::post_json(stub(env)?, "/", &DirectoryOp::Register { hub: hub.into() }).await?;
+    Ok(())
+}
+
+/// The Worker refused a connection of `tenant` for `reason` (an error code).
+pub async fn refused(env: &Env, tenant: &str, reason: &str) -> Result<()> {
+    let request = DirectoryOp::Refused {
+        tenant: tenant.into(),
+        reason: reason.into(),
+    };
+    rpc::post_json(stub(env)?, "/", &request).await?;
+    Ok(())
+}
+
+pub async fn snapshot(env: &Env) -> Result<Snapshot> {
+    rpc::post_json(stub(env)?, "/", &DirectoryOp::Snapshot)
+        .await?
+        .json()
+        .await
+}
