@@ -38,6 +38,7 @@ sluice is running.
   JWT secret        ${stack.jwtSecret}
   Postgres          ${stack.pg.url}
   replicator        ${stack.replicator.url}/healthz
+  metrics           curl -H 'Authorization: Bearer ${stack.metricsKey}' ${stack.url}/metrics
 
 Connect with supabase-js:
 

@@ -6,13 +6,12 @@ import { done, joinWithInbox, refusedUpgrade, subscribe, supabase } from './clie
 import { signJwt, tokenFor } from '../stack/keys.mjs';
 import { startStack } from '../stack/stack.mjs';
 
-const METRICS_SECRET = 'sluice-test-metrics-secret-with-at-least-32-chars';
 // The stack is reached at 127.0.0.1: tenant "127".
 const TENANT = '127';
 
 let stack;
 before(async () => (stack = await startStack({ name: 'e2e-metrics', vars: {
-  METRICS_JWT_SECRET: METRICS_SECRET, TENANT_LIMITS: JSON.stringify({ '*': { max_channels_per_client: 2 } }),
+  TENANT_LIMITS: JSON.stringify({ '*': { max_channels_per_client: 2 } }),
 } })));
 after(() => stack?.stop());
 
@@ -38,7 +37,7 @@ test('refused without a token signed with METRICS_JWT_SECRET', async () => {
 });
 
 test('counts a known workload per tenant', async () => {
-  const token = signJwt({ iss: 'ops', exp: Math.floor(Date.now() / 1000) + 60 }, METRICS_SECRET);
+  const token = stack.metricsKey; // signed with the stack's METRICS_JWT_SECRET
   const before = await samples(await scrape(token));
   const at = (m, name, labels = '') => m.get(`${name}{tenant="${TENANT}"${labels}}`) ?? 0;
   const a = supabase(stack.url, stack.keys.anon);

@@ -7,6 +7,9 @@ export const DEV_JWT_SECRET = 'super-secret-jwt-token-with-at-least-32-character
 /** The local shared secret of the internal API between the replicator and the gateway. */
 export const DEV_INTERNAL_SECRET = 'sluice-local-internal-secret-at-least-32-chars';
 
+/** The local secret of `/metrics` bearer tokens (`METRICS_JWT_SECRET`). */
+export const DEV_METRICS_SECRET = 'sluice-local-metrics-secret-with-at-least-32-chars';
+
 /** The local secret of admin tokens for the management API (`API_JWT_SECRET`). */
 export const DEV_API_SECRET = 'sluice-local-admin-secret-with-at-least-32-characters';
 

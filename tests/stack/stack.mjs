@@ -2,7 +2,7 @@
 // free port. Used by `scripts/dev` (with wrangler dev) and by the end-to-end tests (with wrangler's test harness).
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { devKeys, DEV_API_SECRET, DEV_INTERNAL_SECRET, DEV_JWT_SECRET, tokenFor } from './keys.mjs';
+import { devKeys, DEV_API_SECRET, DEV_INTERNAL_SECRET, DEV_JWT_SECRET, DEV_METRICS_SECRET, tokenFor } from './keys.mjs';
 import { Postgres } from './postgres.mjs';
 import { freePort } from './process.mjs';
 import { startReplicator } from './replicator.mjs';
@@ -26,7 +26,7 @@ export async function startStack({ name = 'stack', gateway = 'harness', gatewayP
     // The gateway calls the replicator and the replicator pushes to the gateway: the replicator's
     // port is chosen first so the gateway can be told where it will be.
     const replicatorPort = await freePort();
-    const gatewayVars = { REPLICATOR_URL: `http://127.0.0.1:${replicatorPort}`, API_JWT_SECRET: DEV_API_SECRET, INTERNAL_SECRET: DEV_INTERNAL_SECRET, ...vars };
+    const gatewayVars = { REPLICATOR_URL: `http://127.0.0.1:${replicatorPort}`, API_JWT_SECRET: DEV_API_SECRET, INTERNAL_SECRET: DEV_INTERNAL_SECRET, METRICS_JWT_SECRET: DEV_METRICS_SECRET, ...vars };
     log(`starting the gateway worker (${gateway === 'wrangler' ? 'wrangler dev' : 'wrangler test harness'})`);
     const gw = gateway === 'wrangler'
       ? await startGatewayWranglerDev({ root: ROOT, port: gatewayPort ?? (await freePort()), jwtSecret: DEV_JWT_SECRET, vars: gatewayVars, log })
@@ -35,7 +35,7 @@ export async function startStack({ name = 'stack', gateway = 'harness', gatewayP
     log('starting the replicator');
     const replicator = await startReplicator({ root: ROOT, databaseUrl: pg.url, port: replicatorPort, gatewayUrl: gw.url, log });
     started.push(replicator);
-    return { pg, replicator, gateway: gw, url: gw.url, jwtSecret: DEV_JWT_SECRET, keys: devKeys(), adminKey: tokenFor('supabase_admin', { secret: DEV_API_SECRET }), stop };
+    return { pg, replicator, gateway: gw, url: gw.url, jwtSecret: DEV_JWT_SECRET, keys: devKeys(), adminKey: tokenFor('supabase_admin', { secret: DEV_API_SECRET }), metricsKey: tokenFor('metrics', { secret: DEV_METRICS_SECRET, ttlSecs: 10 * 365 * 24 * 3600 }), stop };
   } catch (e) {
     await stop();
     throw e;
