@@ -213,7 +213,8 @@ impl SocketHub {
         Ok(())
     }
 
-    /// Registers a channel's bindings with the replicator; `Err` is the client's error text.
+    /// Registers a channel's bindings with the replicator; `Err` is the client's error text. A
+    /// channel left (or a socket gone) while the registration was on its way is unregistered.
     async fn subscribe(&self, session: &Session, topic: &str, pg: &PostgresJoin) -> std::result::Result<(), String> {
         let request = Subscribe {
             hub: self.name(),
@@ -222,7 +223,16 @@ impl SocketHub {
             claims: pg.claims.clone(),
             bindings: pg.bindings.clone(),
         };
-        replicator::subscribe(&self.env, &request).await.map(|_| ())
+        let outcome = replicator::subscribe(&self.env, &request).await.map(|_| ());
+        if outcome.is_ok() && !self.roster().is_joined(&session.id, topic) {
+            let gone = Unsubscribe {
+                hub: request.hub,
+                socket: request.socket,
+                topic: Some(request.topic),
+            };
+            replicator::unsubscribe(&self.env, &gone).await;
+        }
+        outcome
     }
 }
 
