@@ -319,6 +319,19 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
+    fn tagged_ops_keep_every_digit_of_their_numbers() {
+        // Internally tagged enums buffer their fields: numbers must survive that with
+        // serde_json's arbitrary_precision, digit for digit.
+        let text = r#"[{"op":"track","socket":"s","key":"k","meta":{"x":1.5,"big":123456789012345678901234567890.5}},
+            {"op":"broadcast","broadcast":{"Json":{"n":0.1000000000000000000001}}}]"#;
+        let ops: Vec<ChannelOp> = serde_json::from_str(text).unwrap();
+        let again = serde_json::to_string(&ops).unwrap();
+        assert!(again.contains(r#""big":123456789012345678901234567890.5"#), "{again}");
+        assert!(again.contains(r#""n":0.1000000000000000000001"#), "{again}");
+        assert_eq!(serde_json::from_str::<Vec<ChannelOp>>(&again).unwrap(), ops);
+    }
+
+    #[test]
     fn bearer() {
         assert!(bearer_matches(Some("Bearer s3cret"), "s3cret"));
         assert!(!bearer_matches(Some("Bearer s3cre"), "s3cret"));
