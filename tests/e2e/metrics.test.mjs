@@ -62,6 +62,15 @@ test('counts a known workload per tenant', async () => {
     assert.equal(at(now, 'sluice_refused_connections_total', ',reason="InvalidJWTToken"'), 1);
     assert.ok(at(now, 'sluice_messages_in_total') - at(before, 'sluice_messages_in_total') >= 9, 'joins and broadcasts came in');
     assert.ok(at(now, 'sluice_bytes_out_total') > at(before, 'sluice_bytes_out_total'));
+
+    // An evicted hub resumes its counts: nothing reported is reported lower afterwards.
+    const hub = stack.gateway.logLines().map((l) => l.match(/^(hub:\S+): accepted socket/)?.[1]).find(Boolean);
+    await stack.gateway.evictHub(hub);
+    const later = await samples(await scrape(token));
+    for (const name of ['sluice_joins_total', 'sluice_messages_in_total', 'sluice_bytes_out_total']) {
+      assert.ok(at(later, name) >= at(now, name), `${name}: ${at(later, name)} after eviction, ${at(now, name)} before`);
+    }
+    assert.equal(at(later, 'sluice_connected_sockets'), 2, 'the sockets stayed open');
   } finally {
     await done(a, b);
   }

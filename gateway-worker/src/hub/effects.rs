@@ -183,6 +183,9 @@ impl SocketHub {
     async fn notify_replication_ready(&self, socket: &str, topic: &str, join_ref: Option<&str>) -> Result<()> {
         let deadline = Date::now().as_millis() + config::replication_ready_timeout_ms(&self.env);
         loop {
+            if !self.roster().is_joined(socket, topic) {
+                return Ok(()); // left meanwhile: nobody to tell
+            }
             if replicator::health(&self.env)
                 .await
                 .is_some_and(|h| h.replication_connected)

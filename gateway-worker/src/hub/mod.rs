@@ -19,7 +19,8 @@
 //!   from Channels (broadcasts, database broadcasts, presence diffs), each delivered once.
 //! - [`fanout`]: delivering to this hub's members of a room; calls to a topic's Channel.
 //! - [`alarms`]: the one alarm: token expiry and idle sockets.
-//! - [`traffic`]: what the sockets send and receive, for the byte limit and `/metrics`.
+//! - [`traffic`]: what the sockets send and receive, for the byte limit and `/metrics` (saved
+//!   now and then, so an evicted hub resumes its counts).
 //!
 //! A broadcast goes straight to this hub's own members (the fast path), and through the topic's
 //! Channel Durable Object to other hubs only when that Channel said it has members elsewhere.
@@ -65,8 +66,10 @@ pub struct SocketHub {
     outbox: Outbox,
     /// This hub's rate counters (transient: an evicted hub starts counting afresh).
     rates: RefCell<Rates>,
-    /// What `/metrics` reports of this hub (transient like the rates).
+    /// What `/metrics` reports of this hub, saved now and then (see [`traffic`]).
     counts: RefCell<HubCounts>,
+    /// When the counts were last saved (epoch ms).
+    counts_saved_at: Cell<u64>,
     /// Whether this start of the hub told the Directory it exists.
     in_directory: Cell<bool>,
     /// When each socket last sent anything (epoch ms), for the idle timeout. Transient too.
@@ -85,6 +88,7 @@ pub struct SocketHub {
 
 impl DurableObject for SocketHub {
     fn new(state: State, env: Env) -> Self {
+        let counts = traffic::saved_counts(&state);
         Self {
             state,
             env,
@@ -92,7 +96,8 @@ impl DurableObject for SocketHub {
             peers: RefCell::default(),
             outbox: Outbox::default(),
             rates: RefCell::default(),
-            counts: RefCell::default(),
+            counts: RefCell::new(counts),
+            counts_saved_at: Cell::new(0),
             in_directory: Cell::new(false),
             last_seen: RefCell::default(),
             settings: OnceCell::new(),
