@@ -23,7 +23,7 @@ const { values: opts } = parseArgs({ options: {
 const seconds = Number(opts.seconds);
 const rate = Number(opts.rate); // messages per second per channel
 const perChannel = Number(opts['per-channel']);
-const limits = JSON.stringify({ '*': { max_concurrent_users: 1e6, max_joins_per_second: 1e6, max_events_per_second: 1e9, max_channels_per_client: 100 } });
+const limits = JSON.stringify({ '*': { max_concurrent_users: 1e6, max_joins_per_second: 1e6, max_events_per_second: 1e9, max_bytes_per_second: 4e9, max_channels_per_client: 100 } });
 
 /** Kind-3 frame, as realtime-js sends broadcasts. */
 function push(joinRef, ref, topic, event, payload) {
