@@ -56,7 +56,7 @@ impl SocketHub {
             match (join, admitted) {
                 (Some(_), true) => out.push(effect),
                 (Some((reply, _)), false) => {
-                    out.push(session.refuse_private(topic, reply));
+                    out.extend(session.refuse_private(topic, reply));
                 }
                 (None, true) => {}
                 (None, false) => {

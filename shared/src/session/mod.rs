@@ -273,16 +273,18 @@ impl Session {
 
     /// The policies let this user read nothing of the private channel `topic`: the join is undone
     /// and answered with upstream's error (after the backoff).
-    pub fn refuse_private(&mut self, topic: &str, reply: &Outbound) -> Effect {
+    pub fn refuse_private(&mut self, topic: &str, reply: &Outbound) -> Vec<Effect> {
         self.channels.retain(|m| m.topic != topic);
-        let sub_topic = sub_topic(topic);
-        Effect::RefuseJoin(frame::reply(
+        let reason = texts::unauthorized_read(sub_topic(topic));
+        let log = self.log(LogLevel::Error, || format!("{topic}: {reason}"));
+        let refusal = frame::reply(
             reply.join_ref.as_deref(),
             reply.ref_.as_deref(),
             topic,
             false,
-            json!({"reason": texts::unauthorized_read(sub_topic)}),
-        ))
+            json!({ "reason": reason }),
+        );
+        log.into_iter().chain([Effect::RefuseJoin(refusal)]).collect()
     }
 
     /// The policies let this user read the private channel `topic` (at join, or with a new
@@ -791,7 +793,7 @@ mod tests {
         let refusal = s.refuse_private("realtime:secret", reply);
         assert!(s.channels.is_empty());
         assert_eq!(
-            refused(&[refusal]),
+            refused(&refusal),
             "Unauthorized: You do not have permissions to read from this Channel topic: secret"
         );
         // Admitted; write is asked at the first broadcast and at the first presence message,
