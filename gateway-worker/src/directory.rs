@@ -59,13 +59,17 @@ impl DurableObject for Directory {
             }
             DirectoryOp::Snapshot => {
                 let mut snapshot = Snapshot::default();
-                for key in storage.list().await?.keys() {
-                    let key = key?.as_string().unwrap_or_default();
-                    if let Some(hub) = key.strip_prefix("hub:") {
+                // One read: the listing holds the values too.
+                let stored = storage.list().await?;
+                for key in stored.keys() {
+                    let key = key?;
+                    let name = key.as_string().unwrap_or_default();
+                    if let Some(hub) = name.strip_prefix("hub:") {
                         snapshot.hubs.push(hub.to_string());
-                    } else if let Some((tenant, reason)) = key.strip_prefix("refused:").and_then(|k| k.split_once('\n'))
+                    } else if let Some((tenant, reason)) =
+                        name.strip_prefix("refused:").and_then(|k| k.split_once('\n'))
                     {
-                        let count: u64 = storage.get(&key).await.ok().flatten().unwrap_or(0);
+                        let count = stored.get(&key).as_f64().unwrap_or(0.0) as u64;
                         snapshot
                             .refused
                             .entry(tenant.into())

@@ -30,10 +30,8 @@ impl SocketHub {
                 self.socket_gone(&ws, Some((1000, texts::CLOSE_IDLE))).await?;
                 continue;
             }
-            let before = session.channels.clone();
-            let effects = session.expire((now_ms / 1000) as i64);
-            self.save(&ws, &session, &before).await?;
-            self.perform(&session, effects).await?;
+            self.change_session(&ws, &mut session, |s| s.expire((now_ms / 1000) as i64))
+                .await?;
             let expiry = session.next_expiry().map(alarm_time);
             next = [next, Some(last + idle_timeout), expiry].into_iter().flatten().min();
         }

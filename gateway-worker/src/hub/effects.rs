@@ -209,10 +209,8 @@ impl SocketHub {
         let Some(mut session) = self.load_session(&ws).await? else {
             return Ok(());
         };
-        let before = session.channels.clone();
-        let effects = session.shut_down_channel(topic, join_ref, texts::REPLICATION_NOT_READY);
-        self.save(&ws, &session, &before).await?;
-        Box::pin(self.perform(&session, effects)).await?;
+        let shut_down = |s: &mut Session| s.shut_down_channel(topic, join_ref, texts::REPLICATION_NOT_READY);
+        Box::pin(self.change_session(&ws, &mut session, shut_down)).await?;
         Ok(())
     }
 

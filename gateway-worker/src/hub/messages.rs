@@ -3,7 +3,7 @@
 //! messages queue behind it (`sluice_shared::hold`) and run in order once it is done.
 
 use sluice_shared::frame::{self, Inbound};
-use sluice_shared::session::{Ctx, Effect, LogLevel, LogLine, Session};
+use sluice_shared::session::{Ctx, Effect, LogLevel, Session};
 use sluice_shared::texts;
 use worker::*;
 
@@ -50,11 +50,10 @@ impl SocketHub {
             Ok(inbound) => inbound,
             Err(err) => {
                 // Upstream logs MalformedWebSocketMessage and keeps the socket open.
-                let line = LogLine {
-                    level: LogLevel::Warning,
-                    message: format!("MalformedWebSocketMessage: dropped a malformed frame: {err}"),
-                };
-                if session.logs(line.level) {
+                let line = session.log_line(LogLevel::Warning, || {
+                    format!("MalformedWebSocketMessage: dropped a malformed frame: {err}")
+                });
+                if let Some(line) = line {
                     self.log(&session, &line);
                 }
                 return Ok(());

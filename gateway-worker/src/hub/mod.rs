@@ -116,8 +116,13 @@ impl DurableObject for SocketHub {
                 if response.status_code() == 101 {
                     self.wake_by(Date::now().as_millis() + config::idle_timeout_ms(&self.env))
                         .await?;
-                    if !self.in_directory.replace(true) {
-                        directory::register(&self.env, &self.name()).await?;
+                    // Bookkeeping for /metrics: a failure is logged and tried again at the next
+                    // socket, never refuses this one.
+                    if !self.in_directory.get() {
+                        match directory::register(&self.env, &self.name()).await {
+                            Ok(()) => self.in_directory.set(true),
+                            Err(e) => console_error!("{}: registering with the Directory: {e}", self.name()),
+                        }
                     }
                 }
                 Ok(response)

@@ -100,9 +100,7 @@ impl SocketHub {
                 let mut replayed = self.replayed.borrow_mut();
                 replayed.entry(session.id.clone()).or_default().insert(id.to_string());
             }
-            if let Some(frame) = frame::encode_broadcast(session.vsn, topic, &broadcast) {
-                self.send_to(&session.id, frame);
-            }
+            self.send_to(&session.id, |vsn| frame::encode_broadcast(vsn, topic, &broadcast));
         }
     }
 }

@@ -3,9 +3,9 @@
 
 use std::cell::RefMut;
 
-use sluice_shared::frame::{self, Outbound, WireFrame};
+use sluice_shared::frame::{self, Outbound, Vsn, WireFrame};
 use sluice_shared::roster::Roster;
-use sluice_shared::session::{Membership, Session};
+use sluice_shared::session::{Effect, Membership, Session};
 use sluice_shared::texts;
 use worker::*;
 
@@ -63,6 +63,21 @@ impl SocketHub {
         self.store_session(ws, session).await?;
         self.roster().insert(ws.clone(), session);
         Ok(true)
+    }
+
+    /// Changes a socket's session outside a message of its own (the alarm, a late answer):
+    /// `change` decides, the session is saved, then what it decided is carried out. Says whether
+    /// the socket must be disconnected.
+    pub(super) async fn change_session(
+        &self,
+        ws: &WebSocket,
+        session: &mut Session,
+        change: impl FnOnce(&mut Session) -> Vec<Effect>,
+    ) -> Result<bool> {
+        let before = session.channels.clone();
+        let effects = change(session);
+        self.save(ws, session, &before).await?;
+        self.perform(session, effects).await
     }
 
     /// A socket's session: from its attachment, or from storage if it outgrew the attachment.
@@ -147,23 +162,23 @@ impl SocketHub {
         })
     }
 
-    /// Sends to one socket, unless it has left the roster (closed by the client or the server:
-    /// a reply computed across an await may find its socket gone).
-    pub(super) fn send_to(&self, socket_id: &str, frame: WireFrame) {
+    /// Sends to one socket what `encode` makes of it in its serializer (nothing for `None`),
+    /// unless it has left the roster (closed by the client or the server: a reply computed
+    /// across an await may find its socket gone).
+    pub(super) fn send_to(&self, socket_id: &str, encode: impl FnOnce(Vsn) -> Option<WireFrame>) {
         let sent = match self.roster().socket(socket_id) {
-            Some((ws, _)) => send(ws, frame),
+            Some((ws, vsn)) => match encode(*vsn) {
+                Some(frame) => send(ws, frame),
+                None => return,
+            },
             None => return,
         };
         self.sent(sent, None);
     }
 
-    /// Sends `out` to a socket still in the roster, in the socket's serializer.
+    /// Sends `out` to a socket still in the roster.
     pub(super) fn push_to(&self, socket_id: &str, out: &Outbound) {
-        let vsn = match self.roster().socket(socket_id) {
-            Some((_, vsn)) => *vsn,
-            None => return,
-        };
-        self.send_to(socket_id, WireFrame::Text(frame::encode(vsn, out)));
+        self.send_to(socket_id, |vsn| Some(WireFrame::Text(frame::encode(vsn, out))));
     }
 }
 
