@@ -56,9 +56,7 @@ async fn register(State(state): State<Api>, Json(body): Json<Subscribe>) -> Answ
     };
     let registration = Registration {
         publication: &state.publication,
-        hub: &body.hub,
-        socket: &body.socket,
-        topic: &body.topic,
+        channel: &channel,
         claims: &body.claims,
         bindings: &body.bindings,
     };

@@ -23,9 +23,7 @@ const MAX_IN_VALUES: usize = 100;
 /// that channel's token.
 pub struct Registration<'a> {
     pub publication: &'a str,
-    pub hub: &'a str,
-    pub socket: &'a str,
-    pub topic: &'a str,
+    pub channel: &'a ChannelKey,
     pub claims: &'a Map<String, Value>,
     pub bindings: &'a [Map<String, Value>],
 }
@@ -46,7 +44,8 @@ pub async fn register(
     reg: &Registration<'_>,
 ) -> Result<Result<Registered, Refused>, tokio_postgres::Error> {
     tx.execute("select pg_advisory_xact_lock_shared($1)", &[&LOCK]).await?;
-    remove(tx, reg.hub, reg.socket, Some(reg.topic)).await?;
+    let channel = reg.channel;
+    remove(tx, &channel.hub, &channel.socket, Some(&channel.topic)).await?;
     let mut registered = Registered {
         ids: Vec::with_capacity(reg.bindings.len()),
         subs: Vec::new(),
@@ -61,13 +60,8 @@ pub async fn register(
         if tables.is_empty() {
             return Ok(Err(Refused(texts::unable_to_subscribe(&params_to_log(&params)))));
         }
-        let channel = ChannelKey {
-            hub: reg.hub.to_string(),
-            socket: reg.socket.to_string(),
-            topic: reg.topic.to_string(),
-        };
         for relid in tables {
-            match insert(tx, &channel, id, relid, binding, &params, reg.claims).await? {
+            match insert(tx, channel, id, relid, binding, &params, reg.claims).await? {
                 Ok(sub) => registered.subs.push((relid, sub)),
                 Err(problem) => return Ok(Err(exception(&params, &problem))),
             }

@@ -6,27 +6,20 @@ use super::*;
 impl Session {
     pub(super) fn join(&mut self, msg: &Inbound, ctx: &mut Ctx) -> Vec<Effect> {
         let topic = msg.topic.as_str();
-        let error = |reason: String| {
-            Effect::RefuseJoin(frame::reply(
+        let error_reply = |reason: &str| {
+            frame::reply(
                 msg.join_ref.as_deref(),
                 msg.ref_.as_deref(),
                 topic,
                 false,
-                json!({"reason": reason}),
-            ))
+                json!({ "reason": reason }),
+            )
         };
+        let error = |reason: String| Effect::RefuseJoin(error_reply(&reason));
         let sub_topic = match parse_topic(topic) {
             Topic::Channel(sub) => sub,
             // Phoenix's own answer, not the channel's: no backoff.
-            _ => {
-                return vec![Effect::Send(frame::reply(
-                    msg.join_ref.as_deref(),
-                    msg.ref_.as_deref(),
-                    topic,
-                    false,
-                    json!({"reason": texts::UNMATCHED_TOPIC}),
-                ))]
-            }
+            _ => return vec![Effect::Send(error_reply(texts::UNMATCHED_TOPIC))],
         };
         let mut effects = Vec::new();
         // A second join of a joined topic ends the old incarnation first.

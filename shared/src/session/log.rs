@@ -24,10 +24,6 @@ impl LogLevel {
             _ => LogLevel::Error,
         }
     }
-
-    fn is_default(&self) -> bool {
-        *self == LogLevel::Error
-    }
 }
 
 /// One line for the hub's log, `Code: text` where upstream has a code for the situation.
@@ -37,23 +33,22 @@ pub struct LogLine {
     pub message: String,
 }
 
-pub(super) fn skip_default(level: &LogLevel) -> bool {
-    level.is_default()
+/// Sessions at the default level do not store it.
+pub(super) fn is_default(level: &LogLevel) -> bool {
+    *level == LogLevel::default()
 }
 
 impl Session {
-    /// Whether this socket's lines at `level` are written.
-    pub fn logs(&self, level: LogLevel) -> bool {
-        level >= self.log_level
+    /// A line at `level`, when this socket's level lets it through.
+    pub fn log_line(&self, level: LogLevel, message: impl FnOnce() -> String) -> Option<LogLine> {
+        (level >= self.log_level).then(|| LogLine {
+            level,
+            message: message(),
+        })
     }
 
-    /// A line at `level`, as an effect, when this socket's level lets it through.
+    /// [`Session::log_line`], as an effect.
     pub(super) fn log(&self, level: LogLevel, message: impl FnOnce() -> String) -> Option<Effect> {
-        self.logs(level).then(|| {
-            Effect::Log(LogLine {
-                level,
-                message: message(),
-            })
-        })
+        self.log_line(level, message).map(Effect::Log)
     }
 }

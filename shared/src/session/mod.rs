@@ -56,7 +56,7 @@ pub struct Session {
     pub headers: Map<String, Value>,
     pub channels: Vec<Membership>,
     /// Which of this socket's log lines are written (the `log_level` connection parameter).
-    #[serde(default, skip_serializing_if = "log::skip_default")]
+    #[serde(default, skip_serializing_if = "log::is_default")]
     pub log_level: LogLevel,
 }
 
