@@ -3,10 +3,13 @@
 
 use std::net::SocketAddr;
 
+use crate::conninfo::ConnInfo;
+
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// `SLUICE_DATABASE_URL`: the Postgres the replicator serves, as a libpq connection string or URL.
-    pub database_url: String,
+    /// `SLUICE_DATABASE_URL`: the Postgres the replicator serves, as a libpq connection string or
+    /// URL, TLS options included (`sslmode`, `sslrootcert`, ...; see [`crate::conninfo`]).
+    pub database: ConnInfo,
     /// `SLUICE_HTTP_ADDR`: where `/healthz` and `/metrics` are served (default 127.0.0.1:9187).
     pub http_addr: SocketAddr,
     /// `SLUICE_PUBLICATION`: the publication whose tables are streamed (default
@@ -46,10 +49,10 @@ impl Config {
                         .into(),
                 )
             })?;
-        database_url.parse::<tokio_postgres::Config>().map_err(|e| {
+        let database = ConnInfo::parse(&database_url, &get).map_err(|e| {
             ConfigError(format!(
                 "SLUICE_DATABASE_URL is not a valid connection string ({e}): \
-                 use postgres://user:password@host:port/dbname or 'host=... port=... user=... dbname=...'"
+                 use postgres://user:password@host:port/dbname?sslmode=verify-full&sslrootcert=/path/ca.pem or 'host=... port=... user=... dbname=... sslmode=...'"
             ))
         })?;
         let http_addr = match get("SLUICE_HTTP_ADDR") {
@@ -60,7 +63,7 @@ impl Config {
                 ))
             })?,
         };
-        let publication = identifier(&get, "SLUICE_PUBLICATION", "supabase_realtime")?;
+        let publication = Config::publication_from_lookup(&get)?;
         let slot = identifier(&get, "SLUICE_SLOT", "sluice_changes")?;
         let internal_secret = get("SLUICE_INTERNAL_SECRET").unwrap_or_default();
         if internal_secret.len() < 32 {
@@ -77,13 +80,20 @@ impl Config {
                 )
             })?;
         Ok(Config {
-            database_url,
+            database,
             http_addr,
             publication,
             slot,
             internal_secret,
             gateway_url,
         })
+    }
+}
+
+impl Config {
+    /// `SLUICE_PUBLICATION` alone (what `setup-sql` needs).
+    pub fn publication_from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+        identifier(get, "SLUICE_PUBLICATION", "supabase_realtime")
     }
 }
 

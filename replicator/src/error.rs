@@ -34,8 +34,6 @@ pub enum StreamError {
     Replication(pgwire_replication::PgWireError),
     /// A message did not decode as pgoutput.
     Decode(String),
-    /// The connection settings cannot be used for replication.
-    Config(String),
     /// The database failed while a batch was evaluated (catalog, RLS queries).
     Database(tokio_postgres::Error),
     /// Shutdown came while a batch was still being delivered: its position is not confirmed
@@ -47,7 +45,7 @@ impl StreamError {
     pub fn recovery(&self) -> Recovery {
         match self {
             StreamError::Replication(_) | StreamError::Database(_) => Recovery::RetrySoon,
-            StreamError::Decode(_) | StreamError::Config(_) => Recovery::RetrySlowly,
+            StreamError::Decode(_) => Recovery::RetrySlowly,
             StreamError::Interrupted => Recovery::Stop,
         }
     }
@@ -58,7 +56,6 @@ impl fmt::Display for StreamError {
         match self {
             StreamError::Replication(e) => write!(f, "the replication connection failed: {e}"),
             StreamError::Decode(e) => write!(f, "a pgoutput message did not decode ({e}); please report this"),
-            StreamError::Config(e) => write!(f, "the connection settings cannot be used for replication: {e}"),
             StreamError::Database(e) => write!(f, "evaluating changes against the database failed: {e}"),
             StreamError::Interrupted => f.write_str("shutting down before the batch was delivered"),
         }

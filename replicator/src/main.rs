@@ -17,6 +17,7 @@
 
 mod answer;
 mod config;
+mod conninfo;
 mod db;
 mod dispatch;
 mod error;
@@ -41,11 +42,22 @@ use error::StartError;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // One crypto provider for every TLS connection (rustls is built with two).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_target(false)
         .init();
-    match run().await {
+    let outcome = match std::env::args().nth(1).as_deref() {
+        None | Some("run") => run().await,
+        Some("setup-sql") => print_setup_sql(),
+        Some("help" | "--help" | "-h") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(StartError(format!("unknown command {other:?}\n{USAGE}"))),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             error!("{message}");
@@ -54,15 +66,43 @@ async fn main() -> ExitCode {
     }
 }
 
+const USAGE: &str = "usage: sluice-replicator [run | setup-sql | help]
+  run        stream changes to the gateway (the default); configured by SLUICE_* variables
+  setup-sql  print the SQL an administrator runs once to prepare the database for the role in
+             SLUICE_DATABASE_URL (a non-superuser: see docs/deploy.md)";
+
+/// Prints the one-time set-up for the role and database of `SLUICE_DATABASE_URL`.
+fn print_setup_sql() -> Result<(), StartError> {
+    let get = |name: &str| std::env::var(name).ok();
+    let url = get("SLUICE_DATABASE_URL").unwrap_or_else(|| "postgres://sluice@localhost/postgres".into());
+    let database = conninfo::ConnInfo::parse(&url, get)
+        .map_err(|e| StartError(format!("SLUICE_DATABASE_URL is not a valid connection string ({e})")))?;
+    let publication = config::Config::publication_from_lookup(&get).map_err(|e| StartError(e.to_string()))?;
+    let password = database.pg.get_password().map(String::from_utf8_lossy);
+    print!(
+        "{}",
+        setup::role::setup_sql(
+            database.pg.get_user().unwrap_or("sluice"),
+            password.as_deref(),
+            database.pg.get_dbname().unwrap_or("postgres"),
+            &publication,
+        )
+    );
+    Ok(())
+}
+
 async fn run() -> Result<(), StartError> {
     let shutdown = shutdown::on_signal();
     let config = config::Config::from_env().map_err(|e| StartError(e.to_string()))?;
-    let pg: tokio_postgres::Config = config.database_url.parse().map_err(|e| StartError(format!("{e}")))?;
-    info!("connecting to Postgres at {}", describe(&pg));
-    let db = db::Db::connect(pg.clone()).await.map_err(|e| {
+    info!("connecting to Postgres at {}", config.database.describe());
+    let db = db::Db::connect(&config.database).await.map_err(|e| {
+        let e = e.to_string();
+        let fix = config.database.explain(&e).unwrap_or_else(|| {
+            "check SLUICE_DATABASE_URL and that the server is running and accepts connections".into()
+        });
         StartError(format!(
-            "cannot connect to Postgres at {} ({e}): check SLUICE_DATABASE_URL and that the server is running and accepts connections",
-            describe(&pg)
+            "cannot connect to Postgres at {} ({e}): {fix}",
+            config.database.describe()
         ))
     })?;
     setup::prepare(&db, &config).await?;
@@ -157,11 +197,4 @@ async fn maintain_message_partitions(db: Arc<db::Db>) {
             warn!("PartitionCreationFailed: maintaining the partitions of realtime.messages failed: {e}; retrying in an hour");
         }
     }
-}
-
-/// `host:port/dbname` for log lines, without the password.
-fn describe(pg: &tokio_postgres::Config) -> String {
-    let host = db::host(pg);
-    let port = pg.get_ports().first().copied().unwrap_or(5432);
-    format!("{host}:{port}/{}", pg.get_dbname().unwrap_or("(default db)"))
 }

@@ -72,7 +72,7 @@ test('messages sent while the replicator is killed arrive, once each, after it r
     stack.replicator.proc.child.kill('SIGKILL');
     await stack.replicator.proc.exited;
     for (const n of [1, 2, 3]) await sql(`select realtime.send($1::jsonb, 'm', 'db-kill', false)`, [JSON.stringify({ n })]);
-    stack.replicator = await startReplicator({ root: ROOT, databaseUrl: stack.pg.url, port, gatewayUrl: stack.gateway.url });
+    stack.replicator = await startReplicator({ root: ROOT, databaseUrl: stack.pg.replicatorUrl, port, gatewayUrl: stack.gateway.url });
     await sql(`select realtime.send('{"n": 4}', 'm', 'db-kill', false)`);
     const seen = [];
     await until(inbox, (m) => (seen.push(m.payload.n), m.payload.n === 4), 30_000);

@@ -13,8 +13,8 @@ import { waitFor } from '../stack/process.mjs';
 let stack;
 before(async () => {
   stack = await startStack({ name: 'e2e-postgres-changes' });
+  await stack.pg.createRoles('anon', 'authenticated', 'limited');
   await stack.pg.sql(`
-    create role anon nologin; create role authenticated nologin; create role limited nologin;
     create table public.items (id bigint primary key, n int, name text, flag bool, price numeric, meta jsonb,
       tags text[], at timestamptz, day date, raw bytea);
     create table public.notes (id int primary key, owner text not null, body text);
@@ -403,7 +403,7 @@ test('changes made while the replicator is killed (kill -9) arrive once after it
     stack.replicator.proc.child.kill('SIGKILL');
     await stack.replicator.proc.exited;
     await insertRest();
-    stack.replicator = await startReplicator({ root: ROOT, databaseUrl: stack.pg.url, port, gatewayUrl: stack.gateway.url });
+    stack.replicator = await startReplicator({ root: ROOT, databaseUrl: stack.pg.replicatorUrl, port, gatewayUrl: stack.gateway.url });
   });
 });
 
@@ -416,7 +416,7 @@ test('a replicator stopped with SIGTERM mid-stream exits 0 and, restarted, deliv
     const { code } = await stack.replicator.proc.exited;
     assert.equal(code, 0, 'a graceful stop');
     await writing;
-    stack.replicator = await startReplicator({ root: ROOT, databaseUrl: stack.pg.url, port, gatewayUrl: stack.gateway.url });
+    stack.replicator = await startReplicator({ root: ROOT, databaseUrl: stack.pg.replicatorUrl, port, gatewayUrl: stack.gateway.url });
   }, { count: 40 });
 });
 

@@ -10,8 +10,8 @@ import { startStack } from '../stack/stack.mjs';
 let stack;
 before(async () => {
   stack = await startStack({ name: 'e2e-private' });
+  await stack.pg.createRoles('authenticated');
   await stack.pg.sql(`
-    create role authenticated nologin;
     grant usage on schema realtime to authenticated;
     grant select, insert on realtime.messages to authenticated;
     create policy "team members receive" on realtime.messages for select to authenticated

@@ -12,8 +12,8 @@ const ROUNDS = 20;
 let stack;
 before(async () => {
   stack = await startStack({ name: 'e2e-subscribed' });
+  await stack.pg.createRoles('anon', 'authenticated');
   await stack.pg.sql(`
-    create role anon nologin; create role authenticated nologin;
     create table public.races (id bigint primary key, room text not null, owner text not null);
     create table public.owned (id bigint primary key, room text not null, owner text not null);
     alter table public.owned enable row level security;

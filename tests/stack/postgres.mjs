@@ -1,7 +1,8 @@
 // A throwaway Postgres cluster with wal_level=logical: initdb into a folder, run on a free port
-// with its Unix socket in that folder, stop and remove on request.
+// with its Unix socket in that folder, stop and remove on request. `managed: true` configures it
+// as managed databases are: TLS with a certificate of a test CA, and TCP accepted only over TLS.
 import { execFileSync } from 'node:child_process';
-import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import pg from 'pg';
@@ -42,7 +43,7 @@ export class Postgres {
    * When the `postgres` user cannot reach `dir` (a checkout in a private folder), the cluster goes
    * to a fresh folder under the system's temp folder instead.
    */
-  static async create({ dir, port, settings = {}, log = () => {} }) {
+  static async create({ dir, port, settings = {}, managed = false, log = () => {} }) {
     const user = postgresUser();
     if (user.uid !== undefined && !canEnter(user, dir)) {
       const fallback = mkdtempSync(join(tmpdir(), 'sluice-pg-'));
@@ -50,7 +51,7 @@ export class Postgres {
       dir = fallback;
     }
     const pg = new Postgres(dir, port ?? (await freePort()), log, settings);
-    pg.log(`creating a Postgres cluster in ${pg.data}`);
+    pg.log(`creating a Postgres cluster in ${pg.data}${managed ? ' (TLS only, like a managed database)' : ''}`);
     rmSync(dir, { recursive: true, force: true });
     mkdirSync(dir, { recursive: true });
     if (pg.user.uid !== undefined) chownSync(dir, pg.user.uid, pg.user.gid);
@@ -59,8 +60,59 @@ export class Postgres {
       cwd: dir,
       ...pg.user,
     });
+    if (managed) pg.requireTls();
     await pg.start();
     return pg;
+  }
+
+  /**
+   * TLS as managed databases have it: a server certificate for localhost and 127.0.0.1 signed by a
+   * CA made here (`this.ca`; `this.otherCa` is a CA that did not sign it), and pg_hba.conf
+   * accepting TCP only over TLS (passwords by SCRAM; the superuser also over the Unix socket).
+   */
+  requireTls() {
+    const tls = join(this.dir, 'tls');
+    mkdirSync(tls, { recursive: true });
+    const openssl = (...args) => execFileSync('openssl', args, { cwd: tls, stdio: ['ignore', 'ignore', 'pipe'] });
+    const key = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+    for (const ca of ['ca', 'other-ca']) {
+      openssl('req', '-x509', ...key, '-keyout', `${ca}.key`, '-out', `${ca}.crt`, '-days', '2', '-subj', `/CN=sluice test ${ca}`);
+    }
+    openssl('req', ...key, '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=localhost');
+    writeFileSync(join(tls, 'server.ext'), 'basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n');
+    openssl('x509', '-req', '-in', 'server.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.crt', '-days', '2', '-extfile', 'server.ext');
+    for (const file of ['server.key', 'server.crt']) {
+      if (this.user.uid !== undefined) chownSync(join(tls, file), this.user.uid, this.user.gid);
+    }
+    execFileSync('chmod', ['600', join(tls, 'server.key')]);
+    writeFileSync(join(this.data, 'pg_hba.conf'), [
+      'local all all trust',
+      'hostssl all postgres 127.0.0.1/32 trust',
+      'hostssl all all 127.0.0.1/32 scram-sha-256',
+      'hostssl replication all 127.0.0.1/32 scram-sha-256',
+      '',
+    ].join('\n'));
+    Object.assign(this.settings, { ssl: 'on', ssl_cert_file: join(tls, 'server.crt'), ssl_key_file: join(tls, 'server.key') });
+    this.ca = join(tls, 'ca.crt');
+    this.otherCa = join(tls, 'other-ca.crt');
+    this.ssl = { ca: readFileSync(this.ca, 'utf8') };
+  }
+
+  /** Settings for a node-postgres client connecting as the superuser. */
+  clientConfig() {
+    return { connectionString: this.url, ...(this.ssl ? { ssl: this.ssl } : {}) };
+  }
+
+  /**
+   * Creates the roles that do not exist yet (NOLOGIN, as an app's API roles) and lets the
+   * replicator's role, if it is not the superuser, become them, as an administrator would.
+   */
+  async createRoles(...names) {
+    for (const name of names) {
+      if (!/^[a-z_]+$/.test(name)) throw new Error(`not a test role name: ${name}`);
+      await this.sql(`do $$ begin if not exists (select from pg_roles where rolname = '${name}') then create role ${name} nologin; end if; end $$`);
+      if (this.replicatorRole) await this.sql(`grant ${name} to ${this.replicatorRole}`);
+    }
   }
 
   /** `settings`: extra server settings, e.g. `{ wal_level: 'replica' }`. */
@@ -69,6 +121,9 @@ export class Postgres {
     this.data = join(dir, 'data');
     /** Superuser connection over TCP. */
     this.url = `postgres://postgres@127.0.0.1:${port}/postgres`;
+    /** What the replicator connects with: the superuser, unless a role was prepared for it
+     *  (`prepareReplicatorRole` in replicator.mjs sets this and `replicatorRole`). */
+    this.replicatorUrl = this.url;
   }
 
   async start() {
@@ -93,7 +148,7 @@ export class Postgres {
 
   /** Runs SQL as the superuser; resolves with the rows. */
   async sql(text, params = []) {
-    const client = new pg.Client({ connectionString: this.url });
+    const client = new pg.Client(this.clientConfig());
     await client.connect();
     try {
       return (await client.query(text, params)).rows;

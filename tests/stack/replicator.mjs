@@ -1,4 +1,5 @@
 // The replicator binary (built by scripts/test or scripts/dev), started against a database.
+import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { DEV_INTERNAL_SECRET } from './keys.mjs';
 import { startProcess, waitFor } from './process.mjs';
@@ -35,4 +36,18 @@ export async function startReplicator({ root, databaseUrl, port, gatewayUrl = 'h
   ]);
   died.catch(() => {});
   return { url, proc, stop: () => proc.stop() };
+}
+
+/**
+ * Gives the replicator a role of its own, as an administrator of a managed database would: runs
+ * the SQL `sluice-replicator setup-sql` prints, then points `pg.replicatorUrl` at that role (with
+ * `sslmode=verify-full` and the test CA when the cluster requires TLS).
+ */
+export async function prepareReplicatorRole(root, pg, { role = 'sluice', password = 'sluice-test-password' } = {}) {
+  const tls = pg.ca ? `?sslmode=verify-full&sslrootcert=${encodeURIComponent(pg.ca)}` : '';
+  const url = `postgres://${role}:${password}@localhost:${pg.port}/postgres${tls}`;
+  const setup = execFileSync(replicatorBinary(root), ['setup-sql'], { env: { ...process.env, SLUICE_DATABASE_URL: url } }).toString();
+  await pg.sql(setup);
+  Object.assign(pg, { replicatorUrl: url, replicatorRole: role });
+  return setup;
 }

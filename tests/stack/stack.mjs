@@ -5,24 +5,27 @@ import { fileURLToPath } from 'node:url';
 import { devKeys, DEV_API_SECRET, DEV_INTERNAL_SECRET, DEV_JWT_SECRET, DEV_METRICS_SECRET, tokenFor } from './keys.mjs';
 import { Postgres } from './postgres.mjs';
 import { freePort } from './process.mjs';
-import { startReplicator } from './replicator.mjs';
+import { prepareReplicatorRole, startReplicator } from './replicator.mjs';
 import { startGatewayHarness, startGatewayWranglerDev } from './gateway.mjs';
 
 export const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 
 /**
  * Starts everything. `gateway` is 'harness' (tests) or 'wrangler' (scripts/dev); `name` picks
- * the folder under .local/ that holds the cluster. Returns the parts, the URL clients use, the
- * keys, and `stop()`, which stops all of it in reverse order.
+ * the folder under .local/ that holds the cluster. `managed` (the default for tests) sets the
+ * database up as a managed one: TLS only, and the replicator a non-superuser role prepared by
+ * the SQL it prints, connecting with sslmode=verify-full. Returns the parts, the URL clients use,
+ * the keys, and `stop()`, which stops all of it in reverse order.
  */
-export async function startStack({ name = 'stack', gateway = 'harness', gatewayPort, vars = {}, log = () => {} } = {}) {
+export async function startStack({ name = 'stack', gateway = 'harness', gatewayPort, managed = gateway === 'harness', vars = {}, log = () => {} } = {}) {
   const started = [];
   const stop = async () => {
     for (const part of started.reverse()) await part.stop().catch((e) => log(`while stopping: ${e.message}`));
   };
   try {
-    const pg = await Postgres.create({ dir: join(ROOT, '.local', name, 'postgres'), log });
+    const pg = await Postgres.create({ dir: join(ROOT, '.local', name, 'postgres'), managed, log });
     started.push({ stop: () => pg.destroy() });
+    if (managed) await prepareReplicatorRole(ROOT, pg);
     // The gateway calls the replicator and the replicator pushes to the gateway: the replicator's
     // port is chosen first so the gateway can be told where it will be.
     const replicatorPort = await freePort();
@@ -33,7 +36,7 @@ export async function startStack({ name = 'stack', gateway = 'harness', gatewayP
       : await startGatewayHarness({ root: ROOT, jwtSecret: DEV_JWT_SECRET, vars: gatewayVars });
     started.push(gw);
     log('starting the replicator');
-    const replicator = await startReplicator({ root: ROOT, databaseUrl: pg.url, port: replicatorPort, gatewayUrl: gw.url, log });
+    const replicator = await startReplicator({ root: ROOT, databaseUrl: pg.replicatorUrl, port: replicatorPort, gatewayUrl: gw.url, log });
     started.push(replicator);
     return { pg, replicator, gateway: gw, url: gw.url, jwtSecret: DEV_JWT_SECRET, keys: devKeys(), adminKey: tokenFor('supabase_admin', { secret: DEV_API_SECRET }), metricsKey: tokenFor('metrics', { secret: DEV_METRICS_SECRET, ttlSecs: 10 * 365 * 24 * 3600 }), stop };
   } catch (e) {

@@ -9,6 +9,7 @@
 
 pub mod migrations;
 pub mod preflight;
+pub mod role;
 
 /// The publication of `realtime.messages` (created by the migrations), read by the same slot as
 /// the tables' publication.

@@ -54,7 +54,7 @@ pub struct Source {
 impl Source {
     /// Opens the replication connection and starts streaming the slot.
     pub async fn connect(config: &Config) -> Result<Source, StreamError> {
-        let client = ReplicationClient::connect(replication_config(config)?)
+        let client = ReplicationClient::connect(replication_config(config))
             .await
             .map_err(StreamError::Replication)?;
         info!("streaming slot {} of publication {}", config.slot, config.publication);
@@ -142,31 +142,29 @@ impl Source {
     }
 }
 
-fn replication_config(config: &Config) -> Result<ReplicationConfig, StreamError> {
-    let pg: tokio_postgres::Config = config
-        .database_url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| StreamError::Config(e.to_string()))?;
-    let host = crate::db::host(&pg);
-    let password = pg
+fn replication_config(config: &Config) -> ReplicationConfig {
+    let db = &config.database;
+    let password = db
+        .pg
         .get_password()
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .unwrap_or_default();
-    Ok(ReplicationConfig::new(
-        host,
-        pg.get_user().unwrap_or("postgres"),
+    ReplicationConfig::new(
+        db.host(),
+        db.pg.get_user().unwrap_or("postgres"),
         password,
-        pg.get_dbname().unwrap_or("postgres"),
+        db.pg.get_dbname().unwrap_or("postgres"),
         config.slot.clone(),
         // The tables' changes, and the messages of Broadcast from the database.
         [config.publication.clone(), MESSAGES_PUBLICATION.to_string()],
     )
-    .with_port(pg.get_ports().first().copied().unwrap_or(5432))
+    .with_port(db.port())
+    .with_tls(db.replication_tls())
     // Value texts in the forms `sluice_shared::pgvalue` renders and filters compare.
     .with_options(crate::db::SESSION_OPTIONS)
     // Confirm progress every second: keeps slot lag small and lets a shutting-down server's
     // walsender, which waits for the client to confirm, finish promptly.
-    .with_status_interval(Duration::from_secs(1)))
+    .with_status_interval(Duration::from_secs(1))
 }
 
 fn relation_from(message: &LogicalReplicationMessage) -> Option<Relation> {

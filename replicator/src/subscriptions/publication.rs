@@ -39,14 +39,11 @@ async fn look(
     last: Option<&[u32]>,
 ) -> Result<Vec<u32>, tokio_postgres::Error> {
     let client = db.client().await?;
-    let tables: Vec<u32> = client
-        .query_one(
-            "select coalesce(array_agg(format('%I.%I', schemaname, tablename)::regclass::oid order by 1), '{}')
-             from pg_publication_tables where pubname = $1",
-            &[&publication],
-        )
-        .await?
-        .get(0);
+    let sql = format!(
+        "select coalesce(array_agg(oid order by 1), '{{}}') from ({}) p",
+        store::PUBLICATION_TABLES
+    );
+    let tables: Vec<u32> = client.query_one(&sql, &[&publication]).await?.get(0);
     if last == Some(tables.as_slice()) {
         return Ok(tables);
     }

@@ -71,22 +71,26 @@ pub async fn register(
     Ok(Ok(registered))
 }
 
+/// The tables of publication `$1` as `(oid, schemaname, tablename)`, resolved through the catalogs:
+/// a `::regclass` cast would need USAGE on each schema, which the replicator's role lacks.
+pub const PUBLICATION_TABLES: &str = "select c.oid, t.schemaname, t.tablename
+    from pg_publication_tables t
+    join pg_namespace n on n.nspname = t.schemaname
+    join pg_class c on c.relnamespace = n.oid and c.relname = t.tablename
+    where t.pubname = $1";
+
 /// The tables of the publication a binding's schema and table (`*` for any) match.
 async fn published_tables(
     db: &impl GenericClient,
     publication: &str,
     params: &SubscriptionParams,
 ) -> Result<Vec<u32>, tokio_postgres::Error> {
-    let rows = db
-        .query(
-            "select format('%I.%I', schemaname, tablename)::regclass::oid
-             from pg_publication_tables
-             where pubname = $1
-               and schemaname like (case $2 when '*' then '%' else $2 end) escape ''
-               and tablename like (case $3 when '*' then '%' else $3 end) escape ''",
-            &[&publication, &params.schema, &params.table],
-        )
-        .await?;
+    let sql = format!(
+        "select oid from ({PUBLICATION_TABLES}) p
+         where schemaname like (case $2 when '*' then '%' else $2 end) escape ''
+           and tablename like (case $3 when '*' then '%' else $3 end) escape ''"
+    );
+    let rows = db.query(&sql, &[&publication, &params.schema, &params.table]).await?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
