@@ -23,6 +23,23 @@ pub struct Config {
     /// `SLUICE_GATEWAY_URL`: the gateway Worker that changes are pushed to (required), e.g.
     /// `https://realtime.example.com` or `http://127.0.0.1:8787`.
     pub gateway_url: String,
+    /// How much WAL the slot may hold back (see [`crate::source::slot`]).
+    pub slot_limits: SlotLimits,
+}
+
+/// Bounds on the WAL the slot retains, in bytes of WAL (`pg_current_wal_lsn() - restart_lsn`) and
+/// in time (since the oldest change not yet confirmed was committed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotLimits {
+    /// `SLUICE_SLOT_WARN_SIZE` (default 512MB): past it `/healthz` says degraded.
+    pub warn_bytes: u64,
+    /// `SLUICE_SLOT_WARN_AGE` in seconds (default 300): changes older than this not yet delivered
+    /// also make `/healthz` say degraded.
+    pub warn_age_secs: u64,
+    /// `SLUICE_SLOT_MAX_SIZE` (default 2GB; `off` leaves it to the server's
+    /// `max_slot_wal_keep_size`): past it the slot is recreated and subscribers told changes were
+    /// lost. Lowered to 80% of `max_slot_wal_keep_size` when the server sets one.
+    pub max_bytes: Option<u64>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -79,8 +96,22 @@ impl Config {
                     "SLUICE_GATEWAY_URL is missing or not an http(s) URL: set it to the gateway Worker changes are delivered to, e.g. http://127.0.0.1:8787".into(),
                 )
             })?;
+        let slot_limits = SlotLimits {
+            warn_bytes: size(&get, "SLUICE_SLOT_WARN_SIZE", "512MB")?
+                .ok_or_else(|| ConfigError("SLUICE_SLOT_WARN_SIZE cannot be off: give a size such as 512MB".into()))?,
+            warn_age_secs: match get("SLUICE_SLOT_WARN_AGE").filter(|v| !v.is_empty()) {
+                None => 300,
+                Some(v) => v.trim_end_matches('s').parse().map_err(|_| {
+                    ConfigError(format!(
+                        "SLUICE_SLOT_WARN_AGE={v:?} is not a number of seconds, e.g. 300"
+                    ))
+                })?,
+            },
+            max_bytes: size(&get, "SLUICE_SLOT_MAX_SIZE", "2GB")?,
+        };
         Ok(Config {
             database,
+            slot_limits,
             http_addr,
             publication,
             slot,
@@ -94,6 +125,33 @@ impl Config {
     /// `SLUICE_PUBLICATION` alone (what `setup-sql` needs).
     pub fn publication_from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
         identifier(get, "SLUICE_PUBLICATION", "supabase_realtime")
+    }
+}
+
+/// A size in bytes: a number with an optional unit (kB, MB, GB, TB as Postgres, powers of 1024),
+/// or `off` (`None`).
+fn size(get: &impl Fn(&str) -> Option<String>, name: &str, default: &str) -> Result<Option<u64>, ConfigError> {
+    let value = get(name)
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default.to_string());
+    let text = value.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let unit: u64 = match text[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1 << 10,
+        "mb" => 1 << 20,
+        "gb" => 1 << 30,
+        "tb" => 1 << 40,
+        _ => 0,
+    };
+    match text[..digits].parse::<u64>() {
+        Ok(n) if unit > 0 && n > 0 => Ok(Some(n.saturating_mul(unit))),
+        _ => Err(ConfigError(format!(
+            "{name}={value:?} is not a size: use a number with kB, MB, GB or TB, e.g. {default}, or off"
+        ))),
     }
 }
 
@@ -141,6 +199,26 @@ mod tests {
             (c.publication.as_str(), c.slot.as_str()),
             ("supabase_realtime", "sluice_changes")
         );
+        assert_eq!(
+            c.slot_limits,
+            SlotLimits {
+                warn_bytes: 512 << 20,
+                warn_age_secs: 300,
+                max_bytes: Some(2 << 30)
+            }
+        );
+    }
+
+    #[test]
+    fn slot_sizes() {
+        let get = |v: &'static str| move |_: &str| Some(v.to_string());
+        assert_eq!(size(&get("16MB"), "X", "1GB"), Ok(Some(16 << 20)));
+        assert_eq!(size(&get("4 kB"), "X", "1GB"), Ok(Some(4096)));
+        assert_eq!(size(&get("OFF"), "X", "1GB"), Ok(None));
+        assert_eq!(size(&get("1000"), "X", "1GB"), Ok(Some(1000)));
+        let e = size(&get("2 GiB"), "SLUICE_SLOT_MAX_SIZE", "2GB").unwrap_err();
+        assert!(e.0.starts_with("SLUICE_SLOT_MAX_SIZE=\"2 GiB\" is not a size"), "{e}");
+        assert!(size(&get("0MB"), "X", "1GB").is_err());
     }
 
     #[test]

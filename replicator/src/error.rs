@@ -13,6 +13,9 @@ pub enum Recovery {
     /// Permanent until an operator changes something: report it (log, `/healthz`) and retry
     /// slowly, so a fixed configuration recovers without a restart.
     RetrySlowly,
+    /// The slot must be dropped and created afresh (over its WAL limit, or invalidated by
+    /// Postgres): changes are lost, and announced so (`crate::source::slot`).
+    RecreateSlot,
     /// The replicator is shutting down: do not retry.
     Stop,
 }
@@ -36,6 +39,8 @@ pub enum StreamError {
     Decode(String),
     /// The database failed while a batch was evaluated (catalog, RLS queries).
     Database(tokio_postgres::Error),
+    /// The slot must be recreated (`crate::source::slot::Reset`).
+    Slot(crate::source::slot::Reset),
     /// Shutdown came while a batch was still being delivered: its position is not confirmed
     /// (the slot replays it at the next start; hubs drop what they already delivered).
     Interrupted,
@@ -45,6 +50,7 @@ impl StreamError {
     pub fn recovery(&self) -> Recovery {
         match self {
             StreamError::Replication(_) | StreamError::Database(_) => Recovery::RetrySoon,
+            StreamError::Slot(_) => Recovery::RecreateSlot,
             StreamError::Decode(_) => Recovery::RetrySlowly,
             StreamError::Interrupted => Recovery::Stop,
         }
@@ -55,6 +61,7 @@ impl fmt::Display for StreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StreamError::Replication(e) => write!(f, "the replication connection failed: {e}"),
+            StreamError::Slot(reset) => write!(f, "{reset}"),
             StreamError::Decode(e) => write!(f, "a pgoutput message did not decode ({e}); please report this"),
             StreamError::Database(e) => write!(f, "evaluating changes against the database failed: {e}"),
             StreamError::Interrupted => f.write_str("shutting down before the batch was delivered"),

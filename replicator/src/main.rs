@@ -121,6 +121,14 @@ async fn run() -> Result<(), StartError> {
     let stats = Arc::new(stats::Stats::default());
     let (passed, passed_rx) = tokio::sync::watch::channel(Lsn::default());
     let stream = format!("{system_identifier}:{}", config.slot);
+    let alarm = Arc::new(source::slot::Alarm::default());
+    tokio::spawn(source::slot::guard(
+        db.clone(),
+        config.slot.clone(),
+        config.slot_limits.clone(),
+        stats.clone(),
+        alarm.clone(),
+    ));
     let pipeline = pipeline::Pipeline {
         config: config.clone(),
         dispatcher: dispatch::Dispatcher::new(registry.clone(), db.clone(), stats.clone(), stream),
@@ -130,6 +138,7 @@ async fn run() -> Result<(), StartError> {
         stats: stats.clone(),
         passed,
         shutdown: shutdown.clone(),
+        alarm,
     };
     info!("delivering changes to {}", config.gateway_url);
     let pipeline = tokio::spawn(pipeline.run());

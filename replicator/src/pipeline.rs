@@ -13,8 +13,11 @@
 //!
 //! The loop's priorities, highest first (a `biased` `select!`):
 //! 1. shutdown: stop reading, deliver what was gathered (bounded), confirm, close the stream;
-//! 2. the stream's next event;
-//! 3. a batch is waiting and the stream has nothing ready: flush it now.
+//! 2. the slot's alarm (it holds too much WAL, or Postgres invalidated it): stop streaming, even
+//!    in the middle of a delivery; the slot is recreated and the gap announced before streaming
+//!    again (`source::slot`);
+//! 3. the stream's next event;
+//! 4. a batch is waiting and the stream has nothing ready: flush it now.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +34,7 @@ use crate::messages::broadcasts::{self, DbBroadcast};
 use crate::shutdown::{Shutdown, GRACE};
 use crate::sink::Gateway;
 use crate::source::change::RowChange;
+use crate::source::slot::{self, Alarm};
 use crate::source::{Event, Source};
 use crate::stats::Stats;
 use crate::subscriptions::{self, registry::Registry};
@@ -53,6 +57,8 @@ pub struct Pipeline {
     /// their mark.
     pub passed: watch::Sender<Lsn>,
     pub shutdown: Shutdown,
+    /// Raised by the slot's guard when the slot must be recreated.
+    pub alarm: Arc<Alarm>,
 }
 
 /// Committed changes and database broadcasts waiting to be dispatched, and the position
@@ -90,8 +96,14 @@ impl Pipeline {
     pub async fn run(mut self) {
         let mut backoff = Duration::from_secs(1);
         while !self.shutdown.requested() {
-            let outcome = self.stream_once().await;
+            let outcome = match self.protect_disk().await {
+                Ok(()) => self.stream_once().await,
+                Err(e) => Err(e),
+            };
             self.stats.connected.store(false, std::sync::atomic::Ordering::Relaxed);
+            self.stats
+                .unconfirmed_since
+                .store(0, std::sync::atomic::Ordering::Relaxed);
             let pause = match outcome {
                 Ok(()) => {
                     backoff = Duration::from_secs(1);
@@ -99,6 +111,12 @@ impl Pipeline {
                 }
                 Err(e) => match e.recovery() {
                     Recovery::Stop => break,
+                    Recovery::RecreateSlot => {
+                        if let StreamError::Slot(reset) = e {
+                            self.alarm.raise(reset);
+                        }
+                        Duration::ZERO
+                    }
                     Recovery::RetrySoon => {
                         warn!(
                             "ReplicationConnectionDown: replication stream ended: {e}; reconnecting in {} s",
@@ -121,11 +139,37 @@ impl Pipeline {
         }
     }
 
+    /// Before streaming: the slot is recreated if the alarm is raised, then every recorded gap
+    /// is announced (waiting for the gateway if need be, but not past shutdown or a new alarm).
+    async fn protect_disk(&mut self) -> Result<(), StreamError> {
+        if let Some(reset) = self.alarm.raised() {
+            slot::recreate(&self.db, &self.config.slot, &reset, &self.alarm, &self.stats)
+                .await
+                .map_err(StreamError::Database)?;
+        }
+        let (shutdown, alarm) = (self.shutdown.clone(), self.alarm.clone());
+        tokio::select! {
+            announced = slot::announce_gaps(&self.db, &self.gateway, self.dispatcher.stream()) => {
+                announced.map_err(StreamError::Database)
+            }
+            _ = shutdown.requested_now() => Ok(()),
+            _ = alarm.wait() => Ok(()),
+        }
+    }
+
+    /// The alarm as an error, once raised.
+    async fn slot_alarm(alarm: Arc<Alarm>) -> StreamError {
+        alarm.wait().await;
+        StreamError::Slot(alarm.raised().unwrap_or(slot::Reset::Invalidated))
+    }
+
     /// One replication connection, from connecting until it ends or shutdown closes it.
     async fn stream_once(&mut self) -> Result<(), StreamError> {
+        let alarm = self.alarm.clone();
         let mut source = tokio::select! {
             source = Source::connect(&self.config) => source?,
             _ = self.shutdown.requested_now() => return Ok(()),
+            e = Self::slot_alarm(alarm.clone()) => return Err(e),
         };
         self.stats.connected.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut transaction: Option<Transaction> = None;
@@ -140,6 +184,7 @@ impl Pipeline {
                     source.close(CLOSE_WITHIN).await;
                     return Ok(());
                 }
+                e = Self::slot_alarm(alarm.clone()) => return Err(e),
                 event = source.next() => {
                     let Some(event) = event? else {
                         return Ok(());
@@ -193,6 +238,12 @@ impl Pipeline {
                 }));
                 batch.end = Some(end_lsn);
                 batch.since.get_or_insert_with(Instant::now);
+                let _ = self.stats.unconfirmed_since.compare_exchange(
+                    0,
+                    tx.commit_micros,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
             }
             Event::Mark { lsn } => self.pass(lsn),
             // Between transactions, with nothing waiting, WAL up to the server's position holds
@@ -212,15 +263,19 @@ impl Pipeline {
         let Some(end) = batch.end else {
             return Ok(());
         };
-        let shutdown = self.shutdown.clone();
+        let (shutdown, alarm) = (self.shutdown.clone(), self.alarm.clone());
         tokio::select! {
             delivered = self.deliver(batch) => delivered?,
             _ = shutdown.grace_over() => {
                 warn!("the batch ending at {end} was not delivered within {GRACE:?} of shutdown; it will be delivered after the next start");
                 return Err(StreamError::Interrupted);
             }
+            e = Self::slot_alarm(alarm) => return Err(e),
         }
         self.confirm(source, end);
+        self.stats
+            .unconfirmed_since
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         *batch = Batch::default();
         Ok(())
     }

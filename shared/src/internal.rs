@@ -257,6 +257,17 @@ pub struct ChangeBatch {
     /// of another database say nothing about this one's.
     pub stream: String,
     pub changes: Vec<Change>,
+    /// Channels that must be told changes were lost ([`crate::texts::CHANGES_LOST`]) before
+    /// these changes: the replicator recreated its slot since they subscribed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<ChannelOfSocket>,
+}
+
+/// One channel of one socket on a hub.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChannelOfSocket {
+    pub socket: String,
+    pub topic: String,
 }
 
 /// Broadcasts from the database (`realtime.messages` rows) for one channel, in commit order.

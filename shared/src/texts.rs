@@ -106,6 +106,12 @@ pub const SUBSCRIBED_TO_POSTGRES: &str = "Subscribed to PostgreSQL";
 /// The database (through the replicator) cannot be reached (`realtime_channel.ex`,
 /// `tenants/single_broadcast.ex`).
 pub const DATABASE_UNREACHABLE: &str = "Realtime was unable to connect to the project database";
+/// sluice's own (upstream has no such notice: it loses changes silently): changes committed while
+/// the replicator protected the database's disk (its slot recreated past the configured limit, or
+/// invalidated by `max_slot_wal_keep_size`) will never arrive; the client should load afresh
+/// what it shows. Status `error`; the channel stays subscribed and later changes flow.
+pub const CHANGES_LOST: &str =
+    "Changes were lost: the replication slot was recreated to protect the database's disk; fetch the data again";
 /// `lib/extensions/postgres_cdc_rls/subscriptions.ex`, with the parameters as upstream logs them.
 pub fn unable_to_subscribe(params: &str) -> String {
     format!(

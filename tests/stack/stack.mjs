@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { devKeys, DEV_API_SECRET, DEV_INTERNAL_SECRET, DEV_JWT_SECRET, DEV_METRICS_SECRET, tokenFor } from './keys.mjs';
 import { Postgres } from './postgres.mjs';
 import { freePort } from './process.mjs';
+import { startProxy } from './proxy.mjs';
 import { prepareReplicatorRole, startReplicator } from './replicator.mjs';
 import { startGatewayHarness, startGatewayWranglerDev } from './gateway.mjs';
 
@@ -15,15 +16,17 @@ export const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
  * the folder under .local/ that holds the cluster. `managed` (the default for tests) sets the
  * database up as a managed one: TLS only, and the replicator a non-superuser role prepared by
  * the SQL it prints, connecting with sslmode=verify-full. Returns the parts, the URL clients use,
- * the keys, and `stop()`, which stops all of it in reverse order.
+ * the keys, and `stop()`, which stops all of it in reverse order. `pgSettings` are server
+ * settings, `replicatorEnv` extra variables of the replicator; with `gatewayProxy` the
+ * replicator reaches the gateway through a proxy (`stack.proxy`) a test can cut.
  */
-export async function startStack({ name = 'stack', gateway = 'harness', gatewayPort, managed = gateway === 'harness', vars = {}, log = () => {} } = {}) {
+export async function startStack({ name = 'stack', gateway = 'harness', gatewayPort, managed = gateway === 'harness', vars = {}, pgSettings = {}, replicatorEnv = {}, gatewayProxy = false, log = () => {} } = {}) {
   const started = [];
   const stop = async () => {
     for (const part of started.reverse()) await part.stop().catch((e) => log(`while stopping: ${e.message}`));
   };
   try {
-    const pg = await Postgres.create({ dir: join(ROOT, '.local', name, 'postgres'), managed, log });
+    const pg = await Postgres.create({ dir: join(ROOT, '.local', name, 'postgres'), managed, settings: pgSettings, log });
     started.push({ stop: () => pg.destroy() });
     if (managed) await prepareReplicatorRole(ROOT, pg);
     // The gateway calls the replicator and the replicator pushes to the gateway: the replicator's
@@ -35,10 +38,12 @@ export async function startStack({ name = 'stack', gateway = 'harness', gatewayP
       ? await startGatewayWranglerDev({ root: ROOT, port: gatewayPort ?? (await freePort()), jwtSecret: DEV_JWT_SECRET, vars: gatewayVars, log })
       : await startGatewayHarness({ root: ROOT, jwtSecret: DEV_JWT_SECRET, vars: gatewayVars });
     started.push(gw);
+    const proxy = gatewayProxy ? await startProxy(gw.url) : null;
+    if (proxy) started.push(proxy);
     log('starting the replicator');
-    const replicator = await startReplicator({ root: ROOT, databaseUrl: pg.replicatorUrl, port: replicatorPort, gatewayUrl: gw.url, log });
+    const replicator = await startReplicator({ root: ROOT, databaseUrl: pg.replicatorUrl, port: replicatorPort, gatewayUrl: proxy?.url ?? gw.url, env: replicatorEnv, log });
     started.push(replicator);
-    return { pg, replicator, gateway: gw, url: gw.url, jwtSecret: DEV_JWT_SECRET, keys: devKeys(), adminKey: tokenFor('supabase_admin', { secret: DEV_API_SECRET }), metricsKey: tokenFor('metrics', { secret: DEV_METRICS_SECRET, ttlSecs: 10 * 365 * 24 * 3600 }), stop };
+    return { pg, replicator, proxy, gateway: gw, url: gw.url, jwtSecret: DEV_JWT_SECRET, keys: devKeys(), adminKey: tokenFor('supabase_admin', { secret: DEV_API_SECRET }), metricsKey: tokenFor('metrics', { secret: DEV_METRICS_SECRET, ttlSecs: 10 * 365 * 24 * 3600 }), stop };
   } catch (e) {
     await stop();
     throw e;

@@ -11,6 +11,7 @@ use sluice_shared::frame::{self, WireFrame};
 use sluice_shared::internal::{ChangeBatch, ChangeReceipt, Delivery, HubEvent, Unsubscribe};
 use sluice_shared::position::{StreamPosition, Watermark};
 use sluice_shared::roster::Room;
+use sluice_shared::texts;
 use worker::*;
 
 use super::fanout::{fan_out, Deliverable};
@@ -41,6 +42,13 @@ impl SocketHub {
         let mut sent = Sent::default();
         {
             let roster = self.roster();
+            // Lost changes are announced before the changes that follow them.
+            for lost in &batch.lost {
+                if let Some((ws, vsn)) = roster.member(&lost.socket, &lost.topic) {
+                    let notice = frame::system(None, &lost.topic, "postgres_changes", false, texts::CHANGES_LOST);
+                    sent.add(send(ws, WireFrame::Text(frame::encode(vsn, &notice))));
+                }
+            }
             for change in &batch.changes {
                 if !mark.admit(&batch.stream, change.lsn, change.seq) {
                     continue;

@@ -95,7 +95,7 @@ pub(super) fn build_batches(
         for (hub, payloads) in payloads_per_hub {
             let hub_batch = per_hub.entry(hub.to_string()).or_insert_with(|| ChangeBatch {
                 stream: stream.to_string(),
-                changes: Vec::new(),
+                ..ChangeBatch::default()
             });
             hub_batch.changes.push(Change {
                 lsn: change.lsn,

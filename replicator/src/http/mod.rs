@@ -55,7 +55,8 @@ async fn require_secret(State(secret): State<Arc<str>>, request: Request, next: 
 }
 
 /// 200 while the database answers: `status` is `ok`, or `degraded` with `gateway` saying why
-/// while the gateway refuses deliveries (a setting to fix; the stream waits meanwhile).
+/// while the gateway refuses deliveries (a setting to fix; the stream waits meanwhile), and
+/// `slot` while the slot holds WAL past a warning threshold.
 async fn healthz(State(state): State<Health>) -> (StatusCode, Json<Value>) {
     let answer = match state.db.client().await {
         Ok(client) => client.simple_query("SELECT 1").await.map(|_| ()),
@@ -71,6 +72,10 @@ async fn healthz(State(state): State<Health>) -> (StatusCode, Json<Value>) {
             if let Some(refused) = state.stats.refused() {
                 body["status"] = "degraded".into();
                 body["gateway"] = refused.into();
+            }
+            if let Some(warning) = state.stats.slot().warning {
+                body["status"] = "degraded".into();
+                body["slot"] = warning.into();
             }
             (StatusCode::OK, Json(body))
         }
@@ -127,6 +132,11 @@ async fn metrics(State(state): State<Health>) -> String {
             counter(&stats.rls_queries),
         ),
         (
+            "sluice_slot_resets_total",
+            "Times the slot was recreated to protect the database's disk (changes lost, announced).",
+            counter(&stats.slot_resets),
+        ),
+        (
             "sluice_push_errors_total",
             "Failed attempts to push a batch to a hub (each is retried).",
             counter(&stats.push_errors),
@@ -145,6 +155,25 @@ async fn metrics(State(state): State<Health>) -> String {
         "1 while the replication stream is up.",
         "gauge",
         u8::from(stats.connected.load(Ordering::Relaxed)).to_string(),
+    );
+    let slot = stats.slot();
+    metric(
+        "sluice_slot_retained_bytes",
+        "WAL the slot keeps on the server's disk (NaN when unknown).",
+        "gauge",
+        slot.retained_bytes.map_or("NaN".into(), |b| b.to_string()),
+    );
+    metric(
+        "sluice_slot_limit_bytes",
+        "Retained WAL at which the slot is recreated (NaN: no limit of sluice's).",
+        "gauge",
+        slot.limit_bytes.map_or("NaN".into(), |b| b.to_string()),
+    );
+    metric(
+        "sluice_slot_lag_seconds",
+        "Age of the oldest change not yet delivered (0 when none waits).",
+        "gauge",
+        stats.unconfirmed_age_secs().unwrap_or(0).to_string(),
     );
     metric(
         "sluice_slot_lag_bytes",

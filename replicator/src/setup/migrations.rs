@@ -187,6 +187,20 @@ const MIGRATIONS: &[(i32, &str)] = &[
     alter table sluice.subscriptions add column binding jsonb;
     "#,
     ),
+    (
+        5,
+        r#"
+    -- Gaps in the stream: each time the slot was recreated to protect the disk
+    -- (`source::slot`). The channels subscribed then (id <= last_subscription) are told changes
+    -- were lost; the row goes once they all were.
+    create table sluice.slot_resets (
+        id bigserial primary key,
+        at timestamptz not null default now(),
+        reason text not null,
+        last_subscription bigint not null
+    );
+    "#,
+    ),
 ];
 
 pub async fn run(client: &mut Client) -> Result<(), StartError> {

@@ -5,8 +5,11 @@
 //!   up to an LSN is delivered (the slot may release that WAL); [`Source::close`] confirms and
 //!   ends the stream cleanly.
 //! - [`change`]: the decoded row change and the table it is on.
+//! - [`slot`]: WAL safety: the slot's retained WAL bounded, the slot recreated past the limit or
+//!   when Postgres invalidated it, the gap announced.
 
 pub mod change;
+pub mod slot;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,7 +59,7 @@ impl Source {
     pub async fn connect(config: &Config) -> Result<Source, StreamError> {
         let client = ReplicationClient::connect(replication_config(config))
             .await
-            .map_err(StreamError::Replication)?;
+            .map_err(stream_error)?;
         info!("streaming slot {} of publication {}", config.slot, config.publication);
         Ok(Source {
             client,
@@ -71,7 +74,7 @@ impl Source {
     /// in a `select!` and may drop it for a flush or a shutdown.
     pub async fn next(&mut self) -> Result<Option<Event>, StreamError> {
         loop {
-            let Some(event) = self.client.recv().await.map_err(StreamError::Replication)? else {
+            let Some(event) = self.client.recv().await.map_err(stream_error)? else {
                 return Ok(None);
             };
             let decoded = match event {
@@ -139,6 +142,15 @@ impl Source {
             self.seq += 1;
         }
         Ok(change.map(Event::Change))
+    }
+}
+
+/// A replication failure; Postgres refusing an invalidated slot ("This slot has been invalidated
+/// because it exceeded the maximum reserved size") means the slot must be recreated.
+fn stream_error(e: pgwire_replication::PgWireError) -> StreamError {
+    match e.to_string().contains("invalidated") {
+        true => StreamError::Slot(slot::Reset::Invalidated),
+        false => StreamError::Replication(e),
     }
 }
 
