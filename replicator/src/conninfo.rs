@@ -273,7 +273,7 @@ impl ConnInfo {
             RootCert::System => "the system's trusted roots (sslrootcert=system)".into(),
             RootCert::None => "no CA".into(),
         };
-        if error.contains("NotValidForName") {
+        if error.contains("NotValidForName") || error.contains("not valid for name") {
             Some(format!(
                 "the server's certificate is not issued for host {}: connect with a host name the certificate lists (the provider's host name, not an IP or alias), or use sslmode=verify-ca to check only the CA",
                 self.host()

@@ -27,12 +27,17 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::Settings(e) => f.write_str(e),
-            // The source says what failed in the TLS handshake (an unknown issuer, say).
-            ConnectError::Postgres(e) => match std::error::Error::source(e) {
-                Some(source) => write!(f, "{e}: {source}"),
-                None => write!(f, "{e}"),
-            },
+            ConnectError::Postgres(e) => f.write_str(&error_text(e)),
         }
+    }
+}
+
+/// An error with its cause: tokio-postgres prints only "db error" or "error performing TLS
+/// handshake", and the cause says which (the server's message, an unknown issuer).
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
     }
 }
 

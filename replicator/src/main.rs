@@ -20,6 +20,7 @@ mod config;
 mod conninfo;
 mod db;
 mod dispatch;
+mod doctor;
 mod error;
 mod http;
 mod messages;
@@ -47,10 +48,13 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_target(false)
+        // Logs go to stderr; stdout is for what a command prints (doctor, setup-sql).
+        .with_writer(std::io::stderr)
         .init();
     let outcome = match std::env::args().nth(1).as_deref() {
         None | Some("run") => run().await,
         Some("setup-sql") => print_setup_sql(),
+        Some("doctor") => doctor().await,
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             Ok(())
@@ -66,10 +70,22 @@ async fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: sluice-replicator [run | setup-sql | help]
+const USAGE: &str = "usage: sluice-replicator [run | doctor | setup-sql | help]
   run        stream changes to the gateway (the default); configured by SLUICE_* variables
+  doctor     check the database and the gateway with the same settings, one line per check
   setup-sql  print the SQL an administrator runs once to prepare the database for the role in
              SLUICE_DATABASE_URL (a non-superuser: see docs/deploy.md)";
+
+/// Checks everything the replicator needs; fails when something blocks.
+async fn doctor() -> Result<(), StartError> {
+    let config = config::Config::from_env().map_err(|e| StartError(e.to_string()))?;
+    match doctor::run(&config).await {
+        true => Ok(()),
+        false => Err(StartError(
+            "something blocks the replicator: fix the FAIL lines above".into(),
+        )),
+    }
+}
 
 /// Prints the one-time set-up for the role and database of `SLUICE_DATABASE_URL`.
 fn print_setup_sql() -> Result<(), StartError> {

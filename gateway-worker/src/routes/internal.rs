@@ -1,8 +1,9 @@
 //! The gateway's internal API, called by the replicator (bearer `INTERNAL_SECRET`):
 //! - `POST /internal/v1/changes/{hub}`: a batch of row changes for the sockets of one hub;
-//! - `POST /internal/v1/broadcasts`: broadcasts from the database for one channel.
+//! - `POST /internal/v1/broadcasts`: broadcasts from the database for one channel;
+//! - `GET /internal/v1/ping`: 204 when the secret is right (`sluice-replicator doctor` asks).
 //!
-//! Both only check the secret and hand the body to the Durable Object that delivers it.
+//! They only check the secret and hand the body to the Durable Object that delivers it.
 
 use percent_encoding::percent_decode_str;
 use sluice_shared::connect::tenant_from_host;
@@ -17,6 +18,14 @@ fn from_replicator(req: &Request, env: &Env) -> Result<bool> {
     let authorization = req.headers().get("authorization")?;
     let secret = config::internal_secret(env).unwrap_or_default();
     Ok(bearer_matches(authorization.as_deref(), &secret))
+}
+
+/// `GET /internal/v1/ping`: whether the replicator reaches this gateway with the right secret.
+pub fn ping(req: &Request, env: &Env) -> Result<Response> {
+    match from_replicator(req, env)? {
+        true => Ok(Response::empty()?.with_status(204)),
+        false => Response::error("Unauthorized", 401),
+    }
 }
 
 /// `POST /internal/v1/changes/{hub}` from the replicator: hands the batch to that hub.

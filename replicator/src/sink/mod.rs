@@ -129,6 +129,21 @@ impl Gateway {
         }
     }
 
+    /// Whether the gateway answers and takes the internal secret (`GET /internal/v1/ping`).
+    pub async fn ping(&self) -> Result<(), DeliveryError> {
+        let response = self
+            .http
+            .get(format!("{}/internal/v1/ping", self.base))
+            .bearer_auth(&self.secret)
+            .send()
+            .await
+            .map_err(|e| DeliveryError::Unavailable(e.to_string()))?;
+        match response.status().as_u16() {
+            204 => Ok(()),
+            status => Err(DeliveryError::from_status(status, "")),
+        }
+    }
+
     /// One POST: the answer's text, or why the gateway did not take it.
     async fn post(&self, path: &str, body: &impl Serialize) -> Result<String, DeliveryError> {
         let unavailable = |e: reqwest::Error| DeliveryError::Unavailable(e.to_string());
