@@ -20,6 +20,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+/// What to do when the connection string points at a pooler in transaction mode.
+pub const POOLER_FIX: &str = "the connection goes through a pooler in transaction mode (PgBouncer, Supavisor), which carries neither replication nor session settings: use the database's direct connection string, or the pooler's session mode (Supabase: the session pooler on port 5432)";
+
 /// The libpq options handled here rather than by tokio-postgres.
 const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 
@@ -291,6 +294,9 @@ impl ConnInfo {
                 self.host(),
                 self.tls.mode.name()
             ))
+        } else if error.contains("unsupported startup parameter") {
+            // PgBouncer refuses the session options every connection of the replicator sets.
+            Some(POOLER_FIX.into())
         } else if error.contains("pg_hba.conf") && (error.contains("no encryption") || error.contains("SSL off")) {
             Some(
                 "the server refuses connections without TLS: set sslmode=verify-full with sslrootcert=<CA file> (or sslmode=require) in SLUICE_DATABASE_URL".into(),

@@ -207,25 +207,10 @@ async fn tls(config: &Config, client: &Client, report: &mut Report) -> Result<()
     Ok(())
 }
 
-/// A pooler in transaction mode hands one server session to successive clients: two
-/// connections, the first still open, seeing the same backend means one.
 async fn pooler(db: &Db, report: &mut Report) -> Result<(), tokio_postgres::Error> {
-    let first = db.dedicated().await?;
-    let second = db.dedicated().await?;
-    let pid = |c: Client| async move {
-        c.query_one("select pg_backend_pid()", &[])
-            .await
-            .map(|r| r.get::<_, i32>(0))
-    };
-    let a = pid(first).await?;
-    let b = pid(second).await?;
-    match a == b {
+    match crate::setup::preflight::behind_transaction_pooler(db).await? {
         false => report.line(Level::Ok, "pooler", "a direct (or session-mode) connection"),
-        true => report.line(
-            Level::Fail,
-            "pooler",
-            "the connection goes through a pooler in transaction mode (PgBouncer, Supavisor): use the database's direct connection string, or the pooler's session mode (Supabase: port 5432 of the session pooler)",
-        ),
+        true => report.line(Level::Fail, "pooler", crate::conninfo::POOLER_FIX),
     }
     Ok(())
 }

@@ -4,10 +4,13 @@
 // sslmode=verify-full and the printed role.)
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { DEV_INTERNAL_SECRET } from '../stack/keys.mjs';
 import { Postgres } from '../stack/postgres.mjs';
+import { freePort, startProcess, waitFor } from '../stack/process.mjs';
 import { replicatorBinary } from '../stack/replicator.mjs';
 import { ROOT, startStack } from '../stack/stack.mjs';
 
@@ -101,5 +104,50 @@ describe('doctor against a broken database', () => {
       /^\[warn\] public\.open: RLS is off, every subscriber sees every row: ALTER TABLE public\.open ENABLE ROW LEVEL SECURITY and add policies; neither anon nor authenticated may SELECT it, their subscribers get Error 401: GRANT SELECT ON public\.open TO authenticated$/m,
       /^\[warn\] API roles: anon, authenticated, service_role do not exist/m,
     ]) assert.match(stdout, line);
+  });
+});
+
+describe('a pooler in transaction mode (PgBouncer)', () => {
+  let pg;
+  const bouncers = [];
+  /** PgBouncer in transaction mode in front of `pg`; `ignoreOptions` lets the session options through. */
+  async function bouncer(name, ignoreOptions) {
+    const port = await freePort();
+    const ini = join(pg.dir, `${name}.ini`);
+    writeFileSync(ini, [
+      '[databases]', `postgres = host=127.0.0.1 port=${pg.port} dbname=postgres user=postgres`,
+      '[pgbouncer]', 'listen_addr = 127.0.0.1', `listen_port = ${port}`, 'unix_socket_dir =', 'auth_type = any',
+      'pool_mode = transaction', ...(ignoreOptions ? ['ignore_startup_parameters = options'] : []), '',
+    ].join('\n'));
+    const proc = startProcess('pgbouncer', '/usr/sbin/pgbouncer', [ini], { ...pg.user });
+    bouncers.push(proc);
+    await waitFor('PgBouncer to listen', () => new Promise((resolve) => {
+      const socket = connect(port, '127.0.0.1', () => { socket.destroy(); resolve(true); }).on('error', () => resolve(false));
+    }));
+    return `postgres://postgres@127.0.0.1:${port}/postgres?sslmode=disable`;
+  }
+  before(async () => {
+    pg = await Postgres.create({ dir: join(ROOT, '.local', 'e2e-pooler', 'postgres') });
+  });
+  after(async () => {
+    for (const proc of bouncers) await proc.stop();
+    await pg?.destroy();
+  });
+
+  test('stops the start with a message to use the direct or session-mode connection', async () => {
+    const fix = /use the database's direct connection string, or the pooler's session mode/;
+    // PgBouncer as installed refuses the session options the replicator sets...
+    const refusing = await replicator([], withUrl(await bouncer('refusing', false)));
+    assert.equal(refusing.code, 1);
+    assert.match(refusing.stderr, fix);
+    // ...and one that lets them through is recognised by its shared server sessions.
+    const passing = await replicator([], withUrl(await bouncer('passing', true)));
+    assert.equal(passing.code, 1);
+    assert.match(passing.stderr, /cannot stream through this connection: the connection goes through a pooler in transaction mode/);
+    const doctor = await replicator(['doctor'], withUrl(await bouncer('doctor', true)));
+    assert.match(doctor.stdout, /^\[FAIL\] pooler: the connection goes through a pooler in transaction mode/m);
+    // The direct connection passes the same check.
+    const direct = await replicator(['doctor'], withUrl(pg.url));
+    assert.match(direct.stdout, /^\[ok {2}\] pooler: a direct \(or session-mode\) connection$/m);
   });
 });

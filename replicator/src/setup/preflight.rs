@@ -8,6 +8,8 @@ use tokio_postgres::Client;
 use tracing::info;
 
 use crate::config::Config;
+use crate::conninfo::POOLER_FIX;
+use crate::db::Db;
 use crate::error::StartError;
 
 fn sql_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StartError {
@@ -53,6 +55,30 @@ pub async fn check(db: &Client, config: &Config) -> Result<(), StartError> {
     }
 
     Ok(())
+}
+
+/// A pooler in transaction mode hands one server session to successive clients: a second
+/// connection, opened while the first is still open, on the same backend means one (in session
+/// mode, or direct, each open connection has its own).
+pub async fn behind_transaction_pooler(db: &Db) -> Result<bool, tokio_postgres::Error> {
+    let pid = "select pg_backend_pid()";
+    let first = db.dedicated().await?;
+    let a: i32 = first.query_one(pid, &[]).await?.get(0);
+    let second = db.dedicated().await?;
+    let b: i32 = second.query_one(pid, &[]).await?.get(0);
+    drop(first);
+    Ok(a == b)
+}
+
+/// Stops the start behind a pooler in transaction mode.
+pub async fn check_pooler(db: &Db) -> Result<(), StartError> {
+    match behind_transaction_pooler(db).await {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(StartError(format!(
+            "cannot stream through this connection: {POOLER_FIX}"
+        ))),
+        Err(e) => Err(StartError(format!("preflight: probing for a pooler failed: {e}"))),
+    }
 }
 
 async fn slot_exists(db: &Client, config: &Config) -> Result<bool, StartError> {
