@@ -68,11 +68,19 @@ pub fn admin_secret(env: &Env) -> Option<String> {
     read(env, "API_JWT_SECRET").filter(|s| !s.is_empty())
 }
 
-/// Where the replicator serves HTTP (`REPLICATOR_URL`), e.g. `http://127.0.0.1:9187`.
-pub fn replicator_url(env: &Env) -> Option<String> {
-    read(env, "REPLICATOR_URL")
+/// Where the replicator serves its API (`REPLICATOR_URL`): `https://...`, or `http://` on
+/// loopback only (internal requests never cross a network in clear text); why not otherwise.
+pub fn replicator_url(env: &Env) -> std::result::Result<String, String> {
+    let url = read(env, "REPLICATOR_URL")
         .map(|u| u.trim_end_matches('/').to_string())
         .filter(|u| !u.is_empty())
+        .ok_or("REPLICATOR_URL is not set")?;
+    if sluice_shared::signature::cleartext_off_loopback(&url) {
+        return Err(format!(
+            "REPLICATOR_URL={url} would carry internal requests in clear text: use https:// (the replicator's own TLS, or a tunnel such as cloudflared)"
+        ));
+    }
+    Ok(url)
 }
 
 /// How long a socket may stay silent before the server closes it (`IDLE_TIMEOUT_MS`, default

@@ -49,7 +49,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         (Method::Get, "/metrics") => metrics::metrics(req, &env).await,
         (Method::Post, r) if r.starts_with("/internal/v1/changes/") => internal::changes(req, &env).await,
         (Method::Post, "/internal/v1/broadcasts") => internal::database_broadcasts(req, &env).await,
-        (Method::Get, "/internal/v1/ping") => internal::ping(&req, &env),
+        (Method::Get, "/internal/v1/ping") => internal::ping(req, &env).await,
         (Method::Get, r) if r.starts_with("/api/tenants/") && r.ends_with("/health") => {
             tenants::tenant_health(req, &env).await
         }

@@ -1,4 +1,4 @@
-//! Calls from a hub to the replicator (`REPLICATOR_URL`, bearer `INTERNAL_SECRET`): registering
+//! Calls from a hub to the replicator (`REPLICATOR_URL`, signed with `INTERNAL_SECRET`): registering
 //! re-authorizing and removing a channel's Postgres Changes bindings, and authorizing private
 //! channels.
 
@@ -7,10 +7,11 @@ use sluice_shared::frame::Broadcast;
 use sluice_shared::internal::{
     Authorize, Authorized, Reauthorize, ReplayRequest, Replayed, Subscribe, Subscribed, Unsubscribe,
 };
+use sluice_shared::signature;
 use sluice_shared::texts;
 use worker::*;
 
-use crate::config;
+use crate::{config, random};
 
 /// How long a join's reply waits for its bindings to go live: well under realtime-js's 10 s join
 /// timeout. The replicator gives up a little earlier (its `SYNC_TIMEOUT`) and says why.
@@ -77,7 +78,7 @@ async fn answer(response: std::result::Result<Response, String>) -> std::result:
 /// What the replicator's `/healthz` says of the database: `None` when it cannot be reached or
 /// the database does not answer.
 pub async fn health(env: &Env) -> Option<Health> {
-    let url = config::replicator_url(env)?;
+    let url = config::replicator_url(env).ok()?;
     let mut res = Fetch::Url(Url::parse(&format!("{url}/healthz")).ok()?)
         .send()
         .await
@@ -154,17 +155,22 @@ pub async fn unsubscribe(env: &Env, request: &Unsubscribe) {
 }
 
 async fn call(env: &Env, method: Method, path: &str, body: &impl Serialize) -> std::result::Result<Response, String> {
-    let base = config::replicator_url(env).ok_or("REPLICATOR_URL is not set")?;
+    let base = config::replicator_url(env)?;
     let secret = config::internal_secret(env).ok_or("INTERNAL_SECRET is not set")?;
     let headers = Headers::new();
     let mut init = RequestInit::new();
     let build = || -> Result<Request> {
+        let url = Url::parse(&format!("{base}{path}"))?;
+        let body = serde_json::to_string(body)?;
+        let now = Date::now().as_millis() / 1000;
+        let nonce = u64::from_le_bytes(random::bytes());
+        let signed = signature::sign(&secret, now, nonce, method.as_ref(), url.path(), body.as_bytes());
         headers.set("content-type", "application/json")?;
-        headers.set("authorization", &format!("Bearer {secret}"))?;
+        headers.set(signature::HEADER, &signed)?;
         init.with_method(method)
             .with_headers(headers.clone())
-            .with_body(Some(serde_json::to_string(body)?.into()));
-        Request::new_with_init(&format!("{base}{path}"), &init)
+            .with_body(Some(body.into()));
+        Request::new_with_init(url.as_str(), &init)
     };
     let request = build().map_err(|e| e.to_string())?;
     Fetch::Request(request).send().await.map_err(|e| e.to_string())

@@ -10,8 +10,14 @@ pub struct Config {
     /// `SLUICE_DATABASE_URL`: the Postgres the replicator serves, as a libpq connection string or
     /// URL, TLS options included (`sslmode`, `sslrootcert`, ...; see [`crate::conninfo`]).
     pub database: ConnInfo,
-    /// `SLUICE_HTTP_ADDR`: where `/healthz` and `/metrics` are served (default 127.0.0.1:9187).
+    /// `SLUICE_HTTP_ADDR`: where `/healthz`, `/metrics` and the internal API are served (default
+    /// 127.0.0.1:9187). Off loopback only with TLS.
     pub http_addr: SocketAddr,
+    /// `SLUICE_TLS_CERT` and `SLUICE_TLS_KEY`: PEM files; when set, the server speaks HTTPS.
+    pub tls: Option<(String, String)>,
+    /// `SLUICE_GATEWAY_CA`: a PEM file of CA certificates the gateway's certificate is verified
+    /// against, besides the public roots (a self-hosted gateway with a private CA).
+    pub gateway_ca: Option<String>,
     /// `SLUICE_PUBLICATION`: the publication whose tables are streamed (default
     /// `supabase_realtime`, as Supabase); created empty if missing.
     pub publication: String,
@@ -80,6 +86,21 @@ impl Config {
                 ))
             })?,
         };
+        let tls = match (get("SLUICE_TLS_CERT").filter(|v| !v.is_empty()), get("SLUICE_TLS_KEY").filter(|v| !v.is_empty())) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError(
+                    "SLUICE_TLS_CERT and SLUICE_TLS_KEY go together: set both (the certificate chain and its key, PEM) or neither".into(),
+                ))
+            }
+        };
+        if tls.is_none() && !http_addr.ip().is_loopback() {
+            return Err(ConfigError(format!(
+                "SLUICE_HTTP_ADDR={http_addr} is not loopback, and without TLS the internal API would travel in clear text: set SLUICE_TLS_CERT and SLUICE_TLS_KEY to serve HTTPS, or keep 127.0.0.1 and expose it through a tunnel (cloudflared; docs/deploy.md)"
+            )));
+        }
+        let gateway_ca = get("SLUICE_GATEWAY_CA").filter(|v| !v.is_empty());
         let publication = Config::publication_from_lookup(&get)?;
         let slot = identifier(&get, "SLUICE_SLOT", "sluice_changes")?;
         let internal_secret = get("SLUICE_INTERNAL_SECRET").unwrap_or_default();
@@ -96,6 +117,11 @@ impl Config {
                     "SLUICE_GATEWAY_URL is missing or not an http(s) URL: set it to the gateway Worker changes are delivered to, e.g. http://127.0.0.1:8787".into(),
                 )
             })?;
+        if sluice_shared::signature::cleartext_off_loopback(&gateway_url) {
+            return Err(ConfigError(format!(
+                "SLUICE_GATEWAY_URL={gateway_url} would carry changes in clear text: use https:// (http:// is for a gateway on this machine)"
+            )));
+        }
         let slot_limits = SlotLimits {
             warn_bytes: size(&get, "SLUICE_SLOT_WARN_SIZE", "512MB")?
                 .ok_or_else(|| ConfigError("SLUICE_SLOT_WARN_SIZE cannot be off: give a size such as 512MB".into()))?,
@@ -113,6 +139,8 @@ impl Config {
             database,
             slot_limits,
             http_addr,
+            tls,
+            gateway_ca,
             publication,
             slot,
             internal_secret,
@@ -255,5 +283,24 @@ mod tests {
             e.0.starts_with("SLUICE_GATEWAY_URL is missing or not an http(s) URL"),
             "{e}"
         );
+        let base = [
+            ("SLUICE_DATABASE_URL", "postgres://u@h/db"),
+            ("SLUICE_INTERNAL_SECRET", SECRET),
+            ("SLUICE_GATEWAY_URL", "https://realtime.example.com"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| config(&[&base[..], extra].concat());
+        let e = with(&[("SLUICE_GATEWAY_URL", "http://realtime.example.com")]).unwrap_err();
+        assert!(e.0.contains("would carry changes in clear text"), "{e}");
+        let e = with(&[("SLUICE_HTTP_ADDR", "0.0.0.0:9187")]).unwrap_err();
+        assert!(e.0.contains("is not loopback, and without TLS"), "{e}");
+        let ok = with(&[
+            ("SLUICE_HTTP_ADDR", "0.0.0.0:9187"),
+            ("SLUICE_TLS_CERT", "/c.pem"),
+            ("SLUICE_TLS_KEY", "/k.pem"),
+        ])
+        .unwrap();
+        assert_eq!(ok.tls, Some(("/c.pem".into(), "/k.pem".into())));
+        let e = with(&[("SLUICE_TLS_CERT", "/c.pem")]).unwrap_err();
+        assert!(e.0.contains("go together"), "{e}");
     }
 }

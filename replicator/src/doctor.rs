@@ -386,11 +386,10 @@ impl Level {
 }
 
 async fn gateway(config: &Config, report: &mut Report) {
-    let gateway = Gateway::new(
-        &config.gateway_url,
-        &config.internal_secret,
-        std::sync::Arc::new(Stats::default()),
-    );
+    let gateway = match Gateway::new(config, std::sync::Arc::new(Stats::default())) {
+        Ok(gateway) => gateway,
+        Err(e) => return report.line(Level::Fail, "gateway", e),
+    };
     match gateway.ping().await {
         Ok(()) => report.line(
             Level::Ok,

@@ -148,7 +148,7 @@ async fn run() -> Result<(), StartError> {
     let pipeline = pipeline::Pipeline {
         config: config.clone(),
         dispatcher: dispatch::Dispatcher::new(registry.clone(), db.clone(), stats.clone(), stream),
-        gateway: sink::Gateway::new(&config.gateway_url, &config.internal_secret, stats.clone()),
+        gateway: sink::Gateway::new(&config, stats.clone()).map_err(StartError)?,
         registry: registry.clone(),
         db: db.clone(),
         stats: stats.clone(),
@@ -170,7 +170,23 @@ async fn run() -> Result<(), StartError> {
             config.http_addr
         ))
     })?;
-    info!("serving http://{}/healthz and /metrics", config.http_addr);
+    let tls = match &config.tls {
+        None => None,
+        Some((cert, key)) => Some(
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|e| {
+                    StartError(format!(
+                        "SLUICE_TLS_CERT={cert} and SLUICE_TLS_KEY={key} cannot be used ({e}): give a PEM certificate chain and its private key"
+                    ))
+                })?,
+        ),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!(
+        "serving {scheme}://{}/healthz, /metrics and the internal API",
+        config.http_addr
+    );
     let health = http::Health {
         db: db.clone(),
         stats,
@@ -184,11 +200,7 @@ async fn run() -> Result<(), StartError> {
         publication: config.publication.clone(),
     };
     let router = http::router(health, subscriptions_api, config.internal_secret.clone().into());
-    let stopping = shutdown.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        stopping.requested_now().await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(http::serve(listener, router, tls, shutdown.clone()));
     // Both end after a shutdown request: the pipeline within its grace period and the stream's
     // close; the server once its requests are answered (a registration waits for the stream at
     // most 15 s).

@@ -119,14 +119,6 @@ pub enum HubEvent {
     },
 }
 
-/// Whether an `Authorization` header carries `Bearer <secret>`, compared in constant time. An
-/// empty secret matches nothing.
-pub fn bearer_matches(authorization: Option<&str>, secret: &str) -> bool {
-    let presented = authorization.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-    let (a, b) = (presented.as_bytes(), secret.as_bytes());
-    !b.is_empty() && a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Registers (or replaces) the `postgres_changes` bindings of one channel of one socket.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Subscribe {
@@ -340,15 +332,6 @@ mod tests {
         assert!(again.contains(r#""big":123456789012345678901234567890.5"#), "{again}");
         assert!(again.contains(r#""n":0.1000000000000000000001"#), "{again}");
         assert_eq!(serde_json::from_str::<Vec<ChannelOp>>(&again).unwrap(), ops);
-    }
-
-    #[test]
-    fn bearer() {
-        assert!(bearer_matches(Some("Bearer s3cret"), "s3cret"));
-        assert!(!bearer_matches(Some("Bearer s3cre"), "s3cret"));
-        assert!(!bearer_matches(Some("s3cret"), "s3cret"));
-        assert!(!bearer_matches(None, "s3cret"));
-        assert!(!bearer_matches(Some("Bearer "), ""));
     }
 
     #[test]

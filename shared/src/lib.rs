@@ -17,6 +17,7 @@
 //! - [`rest`]: the REST broadcast API's requests and answers.
 //! - [`roster`]: which of a hub's sockets are in which room; who receives a fan-out.
 //! - [`session`]: one socket's channels and what each inbound message makes happen.
+//! - [`signature`]: internal requests signed with the shared secret, within a time window.
 //! - [`texts`]: every client-visible text, with the upstream file it comes from.
 
 pub mod bindings;
@@ -35,4 +36,5 @@ pub mod presence;
 pub mod rest;
 pub mod roster;
 pub mod session;
+pub mod signature;
 pub mod texts;

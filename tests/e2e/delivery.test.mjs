@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import { after, before, test } from 'node:test';
 import { join } from 'node:path';
-import { DEV_INTERNAL_SECRET } from '../stack/keys.mjs';
+import { internalSignature, signedRequest } from '../stack/keys.mjs';
 import { Postgres } from '../stack/postgres.mjs';
 import { freePort, waitFor } from '../stack/process.mjs';
 import { startReplicator } from '../stack/replicator.mjs';
@@ -16,13 +16,16 @@ import { ROOT } from '../stack/stack.mjs';
  * (a wrong secret), else the receipt, after `delayMs` (a slow hub).
  */
 async function fakeGateway() {
-  const gw = { batches: [], failing: false, refusing: false, delayMs: 0, gone: [], attempts: 0, authorizations: new Set() };
+  const gw = { batches: [], failing: false, refusing: false, delayMs: 0, gone: [], attempts: 0, signatures: [] };
   const server = http.createServer((req, res) => {
     const chunks = [];
     req.on('data', (c) => chunks.push(c));
     req.on('end', async () => {
       gw.attempts++;
-      gw.authorizations.add(req.headers.authorization);
+      const body = Buffer.concat(chunks).toString();
+      const signature = req.headers['x-sluice-signature'] ?? '';
+      const [, time, nonce] = signature.match(/^t=(\d+),n=(\d+),/) ?? [];
+      gw.signatures.push({ valid: signature === internalSignature(req.method, req.url, body, { time: Number(time), nonce }), age: Math.floor(Date.now() / 1000) - time, authorization: req.headers.authorization });
       if (gw.failing) {
         res.writeHead(503).end('down');
         return;
@@ -64,23 +67,24 @@ after(async () => {
 });
 
 async function subscribe(socket) {
-  const res = await fetch(`${replicator.url}/v1/subscriptions`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${DEV_INTERNAL_SECRET}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ hub: 'hub:t:na:0', socket, topic: 'realtime:r', claims: { role: 'anon', exp: 9999999999 }, bindings: [{ event: 'INSERT', schema: 'public', table: 't' }] }),
-  });
+  const url = `${replicator.url}/v1/subscriptions`;
+  const res = await fetch(url, signedRequest('POST', url, { hub: 'hub:t:na:0', socket, topic: 'realtime:r', claims: { role: 'anon', exp: 9999999999 }, bindings: [{ event: 'INSERT', schema: 'public', table: 't' }] }));
   assert.equal(res.status, 200, await res.text());
 }
 
 const metric = async (name) => Number((await (await fetch(`${replicator.url}/metrics`)).text()).match(new RegExp(`^${name} (\\S+)$`, 'm'))?.[1]);
 
-test('changes go to /internal/v1/changes/{hub} with the shared secret, with positions and recipients', async () => {
+test('changes go to /internal/v1/changes/{hub} signed with the shared secret (which never travels), with positions and recipients', async () => {
   await subscribe('s1');
   await pg.sql('insert into t values (1)');
   await waitFor('a batch', () => gw.ids().includes(1));
   const [batch] = gw.batches;
   assert.equal(batch.url, `/internal/v1/changes/${encodeURIComponent('hub:t:na:0')}`);
-  assert.deepEqual([...gw.authorizations], [`Bearer ${DEV_INTERNAL_SECRET}`]);
+  for (const { valid, age, authorization } of gw.signatures) {
+    assert.ok(valid, 'signed over method, path and body');
+    assert.ok(age >= 0 && age < 30, `signed now (${age} s ago)`);
+    assert.equal(authorization, undefined);
+  }
   assert.match(batch.body.stream, /^\d+:sluice_changes$/, 'positions are scoped to this database and slot');
   const [change] = batch.body.changes;
   assert.equal(typeof change.lsn, 'number');

@@ -71,8 +71,10 @@ describe('single POST /api/broadcast/:topic/events/:event', () => {
   test('refusals', async () => {
     const media = await post('/api/broadcast/news/events/e', 'x', { 'content-type': 'text/plain' });
     assert.deepEqual([media.status, await media.json()], [415, { error: 'Unsupported Media Type. Use application/json or application/octet-stream' }]);
-    const priv = await post('/api/broadcast/news/events/e?private=true', '{}');
+    // No policy lets anon write; service_role bypasses RLS (BYPASSRLS, as on Supabase).
+    const priv = await post('/api/broadcast/news/events/e?private=true', '{}', { apikey: stack.keys.anon });
     assert.deepEqual([priv.status, await priv.json()], [403, { message: 'Unauthorized' }]);
+    assert.equal((await post('/api/broadcast/news/events/e?private=true', '{}')).status, 202);
     const preflight = await fetch(`${stack.url}/api/broadcast`, { method: 'OPTIONS' });
     assert.equal(preflight.status, 204);
     assert.match(preflight.headers.get('access-control-allow-headers'), /apikey/);

@@ -7,7 +7,7 @@ import { Postgres } from '../stack/postgres.mjs';
 import { freePort } from '../stack/process.mjs';
 import { startReplicator } from '../stack/replicator.mjs';
 import { ROOT } from '../stack/stack.mjs';
-import { DEV_INTERNAL_SECRET } from '../stack/keys.mjs';
+import { DEV_INTERNAL_SECRET, signedRequest } from '../stack/keys.mjs';
 
 let pg, replicator;
 before(async () => {
@@ -26,20 +26,28 @@ after(async () => {
 
 const channel = { hub: 'hub:t:default:0', socket: 's1', topic: 'realtime:room1', claims: { role: 'authenticated', sub: 'u1', exp: 9999999999 } };
 
-async function register(bindings, { secret = DEV_INTERNAL_SECRET, ...overrides } = {}) {
-  const res = await fetch(`${replicator.url}/v1/subscriptions`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${secret}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ ...channel, ...overrides, bindings }),
-  });
+async function register(bindings, { secret = DEV_INTERNAL_SECRET, time, ...overrides } = {}) {
+  const url = `${replicator.url}/v1/subscriptions`;
+  const res = await fetch(url, signedRequest('POST', url, { ...channel, ...overrides, bindings }, { secret, time }));
   return { status: res.status, body: await res.json() };
 }
 
 const rows = async () => (await pg.sql("select count(*)::int as n from sluice.subscriptions where socket = 's1'"))[0].n;
 
-test('internal calls need the shared secret', async () => {
-  const res = await register([{ schema: 'public', table: 'todos' }], { secret: 'wrong-secret-wrong-secret-wrong-secret' });
-  assert.equal(res.status, 401);
+test('internal calls need a recent signature made with the shared secret, accepted once', async () => {
+  const bindings = [{ schema: 'public', table: 'todos' }];
+  const wrong = await register(bindings, { secret: 'wrong-secret-wrong-secret-wrong-secret' });
+  assert.deepEqual([wrong.status, wrong.body.why], [401, "the signature does not match: the replicator's SLUICE_INTERNAL_SECRET must equal the gateway's INTERNAL_SECRET"]);
+  const old = await register(bindings, { time: Math.floor(Date.now() / 1000) - 60 });
+  assert.equal(old.status, 401);
+  assert.match(old.body.why, /older than 30 s \(a replay\)/);
+  const url = `${replicator.url}/v1/subscriptions`;
+  const unsigned = await fetch(url, { method: 'POST', headers: { authorization: `Bearer ${DEV_INTERNAL_SECRET}`, 'content-type': 'application/json' }, body: '{}' });
+  assert.equal(unsigned.status, 401, 'the bearer secret alone is no longer accepted');
+  // A captured request replayed within the window.
+  const request = signedRequest('DELETE', url, { hub: channel.hub, socket: 'nobody' });
+  assert.equal((await fetch(url, request)).status, 200);
+  assert.equal((await fetch(url, request)).status, 401);
 });
 
 test('valid bindings get numeric ids, shared by identical bindings, and are stored', async () => {
@@ -82,11 +90,8 @@ test('subscriptions survive a replicator restart and can be removed', async () =
   await replicator.stop();
   replicator = await startReplicator({ root: ROOT, databaseUrl: pg.url, port: await freePort() });
   assert.equal(await rows(), 1);
-  const res = await fetch(`${replicator.url}/v1/subscriptions`, {
-    method: 'DELETE',
-    headers: { authorization: `Bearer ${DEV_INTERNAL_SECRET}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ hub: channel.hub, socket: channel.socket }),
-  });
+  const url = `${replicator.url}/v1/subscriptions`;
+  const res = await fetch(url, signedRequest('DELETE', url, { hub: channel.hub, socket: channel.socket }));
   assert.deepEqual([res.status, await res.json()], [200, { removed: 1 }]);
   assert.equal(await rows(), 0);
 });

@@ -15,6 +15,22 @@ export const DEV_API_SECRET = 'sluice-local-admin-secret-with-at-least-32-charac
 
 const b64url = (data) => Buffer.from(data).toString('base64url');
 
+/**
+ * The `x-sluice-signature` header of an internal request, as the gateway and the replicator sign
+ * them (`sluice_shared::signature`): `t=<unix seconds>,n=<nonce>,v1=<hex HMAC-SHA256 of "t\nn\nMETHOD\npath\nbody">`.
+ */
+export function internalSignature(method, path, body = '', { secret = DEV_INTERNAL_SECRET, time = Math.floor(Date.now() / 1000), nonce = Math.floor(Math.random() * 2 ** 52) } = {}) {
+  const mac = createHmac('sha256', secret).update(`${time}\n${nonce}\n${method}\n${path}\n`).update(body).digest('hex');
+  return `t=${time},n=${nonce},v1=${mac}`;
+}
+
+/** Fetch options for a signed internal request with a JSON body. */
+export function signedRequest(method, url, payload, options) {
+  const body = payload === undefined ? '' : JSON.stringify(payload);
+  const signature = internalSignature(method, new URL(url).pathname, body, options);
+  return { method, headers: { 'x-sluice-signature': signature, 'content-type': 'application/json' }, ...(body ? { body } : {}) };
+}
+
 /** Signs `claims` with HS256 (or the given header fields) and `secret`. */
 export function signJwt(claims, secret = DEV_JWT_SECRET, header = {}) {
   const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT', ...header }));

@@ -1,12 +1,14 @@
 //! The replicator's HTTP server: `/healthz` (200 when the database answers, with the stream's
 //! state; 503 with the reason when not), `/metrics` (Prometheus text), and the internal API hubs
-//! call, every route of it behind the bearer secret:
+//! call, every route of it behind a signature made with the internal secret
+//! (`sluice_shared::signature`: recent, and each accepted once):
 //!
 //! - `/v1/subscriptions` (POST, PATCH, DELETE): `crate::subscriptions::api`;
 //! - `/v1/authorize`, `/v1/replay`: `crate::messages::api`.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -15,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use sluice_shared::internal::bearer_matches;
+use sluice_shared::signature::{self, SignatureError};
 
 use crate::db::Db;
 use crate::messages;
@@ -32,11 +34,15 @@ pub struct Health {
     pub slot: String,
 }
 
-/// Every route: health and metrics open, the internal API behind `secret`.
+/// Every route: health and metrics open, the internal API behind signatures made with `secret`.
 pub fn router(health: Health, subscriptions: subscriptions::api::Api, secret: Arc<str>) -> Router {
+    let signed = Signed {
+        secret,
+        seen: Arc::default(),
+    };
     let internal = subscriptions::api::routes(subscriptions)
         .merge(messages::api::routes(health.db.clone()))
-        .route_layer(middleware::from_fn_with_state(secret, require_secret));
+        .route_layer(middleware::from_fn_with_state(signed, require_signature));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -44,13 +50,79 @@ pub fn router(health: Health, subscriptions: subscriptions::api::Api, secret: Ar
         .merge(internal)
 }
 
-/// Internal calls carry `Authorization: Bearer <SLUICE_INTERNAL_SECRET>`.
-async fn require_secret(State(secret): State<Arc<str>>, request: Request, next: Next) -> Response {
-    let presented = request.headers().get("authorization").and_then(|v| v.to_str().ok());
-    if bearer_matches(presented, &secret) {
-        next.run(request).await
-    } else {
-        (StatusCode::UNAUTHORIZED, Json(json!({"error": "unauthorized"}))).into_response()
+/// Serves `router` on `listener` (over TLS when `tls` is given) until shutdown is asked, then
+/// lets open requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    shutdown: crate::shutdown::Shutdown,
+) -> std::io::Result<()> {
+    let Some(tls) = tls else {
+        return axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.requested_now().await })
+            .await;
+    };
+    let handle = axum_server::Handle::new();
+    let stopping = handle.clone();
+    tokio::spawn(async move {
+        shutdown.requested_now().await;
+        stopping.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, tls)?
+        .handle(handle)
+        .serve(router.into_make_service())
+        .await
+}
+
+/// The internal secret, and the signatures accepted within the window (a captured request
+/// replayed inside it is refused too).
+#[derive(Clone)]
+struct Signed {
+    secret: Arc<str>,
+    seen: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+/// Largest internal request body read for its signature.
+const MAX_BODY: usize = 16 << 20;
+
+/// Internal calls carry a signature of their method, path and body (`x-sluice-signature`).
+async fn require_signature(State(signed): State<Signed>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, Json(json!({"error": "body too large"}))).into_response();
+    };
+    let header = parts.headers.get(signature::HEADER).and_then(|v| v.to_str().ok());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let checked = signature::verify(
+        header,
+        &signed.secret,
+        now,
+        parts.method.as_str(),
+        parts.uri.path(),
+        &body,
+    );
+    let checked = checked.and_then(|()| {
+        let mut seen = signed.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|_, at| now.abs_diff(*at) <= 2 * signature::WINDOW_SECS);
+        match seen.insert(header.unwrap_or_default().to_string(), now) {
+            None => Ok(()),
+            Some(_) => Err(SignatureError::OutsideWindow),
+        }
+    });
+    match checked {
+        Ok(()) => next.run(Request::from_parts(parts, body.into())).await,
+        Err(e) => {
+            tracing::warn!("refused an internal request to {}: {}", parts.uri.path(), e.explain());
+            (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": "unauthorized", "why": e.explain()})),
+            )
+                .into_response()
+        }
     }
 }
 

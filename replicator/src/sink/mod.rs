@@ -1,6 +1,6 @@
-//! The sink: pushing to the gateway Worker (`SLUICE_GATEWAY_URL`, bearer secret). Change batches
-//! go to hubs (`/internal/v1/changes/{hub}`), database broadcasts to channels
-//! (`/internal/v1/broadcasts`). A push is retried until the gateway takes it: the stream waits
+//! The sink: pushing to the gateway Worker (`SLUICE_GATEWAY_URL`, requests signed with the
+//! internal secret). Change batches go to hubs (`/internal/v1/changes/{hub}`), database
+//! broadcasts to channels (`/internal/v1/broadcasts`). A push is retried until the gateway takes it: the stream waits
 //! (backpressure) rather than lose anything. An outage is retried soon (backoff to 5 s); a
 //! refusal (wrong secret or URL) is reported in the log and `/healthz` and retried every 10 s,
 //! so fixing the setting is enough to recover.
@@ -13,8 +13,10 @@ use futures_util::future::join_all;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Serialize;
 use sluice_shared::internal::{Access, ChangeBatch, ChangeReceipt, DbBroadcasts, DbMessage, Unsubscribe};
+use sluice_shared::signature;
 use tracing::{error, info, warn};
 
+use crate::config::Config;
 use crate::error::{DeliveryError, Recovery};
 use crate::messages::broadcasts::DbBroadcast;
 use crate::stats::Stats;
@@ -32,16 +34,23 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(base: &str, secret: &str, stats: Arc<Stats>) -> Gateway {
-        Gateway {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("an HTTP client with default TLS settings"),
-            base: base.to_string(),
-            secret: secret.to_string(),
-            stats,
+    /// A client of the configured gateway; fails when `SLUICE_GATEWAY_CA` cannot be read.
+    pub fn new(config: &Config, stats: Arc<Stats>) -> Result<Gateway, String> {
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(path) = &config.gateway_ca {
+            let pem = std::fs::read(path).map_err(|e| format!("SLUICE_GATEWAY_CA={path} cannot be read ({e})"))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("SLUICE_GATEWAY_CA={path} is not a PEM certificate file ({e})"))?;
+            for certificate in certificates {
+                http = http.add_root_certificate(certificate);
+            }
         }
+        Ok(Gateway {
+            http: http.build().map_err(|e| format!("cannot build the HTTP client: {e}"))?,
+            base: config.gateway_url.clone(),
+            secret: config.internal_secret.clone(),
+            stats,
+        })
     }
 
     /// Delivers each hub its batch, all hubs at once; returns once every hub took its batch, with
@@ -132,9 +141,7 @@ impl Gateway {
     /// Whether the gateway answers and takes the internal secret (`GET /internal/v1/ping`).
     pub async fn ping(&self) -> Result<(), DeliveryError> {
         let response = self
-            .http
-            .get(format!("{}/internal/v1/ping", self.base))
-            .bearer_auth(&self.secret)
+            .signed(reqwest::Method::GET, "/internal/v1/ping", Vec::new())?
             .send()
             .await
             .map_err(|e| DeliveryError::Unavailable(e.to_string()))?;
@@ -144,14 +151,36 @@ impl Gateway {
         }
     }
 
+    /// A request to the gateway signed with the internal secret (`sluice_shared::signature`).
+    fn signed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<reqwest::RequestBuilder, DeliveryError> {
+        let url = reqwest::Url::parse(&format!("{}{path}", self.base))
+            .map_err(|e| DeliveryError::Unavailable(format!("{}{path} is not a URL: {e}", self.base)))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        // Varies per request (the gateway keeps no replay cache: what it receives is idempotent).
+        static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nonce = (now.as_nanos() as u64).wrapping_add(COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let signed = signature::sign(&self.secret, now.as_secs(), nonce, method.as_str(), url.path(), &body);
+        Ok(self
+            .http
+            .request(method, url)
+            .header(signature::HEADER, signed)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body))
+    }
+
     /// One POST: the answer's text, or why the gateway did not take it.
     async fn post(&self, path: &str, body: &impl Serialize) -> Result<String, DeliveryError> {
         let unavailable = |e: reqwest::Error| DeliveryError::Unavailable(e.to_string());
+        let body = serde_json::to_vec(body).map_err(|e| DeliveryError::Unavailable(e.to_string()))?;
         let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.secret)
-            .json(body)
+            .signed(reqwest::Method::POST, path, body)?
             .send()
             .await
             .map_err(unavailable)?;
