@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import pg from 'pg';
 import { freePort, startProcess } from './process.mjs';
+import { makeCertificates } from './tls.mjs';
 
 /** The folder holding initdb/postgres: PG_BINDIR, else the newest /usr/lib/postgresql/N/bin. */
 export function postgresBinDir() {
@@ -71,20 +72,11 @@ export class Postgres {
    * accepting TCP only over TLS (passwords by SCRAM; the superuser also over the Unix socket).
    */
   requireTls() {
-    const tls = join(this.dir, 'tls');
-    mkdirSync(tls, { recursive: true });
-    const openssl = (...args) => execFileSync('openssl', args, { cwd: tls, stdio: ['ignore', 'ignore', 'pipe'] });
-    const key = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-    for (const ca of ['ca', 'other-ca']) {
-      openssl('req', '-x509', ...key, '-keyout', `${ca}.key`, '-out', `${ca}.crt`, '-days', '2', '-subj', `/CN=sluice test ${ca}`);
+    const tls = makeCertificates(join(this.dir, 'tls'));
+    for (const file of [tls.key, tls.cert]) {
+      if (this.user.uid !== undefined) chownSync(file, this.user.uid, this.user.gid);
     }
-    openssl('req', ...key, '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=localhost');
-    writeFileSync(join(tls, 'server.ext'), 'basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n');
-    openssl('x509', '-req', '-in', 'server.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.crt', '-days', '2', '-extfile', 'server.ext');
-    for (const file of ['server.key', 'server.crt']) {
-      if (this.user.uid !== undefined) chownSync(join(tls, file), this.user.uid, this.user.gid);
-    }
-    execFileSync('chmod', ['600', join(tls, 'server.key')]);
+    execFileSync('chmod', ['600', tls.key]);
     writeFileSync(join(this.data, 'pg_hba.conf'), [
       'local all all trust',
       'hostssl all postgres 127.0.0.1/32 trust',
@@ -92,9 +84,9 @@ export class Postgres {
       'hostssl replication all 127.0.0.1/32 scram-sha-256',
       '',
     ].join('\n'));
-    Object.assign(this.settings, { ssl: 'on', ssl_cert_file: join(tls, 'server.crt'), ssl_key_file: join(tls, 'server.key') });
-    this.ca = join(tls, 'ca.crt');
-    this.otherCa = join(tls, 'other-ca.crt');
+    Object.assign(this.settings, { ssl: 'on', ssl_cert_file: tls.cert, ssl_key_file: tls.key });
+    this.ca = tls.ca;
+    this.otherCa = tls.otherCa;
     this.ssl = { ca: readFileSync(this.ca, 'utf8') };
   }
 

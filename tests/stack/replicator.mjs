@@ -1,8 +1,22 @@
 // The replicator binary (built by scripts/test or scripts/dev), started against a database.
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
 import { join } from 'node:path';
 import { DEV_INTERNAL_SECRET } from './keys.mjs';
 import { startProcess, waitFor } from './process.mjs';
+
+/** GET `url`, over HTTPS trusting the CA file `ca` if given; resolves with `{ status, body }`. */
+export function get(url, ca) {
+  const client = url.startsWith('https:') ? https : http;
+  return new Promise((resolve, reject) => {
+    client.get(url, ca ? { ca: readFileSync(ca) } : {}, (res) => {
+      let body = '';
+      res.on('data', (c) => (body += c)).on('end', () => resolve({ status: res.statusCode, body }));
+    }).on('error', reject);
+  });
+}
 
 /** The debug build, or the release build when SLUICE_REPLICATOR_PROFILE=release (benchmarks). */
 export function replicatorBinary(root) {
@@ -13,26 +27,28 @@ export function replicatorBinary(root) {
  * Starts the replicator and resolves once its /healthz answers 200. `gatewayUrl` is where it
  * pushes changes (by default a closed port: changes then wait, as when the gateway is down).
  */
-export async function startReplicator({ root, databaseUrl, port, gatewayUrl = 'http://127.0.0.1:9', env = {}, log = () => {} }) {
+export async function startReplicator({ root, databaseUrl, port, gatewayUrl = 'http://127.0.0.1:9', tls, env = {}, log = () => {} }) {
   const proc = startProcess('replicator', replicatorBinary(root), [], {
     env: {
       SLUICE_DATABASE_URL: databaseUrl,
       SLUICE_HTTP_ADDR: `127.0.0.1:${port}`,
       SLUICE_INTERNAL_SECRET: DEV_INTERNAL_SECRET,
       SLUICE_GATEWAY_URL: gatewayUrl,
+      // `tls`: { cert, key, ca } files: the API over HTTPS, the gateway's certificate checked against `ca`.
+      ...(tls ? { SLUICE_TLS_CERT: tls.cert, SLUICE_TLS_KEY: tls.key, SLUICE_GATEWAY_CA: tls.ca } : {}),
       RUST_LOG: 'info',
       NO_COLOR: '1',
       ...env,
     },
     onLine: (line) => log(`[replicator] ${line}`),
   });
-  const url = `http://127.0.0.1:${port}`;
+  const url = tls ? `https://localhost:${port}` : `http://127.0.0.1:${port}`;
   const died = proc.exited.then(({ code }) => {
     throw new Error(`the replicator exited (code ${code}) at start:\n${proc.lines.join('\n')}`);
   });
   await Promise.race([
     died,
-    waitFor('the replicator /healthz', async () => (await fetch(`${url}/healthz`)).ok),
+    waitFor('the replicator /healthz', async () => (await get(`${url}/healthz`, tls?.ca)).status === 200),
   ]);
   died.catch(() => {});
   return { url, proc, stop: () => proc.stop() };

@@ -18,9 +18,12 @@ export const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
  * the SQL it prints, connecting with sslmode=verify-full. Returns the parts, the URL clients use,
  * the keys, and `stop()`, which stops all of it in reverse order. `pgSettings` are server
  * settings, `replicatorEnv` extra variables of the replicator; with `gatewayProxy` the
- * replicator reaches the gateway through a proxy (`stack.proxy`) a test can cut.
+ * replicator reaches the gateway through a proxy (`stack.proxy`) a test can cut. With
+ * `internalTls` (`{ cert, key, ca }` files, e.g. from tls.mjs) the internal API runs over HTTPS
+ * both ways: the replicator serves it, and reaches the gateway through a TLS-terminating proxy
+ * (the gateway's workerd must trust `ca`: NODE_EXTRA_CA_CERTS before wrangler is imported).
  */
-export async function startStack({ name = 'stack', gateway = 'harness', gatewayPort, managed = gateway === 'harness', vars = {}, pgSettings = {}, replicatorEnv = {}, gatewayProxy = false, log = () => {} } = {}) {
+export async function startStack({ name = 'stack', gateway = 'harness', gatewayPort, managed = gateway === 'harness', vars = {}, pgSettings = {}, replicatorEnv = {}, gatewayProxy = false, internalTls, log = () => {} } = {}) {
   const started = [];
   const stop = async () => {
     for (const part of started.reverse()) await part.stop().catch((e) => log(`while stopping: ${e.message}`));
@@ -32,16 +35,17 @@ export async function startStack({ name = 'stack', gateway = 'harness', gatewayP
     // The gateway calls the replicator and the replicator pushes to the gateway: the replicator's
     // port is chosen first so the gateway can be told where it will be.
     const replicatorPort = await freePort();
-    const gatewayVars = { REPLICATOR_URL: `http://127.0.0.1:${replicatorPort}`, API_JWT_SECRET: DEV_API_SECRET, INTERNAL_SECRET: DEV_INTERNAL_SECRET, METRICS_JWT_SECRET: DEV_METRICS_SECRET, ...vars };
+    const replicatorApi = internalTls ? `https://localhost:${replicatorPort}` : `http://127.0.0.1:${replicatorPort}`;
+    const gatewayVars = { REPLICATOR_URL: replicatorApi, API_JWT_SECRET: DEV_API_SECRET, INTERNAL_SECRET: DEV_INTERNAL_SECRET, METRICS_JWT_SECRET: DEV_METRICS_SECRET, ...vars };
     log(`starting the gateway worker (${gateway === 'wrangler' ? 'wrangler dev' : 'wrangler test harness'})`);
     const gw = gateway === 'wrangler'
       ? await startGatewayWranglerDev({ root: ROOT, port: gatewayPort ?? (await freePort()), jwtSecret: DEV_JWT_SECRET, vars: gatewayVars, log })
       : await startGatewayHarness({ root: ROOT, jwtSecret: DEV_JWT_SECRET, vars: gatewayVars });
     started.push(gw);
-    const proxy = gatewayProxy ? await startProxy(gw.url) : null;
+    const proxy = gatewayProxy || internalTls ? await startProxy(gw.url, { tls: internalTls }) : null;
     if (proxy) started.push(proxy);
     log('starting the replicator');
-    const replicator = await startReplicator({ root: ROOT, databaseUrl: pg.replicatorUrl, port: replicatorPort, gatewayUrl: proxy?.url ?? gw.url, env: replicatorEnv, log });
+    const replicator = await startReplicator({ root: ROOT, databaseUrl: pg.replicatorUrl, port: replicatorPort, gatewayUrl: proxy?.url ?? gw.url, tls: internalTls, env: replicatorEnv, log });
     started.push(replicator);
     return { pg, replicator, proxy, gateway: gw, url: gw.url, jwtSecret: DEV_JWT_SECRET, keys: devKeys(), adminKey: tokenFor('supabase_admin', { secret: DEV_API_SECRET }), metricsKey: tokenFor('metrics', { secret: DEV_METRICS_SECRET, ttlSecs: 10 * 365 * 24 * 3600 }), stop };
   } catch (e) {

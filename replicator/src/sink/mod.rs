@@ -23,6 +23,18 @@ use crate::stats::Stats;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
+/// A failed request, with its causes (reqwest says only "error sending request"; the cause says
+/// a refused connection, or a certificate of an unknown issuer).
+fn unavailable(e: reqwest::Error) -> DeliveryError {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    DeliveryError::Unavailable(text)
+}
+
 /// How often a refused push is tried again.
 const REFUSED_RETRY: Duration = Duration::from_secs(10);
 
@@ -144,7 +156,7 @@ impl Gateway {
             .signed(reqwest::Method::GET, "/internal/v1/ping", Vec::new())?
             .send()
             .await
-            .map_err(|e| DeliveryError::Unavailable(e.to_string()))?;
+            .map_err(unavailable)?;
         match response.status().as_u16() {
             204 => Ok(()),
             status => Err(DeliveryError::from_status(status, "")),
@@ -177,7 +189,6 @@ impl Gateway {
 
     /// One POST: the answer's text, or why the gateway did not take it.
     async fn post(&self, path: &str, body: &impl Serialize) -> Result<String, DeliveryError> {
-        let unavailable = |e: reqwest::Error| DeliveryError::Unavailable(e.to_string());
         let body = serde_json::to_vec(body).map_err(|e| DeliveryError::Unavailable(e.to_string()))?;
         let response = self
             .signed(reqwest::Method::POST, path, body)?
