@@ -99,10 +99,10 @@ pub fn limits(env: &Env, tenant: &str) -> Result<Limits, String> {
 }
 
 fn read(env: &Env, name: &str) -> Option<String> {
-    env.secret(name)
-        .map(|s| s.to_string())
-        .or_else(|_| env.var(name).map(|v| v.to_string()))
-        .ok()
+    // Vars and secrets are strings on `env`. A binding may be absent, or null (self-hosted
+    // workerd: a `fromEnvironment` binding whose variable is unset), which `Env::var` cannot take.
+    let value = worker::js_sys::Reflect::get(env.as_ref(), &name.into()).ok()?;
+    value.as_string()
 }
 
 /// The secret shared with the replicator (`INTERNAL_SECRET`, the replicator's

@@ -428,7 +428,8 @@ test('changes around a Postgres restart arrive once', async () => {
   });
 });
 
-test('changes made while the hub is evicted from memory (a worker restart) arrive once', async () => {
+test('changes made while the hub is evicted from memory (a worker restart) arrive once', async (t) => {
+  if (!stack.gateway.evictHub) return t.skip('the self-hosted gateway cannot evict an object on request (self_hosted.test.mjs restarts the process instead)');
   await exactlyOnceThrough('evict-hub', async (insertRest) => {
     const hubs = new Set(stack.gateway.logLines().map((l) => l.match(/^(hub:\S+): accepted socket/)?.[1]).filter(Boolean));
     const evicting = Promise.all([...hubs].map((h) => stack.gateway.evictHub(h)));

@@ -1,9 +1,9 @@
-// The gateway worker in workerd: under `wrangler dev` for the local stack, or under wrangler's test
+// The gateway worker in workerd: under `wrangler dev` for the local stack, under wrangler's test
 // harness (Miniflare) for tests, which can also evict its Durable Objects from memory as
-// hibernation does.
+// hibernation does, or as self-hosted production runs it (`scripts/serve gateway`).
 import { join } from 'node:path';
 import { createTestHarness } from 'wrangler';
-import { startProcess } from './process.mjs';
+import { startProcess, waitFor } from './process.mjs';
 
 /** Runs the worker of wrangler.toml in wrangler's test harness, with test-only vars and secrets. */
 export async function startGatewayHarness({ root, jwtSecret, vars = {} }) {
@@ -50,4 +50,43 @@ export async function startGatewayWranglerDev({ root, port, jwtSecret, vars = {}
   });
   await Promise.race([readyLine, died]);
   return { url: `http://127.0.0.1:${port}`, lines: proc.lines, stop: () => proc.stop() };
+}
+
+/**
+ * Runs the gateway as self-hosted production does: `scripts/serve gateway` (workerd, Durable
+ * Objects on disk under `stateDir`). `restart()` stops the process and starts it again on the same
+ * port and storage.
+ */
+export async function startGatewayWorkerd({ root, port, stateDir, jwtSecret, vars = {}, log = () => {} }) {
+  const lines = [];
+  let proc;
+  const start = async () => {
+    let ready;
+    const readyLine = new Promise((resolve) => (ready = resolve));
+    proc = startProcess('workerd', join(root, 'scripts/serve'), ['gateway'], {
+      cwd: root,
+      env: { SLUICE_GATEWAY_ADDR: `127.0.0.1:${port}`, SLUICE_STATE_DIR: stateDir, JWT_SECRET: jwtSecret, CHANNEL_ERROR_BACKOFF_MS: '100', ...vars },
+      onLine: (line) => {
+        lines.push(line);
+        log(`[workerd] ${line}`);
+      },
+    });
+    const died = proc.exited.then(({ code }) => {
+      throw new Error(`workerd exited (code ${code}) before it was ready:\n${proc.lines.slice(-20).join('\n')}`);
+    });
+    const url = `http://127.0.0.1:${port}`;
+    await Promise.race([died, waitFor('workerd to answer', async () => (await fetch(`${url}/healthcheck`)).ok).then(ready)]);
+    await readyLine;
+    died.catch(() => {});
+  };
+  await start();
+  return {
+    url: `http://127.0.0.1:${port}`,
+    logLines: () => lines,
+    restart: async () => {
+      await proc.stop();
+      await start();
+    },
+    stop: () => proc.stop(),
+  };
 }

@@ -1,5 +1,6 @@
 // The whole local stack: a throwaway Postgres, the replicator and the gateway worker, each on a
 // free port. Used by `scripts/dev` (with wrangler dev) and by the end-to-end tests (with wrangler's test harness).
+import { rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { devKeys, DEV_API_SECRET, DEV_INTERNAL_SECRET, DEV_JWT_SECRET, DEV_METRICS_SECRET, tokenFor } from './keys.mjs';
@@ -7,12 +8,20 @@ import { Postgres } from './postgres.mjs';
 import { freePort } from './process.mjs';
 import { startProxy } from './proxy.mjs';
 import { prepareReplicatorRole, startReplicator } from './replicator.mjs';
-import { startGatewayHarness, startGatewayWranglerDev } from './gateway.mjs';
+import { startGatewayHarness, startGatewayWorkerd, startGatewayWranglerDev } from './gateway.mjs';
 
 export const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 
+/** `dir`, emptied. */
+function freshDir(dir) {
+  rmSync(dir, { recursive: true, force: true });
+  return dir;
+}
+
 /**
- * Starts everything. `gateway` is 'harness' (tests) or 'wrangler' (scripts/dev); `name` picks
+ * Starts everything. `gateway` is 'harness' (tests; `SLUICE_TEST_GATEWAY=workerd` makes the
+ * default the self-hosted server), 'workerd' (`scripts/serve gateway`, storage on disk) or
+ * 'wrangler' (scripts/dev); `name` picks
  * the folder under .local/ that holds the cluster. `managed` (the default for tests) sets the
  * database up as a managed one: TLS only, and the replicator a non-superuser role prepared by
  * the SQL it prints, connecting with sslmode=verify-full. Returns the parts, the URL clients use,
@@ -23,7 +32,7 @@ export const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
  * both ways: the replicator serves it, and reaches the gateway through a TLS-terminating proxy
  * (the gateway's workerd must trust `ca`: NODE_EXTRA_CA_CERTS before wrangler is imported).
  */
-export async function startStack({ name = 'stack', gateway = 'harness', gatewayPort, managed = gateway === 'harness', vars = {}, pgSettings = {}, replicatorEnv = {}, gatewayProxy = false, internalTls, log = () => {} } = {}) {
+export async function startStack({ name = 'stack', gateway = process.env.SLUICE_TEST_GATEWAY ?? 'harness', gatewayPort, managed = gateway !== 'wrangler', vars = {}, pgSettings = {}, replicatorEnv = {}, gatewayProxy = false, internalTls, log = () => {} } = {}) {
   const started = [];
   const stop = async () => {
     for (const part of started.reverse()) await part.stop().catch((e) => log(`while stopping: ${e.message}`));
@@ -37,10 +46,13 @@ export async function startStack({ name = 'stack', gateway = 'harness', gatewayP
     const replicatorPort = await freePort();
     const replicatorApi = internalTls ? `https://localhost:${replicatorPort}` : `http://127.0.0.1:${replicatorPort}`;
     const gatewayVars = { REPLICATOR_URL: replicatorApi, API_JWT_SECRET: DEV_API_SECRET, INTERNAL_SECRET: DEV_INTERNAL_SECRET, METRICS_JWT_SECRET: DEV_METRICS_SECRET, ...vars };
-    log(`starting the gateway worker (${gateway === 'wrangler' ? 'wrangler dev' : 'wrangler test harness'})`);
+    log(`starting the gateway worker (${gateway})`);
+    const port = gatewayPort ?? (await freePort());
     const gw = gateway === 'wrangler'
-      ? await startGatewayWranglerDev({ root: ROOT, port: gatewayPort ?? (await freePort()), jwtSecret: DEV_JWT_SECRET, vars: gatewayVars, log })
-      : await startGatewayHarness({ root: ROOT, jwtSecret: DEV_JWT_SECRET, vars: gatewayVars });
+      ? await startGatewayWranglerDev({ root: ROOT, port, jwtSecret: DEV_JWT_SECRET, vars: gatewayVars, log })
+      : gateway === 'workerd'
+        ? await startGatewayWorkerd({ root: ROOT, port, stateDir: freshDir(join(ROOT, '.local', name, 'serve')), jwtSecret: DEV_JWT_SECRET, vars: gatewayVars, log })
+        : await startGatewayHarness({ root: ROOT, jwtSecret: DEV_JWT_SECRET, vars: gatewayVars });
     started.push(gw);
     const proxy = gatewayProxy || internalTls ? await startProxy(gw.url, { tls: internalTls }) : null;
     if (proxy) started.push(proxy);
