@@ -31,6 +31,7 @@ use crate::db::Db;
 use crate::dispatch::Dispatcher;
 use crate::error::{Recovery, StreamError};
 use crate::messages::broadcasts::{self, DbBroadcast};
+use crate::setup::MESSAGES_PUBLICATION;
 use crate::shutdown::{Shutdown, GRACE};
 use crate::sink::Gateway;
 use crate::source::change::RowChange;
@@ -157,6 +158,27 @@ impl Pipeline {
         }
     }
 
+    /// Whether `realtime.messages` is published for the stream. Where another role owns it (a
+    /// Supabase database), its owner must create the publication; until then database broadcasts
+    /// are not streamed, and the log says what to run.
+    async fn messages_published(&self) -> Result<bool, StreamError> {
+        let client = self.db.client().await.map_err(StreamError::Database)?;
+        let exists: bool = client
+            .query_one(
+                "select exists (select from pg_publication where pubname = $1)",
+                &[&MESSAGES_PUBLICATION],
+            )
+            .await
+            .map_err(StreamError::Database)?
+            .get(0);
+        if !exists {
+            warn!(
+                "Broadcast from the database is off: publication {MESSAGES_PUBLICATION} does not exist. The owner of realtime.messages creates it with: CREATE PUBLICATION {MESSAGES_PUBLICATION} FOR TABLE realtime.messages WITH (publish_via_partition_root = true)"
+            );
+        }
+        Ok(exists)
+    }
+
     /// The alarm as an error, once raised.
     async fn slot_alarm(alarm: Arc<Alarm>) -> StreamError {
         alarm.wait().await;
@@ -166,8 +188,9 @@ impl Pipeline {
     /// One replication connection, from connecting until it ends or shutdown closes it.
     async fn stream_once(&mut self) -> Result<(), StreamError> {
         let alarm = self.alarm.clone();
+        let with_messages = self.messages_published().await?;
         let mut source = tokio::select! {
-            source = Source::connect(&self.config) => source?,
+            source = Source::connect(&self.config, with_messages) => source?,
             _ = self.shutdown.requested_now() => return Ok(()),
             e = Self::slot_alarm(alarm.clone()) => return Err(e),
         };

@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { DEV_INTERNAL_SECRET } from '../stack/keys.mjs';
 import { Postgres } from '../stack/postgres.mjs';
 import { freePort, startProcess, waitFor } from '../stack/process.mjs';
-import { replicatorBinary } from '../stack/replicator.mjs';
+import { prepareReplicatorRole, replicatorBinary, startReplicator } from '../stack/replicator.mjs';
 import { ROOT, startStack } from '../stack/stack.mjs';
 
 /** Runs the replicator binary to its end; resolves with its exit code and output. */
@@ -149,5 +149,34 @@ describe('a pooler in transaction mode (PgBouncer)', () => {
     // The direct connection passes the same check.
     const direct = await replicator(['doctor'], withUrl(pg.url));
     assert.match(direct.stdout, /^\[ok {2}\] pooler: a direct \(or session-mode\) connection$/m);
+  });
+});
+
+describe("a database whose realtime schema belongs to another role (as Supabase's)", () => {
+  let pg;
+  let started;
+  before(async () => {
+    pg = await Postgres.create({ dir: join(ROOT, '.local', 'e2e-foreign-realtime', 'postgres'), managed: true });
+    await pg.sql(`create schema realtime;
+      create table realtime.messages (topic text not null, extension text not null, payload jsonb, event text,
+        private boolean default false, updated_at timestamp not null default now(), inserted_at timestamp not null default now(),
+        id uuid not null default gen_random_uuid(), primary key (id, inserted_at)) partition by range (inserted_at)`);
+    await prepareReplicatorRole(ROOT, pg);
+  });
+  after(async () => {
+    await started?.stop();
+    await pg?.destroy();
+  });
+
+  test('the non-superuser replicator starts, leaves it alone, and says what its owner runs to stream database broadcasts', async () => {
+    const lines = [];
+    started = await startReplicator({ root: ROOT, databaseUrl: pg.replicatorUrl, port: await freePort(), log: (l) => lines.push(l) });
+    const [{ versions }] = await pg.sql('select array_agg(version order by version) as versions from sluice.migrations');
+    assert.deepEqual(versions, [1, 2, 3, 4, 5]);
+    const [{ owner, publications, partitions }] = await pg.sql(`select (select nspowner::regrole::text from pg_namespace where nspname = 'realtime') as owner,
+      (select count(*)::int from pg_publication where pubname = 'sluice_messages') as publications,
+      (select count(*)::int from pg_inherits where inhparent = 'realtime.messages'::regclass) as partitions`);
+    assert.deepEqual({ owner, publications, partitions }, { owner: 'postgres', publications: 0, partitions: 0 });
+    await waitFor('the log line', () => lines.some((l) => l.includes('Broadcast from the database is off: publication sluice_messages does not exist. The owner of realtime.messages creates it with: CREATE PUBLICATION sluice_messages FOR TABLE realtime.messages')));
   });
 });

@@ -6,7 +6,9 @@ use tracing::info;
 
 use crate::error::StartError;
 
-/// (version, SQL). Append only: an applied migration never changes.
+/// (version, SQL). Append only: an applied migration never changes what it did where it applied
+/// (migration 3 later learnt to leave a `realtime` schema it does not own alone, which only changes
+/// its outcome where it used to fail).
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -66,7 +68,9 @@ const MIGRATIONS: &[(i32, &str)] = &[
     -- where absent: a Supabase database keeps its own. Upstream's signatures and behaviour.
     do $do$
     begin
-        if to_regclass('realtime.messages') is null then
+        -- Catalog lookups, not to_regclass: that needs USAGE on a schema that may not be ours.
+        if not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                       where n.nspname = 'realtime' and c.relname = 'messages') then
             create schema if not exists realtime;
             create table realtime.messages (
                 topic text not null,
@@ -82,6 +86,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
                 constraint messages_payload_exclusive check (payload is null or binary_payload is null)
             ) partition by range (inserted_at);
             alter table realtime.messages enable row level security;
+        end if;
+        -- The rest only where the schema is ours: a Supabase database's `realtime` belongs to its
+        -- own Realtime, which keeps the functions and grants there.
+        if not pg_has_role((select nspowner from pg_namespace where nspname = 'realtime'), 'USAGE') then
+            return;
         end if;
         if to_regprocedure('realtime.topic()') is null then
             create function realtime.topic() returns text language sql stable
@@ -154,6 +163,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
         day date;
         old record;
     begin
+        -- Partitions are the owner's to make: a Supabase database's own Realtime makes them there.
+        if not pg_has_role((select c.relowner from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                            where n.nspname = 'realtime' and c.relname = 'messages'), 'USAGE') then
+            return;
+        end if;
         for day in select generate_series(current_date - 1, current_date + 3, interval '1 day')::date loop
             execute format('create table if not exists realtime.%I partition of realtime.messages for values from (%L) to (%L)',
                            'messages_' || to_char(day, 'YYYY_MM_DD'), day, day + 1);
@@ -173,7 +187,13 @@ const MIGRATIONS: &[(i32, &str)] = &[
     -- The messages are streamed through a publication of their own, as the partitioned root.
     do $do$
     begin
-        if not exists (select 1 from pg_publication where pubname = 'sluice_messages') then
+        if exists (select 1 from pg_publication where pubname = 'sluice_messages') then
+            return;
+        end if;
+        -- Publishing a table takes its ownership: where realtime.messages is someone else's, its
+        -- owner creates the publication (the replicator says so at start).
+        if pg_has_role((select c.relowner from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                            where n.nspname = 'realtime' and c.relname = 'messages'), 'USAGE') then
             create publication sluice_messages for table realtime.messages with (publish_via_partition_root = true);
         end if;
     end $do$;
@@ -206,7 +226,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
 pub async fn run(client: &mut Client) -> Result<(), StartError> {
     let fail = |e: tokio_postgres::Error| {
         StartError(format!(
-            "MigrationsFailedToRun: migrating the sluice schema failed: {e}"
+            "MigrationsFailedToRun: migrating the sluice schema failed: {}",
+            crate::db::error_text(&e)
         ))
     };
     let tx = client.transaction().await.map_err(fail)?;

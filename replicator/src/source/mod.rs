@@ -55,9 +55,10 @@ pub struct Source {
 }
 
 impl Source {
-    /// Opens the replication connection and starts streaming the slot.
-    pub async fn connect(config: &Config) -> Result<Source, StreamError> {
-        let client = ReplicationClient::connect(replication_config(config))
+    /// Opens the replication connection and starts streaming the slot; `with_messages`: also the
+    /// publication of `realtime.messages` (Broadcast from the database), when it exists.
+    pub async fn connect(config: &Config, with_messages: bool) -> Result<Source, StreamError> {
+        let client = ReplicationClient::connect(replication_config(config, with_messages))
             .await
             .map_err(stream_error)?;
         info!("streaming slot {} of publication {}", config.slot, config.publication);
@@ -154,7 +155,7 @@ fn stream_error(e: pgwire_replication::PgWireError) -> StreamError {
     }
 }
 
-fn replication_config(config: &Config) -> ReplicationConfig {
+fn replication_config(config: &Config, with_messages: bool) -> ReplicationConfig {
     let db = &config.database;
     let password = db
         .pg
@@ -168,7 +169,9 @@ fn replication_config(config: &Config) -> ReplicationConfig {
         db.pg.get_dbname().unwrap_or("postgres"),
         config.slot.clone(),
         // The tables' changes, and the messages of Broadcast from the database.
-        [config.publication.clone(), MESSAGES_PUBLICATION.to_string()],
+        std::iter::once(config.publication.clone())
+            .chain(with_messages.then(|| MESSAGES_PUBLICATION.to_string()))
+            .collect::<pgwire_replication::Publication>(),
     )
     .with_port(db.port())
     .with_tls(db.replication_tls())
