@@ -90,7 +90,10 @@ async fn database(config: &Config, db: &Db, report: &mut Report) -> Result<(), t
 
     let row = client
         .query_one(
-            "select current_user::text, rolsuper, rolreplication from pg_roles where rolname = current_user",
+            &format!(
+                "select current_user::text, rolsuper, {} from pg_roles where rolname = current_user",
+                crate::setup::preflight::CAN_REPLICATE
+            ),
             &[],
         )
         .await?;

@@ -16,6 +16,12 @@ fn sql_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StartError
     move |e| StartError(format!("preflight: {what} failed: {e}"))
 }
 
+/// Whether the role (a `pg_roles` row) may stream: the REPLICATION attribute, a superuser, or
+/// membership in Amazon RDS's `rds_replication` (RDS does not hand out the attribute).
+pub const CAN_REPLICATE: &str =
+    "(rolreplication OR rolsuper OR CASE WHEN EXISTS (SELECT FROM pg_roles WHERE rolname = 'rds_replication')
+     THEN pg_has_role(current_user, 'rds_replication', 'MEMBER') ELSE false END)";
+
 pub async fn check(db: &Client, config: &Config) -> Result<(), StartError> {
     let wal_level: String = db
         .query_one("SELECT current_setting('wal_level')", &[])
@@ -30,7 +36,7 @@ pub async fn check(db: &Client, config: &Config) -> Result<(), StartError> {
 
     let row = db
         .query_one(
-            "SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &format!("SELECT current_user::text, {CAN_REPLICATE} FROM pg_roles WHERE rolname = current_user"),
             &[],
         )
         .await
