@@ -22,7 +22,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { done, Inbox, pgChannel, subscribe, supabase } from '../tests/e2e/clients.mjs';
-import { DEV_INTERNAL_SECRET, tokenFor } from '../tests/stack/keys.mjs';
+import { signedRequest, tokenFor } from '../tests/stack/keys.mjs';
 import { Postgres } from '../tests/stack/postgres.mjs';
 import { freePort, waitFor } from '../tests/stack/process.mjs';
 import { startReplicator } from '../tests/stack/replicator.mjs';
@@ -73,11 +73,8 @@ async function nullSink() {
 
 /** Registers one channel's bindings with the replicator directly, as a hub would. */
 async function register(replicatorUrl, socket, claims, bindings) {
-  const res = await fetch(`${replicatorUrl}/v1/subscriptions`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${DEV_INTERNAL_SECRET}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ hub: 'hub:bench:na:0', socket, topic: 'realtime:bench', claims, bindings }),
-  });
+  const url = `${replicatorUrl}/v1/subscriptions`;
+  const res = await fetch(url, signedRequest('POST', url, { hub: 'hub:bench:na:0', socket, topic: 'realtime:bench', claims, bindings }));
   if (!res.ok) throw new Error(`registering ${socket}: ${res.status} ${await res.text()}`);
 }
 
