@@ -2,18 +2,22 @@
 //! logical slot, and delivers each to the sockets whose subscriptions (event, filters, RLS) it
 //! matches, through the gateway's hubs. Folders follow the pipeline:
 //!
-//! - [`setup`]: checks and prepares the database at start (preflight, migrations, slot).
-//! - [`source`]: the replication stream, decoded into row changes.
+//! - [`setup`]: checks and prepares the database at start (preflight, migrations, slot), and the
+//!   SQL that prepares a least-privilege role (`setup-sql`).
+//! - [`source`]: the replication stream, decoded into row changes; WAL safety (`source::slot`).
 //! - [`pipeline`]: the loop: gather batches, dispatch, sink, confirm; graceful shutdown.
 //! - [`dispatch`]: matching, RLS and payloads: what each hub must deliver.
 //! - [`sink`]: pushing batches to the gateway, retrying until it takes them.
 //! - [`subscriptions`]: channels' `postgres_changes` bindings: registry, storage, API.
 //! - [`messages`]: `realtime.messages`: private-channel policies, database broadcasts, replay.
-//! - [`http`]: `/healthz`, `/metrics`, and the internal API's routes.
+//! - [`http`]: `/healthz`, `/metrics`, and the internal API's signed routes, over HTTPS if asked.
 //!
-//! And around them: [`config`] (environment), [`db`] (the SQL connection), [`error`] (what each
-//! error means for retries), [`stats`] (counters and health), [`answer`] (how the internal API
-//! answers), [`shutdown`] (SIGTERM and Ctrl-C).
+//! Commands: `run` (the default), [`doctor`] (every check, one line each), `setup-sql`.
+//!
+//! And around them: [`config`] (environment), [`conninfo`] (the connection string and its TLS),
+//! [`db`] (the SQL connection), [`error`] (what each error means for retries), [`stats`]
+//! (counters and health), [`answer`] (how the internal API answers), [`shutdown`] (SIGTERM and
+//! Ctrl-C).
 
 mod answer;
 mod config;
