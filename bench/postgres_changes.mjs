@@ -13,7 +13,8 @@
 //      stream idle and with 1,000 changes/s flowing.
 //
 //   cargo build --release -p sluice-replicator && scripts/build-worker
-//   node_modules/.bin/node bench/postgres_changes.mjs [--only throughput,rls,latency,joins] [--rows 50000] [--seconds 5]
+//   node_modules/.bin/node bench/postgres_changes.mjs [--only throughput,rls,latency,joins,owners] [--rows 50000] [--seconds 5]
+//     [--users 100,1000,10000] (owners: the per-user RLS workload; not in the default set, it takes minutes)
 //
 // It runs the release build of the replicator (target/release).
 // A program, not a test: numbers depend on the machine, which also runs the load generator.
@@ -30,6 +31,7 @@ import { ROOT, startStack } from '../tests/stack/stack.mjs';
 
 const { values: opts } = parseArgs({ options: {
   only: { type: 'string', default: 'throughput,rls,latency,joins' },
+  users: { type: 'string' },
   rows: { type: 'string', default: '50000' },
   seconds: { type: 'string', default: '5' },
 } });
@@ -338,7 +340,66 @@ async function joins() {
   }
 }
 
+/**
+ * Per-user rows (issue #13's workload): S subscribers, each its own user subscribed to INSERTs on
+ * `notes`, whose policy lets a user see its own rows; single-row inserts spread over the users,
+ * each row visible to exactly one of them. Both policy forms Supabase users write.
+ */
+async function owners() {
+  const FORMS = {
+    'user_id = auth.uid()': 'user_id = auth.uid()',
+    'user_id = (select auth.uid())': 'user_id = (select auth.uid())',
+  };
+  const rows = [];
+  for (const users of (opts.users ?? '100,1000,10000').split(',').map(Number)) {
+    // Fewer changes where each costs more, so every row of the table takes about as long.
+    const changes = Math.max(100, Math.min(2000, Math.round(2_000_000 / users / 10)));
+    for (const [form, using] of Object.entries(FORMS)) {
+      await withDatabase(`owners-${users}`, async (database, db) => {
+        await db.query(`
+          create schema auth;
+          create function auth.uid() returns uuid language sql stable as $$
+            select nullif(current_setting('request.jwt.claims', true)::jsonb ->> 'sub', '')::uuid $$;
+          grant usage on schema auth to authenticated;
+          create table notes (id bigint primary key, user_id uuid not null);
+          alter table notes enable row level security;
+          create policy own on notes for select to authenticated using (${using});
+          grant select on notes to authenticated;
+          alter publication supabase_realtime add table notes`);
+        const ids = (await db.query(`select gen_random_uuid()::text as id from generate_series(1, ${users})`)).rows.map((r) => r.id);
+        const sink = await nullSink();
+        const replicator = await startReplicator({ root: ROOT, databaseUrl: database.url, port: await freePort(), gatewayUrl: sink.url });
+        try {
+          log(`registering ${users} users (${form})`);
+          for (let u = 0; u < users; u += 100) {
+            await Promise.all(ids.slice(u, u + 100).map((id, k) => register(replicator.url, `u${u + k}`,
+              { role: 'authenticated', sub: id, exp: 9999999999 }, [{ event: 'INSERT', schema: 'public', table: 'notes' }])));
+          }
+          const started = now();
+          for (let i = 1; i <= changes; i++) {
+            await db.query('insert into notes values ($1, $2)', [i, ids[(i * 7919) % users]]);
+          }
+          const secs = await timeUntil(() => sink.counts.deliveries, changes, started, `${changes} deliveries`);
+          const metrics = await (await fetch(`${replicator.url}/metrics`)).text();
+          const queries = Number(metrics.match(/^sluice_rls_queries_total (\S+)$/m)[1]);
+          rows.push({ users, form, changes, deliveries: sink.counts.deliveries, queries, secs });
+        } finally {
+          await replicator.stop();
+          await sink.stop();
+        }
+      });
+    }
+  }
+  console.log('\n### 5. RLS, per-user rows: S users each subscribed to INSERT, each row visible to exactly one\n');
+  console.log('| S | policy | changes | deliveries | visibility queries | seconds | deliveries/s |');
+  console.log('|---:|---|---:|---:|---:|---:|---:|');
+  for (const r of rows) {
+    console.log(`| ${r.users} | \`${r.form}\` | ${r.changes} | ${r.deliveries} | ${r.queries} | ${fmt(r.secs, 2)} | ${Math.round(r.deliveries / r.secs)} |`);
+  }
+}
+
 if (only.has('throughput')) { console.error('==> throughput'); await throughput(); }
 if (only.has('rls')) { console.error('==> rls'); await rls(); }
 if (only.has('latency')) { console.error('==> latency'); await latency(); }
 if (only.has('joins')) { console.error('==> joins'); await joins(); }
+if (only.has('owners')) { console.error('==> owners'); await owners(); }
