@@ -5,6 +5,7 @@
 //!
 //! - [`matching`]: what each matched subscriber may see: error rows, visible, or visible if RLS
 //!   lets it (checked in one query per table and auth context).
+//! - [`policies`]: which subscribers could see a row, learnt from policies `column = claim`.
 //! - [`tables`]: catalog facts per table and role, and the batched visibility query.
 //! - [`payload`]: the `data` of a `postgres_changes` message.
 //! - [`batches`]: the per-hub batches built from the matches.
@@ -12,6 +13,7 @@
 mod batches;
 mod matching;
 pub mod payload;
+mod policies;
 mod tables;
 
 use std::collections::BTreeMap;
@@ -36,6 +38,7 @@ pub struct Dispatcher {
     /// This stream's identity in batches (`{system_identifier}:{slot}`), scoping hubs' positions.
     stream: String,
     tables: Tables,
+    candidates: policies::Candidates,
     /// The connection catalog and RLS queries run on (transactions need one of their own).
     conn: Option<Client>,
 }
@@ -48,6 +51,7 @@ impl Dispatcher {
             stats,
             stream,
             tables: Tables::default(),
+            candidates: policies::Candidates::default(),
             conn: None,
         }
     }
@@ -81,7 +85,15 @@ impl Dispatcher {
             self.conn = Some(self.db.dedicated().await?);
         }
         let conn = self.conn.as_mut().expect("just opened");
-        let result = judge_and_check(&mut self.tables, conn, batch, &mut hits, &self.stats).await;
+        let result = judge_and_check(
+            &mut self.tables,
+            &mut self.candidates,
+            conn,
+            batch,
+            &mut hits,
+            &self.stats,
+        )
+        .await;
         let (visible, keys) = match result {
             Ok(found) => found,
             Err(e) => {

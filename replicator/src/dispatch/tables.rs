@@ -25,6 +25,13 @@ pub struct TableInfo {
     pub pk_columns: Vec<usize>,
 }
 
+impl TableInfo {
+    /// A column's type as `format_type` prints it (what casts name).
+    pub fn column_type(&self, column: usize) -> &str {
+        &self.types[column]
+    }
+}
+
 #[derive(Default)]
 pub struct Tables {
     info: HashMap<u32, Arc<TableInfo>>,

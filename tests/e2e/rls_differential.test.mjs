@@ -1,0 +1,172 @@
+// RLS, differentially: random sets of permissive and restrictive policies (the families people
+// write: a column equal to a claim, with and without `(select ...)`, membership through another
+// table, role-only, `using (true)`, arbitrary SQL), random subscribers (roles, claims) and random
+// changes. What the replicator delivers must be, set for set, what Postgres says when asked for
+// each (change, subscriber) pair on its own. Against the replicator directly (a stand-in gateway
+// records the batches), so that many rounds fit in seconds.
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import pg from 'pg';
+import { signedRequest } from '../stack/keys.mjs';
+import { Postgres } from '../stack/postgres.mjs';
+import { freePort, waitFor } from '../stack/process.mjs';
+import { startReplicator } from '../stack/replicator.mjs';
+import { ROOT } from '../stack/stack.mjs';
+
+/** A small seeded generator (mulberry32), so a failing round can be replayed. */
+function random(seed) {
+  let a = seed >>> 0;
+  const next = () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  return { next, int: (n) => Math.floor(next() * n), pick: (list) => list[Math.floor(next() * list.length)] };
+}
+
+const USERS = ['0b3c7a52-8f9d-4f3e-9d5c-1a2b3c4d5e01', '0b3c7a52-8f9d-4f3e-9d5c-1a2b3c4d5e02', '0b3c7a52-8f9d-4f3e-9d5c-1a2b3c4d5e03',
+  '0b3c7a52-8f9d-4f3e-9d5c-1a2b3c4d5e04', '0b3c7a52-8f9d-4f3e-9d5c-1a2b3c4d5e05', '0b3c7a52-8f9d-4f3e-9d5c-1a2b3c4d5e06'];
+
+/** Policy families: [name, SQL after `on docs`]. */
+const PERMISSIVE = [
+  ['owner', `as permissive for select to authenticated using (owner = auth.uid())`],
+  ['owner_select', `as permissive for select to authenticated using (owner = (select auth.uid()))`],
+  ['owner_text', `as permissive for select using (label = (current_setting('request.jwt.claims', true)::jsonb ->> 'sub'))`],
+  ['team_claim', `as permissive for select using (team = ((auth.jwt() ->> 'team'))::int)`],
+  ['member', `as permissive for select to authenticated using (exists (select 1 from members m where m.team = docs.team and m.user_id = auth.uid()))`],
+  ['open_anon', `as permissive for select to anon using (true)`],
+  ['public_rows', `as permissive for select using (public)`],
+  ['any_sql', `as permissive for select using (id % 3 = 0 and body like 'b%')`],
+];
+const RESTRICTIVE = [
+  ['no_secret', `as restrictive for select using (body <> 'secret')`],
+  ['small_team', `as restrictive for select using (team < 4)`],
+  ['owned', `as restrictive for select to authenticated using (owner is not null)`],
+];
+
+let database;
+let db;
+let replicator;
+let gateway;
+
+/** A stand-in gateway: records every (socket, row id) delivered. */
+async function recordingGateway() {
+  const delivered = [];
+  const server = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => (body += c)).on('end', () => {
+      if (req.url.startsWith('/internal/v1/changes/')) {
+        for (const change of JSON.parse(body).changes) {
+          for (const payload of change.payloads) {
+            for (const to of payload.to) delivered.push({ socket: to.socket, id: payload.data.record?.id, errors: payload.data.errors });
+          }
+        }
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"gone":[]}');
+    });
+  });
+  const port = await freePort();
+  await new Promise((r) => server.listen(port, '127.0.0.1', r));
+  return { url: `http://127.0.0.1:${port}`, delivered, stop: () => new Promise((r) => server.close(r)) };
+}
+
+before(async () => {
+  database = await Postgres.create({ dir: join(ROOT, '.local', 'e2e-rls-differential', 'postgres') });
+  db = new pg.Client(database.clientConfig());
+  await db.connect();
+  await db.query(`
+    create role anon nologin; create role authenticated nologin;
+    create schema auth;
+    create function auth.jwt() returns jsonb language sql stable as $$
+      select nullif(current_setting('request.jwt.claims', true), '')::jsonb $$;
+    create function auth.uid() returns uuid language sql stable as $$
+      select nullif(current_setting('request.jwt.claims', true)::jsonb ->> 'sub', '')::uuid $$;
+    grant usage on schema auth to anon, authenticated;
+    create table docs (id int primary key, owner uuid, label text, team int not null, public bool not null, body text not null);
+    alter table docs enable row level security;
+    create table members (team int not null, user_id uuid not null);
+    grant select on docs, members to anon, authenticated;
+    create table marks (id int primary key);
+    grant select on marks to anon, authenticated;
+    create publication supabase_realtime for table docs, marks`);
+  gateway = await recordingGateway();
+  replicator = await startReplicator({ root: ROOT, databaseUrl: database.url, port: await freePort(), gatewayUrl: gateway.url });
+});
+
+after(async () => {
+  await replicator?.stop();
+  await gateway?.stop();
+  await db?.end();
+  await database?.destroy();
+});
+
+async function register(socket, claims, table) {
+  const url = `${replicator.url}/v1/subscriptions`;
+  const res = await fetch(url, signedRequest('POST', url, { hub: 'hub:t:na:0', socket, topic: `realtime:${socket}`, claims, bindings: [{ event: 'INSERT', schema: 'public', table }] }));
+  assert.equal(res.status, 200, await res.text());
+}
+
+/** What Postgres says: can this subscriber see row `id`? Asked on its own. */
+async function sees({ role, claims }, id) {
+  await db.query('begin');
+  try {
+    await db.query(`select set_config('role', $1, true), set_config('request.jwt.claims', $2, true)`, [role, JSON.stringify(claims)]);
+    return (await db.query('select exists (select 1 from docs where id = $1) as seen', [id])).rows[0].seen;
+  } finally {
+    await db.query('rollback');
+  }
+}
+
+test('deliveries equal what Postgres allows each subscriber, for random policies, subscribers and changes', async () => {
+  // Subscribers, registered once: roles and claims drawn at random.
+  const setup = random(7);
+  const subscribers = [];
+  for (let n = 0; n < 24; n++) {
+    const role = setup.next() < 0.3 ? 'anon' : 'authenticated';
+    const claims = { role, exp: 9999999999, ...(role === 'authenticated' && setup.next() < 0.9 ? { sub: setup.pick(USERS) } : {}), ...(setup.next() < 0.7 ? { team: setup.int(6) } : {}) };
+    subscribers.push({ socket: `s${n}`, role, claims });
+    await register(`s${n}`, claims, 'docs');
+  }
+  await register('sentinel', { role: 'anon', exp: 9999999999 }, 'marks');
+
+  for (let round = 0; round < 30; round++) {
+    const rng = random(1000 + round);
+    const policies = [
+      ...PERMISSIVE.filter(() => rng.next() < 0.35),
+      ...RESTRICTIVE.filter(() => rng.next() < 0.3),
+    ];
+    await db.query(`do $$ declare p record; begin
+      for p in select policyname from pg_policies where tablename = 'docs' loop execute format('drop policy %I on docs', p.policyname); end loop; end $$`);
+    for (const [name, sql] of policies) await db.query(`create policy ${name} on docs ${sql}`);
+    await db.query('delete from members');
+    for (let m = 0; m < 6; m++) await db.query('insert into members values ($1, $2)', [rng.int(6), rng.pick(USERS)]);
+
+    const first = round * 100 + 1;
+    const ids = [];
+    for (let t = 0; t < 4; t++) {
+      const rows = Array.from({ length: 5 }, (_, k) => {
+        const id = first + t * 5 + k;
+        ids.push(id);
+        const owner = rng.next() < 0.85 ? rng.pick(USERS) : null;
+        return [id, owner, rng.next() < 0.5 ? owner : rng.pick(USERS), rng.int(6), rng.next() < 0.3, rng.pick(['body', 'b-note', 'secret'])];
+      });
+      await db.query(`insert into docs select * from unnest($1::int[], $2::uuid[], $3::text[], $4::int[], $5::bool[], $6::text[])`,
+        rows[0].map((_, col) => rows.map((r) => r[col])));
+    }
+    // Every change above is dispatched before the mark (batches go in commit order).
+    await db.query('insert into marks values ($1)', [round]);
+    await waitFor(`round ${round}'s mark`, () => gateway.delivered.some((d) => d.socket === 'sentinel' && d.id === round));
+
+    const got = new Set(gateway.delivered.filter((d) => ids.includes(d.id)).map((d) => `${d.socket}:${d.id}`));
+    const want = new Set();
+    for (const s of subscribers) for (const id of ids) if (await sees(s, id)) want.add(`${s.socket}:${id}`);
+    const missing = [...want].filter((k) => !got.has(k));
+    const extra = [...got].filter((k) => !want.has(k));
+    assert.deepEqual({ missing, extra }, { missing: [], extra: [] },
+      `round ${round} with policies ${policies.map(([n]) => n).join(', ') || '(none)'}: ${want.size} allowed`);
+  }
+});
