@@ -362,11 +362,7 @@ impl Candidates {
     /// Computes the values not yet known, for each (claims, expressions with the column type they
     /// are compared as): one statement per claims, all sent at once. Each statement is its own
     /// transaction, its claims set for it alone; one that fails leaves its values unknown.
-    pub async fn evaluate(
-        &mut self,
-        conn: &Client,
-        wanted: Wanted,
-    ) -> Result<u64, tokio_postgres::Error> {
+    pub async fn evaluate(&mut self, conn: &Client, wanted: Wanted) -> Result<u64, tokio_postgres::Error> {
         let missing: Wanted = wanted
             .into_iter()
             .filter_map(|(claims, expressions)| {
