@@ -94,3 +94,28 @@ test('chat room: membership decides; added members start receiving, removed ones
     await done(alice.client, bob.client);
   }
 });
+
+test('a row only its owner may see costs about one check, however many users are subscribed', async () => {
+  const USERS = 40;
+  const ids = (await stack.pg.sql(`select gen_random_uuid()::text as id from generate_series(1, ${USERS})`)).map((r) => r.id);
+  const users = [];
+  for (const sub of ids) users.push(await user(sub, 'notes', '2.0.0'));
+  const checks = async () => Number((await (await fetch(`${stack.replicator.url}/metrics`)).text()).match(/^sluice_rls_queries_total (\d+)$/m)[1]);
+  try {
+    // The first rows also compute each user's auth.uid() once; count from the second round.
+    let id = 1000;
+    for (const round of [0, 1]) {
+      const before = await checks();
+      const owners = [ids[round], ids[round + 1]];
+      await stack.pg.sql(`insert into public.notes values (${++id}, '${owners[0]}', 'x'), (${++id}, '${owners[1]}', 'y')`);
+      assert.equal((await users[round].next()).user_id, owners[0]);
+      assert.equal((await users[round + 1].next()).user_id, owners[1]);
+      if (round === 1) {
+        const spent = (await checks()) - before;
+        assert.ok(spent <= 2 * 2, `${spent} visibility queries for 2 rows with ${USERS} subscribers (one per owner expected, not one per subscriber)`);
+      }
+    }
+  } finally {
+    await done(...users.map((u) => u.client));
+  }
+});

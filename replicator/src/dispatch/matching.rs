@@ -112,7 +112,7 @@ pub(super) async fn judge_and_check(
                 .iter()
                 .map(|(column, eq)| (eq.expression.clone(), info.column_type(*column).to_string()))
                 .collect();
-            Some((claims.clone(), expressions))
+            Some((role.clone(), claims.clone(), expressions))
         })
         .collect();
     if !wanted.is_empty() {

@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use tokio_postgres::Client;
 
 use crate::source::change::Relation;
@@ -292,8 +293,8 @@ fn strip_outer_parens(mut sql: &str) -> &str {
 /// An empty list: no permissive policy applies, so no row is visible.
 pub type Narrowing = Option<Vec<(usize, Equality)>>;
 
-/// Per subscriber's claims, the expressions to evaluate with the column type each is cast to.
-pub type Wanted = Vec<(Arc<str>, Vec<(String, String)>)>;
+/// Per subscriber (role, claims), the expressions to evaluate with the column type each is cast to.
+pub type Wanted = Vec<(Arc<str>, Arc<str>, Vec<(String, String)>)>;
 
 /// What is known across batches: each subscriber's values of the expressions, by claims (the
 /// expressions read the claims only; `None` is SQL NULL, which equals nothing).
@@ -359,65 +360,96 @@ impl Candidates {
             .get(&(claims.clone(), expression.to_string(), ty.to_string()))
     }
 
-    /// Computes the values not yet known, for each (claims, expressions with the column type they
-    /// are compared as): one statement per claims, all sent at once. Each statement is its own
-    /// transaction, its claims set for it alone; one that fails leaves its values unknown.
-    pub async fn evaluate(&mut self, conn: &Client, wanted: Wanted) -> Result<u64, tokio_postgres::Error> {
+    /// Computes the values not yet known, for each (role, claims, expressions with the column type
+    /// they are compared as), as that subscriber: in one transaction, each subscriber's role and
+    /// claims set and then its expressions selected, all sent at once (prepared statements keep
+    /// them in order). A failure leaves the values of it and of those after it unknown.
+    pub async fn evaluate(&mut self, conn: &mut Client, wanted: Wanted) -> Result<u64, tokio_postgres::Error> {
         let missing: Wanted = wanted
             .into_iter()
-            .filter_map(|(claims, expressions)| {
+            .filter_map(|(role, claims, expressions)| {
                 let expressions: Vec<(String, String)> = expressions
                     .into_iter()
                     .filter(|(e, ty)| self.value(&claims, e, ty).is_none())
                     .collect();
-                (!expressions.is_empty()).then_some((claims, expressions))
+                (!expressions.is_empty()).then_some((role, claims, expressions))
             })
             .collect();
+        let Some((first_role, first_claims, _)) = missing.first() else {
+            return Ok(0);
+        };
         if self.values.len() + missing.len() > MAX_VALUES {
             self.values.clear();
         }
+        let tx = conn.transaction().await?;
+        let set = tx
+            .prepare("select set_config('role', $1, true), set_config('request.jwt.claims', $2, true)")
+            .await?;
+        // Prepared as a subscriber: resolving `auth.uid` needs USAGE on its schema, which the
+        // replicator's own role need not have. The expressions are the policies' own text.
+        tx.execute(&set, &[&&**first_role, &&**first_claims]).await?;
+        let mut selects: HashMap<String, Option<tokio_postgres::Statement>> = HashMap::new();
+        for (_, _, expressions) in &missing {
+            let sql = select_of(expressions);
+            if !selects.contains_key(&sql) {
+                let prepared = tx.prepare(&sql).await.ok();
+                selects.insert(sql, prepared);
+            }
+        }
         let mut sent = 0;
         for chunk in missing.chunks(EVALUATIONS_AT_ONCE) {
-            // The expressions are the policies' own text from the catalog; the claims a parameter.
-            // The materialized CTE sets the claims before the expressions are computed.
-            let statements: Vec<String> = chunk
-                .iter()
-                .map(|(_, expressions)| {
-                    let select = expressions
-                        .iter()
-                        .map(|(expression, ty)| format!("(({expression})::{ty})::text"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    format!(
-                        "with claims as materialized (select set_config('request.jwt.claims', $1, true))
-                         select {select} from claims"
-                    )
-                })
-                .collect();
-            let params: Vec<&str> = chunk.iter().map(|(claims, _)| &**claims).collect();
-            let answers = futures_util::future::join_all(
-                params
-                    .iter()
-                    .zip(&statements)
-                    .map(|(claims, sql)| async move { conn.query_one(sql.as_str(), &[claims]).await }),
-            )
-            .await;
+            let mut steps = Vec::new();
+            for (role, claims, expressions) in chunk {
+                let Some(select) = selects[&select_of(expressions)].as_ref() else {
+                    continue;
+                };
+                let (set, tx) = (&set, &tx);
+                steps.push(
+                    async move {
+                        tx.execute(set, &[&&**role, &&**claims]).await?;
+                        Ok::<_, tokio_postgres::Error>(None)
+                    }
+                    .boxed(),
+                );
+                steps.push(async move { tx.query_one(select, &[]).await.map(Some) }.boxed());
+            }
+            // Sent in the order polled: each subscriber's settings just before its select.
+            let answers = futures_util::future::join_all(steps).await;
             sent += chunk.len() as u64;
-            for ((claims, expressions), answer) in chunk.iter().zip(answers) {
-                match answer {
-                    Ok(row) => {
+            let mut answers = answers.into_iter().filter_map(|a| a.transpose());
+            for (_, claims, expressions) in chunk {
+                if selects[&select_of(expressions)].is_none() {
+                    continue;
+                }
+                match answers.next() {
+                    Some(Ok(row)) => {
                         for (n, (expression, ty)) in expressions.iter().enumerate() {
                             self.values
                                 .insert((claims.clone(), expression.clone(), ty.clone()), row.get(n));
                         }
                     }
-                    Err(e) if e.as_db_error().is_some() => {}
-                    Err(e) => return Err(e),
+                    Some(Err(e)) if e.as_db_error().is_some() => {}
+                    Some(Err(e)) => return Err(e),
+                    None => break,
                 }
             }
         }
+        // Nothing to keep: the settings end with the transaction.
+        tx.rollback()
+            .await
+            .or_else(|e| if e.as_db_error().is_some() { Ok(()) } else { Err(e) })?;
         Ok(sent)
     }
+}
+
+/// The statement selecting `expressions`, each cast to its column's type, as text.
+fn select_of(expressions: &[(String, String)]) -> String {
+    let columns = expressions
+        .iter()
+        .map(|(expression, ty)| format!("(({expression})::{ty})::text"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("select {columns}")
 }
 
 #[cfg(test)]
