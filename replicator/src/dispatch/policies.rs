@@ -390,10 +390,9 @@ impl Candidates {
         tx.execute(&set, &[&&**first_role, &&**first_claims]).await?;
         let mut selects: HashMap<String, Option<tokio_postgres::Statement>> = HashMap::new();
         for (_, _, expressions) in &missing {
-            let sql = select_of(expressions);
-            if !selects.contains_key(&sql) {
-                let prepared = tx.prepare(&sql).await.ok();
-                selects.insert(sql, prepared);
+            if let std::collections::hash_map::Entry::Vacant(entry) = selects.entry(select_of(expressions)) {
+                let prepared = tx.prepare(entry.key()).await.ok();
+                entry.insert(prepared);
             }
         }
         let mut sent = 0;
