@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::db::Db;
 use crate::sink::Gateway;
-use crate::source::slot::effective_limit;
+use crate::source::slot::{effective_limit, KEEP_SIZE_BYTES};
 use crate::stats::Stats;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -75,11 +75,9 @@ async fn database(config: &Config, db: &Db, report: &mut Report) -> Result<(), t
     let client = db.client().await?;
     tls(config, &client, report).await?;
 
-    let wal_level: String = client
-        .query_one("select current_setting('wal_level')", &[])
-        .await?
-        .get(0);
-    match wal_level.as_str() {
+    let facts = crate::setup::preflight::facts(&client).await?;
+    let (user, superuser, replication) = (facts.user.clone(), facts.superuser, facts.can_replicate);
+    match facts.wal_level.as_str() {
         "logical" => report.line(Level::Ok, "wal_level", "logical"),
         other => report.line(
             Level::Fail,
@@ -88,16 +86,6 @@ async fn database(config: &Config, db: &Db, report: &mut Report) -> Result<(), t
         ),
     }
 
-    let row = client
-        .query_one(
-            &format!(
-                "select current_user::text, rolsuper, {} from pg_roles where rolname = current_user",
-                crate::setup::preflight::CAN_REPLICATE
-            ),
-            &[],
-        )
-        .await?;
-    let (user, superuser, replication): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
     match (superuser, replication) {
         (true, _) => report.line(
             Level::Warn,
@@ -170,7 +158,7 @@ async fn database(config: &Config, db: &Db, report: &mut Report) -> Result<(), t
         );
     }
 
-    slot(config, &client, report).await?;
+    slot(config, &client, facts.slots, report).await?;
     publication(config, &client, report).await
 }
 
@@ -218,13 +206,14 @@ async fn pooler(db: &Db, report: &mut Report) -> Result<(), tokio_postgres::Erro
     Ok(())
 }
 
-async fn slot(config: &Config, client: &Client, report: &mut Report) -> Result<(), tokio_postgres::Error> {
+async fn slot(
+    config: &Config,
+    client: &Client,
+    (used, max): (i32, i32),
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
     let keep_size: Option<i64> = client
-        .query_one(
-            "select case when setting::bigint < 0 then null else setting::bigint * 1024 * 1024 end
-             from pg_settings where name = 'max_slot_wal_keep_size'",
-            &[],
-        )
+        .query_one(&format!("select {KEEP_SIZE_BYTES}"), &[])
         .await?
         .get(0);
     let keep_size = keep_size.map(|k| k.max(0) as u64);
@@ -284,13 +273,6 @@ async fn slot(config: &Config, client: &Client, report: &mut Report) -> Result<(
             }
         }
         None => {
-            let row = client
-                .query_one(
-                    "select current_setting('max_replication_slots')::int, (select count(*)::int from pg_replication_slots)",
-                    &[],
-                )
-                .await?;
-            let (max, used): (i32, i32) = (row.get(0), row.get(1));
             match used < max {
                 true => report.line(Level::Ok, "slot", format!("{} will be created ({used} of {max} slots used)", config.slot)),
                 false => report.line(

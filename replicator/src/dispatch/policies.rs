@@ -94,17 +94,7 @@ fn tokens(sql: &str) -> Option<Vec<Token>> {
             continue;
         }
         if c == '\'' {
-            // A literal; '' is a quote inside it.
-            i += 1;
-            loop {
-                match bytes.get(i) {
-                    Some(b'\'') if bytes.get(i + 1) == Some(&b'\'') => i += 2,
-                    Some(b'\'') => break,
-                    Some(_) => i += 1,
-                    None => return None,
-                }
-            }
-            i += 1;
+            i = past_quoted(bytes, i)?;
             out.push(Token {
                 text: sql[start..i].to_string(),
                 start,
@@ -118,16 +108,7 @@ fn tokens(sql: &str) -> Option<Vec<Token>> {
             loop {
                 if bytes.get(i) == Some(&b'"') {
                     quoted = true;
-                    i += 1;
-                    loop {
-                        match bytes.get(i) {
-                            Some(b'"') if bytes.get(i + 1) == Some(&b'"') => i += 2,
-                            Some(b'"') => break,
-                            Some(_) => i += 1,
-                            None => return None,
-                        }
-                    }
-                    i += 1;
+                    i = past_quoted(bytes, i)?;
                 } else {
                     while bytes
                         .get(i)
@@ -175,6 +156,21 @@ fn tokens(sql: &str) -> Option<Vec<Token>> {
         });
     }
     Some(out)
+}
+
+/// Where a quoted literal (`'...'`) or identifier (`"..."`) opening at `open` ends: the index
+/// after its closing quote; a doubled quote is one inside it. `None` if it never closes.
+fn past_quoted(bytes: &[u8], open: usize) -> Option<usize> {
+    let quote = bytes[open];
+    let mut i = open + 1;
+    loop {
+        match bytes.get(i) {
+            Some(&b) if b == quote && bytes.get(i + 1) == Some(&quote) => i += 2,
+            Some(&b) if b == quote => return Some(i + 1),
+            Some(_) => i += 1,
+            None => return None,
+        }
+    }
 }
 
 /// A bare column name (one identifier, not a function, not dotted).

@@ -18,48 +18,64 @@ fn sql_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StartError
 
 /// Whether the role (a `pg_roles` row) may stream: the REPLICATION attribute, a superuser, or
 /// membership in Amazon RDS's `rds_replication` (RDS does not hand out the attribute).
-pub const CAN_REPLICATE: &str =
+const CAN_REPLICATE: &str =
     "(rolreplication OR rolsuper OR CASE WHEN EXISTS (SELECT FROM pg_roles WHERE rolname = 'rds_replication')
      THEN pg_has_role(current_user, 'rds_replication', 'MEMBER') ELSE false END)";
 
+/// What the start checks look at, read in one place: [`check`] stops on it, `doctor` reports it.
+pub struct Facts {
+    pub wal_level: String,
+    pub user: String,
+    pub superuser: bool,
+    /// See [`CAN_REPLICATE`].
+    pub can_replicate: bool,
+    /// Replication slots used, and `max_replication_slots`.
+    pub slots: (i32, i32),
+}
+
+pub async fn facts(db: &Client) -> Result<Facts, tokio_postgres::Error> {
+    let row = db
+        .query_one(
+            &format!(
+                "SELECT current_setting('wal_level'), current_user::text, rolsuper, {CAN_REPLICATE},
+                        (SELECT count(*)::int FROM pg_replication_slots), current_setting('max_replication_slots')::int
+                 FROM pg_roles WHERE rolname = current_user"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(Facts {
+        wal_level: row.get(0),
+        user: row.get(1),
+        superuser: row.get(2),
+        can_replicate: row.get(3),
+        slots: (row.get(4), row.get(5)),
+    })
+}
+
 pub async fn check(db: &Client, config: &Config) -> Result<(), StartError> {
-    let wal_level: String = db
-        .query_one("SELECT current_setting('wal_level')", &[])
+    let Facts {
+        wal_level,
+        user,
+        can_replicate,
+        slots: (used, max),
+        ..
+    } = facts(db)
         .await
-        .map_err(sql_error("reading wal_level"))?
-        .get(0);
+        .map_err(sql_error("reading wal_level, the role and the slots"))?;
     if wal_level != "logical" {
         return Err(StartError(format!(
             "wal_level is {wal_level}, and logical replication needs logical: run ALTER SYSTEM SET wal_level = logical (or set it in postgresql.conf) and restart Postgres"
         )));
     }
-
-    let row = db
-        .query_one(
-            &format!("SELECT current_user::text, {CAN_REPLICATE} FROM pg_roles WHERE rolname = current_user"),
-            &[],
-        )
-        .await
-        .map_err(sql_error("reading the role"))?;
-    let (user, can_replicate): (String, bool) = (row.get(0), row.get(1));
     if !can_replicate {
         return Err(StartError(format!("role {user} may not replicate: run ALTER ROLE {user} WITH REPLICATION (as a superuser), or connect as a role that may")));
     }
-
-    let slot_exists = slot_exists(db, config).await?;
-    if !slot_exists {
-        let row = db
-            .query_one("SELECT current_setting('max_replication_slots')::int, (SELECT count(*)::int FROM pg_replication_slots)", &[])
-            .await
-            .map_err(sql_error("counting slots"))?;
-        let (max, used): (i32, i32) = (row.get(0), row.get(1));
-        if used >= max {
-            return Err(StartError(format!(
-                "no free replication slot (max_replication_slots = {max}, all used): raise max_replication_slots and restart Postgres, or drop an unused slot with pg_drop_replication_slot"
-            )));
-        }
+    if used >= max && !slot_exists(db, config).await? {
+        return Err(StartError(format!(
+            "no free replication slot (max_replication_slots = {max}, all used): raise max_replication_slots and restart Postgres, or drop an unused slot with pg_drop_replication_slot"
+        )));
     }
-
     Ok(())
 }
 

@@ -93,14 +93,19 @@ struct Measured {
     keep_size: Option<u64>,
 }
 
+/// `max_slot_wal_keep_size` in bytes, NULL when unset (-1).
+pub const KEEP_SIZE_BYTES: &str =
+    "(select case when setting::bigint < 0 then null else setting::bigint * 1024 * 1024 end
+     from pg_settings where name = 'max_slot_wal_keep_size')";
+
 async fn measure(db: &Db, slot: &str) -> Result<Option<Measured>, tokio_postgres::Error> {
     let client = db.client().await?;
     let row = client
         .query_opt(
-            "select coalesce((pg_current_wal_lsn() - restart_lsn)::bigint, 0), coalesce(wal_status, 'lost'),
-                    (select case when setting::bigint < 0 then null else setting::bigint * 1024 * 1024 end
-                     from pg_settings where name = 'max_slot_wal_keep_size')
-             from pg_replication_slots where slot_name = $1",
+            &format!(
+                "select coalesce((pg_current_wal_lsn() - restart_lsn)::bigint, 0), coalesce(wal_status, 'lost'), {KEEP_SIZE_BYTES}
+                 from pg_replication_slots where slot_name = $1"
+            ),
             &[&slot],
         )
         .await?;
