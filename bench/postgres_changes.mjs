@@ -1,4 +1,4 @@
-// Postgres Changes benchmarks. Prints three tables:
+// Postgres Changes benchmarks. Prints one table per workload:
 //
 //   1. throughput: changes/s decoded, filtered and dispatched by the replicator, to a null sink (a
 //      local HTTP server answering like a hub) and to the real gateway with supabase-js clients,
@@ -10,11 +10,16 @@
 //      the whole local stack (Postgres, replicator, wrangler dev);
 //   4. joins: subscribe() to SUBSCRIBED, p50/p99, for channels without and with postgres_changes
 //      bindings (the latter wait until changes committed afterwards will be delivered), with the
-//      stream idle and with 1,000 changes/s flowing.
+//      stream idle and with 1,000 changes/s flowing;
+//   5. owners: per-user rows (`user_id = auth.uid()`, both forms) for S = 100, 1,000, 10,000
+//      subscribed users, each row visible to one, against the per-change-per-subscriber design;
+//   6. rooms: chat rooms whose audience is a membership table, the same comparison;
+//   7. steady: commit-to-hub p50/p99 at 100 changes/s with S = 1,000 per-user subscribers.
 //
 //   cargo build --release -p sluice-replicator && scripts/build-worker
-//   node_modules/.bin/node bench/postgres_changes.mjs [--only throughput,rls,latency,joins,owners] [--rows 50000] [--seconds 5]
-//     [--users 100,1000,10000] (owners: the per-user RLS workload; not in the default set, it takes minutes)
+//   node_modules/.bin/node bench/postgres_changes.mjs [--only throughput,rls,latency,joins,owners,rooms,steady]
+//     [--rows 50000] [--seconds 5] [--users 100,1000,10000]
+//   owners, rooms, steady (RLS at scale, issue #13) are not in the default set: they take minutes.
 //
 // It runs the release build of the replicator (target/release).
 // A program, not a test: numbers depend on the machine, which also runs the load generator.
@@ -54,7 +59,7 @@ const SCHEMA = `
   create publication supabase_realtime for table small, kb, rls_items;`;
 
 /** An HTTP server that answers change batches as a hub would, counting what it receives. */
-async function nullSink() {
+async function nullSink(onPayload = () => {}) {
   const counts = { changes: 0, deliveries: 0, requests: 0 };
   const server = http.createServer((req, res) => {
     const chunks = [];
@@ -63,7 +68,12 @@ async function nullSink() {
       const batch = JSON.parse(Buffer.concat(chunks).toString());
       counts.requests++;
       counts.changes += batch.changes.length;
-      for (const c of batch.changes) for (const p of c.payloads) counts.deliveries += p.to.length;
+      for (const c of batch.changes) {
+        for (const p of c.payloads) {
+          counts.deliveries += p.to.length;
+          onPayload(p);
+        }
+      }
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end('{"gone":[]}');
     });
@@ -204,42 +214,15 @@ async function rls() {
       await insertRows(db, 'rls_items', CHANGES, 100, 1);
       const expected = CHANGES * (USERS / 10); // each row is visible to the 100 users of its bucket
       const secs = await timeUntil(() => sink.counts.deliveries, expected, started, `${expected} deliveries`);
-      const metrics = await (await fetch(`${replicator.url}/metrics`)).text();
-      const queries = Number(metrics.match(/^sluice_rls_queries_total (\S+)$/m)[1]);
-      rows.push({ design: 'sluice: one query per batch, table and user', changes: CHANGES, deliveries: sink.counts.deliveries, queries, secs });
+      rows.push({ design: 'sluice', changes: CHANGES, deliveries: sink.counts.deliveries, queries: await rlsQueries(replicator.url), secs });
     } finally {
       await replicator.stop();
       await sink.stop();
     }
-    // The baseline: Supabase's apply_rls design, one visibility query per change per subscriber,
-    // each after setting the subscriber's role and claims, in one SQL call per change.
-    await db.query(`
-      create table bench_subscribers (claims jsonb not null);
-      insert into bench_subscribers select jsonb_build_object('role', 'authenticated', 'sub', 'user-' || u, 'bucket', u % 10)
-        from generate_series(0, ${USERS - 1}) u;
-      create function bench_apply_rls(change_id bigint) returns int language plpgsql as $$
-      declare
-        s record;
-        visible bool;
-        n int := 0;
-      begin
-        for s in select claims from bench_subscribers loop
-          perform set_config('role', 'authenticated', true);
-          perform set_config('request.jwt.claims', s.claims::text, true);
-          execute 'select exists(select 1 from public.rls_items where id = $1)' into visible using change_id;
-          if visible then n := n + 1; end if;
-          perform set_config('role', 'postgres', true);
-        end loop;
-        return n;
-      end $$;`);
-    const sample = 100;
-    const started = now();
-    let deliveries = 0;
-    for (let id = 1; id <= sample; id++) {
-      deliveries += (await db.query('select bench_apply_rls($1) as n', [id])).rows[0].n;
-    }
-    const secs = (now() - started) / 1000;
-    rows.push({ design: 'baseline: one query per change per subscriber', changes: sample, deliveries, queries: sample * USERS, secs });
+    // The baseline: Supabase's apply_rls design, one visibility query per change per subscriber.
+    const claims = Array.from({ length: USERS }, (_, u) => ({ role: 'authenticated', sub: `user-${u}`, bucket: u % 10 }));
+    const base = await perSubscriberBaseline(db, 'rls_items', claims, 100);
+    rows.push({ design: 'baseline: one query per change per subscriber', ...base, queries: base.changes * USERS });
   });
   console.log(`\n### 2. RLS: ${USERS} subscribers as ${USERS} distinct users on one RLS table (each row visible to ${USERS / 10})\n`);
   console.log('| design | changes | deliveries | visibility queries | seconds | deliveries/s | changes/s |');
@@ -340,10 +323,109 @@ async function joins() {
   }
 }
 
+const AUTH = `
+  create schema auth;
+  create function auth.uid() returns uuid language sql stable as $$
+    select nullif(current_setting('request.jwt.claims', true)::jsonb ->> 'sub', '')::uuid $$;
+  grant usage on schema auth to authenticated;`;
+
+/** `count` users, each registered as its own subscriber to INSERTs on `table`. */
+async function registerUsers(replicatorUrl, ids, table) {
+  for (let u = 0; u < ids.length; u += 50) {
+    await Promise.all(ids.slice(u, u + 50).map((id, k) => register(replicatorUrl, `u${u + k}`,
+      { role: 'authenticated', sub: id, exp: 9999999999 }, [{ event: 'INSERT', schema: 'public', table }])));
+  }
+}
+
+/** Runs `insert` for `count` single-row commits from 4 connections; returns when all committed. */
+async function insertConcurrently(pool, count, insert) {
+  let next = 0;
+  await Promise.all(Array.from({ length: 4 }, async () => {
+    while (next < count) {
+      const i = next++;
+      await insert(pool, i);
+    }
+  }));
+}
+
+/**
+ * The per-change-per-subscriber design (Supabase's `apply_rls`: for each change, for each
+ * subscriber, set its role and claims and ask for the row), on `sample` rows of `table`:
+ * deliveries/s, the baseline of tables 5 and 6.
+ */
+async function perSubscriberBaseline(db, table, claims, sample) {
+  await db.query('create table if not exists bench_subscribers (claims jsonb not null); truncate bench_subscribers');
+  await db.query('insert into bench_subscribers select c from unnest($1::jsonb[]) c', [claims.map((c) => JSON.stringify(c))]);
+  await db.query(`
+    create or replace function bench_apply_rls(change_id bigint) returns int language plpgsql as $$
+    declare
+      s record;
+      visible bool;
+      n int := 0;
+    begin
+      for s in select claims from bench_subscribers loop
+        perform set_config('role', 'authenticated', true);
+        perform set_config('request.jwt.claims', s.claims::text, true);
+        execute 'select exists(select 1 from public.${table} where id = $1)' into visible using change_id;
+        if visible then n := n + 1; end if;
+        perform set_config('role', 'postgres', true);
+      end loop;
+      return n;
+    end $$`);
+  const started = now();
+  let deliveries = 0;
+  for (let id = 1; id <= sample; id++) deliveries += (await db.query('select bench_apply_rls($1) as n', [id])).rows[0].n;
+  return { changes: sample, deliveries, secs: (now() - started) / 1000 };
+}
+
+/** Queries the replicator counted as RLS work so far. */
+async function rlsQueries(replicatorUrl) {
+  const metrics = await (await fetch(`${replicatorUrl}/metrics`)).text();
+  return Number(metrics.match(/^sluice_rls_queries_total (\S+)$/m)[1]);
+}
+
+/**
+ * One RLS workload: the users in `ids` each subscribed to INSERTs on `table`, 2,000 single-row
+ * commits (`insert(pool, id)`, each visible to `audience` users) twice — the first pass includes
+ * what is done once per subscriber (computing each one's claim value), the second is the steady
+ * state — then the per-change-per-subscriber design on a sample of the same rows.
+ */
+async function passesAndBaseline(database, db, ids, table, audience, insert) {
+  const rows = [];
+  const sink = await nullSink();
+  const replicator = await startReplicator({ root: ROOT, databaseUrl: database.url, port: await freePort(), gatewayUrl: sink.url });
+  const pool = new pg.Pool({ connectionString: database.url, max: 4 });
+  try {
+    await registerUsers(replicator.url, ids, table);
+    let offset = 0;
+    for (const pass of ['first', 'steady']) {
+      const before = sink.counts.deliveries;
+      const count = 2000;
+      const started = now();
+      await insertConcurrently(pool, count, (p, i) => insert(p, offset + i + 1));
+      const expected = count * audience;
+      const secs = await timeUntil(() => sink.counts.deliveries - before, expected, started, `${expected} deliveries`);
+      rows.push({ design: `sluice, ${pass} pass`, changes: count, deliveries: sink.counts.deliveries - before, queries: await rlsQueries(replicator.url), secs });
+      offset += count;
+    }
+  } finally {
+    await pool.end();
+    await replicator.stop();
+    await sink.stop();
+  }
+  const sample = Math.max(5, Math.min(200, Math.round(200_000 / ids.length)));
+  log(`baseline: ${sample} changes × ${ids.length} subscribers`);
+  const claims = ids.map((sub) => ({ role: 'authenticated', sub }));
+  const base = await perSubscriberBaseline(db, table, claims, sample);
+  rows.push({ design: 'baseline, per change per subscriber', ...base, queries: sample * ids.length });
+  return rows;
+}
+
 /**
  * Per-user rows (issue #13's workload): S subscribers, each its own user subscribed to INSERTs on
  * `notes`, whose policy lets a user see its own rows; single-row inserts spread over the users,
- * each row visible to exactly one of them. Both policy forms Supabase users write.
+ * each row visible to exactly one of them. Both policy forms Supabase users write, and the
+ * per-change-per-subscriber design on a sample of the same rows.
  */
 async function owners() {
   const FORMS = {
@@ -352,57 +434,114 @@ async function owners() {
   };
   const rows = [];
   for (const users of (opts.users ?? '100,1000,10000').split(',').map(Number)) {
-    // Fewer changes where each costs more, so every row of the table takes about as long.
-    const changes = Math.max(100, Math.min(2000, Math.round(2_000_000 / users / 10)));
     for (const [form, using] of Object.entries(FORMS)) {
       await withDatabase(`owners-${users}`, async (database, db) => {
-        await db.query(`
-          create schema auth;
-          create function auth.uid() returns uuid language sql stable as $$
-            select nullif(current_setting('request.jwt.claims', true)::jsonb ->> 'sub', '')::uuid $$;
-          grant usage on schema auth to authenticated;
+        await db.query(`${AUTH}
           create table notes (id bigint primary key, user_id uuid not null);
           alter table notes enable row level security;
           create policy own on notes for select to authenticated using (${using});
           grant select on notes to authenticated;
           alter publication supabase_realtime add table notes`);
         const ids = (await db.query(`select gen_random_uuid()::text as id from generate_series(1, ${users})`)).rows.map((r) => r.id);
-        const sink = await nullSink();
-        const replicator = await startReplicator({ root: ROOT, databaseUrl: database.url, port: await freePort(), gatewayUrl: sink.url });
-        try {
-          log(`registering ${users} users (${form})`);
-          for (let u = 0; u < users; u += 50) {
-            await Promise.all(ids.slice(u, u + 50).map((id, k) => register(replicator.url, `u${u + k}`,
-              { role: 'authenticated', sub: id, exp: 9999999999 }, [{ event: 'INSERT', schema: 'public', table: 'notes' }])));
-          }
-          // Twice: the first pass includes what is done once per subscriber (computing each one's
-          // claim value); the second is the steady state.
-          for (const pass of ['first', 'then']) {
-            const before = sink.counts.deliveries;
-            const offset = pass === 'first' ? 0 : changes;
-            const count = pass === 'first' ? changes : 2000;
-            const started = now();
-            for (let i = 1; i <= count; i++) {
-              await db.query('insert into notes values ($1, $2)', [offset + i, ids[((offset + i) * 7919) % users]]);
-            }
-            const secs = await timeUntil(() => sink.counts.deliveries - before, count, started, `${count} deliveries`);
-            const metrics = await (await fetch(`${replicator.url}/metrics`)).text();
-            const queries = Number(metrics.match(/^sluice_rls_queries_total (\S+)$/m)[1]);
-            rows.push({ users, form, pass, changes: count, deliveries: sink.counts.deliveries - before, queries, secs });
-          }
-        } finally {
-          await replicator.stop();
-          await sink.stop();
-        }
+        const owner = (i) => ids[(i * 7919) % users];
+        log(`${users} users (${form})`);
+        const measured = await passesAndBaseline(database, db, ids, 'notes', 1,
+          (p, id) => p.query('insert into notes values ($1, $2)', [id, owner(id)]));
+        rows.push(...measured.map((r) => ({ users, form, ...r })));
       });
     }
   }
   console.log('\n### 5. RLS, per-user rows: S users each subscribed to INSERT, each row visible to exactly one\n');
-  console.log('| S | policy | pass | changes | deliveries | queries so far | seconds | deliveries/s |');
+  console.log('| S | policy | design | changes | deliveries | RLS queries so far | seconds | deliveries/s |');
   console.log('|---:|---|---|---:|---:|---:|---:|---:|');
   for (const r of rows) {
-    console.log(`| ${r.users} | \`${r.form}\` | ${r.pass} | ${r.changes} | ${r.deliveries} | ${r.queries} | ${fmt(r.secs, 2)} | ${Math.round(r.deliveries / r.secs)} |`);
+    console.log(`| ${r.users} | \`${r.form}\` | ${r.design} | ${r.changes} | ${r.deliveries} | ${r.queries} | ${fmt(r.secs, 2)} | ${Math.round(r.deliveries / r.secs)} |`);
   }
+}
+
+/**
+ * Chat rooms (membership through another table): S users in rooms of 10, each subscribed to
+ * INSERTs on `chat`, whose policy lets room members read; each message is visible to its room.
+ */
+async function rooms() {
+  const rows = [];
+  const MEMBERS = 10;
+  for (const users of (opts.users ?? '1000,10000').split(',').map(Number)) {
+    await withDatabase(`rooms-${users}`, async (database, db) => {
+      const rooms = users / MEMBERS;
+      await db.query(`${AUTH}
+        create table room_members (room int not null, user_id uuid not null, primary key (room, user_id));
+        create table chat (id bigint primary key, room int not null, body text);
+        alter table chat enable row level security;
+        create policy members_read on chat for select to authenticated
+          using (exists (select 1 from room_members m where m.room = chat.room and m.user_id = (select auth.uid())));
+        grant select on chat, room_members to authenticated;
+        alter publication supabase_realtime add table chat`);
+      const ids = (await db.query(`select gen_random_uuid()::text as id from generate_series(1, ${users})`)).rows.map((r) => r.id);
+      await db.query('insert into room_members select (n - 1) % $2, id::uuid from unnest($1::text[]) with ordinality as u(id, n)', [ids, rooms]);
+      log(`${users} users in ${rooms} rooms`);
+      const measured = await passesAndBaseline(database, db, ids, 'chat', MEMBERS,
+        (p, id) => p.query('insert into chat values ($1, $2, $3)', [id, (id * 7919) % rooms, 'hi']));
+      rows.push(...measured.map((r) => ({ users, ...r })));
+    });
+  }
+  console.log(`\n### 6. RLS, chat rooms: S users in rooms of ${MEMBERS} (a membership table), each message visible to its room\n`);
+  console.log('| S | design | changes | deliveries | RLS queries so far | seconds | deliveries/s |');
+  console.log('|---:|---|---:|---:|---:|---:|---:|');
+  for (const r of rows) {
+    console.log(`| ${r.users} | ${r.design} | ${r.changes} | ${r.deliveries} | ${r.queries} | ${fmt(r.secs, 2)} | ${Math.round(r.deliveries / r.secs)} |`);
+  }
+}
+
+/**
+ * Latency under RLS at a steady rate: S = 1,000 users (per-user rows, `(select auth.uid())`),
+ * 100 single-row commits/s, each stamped with its commit-time clock; commit to the moment the
+ * batch reaches the hub (a stand-in answering as a hub), p50/p99.
+ */
+async function steady() {
+  const USERS = 1000;
+  const RATE = 100;
+  const seconds = Number(opts.seconds) * 2;
+  const latencies = [];
+  await withDatabase('steady', async (database, db) => {
+    await db.query(`${AUTH}
+      create table notes (id bigint primary key, user_id uuid not null, t double precision not null);
+      alter table notes enable row level security;
+      create policy own on notes for select to authenticated using (user_id = (select auth.uid()));
+      grant select on notes to authenticated;
+      alter publication supabase_realtime add table notes`);
+    const ids = (await db.query(`select gen_random_uuid()::text as id from generate_series(1, ${USERS})`)).rows.map((r) => r.id);
+    let measuring = false;
+    const sink = await nullSink((p) => {
+      if (measuring) for (let k = 0; k < p.to.length; k++) latencies.push(now() - p.data.record.t);
+    });
+    const replicator = await startReplicator({ root: ROOT, databaseUrl: database.url, port: await freePort(), gatewayUrl: sink.url });
+    try {
+      await registerUsers(replicator.url, ids, 'notes');
+      // Warm up (every user's claim value computed), then measure.
+      await db.query('insert into notes select g, $1::uuid, 0 from generate_series(1, 10) g', [ids[0]]);
+      await timeUntil(() => sink.counts.deliveries, 10, now(), 'the warm-up');
+      measuring = true;
+      let id = 100;
+      const started = now();
+      while (now() - started < seconds * 1000) {
+        const tick = now();
+        id++;
+        await db.query('insert into notes values ($1, $2, $3)', [id, ids[(id * 7919) % USERS], now()]);
+        const wait = 1000 / RATE - (now() - tick);
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      }
+      await timeUntil(() => latencies.length, id - 100, started, 'the last changes');
+    } finally {
+      await replicator.stop();
+      await sink.stop();
+    }
+  });
+  latencies.sort((a, b) => a - b);
+  console.log(`\n### 7. RLS at a steady ${RATE} changes/s, S = ${USERS} users (per-user rows), commit to hub, ${seconds} s\n`);
+  console.log('| deliveries | p50 ms | p95 ms | p99 ms | max ms |');
+  console.log('|---:|---:|---:|---:|---:|');
+  console.log(`| ${latencies.length} | ${fmt(percentile(latencies, 0.5))} | ${fmt(percentile(latencies, 0.95))} | ${fmt(percentile(latencies, 0.99))} | ${fmt(latencies.at(-1))} |`);
 }
 
 if (only.has('throughput')) { console.error('==> throughput'); await throughput(); }
@@ -410,3 +549,5 @@ if (only.has('rls')) { console.error('==> rls'); await rls(); }
 if (only.has('latency')) { console.error('==> latency'); await latency(); }
 if (only.has('joins')) { console.error('==> joins'); await joins(); }
 if (only.has('owners')) { console.error('==> owners'); await owners(); }
+if (only.has('rooms')) { console.error('==> rooms'); await rooms(); }
+if (only.has('steady')) { console.error('==> steady'); await steady(); }

@@ -34,10 +34,12 @@ before(async () => {
 });
 after(() => stack?.stop());
 
-async function user(sub, table, vsn) {
+/** A signed-in user subscribed to INSERTs on `tables` (a name or a list), in one channel. */
+async function user(sub, tables, vsn) {
   const client = supabase(stack.url, tokenFor('authenticated', { sub }), vsn);
-  const inbox = new Inbox(`${table} of ${sub}`);
-  await pgChannel(client, `${table}-${sub}`, [{ binding: { event: 'INSERT', schema: 'public', table }, inbox }]);
+  const names = [tables].flat();
+  const inbox = new Inbox(`${names.join(', ')} of ${sub}`);
+  await pgChannel(client, `${names.join('-')}-${sub}`, names.map((table) => ({ binding: { event: 'INSERT', schema: 'public', table }, inbox })));
   return { client, inbox, next: async () => (await inbox.next(15_000)).new };
 }
 
@@ -95,11 +97,11 @@ test('chat room: membership decides; added members start receiving, removed ones
   }
 });
 
-test('a row only its owner may see costs about one check, however many users are subscribed', async () => {
+test('a row only its owner may see costs about one check, and a message about one per room member, however many users are subscribed', async () => {
   const USERS = 40;
   const ids = (await stack.pg.sql(`select gen_random_uuid()::text as id from generate_series(1, ${USERS})`)).map((r) => r.id);
   const users = [];
-  for (const sub of ids) users.push(await user(sub, 'notes', '2.0.0'));
+  for (const sub of ids) users.push(await user(sub, ['notes', 'chat'], '2.0.0'));
   const checks = async () => Number((await (await fetch(`${stack.replicator.url}/metrics`)).text()).match(/^sluice_rls_queries_total (\d+)$/m)[1]);
   try {
     // The first rows also compute each user's auth.uid() once; count from the second round.
@@ -113,6 +115,18 @@ test('a row only its owner may see costs about one check, however many users are
       if (round === 1) {
         const spent = (await checks()) - before;
         assert.ok(spent <= 2 * 2, `${spent} visibility queries for 2 rows with ${USERS} subscribers (one per owner expected, not one per subscriber)`);
+      }
+    }
+    // Room 7 has two members among the subscribers: its messages reach them, and cost a read of
+    // the membership table and a check per member, not one per subscriber.
+    await stack.pg.sql(`insert into public.room_members values (7, '${ids[2]}'), (7, '${ids[3]}')`);
+    for (const round of [0, 1]) {
+      const before = await checks();
+      await stack.pg.sql(`insert into public.chat values (${++id}, 7, 'hello')`);
+      assert.deepEqual([(await users[2].next()).id, (await users[3].next()).id], [id, id]);
+      if (round === 1) {
+        const spent = (await checks()) - before;
+        assert.ok(spent <= 1 + 2, `${spent} queries for a message to a room of 2 with ${USERS} subscribers`);
       }
     }
   } finally {

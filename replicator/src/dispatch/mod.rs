@@ -1,34 +1,39 @@
-//! Dispatch: from a batch of decoded row changes to what each hub must deliver. Which
-//! subscriptions each change matches (event and filters), what RLS lets each subscriber see (one
-//! query per table and auth context for the whole batch), the payloads, and one batch per hub.
-//! The pipeline hands the result to the sink, and confirms the position once the sink is done.
+//! Dispatch: from a batch of decoded row changes to what each hub must deliver. Who each change
+//! could reach (the table's subscriptions, narrowed through its RLS policies), which of them it
+//! matches (event and filters), what RLS lets each see (one query per table and auth context for
+//! the whole batch, for the candidates that need one), the payloads, and one batch per hub. The
+//! pipeline hands the result to the sink, and confirms the position once the sink is done.
 //!
+//! - [`audience`]: per table and role, which subscribers a row could reach, indexed by the claim
+//!   values the policies compare rows with.
+//! - [`policies`]: what a policy's text says (`column = claim`, membership, claims alone).
 //! - [`matching`]: what each matched subscriber may see: error rows, visible, or visible if RLS
 //!   lets it (checked in one query per table and auth context).
-//! - [`policies`]: which subscribers could see a row, learnt from policies `column = claim`.
 //! - [`tables`]: catalog facts per table and role, and the batched visibility query.
 //! - [`payload`]: the `data` of a `postgres_changes` message.
 //! - [`batches`]: the per-hub batches built from the matches.
 
+mod audience;
 mod batches;
 mod matching;
 pub mod payload;
 mod policies;
 mod tables;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use sluice_shared::filter::{all_pass, Cell};
 use sluice_shared::internal::ChangeBatch;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, IsolationLevel};
 
 use crate::db::Db;
 use crate::source::change::RowChange;
 use crate::stats::Stats;
 use crate::subscriptions::registry::Registry;
+use audience::{Audience, Audiences, Memberships};
 use batches::build_batches;
-use matching::{judge_and_check, Hit, Verdict};
+use matching::Hit;
 use tables::Tables;
 
 pub struct Dispatcher {
@@ -38,7 +43,7 @@ pub struct Dispatcher {
     /// This stream's identity in batches (`{system_identifier}:{slot}`), scoping hubs' positions.
     stream: String,
     tables: Tables,
-    candidates: policies::Candidates,
+    audiences: Audiences,
     /// The connection catalog and RLS queries run on (transactions need one of their own).
     conn: Option<Client>,
 }
@@ -51,7 +56,7 @@ impl Dispatcher {
             stats,
             stream,
             tables: Tables::default(),
-            candidates: policies::Candidates::default(),
+            audiences: Audiences::default(),
             conn: None,
         }
     }
@@ -77,61 +82,88 @@ impl Dispatcher {
         &mut self,
         batch: &[RowChange],
     ) -> Result<BTreeMap<String, ChangeBatch>, tokio_postgres::Error> {
-        let mut hits = self.match_subscriptions(batch);
-        if hits.is_empty() {
+        if !batch.iter().any(|c| self.wants(c.relation.relid)) {
             return Ok(BTreeMap::new());
         }
         if self.conn.as_ref().is_none_or(Client::is_closed) {
             self.conn = Some(self.db.dedicated().await?);
         }
         let conn = self.conn.as_mut().expect("just opened");
-        let result = judge_and_check(
-            &mut self.tables,
-            &mut self.candidates,
+        let result = Self::decide(
             conn,
+            &mut self.audiences,
+            &mut self.tables,
+            &self.registry,
             batch,
-            &mut hits,
             &self.stats,
         )
         .await;
-        let (visible, keys) = match result {
-            Ok(found) => found,
+        match result {
+            Ok((hits, visible, keys)) => Ok(build_batches(
+                &self.stream,
+                batch,
+                &hits,
+                (&visible, &keys),
+                &self.tables,
+            )),
             Err(e) => {
                 self.conn = None;
-                return Err(e);
-            }
-        };
-        Ok(build_batches(
-            &self.stream,
-            batch,
-            &hits,
-            (&visible, &keys),
-            &self.tables,
-        ))
-    }
-
-    /// Subscriptions whose event and filters a change passes.
-    fn match_subscriptions(&self, batch: &[RowChange]) -> Vec<Hit> {
-        let mut hits = Vec::new();
-        for (index, change) in batch.iter().enumerate() {
-            let Some(subs) = self.registry.for_table(change.relation.relid) else {
-                continue;
-            };
-            let relation = &change.relation;
-            let cell = |column: &str| match relation.column(column) {
-                Some(i) => (relation.columns[i].type_oid, change.cell(i)),
-                None => (0, Cell::Absent),
-            };
-            for sub in subs.iter() {
-                if sub.wants(change.action) && all_pass(&sub.conditions, cell) {
-                    hits.push(Hit {
-                        change: index,
-                        sub: sub.clone(),
-                        verdict: Verdict::Visible,
-                    });
-                }
+                Err(e)
             }
         }
-        hits
     }
+
+    /// Who gets what of `batch`: the audiences (catalog, claim values), then in one snapshot the
+    /// memberships the policies refer to and the RLS checks the candidates still need.
+    async fn decide(
+        conn: &mut Client,
+        audiences: &mut Audiences,
+        tables: &mut Tables,
+        registry: &Registry,
+        batch: &[RowChange],
+        stats: &Stats,
+    ) -> Result<(Vec<Hit>, matching::Visible, matching::Keys), tokio_postgres::Error> {
+        let audiences = audiences.prepare(conn, tables, registry, batch, stats).await?;
+        let tx = conn
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let members = audience::memberships(&tx, &audiences, batch, stats).await?;
+        let mut hits = match_subscriptions(batch, &audiences, &members);
+        let (checks, keys) = matching::judge(tables, batch, &mut hits);
+        let visible = matching::check(tables, &tx, checks, &keys, stats).await?;
+        tx.commit().await?;
+        Ok((hits, visible, keys))
+    }
+}
+
+/// The subscriptions each change could reach whose event and filters it passes.
+fn match_subscriptions(
+    batch: &[RowChange],
+    audiences: &HashMap<u32, Arc<Audience>>,
+    members: &Memberships,
+) -> Vec<Hit> {
+    let mut hits = Vec::new();
+    for (index, change) in batch.iter().enumerate() {
+        let Some(audience) = audiences.get(&change.relation.relid) else {
+            continue;
+        };
+        let relation = &change.relation;
+        let cell = |column: &str| match relation.column(column) {
+            Some(i) => (relation.columns[i].type_oid, change.cell(i)),
+            None => (0, Cell::Absent),
+        };
+        audience.reach(change, members, |sub, verdict| {
+            if sub.wants(change.action) && all_pass(&sub.conditions, cell) {
+                hits.push(Hit {
+                    change: index,
+                    sub: sub.clone(),
+                    verdict,
+                });
+            }
+        });
+    }
+    hits
 }

@@ -1,77 +1,246 @@
-//! Which subscribers *could* see a row, learnt from the table's policies, so that the batched RLS
-//! query runs only for them (candidates) instead of for every subscriber of the table.
+//! What a row-level security policy says about who can see a row, when it has a shape people
+//! write, read from its text as `pg_get_expr` prints it (pure: no database here).
 //!
-//! The shape recognised is the one per-user apps write: a permissive SELECT policy
-//! `column = <claims expression>` (`user_id = auth.uid()`, `(select auth.uid())`,
-//! `auth.jwt() ->> 'sub'`, `current_setting('request.jwt.claims', true)::json ->> 'sub'`, with
-//! casts), where the expression depends on the subscriber's claims only. Its value per subscriber
-//! is computed once by Postgres, as that subscriber, and cached; a row is then a candidate for a
-//! subscriber only if the row's column equals that value (compared as text, for types whose
-//! equality is equality of their text).
+//! - `column = <claims expression>` (`user_id = auth.uid()`, `(select auth.uid())`,
+//!   `auth.jwt() ->> 'sub'`, `current_setting('request.jwt.claims', true)::json ->> 'sub'`, with
+//!   casts): the row is visible to subscribers whose value of the expression equals the column.
+//! - membership through another table, `exists (select 1 from members m where m.room_id =
+//!   t.room_id and m.user_id = auth.uid())` or `room_id in (select m.room_id from members m where
+//!   m.user_id = auth.uid())`: visible to subscribers whose value is a member of the row's key.
+//! - an expression of the claims alone (`true`, `auth.role() = 'authenticated'`): visible to
+//!   every subscriber for whom it is true.
 //!
-//! Narrowing is a superset, never a decision: a candidate is still checked by Postgres (the
-//! existing query), so restrictive policies and everything else keep Postgres's semantics.
-//! Anything not recognised — a permissive policy of another shape, a role that bypasses RLS or
-//! owns the table, a column type outside the list — means "every subscriber is a candidate", as
-//! before.
+//! "The claims alone" is decided by a whitelist of tokens: Supabase's `auth` helpers (which read
+//! `request.jwt.claims`), `current_setting`, literals, casts and `->>`; no column, no FROM.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
-use futures_util::FutureExt;
-use tokio_postgres::Client;
-
-use crate::source::change::Relation;
-
-/// Column types whose `=` is equality of their canonical text.
-const TEXT_EQUAL_TYPES: [&str; 8] = ["int2", "int4", "int8", "text", "varchar", "uuid", "bool", "oid"];
-
-/// A permissive policy `column = expression` with `expression` depending on the claims only.
+/// How a permissive policy ties a row to the subscribers who may see it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Equality {
-    /// The column, as the catalog names it (unquoted).
-    pub column: String,
-    /// The expression, as `pg_get_expr` printed it.
-    pub expression: String,
+pub enum Link {
+    /// `column = expression`.
+    Column { column: String, expression: String },
+    /// A row is visible to the members of its `column`'s value in `table`: rows of `table` whose
+    /// `key` equals the column and whose `member` equals the expression.
+    Membership {
+        column: String,
+        /// The table as printed (maybe schema-qualified, maybe quoted).
+        table: String,
+        key: String,
+        member: String,
+        expression: String,
+    },
+    /// The whole condition reads only the claims: every row or none, per subscriber.
+    Claims { expression: String },
 }
 
-/// `pg_get_expr(polqual)` of a permissive policy, as an [`Equality`] if it has that shape.
-pub fn equality(qual: &str) -> Option<Equality> {
-    let qual = strip_outer_parens(qual.trim());
-    let tokens = tokens(qual)?;
-    // Exactly one `=` at depth 0.
+/// The [`Link`] a permissive policy's `pg_get_expr(polqual)` on table `table` (its name, as
+/// `pg_get_expr` qualifies the table's own columns in subqueries) has, if it has one.
+pub fn link(qual: &str, table: &str) -> Option<Link> {
+    let all = tokens(qual)?;
+    let tokens = unwrap(&all);
+    if claims_only(tokens) {
+        return Some(Link::Claims {
+            expression: text_of(qual, tokens)?,
+        });
+    }
+    if let Some((left, right)) = split_at(tokens, "=") {
+        let (column, expression) = match (column_of(left), column_of(right)) {
+            (Some(c), None) => (c, right),
+            (None, Some(c)) => (c, left),
+            _ => return None,
+        };
+        return claims_only(expression).then(|| Link::Column {
+            column,
+            expression: text_of(qual, expression).unwrap_or_default(),
+        });
+    }
+    membership(qual, tokens, table)
+}
+
+/// Both membership forms: `EXISTS ( SELECT 1 FROM t [m] WHERE ((m.key = table.column) AND
+/// (m.member = <claims>)))` and `column IN ( SELECT m.key FROM t [m] WHERE (m.member = <claims>))`.
+fn membership(qual: &str, tokens: &[Token], table: &str) -> Option<Link> {
+    let word = |t: Option<&Token>, w: &str| t.is_some_and(|t| !t.quoted && t.text.eq_ignore_ascii_case(w));
+    // What follows EXISTS, or `column IN`.
+    let (column, rest) = if word(tokens.first(), "exists") {
+        (None, &tokens[1..])
+    } else if word(tokens.get(1), "in") {
+        (Some(column_of(&tokens[..1])?), &tokens[2..])
+    } else {
+        return None;
+    };
+    // `( SELECT <one token> FROM <table> [alias] WHERE <condition> )`
+    let [open, select, item, from, name, after @ ..] = rest else {
+        return None;
+    };
+    if open.text != "(" || !word(Some(select), "select") || !word(Some(from), "from") {
+        return None;
+    }
+    let (alias, after) = match after {
+        [alias, after @ ..] if !word(Some(alias), "where") => (Some(alias), after),
+        _ => (None, after),
+    };
+    let [where_, condition @ .., close] = after else {
+        return None;
+    };
+    if !word(Some(where_), "where") || close.text != ")" || name.text.starts_with('\'') {
+        return None;
+    }
+    let inner = match alias {
+        Some(alias) => parts(alias)?.pop()?,
+        None => parts(name)?.pop()?,
+    };
+    if inner == table {
+        return None; // a self-reference: which side is which cannot be told apart
+    }
+    let of = |token: &Token, qualifier: &str| match parts(token)?.as_slice() {
+        [q, c] if q == qualifier => Some(c.clone()),
+        _ => None,
+    };
+    // `m.member = <claims>`, either way round.
+    let member_of = |part: &[Token]| -> Option<(String, String)> {
+        let (left, right) = split_at(unwrap(part), "=")?;
+        for (one, other) in [(left, right), (right, left)] {
+            if let Some(member) = single(one).and_then(|t| of(t, &inner)) {
+                if claims_only(other) {
+                    return Some((member, text_of(qual, other)?));
+                }
+            }
+        }
+        None
+    };
+    let (column, key, (member, expression)) = match column {
+        // IN: the selected item is the key; the condition is the member equality alone.
+        Some(column) => (column, of(item, &inner)?, member_of(condition)?),
+        None => {
+            if item.quoted || !(item.text.chars().all(|c| c.is_ascii_digit()) || item.text == "*") {
+                return None;
+            }
+            let (a, b) = split_at(unwrap(condition), "AND")?;
+            // `m.key = table.column`, either way round, and the member equality.
+            let key_of = |part: &[Token]| -> Option<(String, String)> {
+                let (left, right) = split_at(unwrap(part), "=")?;
+                let (left, right) = (single(left)?, single(right)?);
+                match (of(left, &inner), of(right, table), of(right, &inner), of(left, table)) {
+                    (Some(key), Some(column), _, _) | (_, _, Some(key), Some(column)) => Some((column, key)),
+                    _ => None,
+                }
+            };
+            let ((column, key), member) = match (key_of(a), member_of(b)) {
+                (Some(k), Some(m)) => (k, m),
+                _ => (key_of(b)?, member_of(a)?),
+            };
+            (column, key, member)
+        }
+    };
+    Some(Link::Membership {
+        column,
+        table: name.text.clone(),
+        key,
+        member,
+        expression,
+    })
+}
+
+/// The only token of `side`.
+fn single(side: &[Token]) -> Option<&Token> {
+    match side {
+        [t] => Some(t),
+        _ => None,
+    }
+}
+
+/// The source text `tokens` span in `sql`.
+fn text_of(sql: &str, tokens: &[Token]) -> Option<String> {
+    let start = tokens.first()?.start;
+    let end = tokens.last().map(|t| t.start + t.text.len())?;
+    Some(sql[start..end].trim().to_string())
+}
+
+/// Without the parentheses that enclose all of `tokens` (repeatedly).
+fn unwrap(mut tokens: &[Token]) -> &[Token] {
+    while let [open, inner @ .., close] = tokens {
+        if open.text != "(" || close.text != ")" || closes_before_opening(inner) {
+            break;
+        }
+        tokens = inner;
+    }
+    tokens
+}
+
+/// Whether a parenthesis in `tokens` closes one they did not open (then the pair around them
+/// was two separate groups, as in `(a) = (b)`).
+fn closes_before_opening(tokens: &[Token]) -> bool {
+    let mut depth = 0i32;
+    for t in tokens {
+        match t.text.as_str() {
+            "(" => depth += 1,
+            ")" => {
+                depth -= 1;
+                if depth < 0 {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+/// `tokens` split at the only `operator` (an operator or unquoted keyword) outside parentheses.
+fn split_at<'t>(tokens: &'t [Token], operator: &str) -> Option<(&'t [Token], &'t [Token])> {
     let mut depth = 0i32;
     let mut split = None;
     for (i, token) in tokens.iter().enumerate() {
         match token.text.as_str() {
             "(" => depth += 1,
             ")" => depth -= 1,
-            "=" if depth == 0 && split.replace(i).is_some() => return None,
+            text if depth == 0
+                && !token.quoted
+                && text.eq_ignore_ascii_case(operator)
+                && split.replace(i).is_some() =>
+            {
+                return None;
+            }
             _ => {}
         }
     }
     let split = split?;
-    let (left, right) = (&tokens[..split], &tokens[split + 1..]);
-    let (column, expression) = match (column_of(left), column_of(right)) {
-        (Some(c), None) => (c, right),
-        (None, Some(c)) => (c, left),
-        _ => return None,
-    };
-    if !claims_only(expression) {
-        return None;
-    }
-    let start = expression.first()?.start;
-    let end = expression.last().map(|t| t.start + t.text.len())?;
-    Some(Equality {
-        column,
-        expression: qual[start..end].trim().to_string(),
-    })
+    Some((&tokens[..split], &tokens[split + 1..]))
 }
 
-/// Whether rows of a column of this type can be matched against a value by their text.
+/// The parts of a (maybe dotted, maybe quoted) identifier, as the catalog names them.
+fn parts(token: &Token) -> Option<Vec<String>> {
+    if token.text.starts_with('\'') || token.text.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    let bytes = token.text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'"' {
+            let end = past_quoted(bytes, i)?;
+            out.push(token.text[i + 1..end - 1].replace("\"\"", "\""));
+            i = end;
+        } else {
+            let end = token.text[i..].find('.').map_or(bytes.len(), |d| i + d);
+            out.push(token.text[i..end].to_ascii_lowercase());
+            i = end;
+        }
+        if bytes.get(i) == Some(&b'.') {
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Whether rows of a column of this type can be matched against a value by their text: `=` is
+/// equality of the output text (not `bool`: its cast to text says `true` where its output says `t`).
 pub fn text_equal(typname: &str) -> bool {
     TEXT_EQUAL_TYPES.contains(&typname)
 }
+
+/// Column types whose `=` is equality of their canonical text.
+const TEXT_EQUAL_TYPES: [&str; 7] = ["int2", "int4", "int8", "text", "varchar", "uuid", "oid"];
 
 #[derive(Debug, PartialEq)]
 struct Token {
@@ -235,7 +404,7 @@ fn claims_only(tokens: &[Token]) -> bool {
         let fine = match text.chars().next() {
             Some('\'') | Some('0'..='9') => true,
             Some('(' | ')' | ',') => true,
-            _ if matches!(text, "::" | "->>" | "->") => true,
+            _ if matches!(text, "::" | "->>" | "->" | "=") => true,
             _ if token.quoted => false,
             _ if CLAIMS_FUNCTIONS.contains(&lower.as_str()) => next == Some("("),
             _ if matches!(lower.as_str(), "select" | "true" | "false" | "null") => true,
@@ -258,260 +427,121 @@ fn claims_only(tokens: &[Token]) -> bool {
     !tokens.is_empty()
 }
 
-fn strip_outer_parens(mut sql: &str) -> &str {
-    loop {
-        let trimmed = sql.trim();
-        if !(trimmed.starts_with('(') && trimmed.ends_with(')')) {
-            return trimmed;
-        }
-        // Only if the first parenthesis closes at the very end.
-        let mut depth = 0;
-        let mut in_literal = false;
-        for (i, c) in trimmed.char_indices() {
-            match c {
-                '\'' => in_literal = !in_literal,
-                '(' if !in_literal => depth += 1,
-                ')' if !in_literal => {
-                    depth -= 1;
-                    if depth == 0 && i != trimmed.len() - 1 {
-                        return trimmed;
-                    }
-                }
-                _ => {}
-            }
-        }
-        sql = &trimmed[1..trimmed.len() - 1];
-    }
-}
-
-/// Per (table, role): the permissive policies' equalities as (relation column, expression), or
-/// `None` when rows cannot be narrowed (another shape, RLS bypassed, a type not compared by text).
-/// An empty list: no permissive policy applies, so no row is visible.
-pub type Narrowing = Option<Vec<(usize, Equality)>>;
-
-/// Per subscriber (role, claims), the expressions to evaluate with the column type each is cast to.
-pub type Wanted = Vec<(Arc<str>, Arc<str>, Vec<(String, String)>)>;
-
-/// What is known across batches: each subscriber's values of the expressions, by claims (the
-/// expressions read the claims only; `None` is SQL NULL, which equals nothing).
-#[derive(Default)]
-pub struct Candidates {
-    /// By (claims, expression, the type it is cast to).
-    values: HashMap<(Arc<str>, String, String), Option<String>>,
-}
-
-/// Most cached values before the cache starts afresh (subscribers come and go).
-const MAX_VALUES: usize = 200_000;
-/// Evaluations sent at once (pipelined on the connection).
-const EVALUATIONS_AT_ONCE: usize = 500;
-
-impl Candidates {
-    /// The table's policies for `role`, read fresh (one catalog query per table and role per
-    /// batch, so a changed policy counts from the next batch on).
-    pub async fn narrowing(
-        &self,
-        conn: &Client,
-        relation: &Relation,
-        typnames: &[String],
-        role: &str,
-    ) -> Result<Narrowing, tokio_postgres::Error> {
-        let bypass: bool = conn
-            .query_opt(
-                "select r.rolbypassrls or pg_has_role($2::name, c.relowner, 'USAGE')
-                 from pg_roles r, pg_class c where r.rolname = $2 and c.oid = $1",
-                &[&relation.relid, &role],
-            )
-            .await?
-            .is_none_or(|row| row.get(0));
-        if bypass {
-            return Ok(None);
-        }
-        let rows = conn
-            .query(
-                "select pg_get_expr(p.polqual, p.polrelid) from pg_policy p
-                 where p.polrelid = $1 and p.polpermissive and p.polcmd in ('r', '*')
-                   and exists (select from unnest(p.polroles) r where r = 0 or pg_has_role($2::name, r, 'USAGE'))",
-                &[&relation.relid, &role],
-            )
-            .await?;
-        let mut equalities = Vec::new();
-        for row in rows {
-            let Some(qual) = row.get::<_, Option<String>>(0) else {
-                return Ok(None);
-            };
-            let Some(equality) = equality(&qual) else {
-                return Ok(None);
-            };
-            match relation.column(&equality.column) {
-                Some(i) if typnames.get(i).is_some_and(|t| text_equal(t)) => equalities.push((i, equality)),
-                _ => return Ok(None),
-            }
-        }
-        Ok(Some(equalities))
-    }
-
-    /// The value of `expression` cast to `ty` for these claims, if computed.
-    pub fn value(&self, claims: &Arc<str>, expression: &str, ty: &str) -> Option<&Option<String>> {
-        self.values
-            .get(&(claims.clone(), expression.to_string(), ty.to_string()))
-    }
-
-    /// Computes the values not yet known, for each (role, claims, expressions with the column type
-    /// they are compared as), as that subscriber: in one transaction, each subscriber's role and
-    /// claims set and then its expressions selected, all sent at once (prepared statements keep
-    /// them in order). A failure leaves the values of it and of those after it unknown.
-    pub async fn evaluate(&mut self, conn: &mut Client, wanted: Wanted) -> Result<u64, tokio_postgres::Error> {
-        let missing: Wanted = wanted
-            .into_iter()
-            .filter_map(|(role, claims, expressions)| {
-                let expressions: Vec<(String, String)> = expressions
-                    .into_iter()
-                    .filter(|(e, ty)| self.value(&claims, e, ty).is_none())
-                    .collect();
-                (!expressions.is_empty()).then_some((role, claims, expressions))
-            })
-            .collect();
-        let Some((first_role, first_claims, _)) = missing.first() else {
-            return Ok(0);
-        };
-        if self.values.len() + missing.len() > MAX_VALUES {
-            self.values.clear();
-        }
-        let tx = conn.transaction().await?;
-        let set = tx
-            .prepare("select set_config('role', $1, true), set_config('request.jwt.claims', $2, true)")
-            .await?;
-        // Prepared as a subscriber: resolving `auth.uid` needs USAGE on its schema, which the
-        // replicator's own role need not have. The expressions are the policies' own text.
-        tx.execute(&set, &[&&**first_role, &&**first_claims]).await?;
-        let mut selects: HashMap<String, Option<tokio_postgres::Statement>> = HashMap::new();
-        for (_, _, expressions) in &missing {
-            if let std::collections::hash_map::Entry::Vacant(entry) = selects.entry(select_of(expressions)) {
-                let prepared = tx.prepare(entry.key()).await.ok();
-                entry.insert(prepared);
-            }
-        }
-        let mut sent = 0;
-        for chunk in missing.chunks(EVALUATIONS_AT_ONCE) {
-            let mut steps = Vec::new();
-            for (role, claims, expressions) in chunk {
-                let Some(select) = selects[&select_of(expressions)].as_ref() else {
-                    continue;
-                };
-                let (set, tx) = (&set, &tx);
-                steps.push(
-                    async move {
-                        tx.execute(set, &[&&**role, &&**claims]).await?;
-                        Ok::<_, tokio_postgres::Error>(None)
-                    }
-                    .boxed(),
-                );
-                steps.push(async move { tx.query_one(select, &[]).await.map(Some) }.boxed());
-            }
-            // Sent in the order polled: each subscriber's settings just before its select.
-            let answers = futures_util::future::join_all(steps).await;
-            sent += chunk.len() as u64;
-            let mut answers = answers.into_iter().filter_map(|a| a.transpose());
-            for (_, claims, expressions) in chunk {
-                if selects[&select_of(expressions)].is_none() {
-                    continue;
-                }
-                match answers.next() {
-                    Some(Ok(row)) => {
-                        for (n, (expression, ty)) in expressions.iter().enumerate() {
-                            self.values
-                                .insert((claims.clone(), expression.clone(), ty.clone()), row.get(n));
-                        }
-                    }
-                    Some(Err(e)) if e.as_db_error().is_some() => {}
-                    Some(Err(e)) => return Err(e),
-                    None => break,
-                }
-            }
-        }
-        // Nothing to keep: the settings end with the transaction.
-        tx.rollback()
-            .await
-            .or_else(|e| if e.as_db_error().is_some() { Ok(()) } else { Err(e) })?;
-        Ok(sent)
-    }
-}
-
-/// The statement selecting `expressions`, each cast to its column's type, as text.
-fn select_of(expressions: &[(String, String)]) -> String {
-    let columns = expressions
-        .iter()
-        .map(|(expression, ty)| format!("(({expression})::{ty})::text"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!("select {columns}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn eq(column: &str, expression: &str) -> Option<Equality> {
-        Some(Equality {
+    fn column(column: &str, expression: &str) -> Option<Link> {
+        Some(Link::Column {
             column: column.into(),
             expression: expression.into(),
         })
     }
 
+    fn on_notes(qual: &str) -> Option<Link> {
+        link(qual, "notes")
+    }
+
     #[test]
-    fn the_forms_people_write_as_pg_get_expr_prints_them() {
-        assert_eq!(equality("(user_id = auth.uid())"), eq("user_id", "auth.uid()"));
-        assert_eq!(equality("(auth.uid() = user_id)"), eq("user_id", "auth.uid()"));
+    fn a_column_equal_to_a_claim_as_pg_get_expr_prints_it() {
+        assert_eq!(on_notes("(user_id = auth.uid())"), column("user_id", "auth.uid()"));
+        assert_eq!(on_notes("(auth.uid() = user_id)"), column("user_id", "auth.uid()"));
         assert_eq!(
-            equality("(user_id = ( SELECT auth.uid() AS uid))"),
-            eq("user_id", "( SELECT auth.uid() AS uid)")
+            on_notes("(user_id = ( SELECT auth.uid() AS uid))"),
+            column("user_id", "( SELECT auth.uid() AS uid)")
         );
         assert_eq!(
-            equality("(owner = (auth.jwt() ->> 'sub'::text))"),
-            eq("owner", "(auth.jwt() ->> 'sub'::text)")
+            on_notes("(owner = (auth.jwt() ->> 'sub'::text))"),
+            column("owner", "(auth.jwt() ->> 'sub'::text)")
         );
         assert_eq!(
-            equality("(owner = ((current_setting('request.jwt.claims'::text, true))::json ->> 'sub'::text))"),
-            eq(
+            on_notes("(owner = ((current_setting('request.jwt.claims'::text, true))::json ->> 'sub'::text))"),
+            column(
                 "owner",
                 "((current_setting('request.jwt.claims'::text, true))::json ->> 'sub'::text)"
             )
         );
-        assert_eq!(equality("(\"userId\" = auth.uid())"), eq("userId", "auth.uid()"));
+        assert_eq!(on_notes("(\"userId\" = auth.uid())"), column("userId", "auth.uid()"));
         assert_eq!(
-            equality("(user_id = ((auth.jwt() ->> 'sub'::text))::uuid)"),
-            eq("user_id", "((auth.jwt() ->> 'sub'::text))::uuid")
+            on_notes("(user_id = ((auth.jwt() ->> 'sub'::text))::uuid)"),
+            column("user_id", "((auth.jwt() ->> 'sub'::text))::uuid")
+        );
+        assert_eq!(on_notes("(user_id = 'x'::text)"), column("user_id", "'x'::text"));
+    }
+
+    #[test]
+    fn membership_through_another_table_in_both_forms() {
+        let rooms = |table: &str, expression: &str| {
+            Some(Link::Membership {
+                column: "room_id".into(),
+                table: table.into(),
+                key: "room_id".into(),
+                member: "user_id".into(),
+                expression: expression.into(),
+            })
+        };
+        let on_messages = |qual: &str| link(qual, "messages");
+        assert_eq!(
+            on_messages(
+                "(EXISTS ( SELECT 1\n   FROM members m\n  WHERE ((m.room_id = messages.room_id) AND (m.user_id = auth.uid()))))"
+            ),
+            rooms("members", "auth.uid()")
+        );
+        assert_eq!(
+            on_messages(
+                "(EXISTS ( SELECT 1 FROM public.members WHERE ((members.user_id = ( SELECT auth.uid() AS uid)) AND (messages.room_id = members.room_id))))"
+            ),
+            rooms("public.members", "( SELECT auth.uid() AS uid)")
+        );
+        assert_eq!(
+            on_messages("(room_id IN ( SELECT m.room_id\n   FROM members m\n  WHERE (m.user_id = auth.uid())))"),
+            rooms("members", "auth.uid()")
+        );
+        assert_eq!(
+            on_messages(
+                "(room_id IN ( SELECT members.room_id FROM members WHERE (members.user_id = ( SELECT auth.uid() AS uid))))"
+            ),
+            rooms("members", "( SELECT auth.uid() AS uid)")
         );
     }
 
     #[test]
-    fn anything_else_is_not_narrowed() {
+    fn conditions_of_the_claims_alone() {
+        let claims = |e: &str| Some(Link::Claims { expression: e.into() });
+        assert_eq!(on_notes("true"), claims("true"));
+        assert_eq!(
+            on_notes("(auth.role() = 'authenticated'::text)"),
+            claims("auth.role() = 'authenticated'::text")
+        );
+    }
+
+    #[test]
+    fn anything_else_has_no_link() {
         for qual in [
-            "true",
             "(user_id = auth.uid()) OR (public = true)",
             "((user_id = auth.uid()) AND (archived = false))",
-            "(EXISTS ( SELECT 1 FROM members m WHERE ((m.room_id = t.room_id) AND (m.user_id = auth.uid()))))",
+            // The classic mistake: `m.room_id = room_id` compares the member row with itself.
+            "(EXISTS ( SELECT 1 FROM members m WHERE ((m.room_id = m.room_id) AND (m.user_id = auth.uid()))))",
+            "(EXISTS ( SELECT 1 FROM members m WHERE ((m.room_id = notes.room_id) AND (m.user_id = auth.uid()) AND m.active)))",
+            "(EXISTS ( SELECT 1 FROM members m WHERE ((m.room_id = other.room_id) AND (m.user_id = auth.uid()))))",
+            "(EXISTS ( SELECT 1 FROM members m WHERE ((m.room_id = notes.room_id) AND (m.user_id = notes.owner))))",
+            "(room_id IN ( SELECT m.room_id FROM members m WHERE (m.user_id = lower(auth.uid()::text))))",
             "(user_id = owner_id)",
             "(user_id = lower(auth.uid()::text))",
             "(user_id = ( SELECT members.user_id FROM members LIMIT 1))",
             "(user_id <> auth.uid())",
-            "(auth.uid() = auth.uid())",
             "(user_id = my_uid())",
-            "(user_id = 'x'::text)",
+            "archived",
         ] {
-            // A constant is claims-only too; only the ones above with columns or other functions
-            // must be refused.
-            if qual == "(user_id = 'x'::text)" {
-                assert!(equality(qual).is_some());
-                continue;
-            }
-            assert_eq!(equality(qual), None, "{qual}");
+            assert_eq!(on_notes(qual), None, "{qual}");
         }
     }
 
     #[test]
     fn types_compared_by_text() {
         assert!(text_equal("uuid") && text_equal("int8") && text_equal("text"));
-        assert!(!text_equal("numeric") && !text_equal("float8") && !text_equal("citext") && !text_equal("timestamptz"));
+        for ty in ["numeric", "float8", "citext", "timestamptz", "bool", "bpchar"] {
+            assert!(!text_equal(ty), "{ty}");
+        }
     }
 }

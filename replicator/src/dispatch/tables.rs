@@ -18,6 +18,8 @@ pub struct TableInfo {
     /// Per relation column.
     pub typnames: Vec<String>,
     pub pk: Vec<bool>,
+    /// Per relation column, whether `=` on it is byte equality (no nondeterministic collation).
+    pub deterministic: Vec<bool>,
     /// Quoted column names and their `format_type` types, per relation column.
     quoted_columns: Vec<String>,
     types: Vec<String>,
@@ -69,9 +71,10 @@ impl Tables {
         let rows = db
             .query(
                 "select a.attname::text, quote_ident(a.attname), t.typname::text, format_type(a.atttypid, a.atttypmod),
-                        array_position(i.indkey::int2[], a.attnum)
+                        array_position(i.indkey::int2[], a.attnum), coalesce(co.collisdeterministic, true)
                  from pg_attribute a
                  join pg_type t on t.oid = a.atttypid
+                 left join pg_collation co on co.oid = a.attcollation
                  left join pg_index i on i.indrelid = a.attrelid and i.indisprimary
                  where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped",
                 &[&relation.relid],
@@ -83,6 +86,7 @@ impl Tables {
             rls: table.get(1),
             typnames: vec![String::new(); n],
             pk: vec![false; n],
+            deterministic: vec![true; n],
             quoted_columns: vec![String::new(); n],
             types: vec![String::new(); n],
             pk_columns: Vec::new(),
@@ -95,6 +99,7 @@ impl Tables {
             info.quoted_columns[i] = row.get(1);
             info.typnames[i] = row.get(2);
             info.types[i] = row.get(3);
+            info.deterministic[i] = row.get(5);
             if let Some(position) = row.get::<_, Option<i32>>(4) {
                 info.pk[i] = true;
                 key.push((position, i));
@@ -120,6 +125,7 @@ impl Tables {
             rls,
             typnames: typnames.iter().map(|t| t.to_string()).collect(),
             pk,
+            deterministic: vec![true; n],
             quoted_columns: vec![String::new(); n],
             types: vec![String::new(); n],
             pk_columns: pk_columns.to_vec(),
@@ -160,17 +166,10 @@ impl Tables {
     }
 }
 
-/// Which of `keys` (primary-key texts in `pk_columns` order) the role with these claims can see
-/// through the table's RLS policies: one query, run as that role inside `tx`. Role and claims are
-/// parameters of `set_config`, keys are parameters of the query; only catalog-quoted names are
+/// The visibility query of a table: which of the keys given as text arrays (one per key column,
+/// `$1`, `$2`, …) the current role and claims can see through RLS. Only catalog-quoted names are
 /// part of its text.
-pub async fn visible_keys(
-    tx: &tokio_postgres::Transaction<'_>,
-    info: &TableInfo,
-    role: &str,
-    claims: &str,
-    keys: &[Vec<String>],
-) -> Result<HashSet<Vec<String>>, tokio_postgres::Error> {
+pub fn visibility_sql(info: &TableInfo) -> String {
     let columns: Vec<&str> = info
         .pk_columns
         .iter()
@@ -187,7 +186,7 @@ pub async fn visible_keys(
         .map(|c| format!("{c}::text"))
         .collect::<Vec<_>>()
         .join(", ");
-    let sql = match (&columns[..], &arrays[..]) {
+    match (&columns[..], &arrays[..]) {
         // One key column: an index scan over the array.
         ([column], [array]) => format!(
             "select {selected} from {} where {column} = any({array})",
@@ -199,23 +198,19 @@ pub async fn visible_keys(
             columns.join(", "),
             arrays.join(", ")
         ),
-    };
-    let per_column: Vec<Vec<&str>> = (0..columns.len())
+    }
+}
+
+/// What [`visibility_sql`] returned: the visible keys.
+pub fn keys_of(rows: &[tokio_postgres::Row], columns: usize) -> HashSet<Vec<String>> {
+    rows.iter()
+        .map(|row| (0..columns).map(|n| row.get::<_, String>(n)).collect())
+        .collect()
+}
+
+/// `keys` as [`visibility_sql`]'s parameters: one text array per key column.
+pub fn key_columns(keys: &[Vec<String>], columns: usize) -> Vec<Vec<&str>> {
+    (0..columns)
         .map(|n| keys.iter().map(|k| k[n].as_str()).collect())
-        .collect();
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = per_column
-        .iter()
-        .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
-    tx.execute(
-        "select set_config('role', $1, true), set_config('request.jwt.claims', $2, true)",
-        &[&role, &claims],
-    )
-    .await?;
-    // The next context sets both again; the transaction's end restores the replicator's role.
-    let rows = tx.query(&sql, &params).await?;
-    Ok(rows
-        .iter()
-        .map(|row| (0..columns.len()).map(|n| row.get::<_, String>(n)).collect())
-        .collect())
+        .collect()
 }
