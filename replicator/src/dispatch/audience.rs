@@ -19,7 +19,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use sluice_shared::bindings::Action;
 use sluice_shared::filter::Cell;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::Client;
 use tracing::warn;
 
 use super::matching::Verdict;
@@ -466,10 +466,18 @@ async fn membership_read(
     Ok(Some((MembershipRead { select, reader }, member_type)))
 }
 
+/// Whether any of the audiences has a membership link (then the batch reads memberships).
+pub fn reads_memberships(audiences: &HashMap<u32, Arc<Audience>>) -> bool {
+    audiences.values().flat_map(|a| &a.roles).any(|role| match &role.rule {
+        Rule::Links { links, .. } => links.iter().any(|l| matches!(l, Resolved::Membership { .. })),
+        _ => false,
+    })
+}
+
 /// Reads, inside the batch's transaction, the membership of every key the batch's changes carry
 /// for each membership link. A failed read leaves its links unplaced (every subscriber, confirmed).
 pub async fn memberships(
-    tx: &Transaction<'_>,
+    tx: &Client,
     audiences: &HashMap<u32, Arc<Audience>>,
     batch: &[RowChange],
     stats: &Stats,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use sluice_shared::bindings::Action;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Transaction;
+use tokio_postgres::Client;
 use tracing::warn;
 
 use super::payload;
@@ -51,11 +51,21 @@ pub(super) type Checks = HashMap<Context, Vec<usize>>;
 pub(super) fn judge(tables: &Tables, batch: &[RowChange], hits: &mut [Hit]) -> (Checks, Keys) {
     let mut checks = Checks::new();
     let mut keys = Keys::new();
+    // The facts of the previous hit's table and role: consecutive hits mostly share them.
+    let mut facts: Option<(u32, Arc<str>, Arc<TableInfo>, Arc<Vec<bool>>)> = None;
     for hit in hits.iter_mut() {
         let change = &batch[hit.change];
         let relid = change.relation.relid;
-        let (Some(info), Some(selectable)) = (tables.cached(relid), tables.cached_selectable(relid, &hit.sub.role))
-        else {
+        if facts
+            .as_ref()
+            .is_none_or(|(id, role, ..)| *id != relid || *role != hit.sub.role)
+        {
+            facts = tables
+                .cached(relid)
+                .zip(tables.cached_selectable(relid, &hit.sub.role))
+                .map(|(info, selectable)| (relid, hit.sub.role.clone(), info, selectable));
+        }
+        let Some((_, _, info, selectable)) = &facts else {
             hit.verdict = Verdict::Error(payload::UNAUTHORIZED); // unreachable: looked up before
             continue;
         };
@@ -105,7 +115,7 @@ type Check = (Context, Arc<TableInfo>, Vec<Vec<String>>);
 /// then the transaction has refused the rest, and they run again one by one.
 pub(super) async fn check(
     tables: &Tables,
-    tx: &Transaction<'_>,
+    tx: &Client,
     checks: Checks,
     keys: &Keys,
     stats: &Stats,
@@ -138,7 +148,7 @@ pub(super) async fn check(
 
 /// Every check sent without waiting: each context's role and claims set, then its query
 /// (prepared statements keep them in order).
-async fn pipelined(tx: &Transaction<'_>, work: &[Check]) -> Result<Visible, tokio_postgres::Error> {
+async fn pipelined(tx: &Client, work: &[Check]) -> Result<Visible, tokio_postgres::Error> {
     let set = tx.prepare(SET_SUBSCRIBER).await?;
     // Prepared as the table's first subscriber: resolving its schema needs USAGE, which the
     // replicator's own role need not have.
@@ -180,7 +190,7 @@ async fn pipelined(tx: &Transaction<'_>, work: &[Check]) -> Result<Visible, toki
 /// Each check under its own savepoint, so one failing policy hides only what it must: when a
 /// context's query fails, its keys are asked one at a time (Postgres may not evaluate a failing
 /// branch for one row alone: `owner = auth.uid() or id / 0 > 1`).
-async fn one_by_one(tx: &Transaction<'_>, work: Vec<Check>) -> Result<Visible, tokio_postgres::Error> {
+async fn one_by_one(tx: &Client, work: Vec<Check>) -> Result<Visible, tokio_postgres::Error> {
     let mut visible = Visible::new();
     for (context, info, keys) in work {
         let seen = match check_one(tx, &context, &info, &keys).await? {
@@ -201,7 +211,7 @@ async fn one_by_one(tx: &Transaction<'_>, work: Vec<Check>) -> Result<Visible, t
 
 /// One context's query over `keys` under a savepoint: `None` if its policies failed.
 async fn check_one(
-    tx: &Transaction<'_>,
+    tx: &Client,
     (_, role, claims): &Context,
     info: &TableInfo,
     keys: &[Vec<String>],

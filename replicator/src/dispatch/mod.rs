@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use sluice_shared::filter::{all_pass, Cell};
 use sluice_shared::internal::ChangeBatch;
-use tokio_postgres::{Client, IsolationLevel};
+use tokio_postgres::Client;
 
 use crate::db::Db;
 use crate::source::change::RowChange;
@@ -124,19 +124,39 @@ impl Dispatcher {
         stats: &Stats,
     ) -> Result<(Vec<Hit>, matching::Visible, matching::Keys), tokio_postgres::Error> {
         let audiences = audiences.prepare(conn, tables, registry, batch, stats).await?;
-        let tx = conn
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let members = audience::memberships(&tx, &audiences, batch, stats).await?;
+        // One snapshot for the membership reads and the checks, begun only if either is needed
+        // (memberships are read before matching, checks after). An error drops the connection,
+        // and the open transaction with it.
+        let mut in_snapshot = false;
+        let members = if audience::reads_memberships(&audiences) {
+            begin_snapshot(conn, &mut in_snapshot).await?;
+            audience::memberships(conn, &audiences, batch, stats).await?
+        } else {
+            Memberships::new()
+        };
         let mut hits = match_subscriptions(batch, &audiences, &members);
         let (checks, keys) = matching::judge(tables, batch, &mut hits);
-        let visible = matching::check(tables, &tx, checks, &keys, stats).await?;
-        tx.commit().await?;
+        let mut visible = matching::Visible::new();
+        if !checks.is_empty() {
+            begin_snapshot(conn, &mut in_snapshot).await?;
+            visible = matching::check(tables, conn, checks, &keys, stats).await?;
+        }
+        if in_snapshot {
+            conn.batch_execute("commit").await?;
+        }
         Ok((hits, visible, keys))
     }
+}
+
+/// Begins, unless `open` says it is already, a read-only transaction whose reads all see one
+/// snapshot.
+async fn begin_snapshot(conn: &Client, open: &mut bool) -> Result<(), tokio_postgres::Error> {
+    if !*open {
+        conn.batch_execute("begin isolation level repeatable read read only")
+            .await?;
+        *open = true;
+    }
+    Ok(())
 }
 
 /// The subscriptions each change could reach whose event and filters it passes.

@@ -37,14 +37,15 @@ impl TableInfo {
 #[derive(Default)]
 pub struct Tables {
     info: HashMap<u32, Arc<TableInfo>>,
-    selectable: HashMap<(u32, Arc<str>), Arc<Vec<bool>>>,
+    /// Per table, per role.
+    selectable: HashMap<u32, HashMap<Arc<str>, Arc<Vec<bool>>>>,
 }
 
 impl Tables {
     /// Forgets what was known of a table (its Relation message arrived again: it may have changed).
     pub fn invalidate(&mut self, relid: u32) {
         self.info.remove(&relid);
-        self.selectable.retain(|(id, _), _| *id != relid);
+        self.selectable.remove(&relid);
     }
 
     /// What [`Tables::info`] last returned for the table, if it is still cached.
@@ -54,7 +55,7 @@ impl Tables {
 
     /// What [`Tables::selectable`] last returned for the table and role, if still cached.
     pub fn cached_selectable(&self, relid: u32, role: &str) -> Option<Arc<Vec<bool>>> {
-        self.selectable.get(&(relid, Arc::from(role))).cloned()
+        self.selectable.get(&relid)?.get(role).cloned()
     }
 
     pub async fn info(&mut self, db: &Client, relation: &Relation) -> Result<Arc<TableInfo>, tokio_postgres::Error> {
@@ -132,7 +133,9 @@ impl Tables {
         };
         self.info.insert(relid, Arc::new(info));
         self.selectable
-            .insert((relid, Arc::from(role)), Arc::new(vec![true; n]));
+            .entry(relid)
+            .or_default()
+            .insert(Arc::from(role), Arc::new(vec![true; n]));
     }
 
     /// Per relation column, whether `role` may select it.
@@ -142,9 +145,8 @@ impl Tables {
         relation: &Relation,
         role: &Arc<str>,
     ) -> Result<Arc<Vec<bool>>, tokio_postgres::Error> {
-        let cache_key = (relation.relid, role.clone());
-        if let Some(known) = self.selectable.get(&cache_key) {
-            return Ok(known.clone());
+        if let Some(known) = self.cached_selectable(relation.relid, role) {
+            return Ok(known);
         }
         let rows = db
             .query(
@@ -161,7 +163,10 @@ impl Tables {
             }
         }
         let selectable = Arc::new(selectable);
-        self.selectable.insert(cache_key, selectable.clone());
+        self.selectable
+            .entry(relation.relid)
+            .or_default()
+            .insert(role.clone(), selectable.clone());
         Ok(selectable)
     }
 }
