@@ -43,6 +43,9 @@ pub(super) type Visible = HashMap<Context, HashSet<Vec<String>>>;
 /// Per change of the batch (by index) on an RLS table, its primary-key texts if it has them all.
 pub(super) type Keys = HashMap<usize, Option<Vec<String>>>;
 
+/// A table's catalog facts and the columns a role may select there.
+type Facts = (Arc<TableInfo>, Arc<Vec<bool>>);
+
 /// Per context, the changes (by index) whose keys it must check.
 pub(super) type Checks = HashMap<Context, Vec<usize>>;
 
@@ -52,7 +55,7 @@ pub(super) fn judge(tables: &Tables, batch: &[RowChange], hits: &mut [Hit]) -> (
     let mut checks = Checks::new();
     let mut keys = Keys::new();
     // The facts of the previous hit's table and role: consecutive hits mostly share them.
-    let mut facts: Option<(u32, Arc<str>, Arc<TableInfo>, Arc<Vec<bool>>)> = None;
+    let mut facts: Option<(u32, Arc<str>, Facts)> = None;
     for hit in hits.iter_mut() {
         let change = &batch[hit.change];
         let relid = change.relation.relid;
@@ -63,9 +66,9 @@ pub(super) fn judge(tables: &Tables, batch: &[RowChange], hits: &mut [Hit]) -> (
             facts = tables
                 .cached(relid)
                 .zip(tables.cached_selectable(relid, &hit.sub.role))
-                .map(|(info, selectable)| (relid, hit.sub.role.clone(), info, selectable));
+                .map(|facts| (relid, hit.sub.role.clone(), facts));
         }
-        let Some((_, _, info, selectable)) = &facts else {
+        let Some((_, _, (info, selectable))) = &facts else {
             hit.verdict = Verdict::Error(payload::UNAUTHORIZED); // unreachable: looked up before
             continue;
         };
