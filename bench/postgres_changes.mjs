@@ -495,22 +495,44 @@ async function rooms() {
 
 /**
  * Latency under RLS at a steady rate: S = 1,000 users (per-user rows, `(select auth.uid())`),
- * 100 single-row commits/s, each stamped with its commit-time clock; commit to the moment the
- * batch reaches the hub (a stand-in answering as a hub), p50/p99.
+ * 100 single-row commits/s, each stamped with its commit-time clock, each visible to one user.
+ * Measured twice: commit to the moment the batch reaches a stand-in hub (the replicator's share),
+ * and commit to the supabase-js callback through the whole local stack (1,000 clients, one per
+ * user, on `wrangler dev`).
  */
 async function steady() {
   const USERS = 1000;
   const RATE = 100;
   const seconds = Number(opts.seconds) * 2;
-  const latencies = [];
+  const rows = [];
+  const schema = `${AUTH}
+    create table notes (id bigint primary key, user_id uuid not null, t double precision not null);
+    alter table notes enable row level security;
+    create policy own on notes for select to authenticated using (user_id = (select auth.uid()));
+    grant select on notes to authenticated;
+    alter publication supabase_realtime add table notes`;
+  /** Commits at RATE/s for `seconds`, each row owned by one of `ids`; returns how many. */
+  const commitSteadily = async (db, ids) => {
+    let id = 100;
+    const started = now();
+    while (now() - started < seconds * 1000) {
+      const tick = now();
+      id++;
+      await db.query('insert into notes values ($1, $2, $3)', [id, ids[(id * 7919) % ids.length], now()]);
+      const wait = 1000 / RATE - (now() - tick);
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    }
+    return id - 100;
+  };
+  const summary = (what, latencies) => {
+    latencies.sort((a, b) => a - b);
+    rows.push({ what, n: latencies.length, p50: percentile(latencies, 0.5), p95: percentile(latencies, 0.95), p99: percentile(latencies, 0.99), max: latencies.at(-1) });
+  };
+
   await withDatabase('steady', async (database, db) => {
-    await db.query(`${AUTH}
-      create table notes (id bigint primary key, user_id uuid not null, t double precision not null);
-      alter table notes enable row level security;
-      create policy own on notes for select to authenticated using (user_id = (select auth.uid()));
-      grant select on notes to authenticated;
-      alter publication supabase_realtime add table notes`);
+    await db.query(schema);
     const ids = (await db.query(`select gen_random_uuid()::text as id from generate_series(1, ${USERS})`)).rows.map((r) => r.id);
+    const latencies = [];
     let measuring = false;
     const sink = await nullSink((p) => {
       if (measuring) for (let k = 0; k < p.to.length; k++) latencies.push(now() - p.data.record.t);
@@ -522,26 +544,54 @@ async function steady() {
       await db.query('insert into notes select g, $1::uuid, 0 from generate_series(1, 10) g', [ids[0]]);
       await timeUntil(() => sink.counts.deliveries, 10, now(), 'the warm-up');
       measuring = true;
-      let id = 100;
-      const started = now();
-      while (now() - started < seconds * 1000) {
-        const tick = now();
-        id++;
-        await db.query('insert into notes values ($1, $2, $3)', [id, ids[(id * 7919) % USERS], now()]);
-        const wait = 1000 / RATE - (now() - tick);
-        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-      }
-      await timeUntil(() => latencies.length, id - 100, started, 'the last changes');
+      const sent = await commitSteadily(db, ids);
+      await timeUntil(() => latencies.length, sent, now(), 'the last changes');
     } finally {
       await replicator.stop();
       await sink.stop();
     }
+    summary('commit → hub (stand-in)', latencies);
   });
-  latencies.sort((a, b) => a - b);
-  console.log(`\n### 7. RLS at a steady ${RATE} changes/s, S = ${USERS} users (per-user rows), commit to hub, ${seconds} s\n`);
-  console.log('| deliveries | p50 ms | p95 ms | p99 ms | max ms |');
-  console.log('|---:|---:|---:|---:|---:|');
-  console.log(`| ${latencies.length} | ${fmt(percentile(latencies, 0.5))} | ${fmt(percentile(latencies, 0.95))} | ${fmt(percentile(latencies, 0.99))} | ${fmt(latencies.at(-1))} |`);
+
+  const limits = { '*': { max_concurrent_users: 2 * USERS, max_joins_per_second: 2 * USERS } };
+  const stack = await startStack({ name: 'bench-steady', gateway: 'wrangler', vars: { TENANT_LIMITS: JSON.stringify(limits) }, log: () => {} });
+  const clients = [];
+  try {
+    await stack.pg.createRoles('authenticated');
+    await stack.pg.sql(schema);
+    const ids = (await stack.pg.sql(`select gen_random_uuid()::text as id from generate_series(1, ${USERS})`)).map((r) => r.id);
+    const latencies = [];
+    let measuring = false;
+    let warm = 0;
+    log(`joining ${USERS} supabase-js clients`);
+    for (let u = 0; u < USERS; u += 25) {
+      await Promise.all(ids.slice(u, u + 25).map(async (sub) => {
+        const client = supabase(stack.url, tokenFor('authenticated', { sub }));
+        clients.push(client);
+        const inbox = { push: (p) => (measuring ? latencies.push(now() - p.new.t) : warm++) };
+        await pgChannel(client, `notes-${sub}`, [{ binding: { event: 'INSERT', schema: 'public', table: 'notes' }, inbox }]);
+      }));
+    }
+    const db = new pg.Client(stack.pg.clientConfig());
+    await db.connect();
+    try {
+      await db.query('insert into notes select g, $1::uuid, 0 from generate_series(1, 10) g', [ids[0]]);
+      await timeUntil(() => warm, 10, now(), 'the warm-up');
+      measuring = true;
+      const sent = await commitSteadily(db, ids);
+      await timeUntil(() => latencies.length, sent, now(), 'the last changes');
+    } finally {
+      await db.end();
+    }
+    summary(`commit → supabase-js callback (${USERS} clients, wrangler dev)`, latencies);
+  } finally {
+    for (const c of clients) c.realtime.disconnect();
+    await stack.stop();
+  }
+  console.log(`\n### 7. RLS at a steady ${RATE} changes/s, S = ${USERS} users (per-user rows), ${seconds} s each\n`);
+  console.log('| measured | deliveries | p50 ms | p95 ms | p99 ms | max ms |');
+  console.log('|---|---:|---:|---:|---:|---:|');
+  for (const r of rows) console.log(`| ${r.what} | ${r.n} | ${fmt(r.p50)} | ${fmt(r.p95)} | ${fmt(r.p99)} | ${fmt(r.max)} |`);
 }
 
 if (only.has('throughput')) { console.error('==> throughput'); await throughput(); }
