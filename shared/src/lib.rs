@@ -18,6 +18,7 @@
 //! - [`roster`]: which of a hub's sockets are in which room; who receives a fan-out.
 //! - [`session`]: one socket's channels and what each inbound message makes happen.
 //! - [`signature`]: internal requests signed with the shared secret, within a time window.
+//! - [`tenants`]: tenants as the management API takes and stores them, and which one a host names.
 //! - [`texts`]: every client-visible text, with the upstream file it comes from.
 
 pub mod bindings;
@@ -37,4 +38,5 @@ pub mod rest;
 pub mod roster;
 pub mod session;
 pub mod signature;
+pub mod tenants;
 pub mod texts;

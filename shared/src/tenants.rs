@@ -1,0 +1,329 @@
+//! Tenants: the projects one deployment serves. A tenant as the management API takes it and the
+//! gateway stores it (upstream's field names), what `GET` shows of it (never a secret), and which
+//! tenant a request's host names (a mapping, the first DNS label as upstream, a default).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::jwt::Keys;
+use crate::limits::Limits;
+
+/// A tenant, as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub external_id: String,
+    pub name: String,
+    /// HS256/384/512 secret its users' tokens are signed with.
+    #[serde(default)]
+    pub jwt_secret: Option<String>,
+    /// Its JWKS (asymmetric keys by `kid`).
+    #[serde(default)]
+    pub jwt_jwks: Option<Value>,
+    /// Its limits and flags (`private_only`, `presence_enabled`), upstream's defaults where unset.
+    pub limits: Limits,
+    /// Suspended: its sockets are closed and new ones refused.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Upstream's `extensions` (database settings), kept without passwords.
+    #[serde(default)]
+    pub extensions: Vec<Value>,
+    /// When it was created (ISO 8601, UTC).
+    pub inserted_at: String,
+}
+
+/// What is wrong with a tenant as given: the field and what to fix (answered with 422).
+#[derive(Debug, PartialEq)]
+pub struct Invalid(pub String);
+
+/// The tenant named by `id` (or by the body's `external_id`) from upstream's request body
+/// `{"tenant": {...}}`, over `existing` when it is an update: fields not given keep their value.
+pub fn from_params(
+    id: Option<&str>,
+    body: &Value,
+    existing: Option<&Tenant>,
+    now_iso: &str,
+) -> Result<Tenant, Invalid> {
+    let params = body
+        .get("tenant")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Invalid("the body must be {\"tenant\": {...}}".into()))?;
+    let given = |key: &str| params.get(key).filter(|v| !v.is_null());
+    let external_id = id
+        .map(str::to_string)
+        .or_else(|| given("external_id").and_then(Value::as_str).map(str::to_string))
+        .ok_or_else(|| Invalid("external_id is required".into()))?;
+    if !valid_id(&external_id) {
+        return Err(Invalid(format!(
+            "external_id {external_id:?} must be 1 to 64 letters, digits, '-' or '_'"
+        )));
+    }
+    let text = |key: &str| -> Result<Option<String>, Invalid> {
+        match given(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(Invalid(format!("{key} must be a string"))),
+        }
+    };
+    let mut tenant = existing.cloned().unwrap_or_else(|| Tenant {
+        external_id: external_id.clone(),
+        name: external_id.clone(),
+        jwt_secret: None,
+        jwt_jwks: None,
+        limits: Limits::default(),
+        suspend: false,
+        extensions: Vec::new(),
+        inserted_at: now_iso.to_string(),
+    });
+    if let Some(name) = text("name")? {
+        tenant.name = name;
+    }
+    if let Some(secret) = text("jwt_secret")? {
+        tenant.jwt_secret = Some(secret).filter(|s| !s.is_empty());
+    }
+    if let Some(jwks) = given("jwt_jwks") {
+        tenant.jwt_jwks = Some(jwks.clone());
+    }
+    if tenant.jwt_secret.is_none() && tenant.jwt_jwks.is_none() {
+        return Err(Invalid("either jwt_secret or jwt_jwks must be provided".into()));
+    }
+    tenant.keys().map_err(Invalid)?;
+    // Limits and flags: upstream's names, merged over what the tenant had.
+    let mut limits = serde_json::to_value(&tenant.limits).expect("limits serialize");
+    for (key, value) in params {
+        if limits.get(key).is_some() && !value.is_null() {
+            limits[key] = value.clone();
+        }
+    }
+    tenant.limits = serde_json::from_value(limits).map_err(|e| Invalid(format!("a limit is not valid: {e}")))?;
+    if let Some(suspend) = given("suspend") {
+        tenant.suspend = suspend
+            .as_bool()
+            .ok_or_else(|| Invalid("suspend must be true or false".into()))?;
+    }
+    if let Some(extensions) = given("extensions") {
+        tenant.extensions = extensions_without_passwords(extensions)?;
+    }
+    Ok(tenant)
+}
+
+/// Upstream's `extensions`. A database password is refused rather than stored: sluice reaches a
+/// tenant's database through a replicator beside it, which holds its own credentials.
+fn extensions_without_passwords(extensions: &Value) -> Result<Vec<Value>, Invalid> {
+    let list = extensions
+        .as_array()
+        .ok_or_else(|| Invalid("extensions must be a list".into()))?;
+    for extension in list {
+        if extension.pointer("/settings/db_password").is_some_and(|p| !p.is_null()) {
+            return Err(Invalid(
+                "extensions[].settings.db_password: sluice does not store database passwords; run a replicator beside the tenant's database with its own credentials (docs/deploy.md) and leave the password out".into(),
+            ));
+        }
+    }
+    Ok(list.clone())
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Tenant {
+    /// The keys its users' tokens are verified with; `Err` says what is wrong with them.
+    pub fn keys(&self) -> Result<Keys, String> {
+        let keys = Keys::new(self.jwt_secret.clone().unwrap_or_default().into_bytes());
+        match &self.jwt_jwks {
+            Some(jwks) => keys
+                .with_jwks(&jwks.to_string())
+                .map_err(|e| format!("jwt_jwks is not valid: {e}")),
+            None => Ok(keys),
+        }
+    }
+
+    /// What `GET` shows (upstream's `tenant.json`): no JWT secret, no JWKS, no password.
+    pub fn view(&self) -> Value {
+        let mut view = Map::new();
+        view.insert("id".into(), json!(self.external_id));
+        view.insert("external_id".into(), json!(self.external_id));
+        view.insert("name".into(), json!(self.name));
+        if let Value::Object(limits) = serde_json::to_value(&self.limits).expect("limits serialize") {
+            view.extend(limits);
+        }
+        view.insert("suspend".into(), json!(self.suspend));
+        view.insert("inserted_at".into(), json!(self.inserted_at));
+        view.insert("extensions".into(), json!(self.extensions));
+        Value::Object(view)
+    }
+}
+
+/// How hosts name tenants: `TENANT_HOSTS` (`{"127.0.0.1": "dev", "*.workers.dev": "dev"}`: exact
+/// host names, or `*.` + a suffix), else the host's first DNS label (upstream's rule), and
+/// `DEFAULT_TENANT` for a label that is no tenant.
+#[derive(Debug, Default)]
+pub struct Hosts {
+    exact: BTreeMap<String, String>,
+    /// (".suffix", tenant), longest suffix first.
+    suffixes: Vec<(String, String)>,
+    pub default: Option<String>,
+}
+
+/// The tenant a host names.
+#[derive(Debug, PartialEq)]
+pub enum Named {
+    /// Mapped by `TENANT_HOSTS`.
+    Mapped(String),
+    /// Only the first DNS label: a tenant if one has that id, else `DEFAULT_TENANT` if set.
+    Label(String),
+}
+
+impl Hosts {
+    /// From `TENANT_HOSTS` and `DEFAULT_TENANT`; `Err` says what to fix.
+    pub fn parse(mapping: Option<&str>, default: Option<&str>) -> Result<Hosts, String> {
+        let mut hosts = Hosts {
+            default: default.map(str::trim).filter(|d| !d.is_empty()).map(str::to_string),
+            ..Hosts::default()
+        };
+        let Some(mapping) = mapping.filter(|m| !m.trim().is_empty()) else {
+            return Ok(hosts);
+        };
+        let doc: BTreeMap<String, String> = serde_json::from_str(mapping)
+            .map_err(|e| format!("TENANT_HOSTS must be a JSON object of host name to tenant id: {e}"))?;
+        for (host, tenant) in doc {
+            let host = host.to_ascii_lowercase();
+            match host.strip_prefix('*') {
+                Some(suffix) if suffix.starts_with('.') => hosts.suffixes.push((suffix.to_string(), tenant)),
+                Some(_) => return Err(format!("TENANT_HOSTS: {host:?}: a pattern is \"*.\" and a domain")),
+                None => {
+                    hosts.exact.insert(host, tenant);
+                }
+            }
+        }
+        hosts
+            .suffixes
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        Ok(hosts)
+    }
+
+    /// The tenant `host` (a Host header, maybe with a port) names.
+    pub fn name(&self, host: &str) -> Named {
+        let bare = strip_port(host).to_ascii_lowercase();
+        if let Some(tenant) = self.exact.get(&bare) {
+            return Named::Mapped(tenant.clone());
+        }
+        if let Some((_, tenant)) = self.suffixes.iter().find(|(suffix, _)| bare.ends_with(suffix.as_str())) {
+            return Named::Mapped(tenant.clone());
+        }
+        Named::Label(crate::connect::tenant_from_host(host))
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    host.rsplit_once(':')
+        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+        .map_or(host, |(h, _)| h)
+}
+
+/// The log line for a host whose tenant is not found: what was derived, and the two fixes.
+pub fn not_found_log(host: &str, tenant: &str) -> String {
+    format!(
+        "TenantNotFound: the host {host:?} names tenant {tenant:?} (its first DNS label, as upstream derives it), and no tenant has that id: create it (POST /api/tenants), or map the host to a tenant (TENANT_HOSTS, e.g. {{\"{}\": \"<tenant>\"}}, or DEFAULT_TENANT)",
+        strip_port(host)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const NOW: &str = "2026-11-30T12:00:00Z";
+
+    #[test]
+    fn created_with_upstreams_fields_and_shown_without_secrets() {
+        let body = json!({"tenant": {
+            "external_id": "acme", "name": "Acme", "jwt_secret": "s3cret", "max_concurrent_users": 500,
+            "private_only": true, "unknown_field": 1,
+            "extensions": [{"type": "postgres_cdc_rls", "settings": {"db_host": "db", "region": "us-east-1"}}]
+        }});
+        let tenant = from_params(None, &body, None, NOW).unwrap();
+        assert_eq!(tenant.limits.max_concurrent_users, 500);
+        assert!(tenant.limits.private_only);
+        assert_eq!(
+            tenant.limits.max_events_per_second,
+            Limits::default().max_events_per_second
+        );
+        let view = tenant.view();
+        assert_eq!(view["external_id"], "acme");
+        assert_eq!(view["max_concurrent_users"], 500);
+        assert_eq!(view["extensions"][0]["settings"]["db_host"], "db");
+        let shown = view.to_string();
+        assert!(!shown.contains("s3cret") && !shown.contains("jwt_secret"), "{shown}");
+    }
+
+    #[test]
+    fn an_update_keeps_what_it_does_not_give() {
+        let created = from_params(
+            Some("acme"),
+            &json!({"tenant": {"jwt_secret": "a", "max_events_per_second": 7}}),
+            None,
+            NOW,
+        )
+        .unwrap();
+        let updated = from_params(
+            Some("acme"),
+            &json!({"tenant": {"suspend": true}}),
+            Some(&created),
+            "later",
+        )
+        .unwrap();
+        assert!(updated.suspend);
+        assert_eq!(updated.jwt_secret.as_deref(), Some("a"));
+        assert_eq!(updated.limits.max_events_per_second, 7);
+        assert_eq!(updated.inserted_at, NOW);
+    }
+
+    #[test]
+    fn what_is_refused() {
+        let refused = |id: Option<&str>, body: Value| from_params(id, &body, None, NOW).unwrap_err().0;
+        assert!(refused(None, json!({"tenant": {"jwt_secret": "a"}})).contains("external_id is required"));
+        assert!(refused(Some("a:b"), json!({"tenant": {"jwt_secret": "a"}})).contains("letters, digits"));
+        assert!(refused(Some("a"), json!({"tenant": {}})).contains("either jwt_secret or jwt_jwks"));
+        assert!(refused(Some("a"), json!({"tenant": {"jwt_jwks": {"keys": "no"}}})).contains("jwt_jwks"));
+        assert!(refused(
+            Some("a"),
+            json!({"tenant": {"jwt_secret": "a", "max_concurrent_users": "many"}})
+        )
+        .contains("limit"));
+        assert!(refused(
+            Some("a"),
+            json!({"tenant": {"jwt_secret": "a", "extensions": [{"settings": {"db_password": "pw"}}]}})
+        )
+        .contains("db_password"));
+        assert!(refused(Some("a"), json!({"jwt_secret": "a"})).contains("{\"tenant\""));
+    }
+
+    #[test]
+    fn hosts_name_tenants() {
+        let hosts = Hosts::parse(
+            Some(r#"{"127.0.0.1": "dev", "*.workers.dev": "prod", "*.eu.workers.dev": "eu"}"#),
+            Some("dev"),
+        )
+        .unwrap();
+        assert_eq!(hosts.name("127.0.0.1:8787"), Named::Mapped("dev".into()));
+        assert_eq!(hosts.name("sluice.me.workers.dev"), Named::Mapped("prod".into()));
+        assert_eq!(hosts.name("x.eu.workers.dev"), Named::Mapped("eu".into()));
+        assert_eq!(hosts.name("abc.supabase.co"), Named::Label("abc".into()));
+        assert_eq!(hosts.default.as_deref(), Some("dev"));
+        assert!(Hosts::parse(Some("[1]"), None).is_err());
+        assert!(Hosts::parse(Some(r#"{"*workers.dev": "x"}"#), None).is_err());
+        assert_eq!(Hosts::parse(None, Some(" ")).unwrap().default, None);
+    }
+
+    #[test]
+    fn the_not_found_line_names_the_host_the_label_and_the_fixes() {
+        let line = not_found_log("127.0.0.1:4000", "127");
+        assert!(line.contains("\"127.0.0.1:4000\"") && line.contains("\"127\""));
+        assert!(line.contains("POST /api/tenants") && line.contains("TENANT_HOSTS") && line.contains("DEFAULT_TENANT"));
+    }
+}
