@@ -19,7 +19,10 @@ use sluice_shared::position::{StreamPosition, Watermark};
 use sluice_shared::presence::{phx_ref, Owner, Registry};
 use worker::*;
 
-use crate::config::{self, SOCKET_HUB};
+use sluice_shared::limits::Limits;
+
+use crate::config::SOCKET_HUB;
+use crate::tenancy::{self, Resolved};
 use crate::{random, rpc};
 
 #[derive(Default, Serialize, Deserialize)]
@@ -83,7 +86,10 @@ impl Channel {
         let mut events = Vec::new();
         let name = self.state.id().name().unwrap_or_default();
         let tenant = name.split(':').nth(1).unwrap_or_default();
-        let limits = config::limits(&self.env, tenant).unwrap_or_default();
+        let limits = match tenancy::for_tenant(&self.env, tenant).await? {
+            Resolved::Found(settings) => (*settings.limits).clone(),
+            _ => Limits::default(),
+        };
         for message in batch.messages {
             if !mark.admit(&batch.stream, message.lsn, message.seq) {
                 continue;

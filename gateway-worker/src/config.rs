@@ -2,6 +2,7 @@
 
 use sluice_shared::jwt::Keys;
 use sluice_shared::limits::Limits;
+use sluice_shared::tenants::Hosts;
 use worker::Env;
 
 /// The bindings of the Durable Object namespaces.
@@ -63,9 +64,22 @@ pub fn metrics_secret(env: &Env) -> Option<String> {
     read(env, "METRICS_JWT_SECRET").filter(|s| !s.is_empty())
 }
 
-/// The secret admin tokens of the management API are signed with (`API_JWT_SECRET`).
-pub fn admin_secret(env: &Env) -> Option<String> {
-    read(env, "API_JWT_SECRET").filter(|s| !s.is_empty())
+/// The secrets admin tokens of the management API may be signed with: `API_JWT_SECRET`, and
+/// `API_JWT_SECRET_NEXT` while rotating to it (as upstream).
+pub fn admin_secrets(env: &Env) -> Vec<String> {
+    ["API_JWT_SECRET", "API_JWT_SECRET_NEXT"]
+        .into_iter()
+        .filter_map(|name| read(env, name).filter(|s| !s.is_empty()))
+        .collect()
+}
+
+/// How hosts name tenants: `TENANT_HOSTS` (JSON, host name or `*.domain` to tenant id) and
+/// `DEFAULT_TENANT`. `Err` says what to fix.
+pub fn hosts(env: &Env) -> Result<Hosts, String> {
+    Hosts::parse(
+        read(env, "TENANT_HOSTS").as_deref(),
+        read(env, "DEFAULT_TENANT").as_deref(),
+    )
 }
 
 /// Where the replicator serves its API (`REPLICATOR_URL`): `https://...`, or `http://` on

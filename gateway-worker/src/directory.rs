@@ -1,16 +1,20 @@
-//! Directory: the Durable Object `directory`, one for the whole gateway, that `/metrics` starts
-//! from. It knows every SocketHub that ever took a socket (each registers once per start) and
-//! counts connections the Worker refused before any hub saw them, per tenant and reason. Neither
-//! is on a hot path: a hub registers once per start, a refusal already waited out its backoff.
+//! Directory: the Durable Object `directory`, one for the whole gateway. It keeps the tenants the
+//! management API created, knows every SocketHub that ever took a socket (each registers once per
+//! start; `/metrics` starts from them) and counts connections the Worker refused before any hub
+//! saw them, per tenant and reason. None is on a hot path: tenants are read through a short cache
+//! (`tenancy`), a hub registers once per start, a refusal already waited out its backoff.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sluice_shared::tenants::Tenant;
 use worker::*;
 
 use crate::config::DIRECTORY;
 use crate::rpc;
 
+/// Where a tenant is stored: this prefix and its id.
+const TENANT: &str = "tenant:";
 /// The one Directory's name.
 const NAME: &str = "directory";
 /// Refusals of tenants no hub serves are counted under this tenant: a Host header is the
@@ -23,6 +27,9 @@ enum DirectoryOp {
     Register { hub: String },
     Refused { tenant: String, reason: String },
     Snapshot,
+    Tenants,
+    PutTenant { tenant: Box<Tenant> },
+    DeleteTenant { id: String },
 }
 
 /// What `/metrics` reads: the hubs, and refused connections per tenant and reason.
@@ -79,6 +86,23 @@ impl DurableObject for Directory {
                 }
                 return Response::from_json(&snapshot);
             }
+            DirectoryOp::Tenants => {
+                let stored = storage.list_with_options(ListOptions::new().prefix(TENANT)).await?;
+                let mut tenants: Vec<Tenant> = Vec::new();
+                for value in stored.values() {
+                    // Stored as JSON text: numbers and nesting kept exactly.
+                    tenants.push(serde_json::from_str(&value?.as_string().unwrap_or_default())?);
+                }
+                return Response::from_json(&tenants);
+            }
+            DirectoryOp::PutTenant { tenant } => {
+                let key = format!("{TENANT}{}", tenant.external_id);
+                storage.put(&key, serde_json::to_string(&*tenant)?).await?;
+            }
+            DirectoryOp::DeleteTenant { id } => {
+                let existed = storage.delete(&format!("{TENANT}{id}")).await?;
+                return Response::from_json(&existed);
+            }
         }
         Response::ok("")
     }
@@ -109,4 +133,27 @@ pub async fn snapshot(env: &Env) -> Result<Snapshot> {
         .await?
         .json()
         .await
+}
+
+/// Every tenant the management API created.
+pub async fn tenants(env: &Env) -> Result<Vec<Tenant>> {
+    rpc::post_json(stub(env)?, "/", &DirectoryOp::Tenants)
+        .await?
+        .json()
+        .await
+}
+
+/// Creates or replaces a tenant.
+pub async fn put_tenant(env: &Env, tenant: Tenant) -> Result<()> {
+    let op = DirectoryOp::PutTenant {
+        tenant: Box::new(tenant),
+    };
+    rpc::post_json(stub(env)?, "/", &op).await?;
+    Ok(())
+}
+
+/// Forgets a tenant; whether it existed.
+pub async fn delete_tenant(env: &Env, id: &str) -> Result<bool> {
+    let op = DirectoryOp::DeleteTenant { id: id.into() };
+    rpc::post_json(stub(env)?, "/", &op).await?.json().await
 }

@@ -5,11 +5,13 @@
 //!   internal API the replicator calls.
 //! - [`hub`]: the SocketHub Durable Object, which holds sockets through the Hibernation API.
 //! - [`channel`]: the Channel Durable Object: which hubs have members, presence, relaying.
-//! - [`directory`]: the Directory Durable Object: every hub, and refused connections, for
-//!   `/metrics`.
+//! - [`directory`]: the Directory Durable Object: the tenants, every hub, and refused
+//!   connections, for `/metrics`.
 //! - [`outbox`]: ordered, coalesced calls from a hub to Channels.
 //! - [`replicator`]: calls to the replicator (Postgres Changes subscriptions, authorization,
 //!   replay).
+//! - [`tenancy`]: which tenant a request is for, and its settings (created tenants, or the
+//!   environment's).
 //! - [`config`]: settings read from the Worker's environment.
 //! - [`random`]: ids from the runtime's randomness.
 //! - [`rpc`]: HTTP calls between Durable Objects.
@@ -28,6 +30,7 @@ mod random;
 mod replicator;
 mod routes;
 mod rpc;
+mod tenancy;
 
 pub use channel::Channel;
 pub use directory::Directory;
@@ -50,8 +53,9 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         (Method::Post, r) if r.starts_with("/internal/v1/changes/") => internal::changes(req, &env).await,
         (Method::Post, "/internal/v1/broadcasts") => internal::database_broadcasts(req, &env).await,
         (Method::Get, "/internal/v1/ping") => internal::ping(req, &env).await,
-        (Method::Get, r) if r.starts_with("/api/tenants/") && r.ends_with("/health") => {
-            tenants::tenant_health(req, &env).await
+        (_, r) if r == "/api/tenants" || r.starts_with("/api/tenants/") => {
+            let r = r.to_string();
+            tenants::route(req, &env, &r).await
         }
         (Method::Options, r) if r.starts_with("/api/broadcast") => broadcast::preflight(),
         (Method::Post, "/api/broadcast") => broadcast::broadcast_batch(req, &env).await,

@@ -13,7 +13,8 @@ pub const MAX_X_HEADER_BYTES: usize = 4096;
 
 /// What the client presented when opening the socket.
 pub struct ConnectRequest<'a> {
-    pub host: &'a str,
+    /// The tenant the host names (the caller resolved it: `tenants::Hosts`).
+    pub tenant: &'a str,
     /// `x-api-key` header; takes precedence over the `apikey` query parameter.
     pub header_key: Option<&'a str>,
     pub query_key: Option<&'a str>,
@@ -64,7 +65,7 @@ pub fn authorize(req: &ConnectRequest, keys: &Keys, now_secs: i64) -> Result<Acc
         },
     })?;
     Ok(Accepted {
-        tenant: tenant_from_host(req.host),
+        tenant: req.tenant.to_string(),
         vsn,
         claims,
         headers: x_headers(&req.headers)?,
@@ -117,7 +118,7 @@ mod tests {
 
     fn req<'a>(header_key: Option<&'a str>, query_key: Option<&'a str>, vsn: Option<&'a str>) -> ConnectRequest<'a> {
         ConnectRequest {
-            host: "realtime-dev.localhost:4000",
+            tenant: "realtime-dev",
             header_key,
             query_key,
             vsn,

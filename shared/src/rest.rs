@@ -20,6 +20,11 @@ impl Refusal {
     pub fn unauthorized() -> Refusal {
         Refusal::new(401, json!({"message": texts::REST_UNAUTHORIZED}))
     }
+
+    /// The host names no tenant (upstream's `AssignTenant`).
+    pub fn tenant_not_found() -> Refusal {
+        Refusal::new(401, json!({"message": texts::REST_TENANT_NOT_FOUND}))
+    }
 }
 
 /// The caller's token: `Authorization: Bearer <jwt>`, else the `apikey` header.

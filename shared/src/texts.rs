@@ -15,6 +15,12 @@ pub const TOO_MANY_USERS: &str = "Too many connected users";
 pub const TOO_MANY_JOINS: &str = "Too many joins per second";
 /// 500 when the server cannot verify tokens at all (no key configured).
 pub const CONNECT_FAILED: &str = "Error connecting to Realtime";
+/// A host whose tenant does not exist (`user_socket.ex` `error_response(:tenant_not_found)`, 404).
+pub const TENANT_NOT_FOUND: &str = "Tenant not found";
+/// REST API: the host names no tenant (`assign_tenant.ex`, 401).
+pub const REST_TENANT_NOT_FOUND: &str = "Tenant not found in database";
+/// A suspended tenant (`user_socket.ex` `error_response(:tenant_suspended)`, 403).
+pub const TENANT_SUSPENDED: &str = "Realtime was disabled for this tenant";
 /// 400 for a `vsn` other than 1.0.0 and 2.0.0. sluice's own (upstream's Phoenix refuses the
 /// upgrade without a body).
 pub const UNSUPPORTED_VSN: &str = "Unsupported vsn: use 1.0.0 or 2.0.0";

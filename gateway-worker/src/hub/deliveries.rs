@@ -18,7 +18,7 @@ use super::fanout::{fan_out, Deliverable};
 use super::private::message_id;
 use super::sockets::send;
 use super::traffic::{self, Sent};
-use super::{tenant_of_hub, SocketHub};
+use super::SocketHub;
 
 /// The storage key of the last row change a hub delivered.
 const CHANGES_POSITION: &str = "delivered_change";
@@ -98,7 +98,7 @@ impl SocketHub {
             false => None,
         };
         let mut mark = Watermark::new(delivered.clone());
-        let (_, limits) = self.settings(tenant_of_hub(&self.name()));
+        let (_, limits) = self.settings();
         let mut over_rate = 0;
         {
             let roster = self.roster();

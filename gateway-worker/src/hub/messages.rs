@@ -86,7 +86,7 @@ impl SocketHub {
 
     /// Hands one decoded message to the session.
     fn handle(&self, session: &mut Session, inbound: Inbound) -> Vec<Effect> {
-        let (keys, limits) = self.settings(&session.tenant);
+        let (keys, limits) = self.settings();
         let users = self.roster().users() as u32;
         session.handle(
             inbound,

@@ -35,7 +35,7 @@ mod private;
 mod sockets;
 mod traffic;
 
-use std::cell::{Cell, OnceCell, RefCell};
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
@@ -50,6 +50,7 @@ use sluice_shared::texts;
 use worker::*;
 
 use crate::outbox::Outbox;
+use crate::tenancy::{self, Resolved};
 use crate::{config, directory, rpc};
 
 /// The header a new socket's session travels in from the Worker to its hub.
@@ -74,8 +75,9 @@ pub struct SocketHub {
     in_directory: Cell<bool>,
     /// When each socket last sent anything (epoch ms), for the idle timeout. Transient too.
     last_seen: RefCell<HashMap<String, u64>>,
-    /// The tenant's keys and limits, read from the environment once per instance.
-    settings: OnceCell<(Rc<Keys>, Rc<Limits>)>,
+    /// The tenant's keys and limits, and when they were read (epoch ms): refreshed at most every
+    /// few seconds (`tenancy::CACHE_MS`), so a change through the management API reaches it.
+    settings: RefCell<Option<(f64, TenantSettings)>>,
     /// Messages waiting behind one that waits for policies, per socket (transient).
     held: RefCell<Holds<WebSocketIncomingMessage>>,
     /// Per socket, the ids of stored messages it got by replay (transient).
@@ -100,7 +102,7 @@ impl DurableObject for SocketHub {
             counts_saved_at: Cell::new(0),
             in_directory: Cell::new(false),
             last_seen: RefCell::default(),
-            settings: OnceCell::new(),
+            settings: RefCell::new(None),
             held: RefCell::default(),
             replayed: RefCell::default(),
             db_positions: RefCell::default(),
@@ -110,6 +112,7 @@ impl DurableObject for SocketHub {
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         self.ensure_roster().await?;
+        self.refresh_settings().await?;
         match req.path().as_str() {
             "/connect" => {
                 let response = self.accept(&req)?;
@@ -143,11 +146,13 @@ impl DurableObject for SocketHub {
 
     async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
         self.ensure_roster().await?;
+        self.refresh_settings().await?;
         self.receive_message(&ws, message).await
     }
 
     async fn alarm(&self) -> Result<Response> {
         self.ensure_roster().await?;
+        self.refresh_settings().await?;
         self.run_alarm().await?;
         Response::ok("")
     }
@@ -170,27 +175,55 @@ impl DurableObject for SocketHub {
 }
 
 impl SocketHub {
-    /// The tenant's keys and limits. Misconfigured keys verify nothing (joins then fail with
-    /// signer errors) and misconfigured limits fall back to the defaults; both are logged.
-    fn settings(&self, tenant: &str) -> (Rc<Keys>, Rc<Limits>) {
-        let (keys, limits) = self.settings.get_or_init(|| {
-            let keys = config::keys(&self.env).unwrap_or_else(|problem| {
+    /// The tenant's keys and limits (as last read by [`SocketHub::refresh_settings`]).
+    fn settings(&self) -> TenantSettings {
+        match &*self.settings.borrow() {
+            Some((_, settings)) => settings.clone(),
+            None => (Rc::new(Keys::default()), Rc::new(Limits::default())),
+        }
+    }
+
+    /// Reads the tenant's settings again if they are older than `tenancy::CACHE_MS`. A tenant
+    /// that is gone, suspended or misconfigured gets keys that verify nothing (joins then fail
+    /// with signer errors) and the default limits; it is logged.
+    async fn refresh_settings(&self) -> Result<()> {
+        let now = Date::now().as_millis() as f64;
+        if self
+            .settings
+            .borrow()
+            .as_ref()
+            .is_some_and(|(at, ..)| now - at < tenancy::CACHE_MS)
+        {
+            return Ok(());
+        }
+        let name = self.name();
+        let tenant = tenant_of_hub(&name);
+        let (keys, limits) = match tenancy::for_tenant(&self.env, tenant).await? {
+            Resolved::Found(settings) if !settings.suspended => (settings.keys, settings.limits),
+            Resolved::Found(_) => {
+                console_warn!("tenant {tenant} is suspended: its joins are refused");
+                (Rc::new(Keys::default()), Rc::new(Limits::default()))
+            }
+            Resolved::NotFound(_) => {
+                console_warn!("tenant {tenant} does not exist (any more): its joins are refused");
+                (Rc::new(Keys::default()), Rc::new(Limits::default()))
+            }
+            Resolved::Misconfigured(problem) => {
                 console_error!("{problem}");
-                Keys::default()
-            });
-            let limits = config::limits(&self.env, tenant).unwrap_or_else(|problem| {
-                console_error!("{problem}");
-                Limits::default()
-            });
-            (Rc::new(keys), Rc::new(limits))
-        });
-        (keys.clone(), limits.clone())
+                (Rc::new(Keys::default()), Rc::new(Limits::default()))
+            }
+        };
+        *self.settings.borrow_mut() = Some((now, (keys, limits)));
+        Ok(())
     }
 
     fn name(&self) -> String {
         self.state.id().name().unwrap_or_else(|| "SocketHub".into())
     }
 }
+
+/// A tenant's keys and limits, as a hub uses them.
+type TenantSettings = (Rc<Keys>, Rc<Limits>);
 
 /// The tenant part of a hub's name (`hub:{tenant}:{region}:{shard}`).
 fn tenant_of_hub(name: &str) -> &str {

@@ -20,7 +20,7 @@ impl SocketHub {
             return Response::error("SocketHub only accepts sockets from the gateway", 400);
         };
         let mut session: Session = serde_json::from_str(&session)?;
-        let (_, limits) = self.settings(&session.tenant);
+        let (_, limits) = self.settings();
         let refused = if self.roster().users() as u32 >= limits.max_concurrent_users {
             Some(("ConnectionRateLimitReached", texts::TOO_MANY_USERS))
         } else if self

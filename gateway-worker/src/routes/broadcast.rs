@@ -6,19 +6,21 @@ use std::collections::BTreeMap;
 
 use futures_util::future::join_all;
 use serde_json::{json, Map, Value};
-use sluice_shared::connect::{self, tenant_from_host};
+use sluice_shared::connect;
 use sluice_shared::frame::Broadcast;
 use sluice_shared::internal::{channel_name, Access, Authorize, ChannelOp, ChannelRequest, Extension};
 use sluice_shared::rest::{self, Refusal};
+use sluice_shared::tenants;
 use sluice_shared::texts;
 use worker::*;
 
-use crate::config::{self, CHANNEL};
+use crate::config::CHANNEL;
+use crate::tenancy::{self, Resolved};
 use crate::{outbox, replicator};
 
 /// `POST /api/broadcast`: many text broadcasts, each to its topic's channel.
 pub async fn broadcast_batch(mut req: Request, env: &Env) -> Result<Response> {
-    let caller = match authenticate(&req, env) {
+    let caller = match authenticate(&req, env).await? {
         Ok(caller) => caller,
         Err(refusal) => return answer(refusal),
     };
@@ -56,7 +58,7 @@ async fn may_write(env: &Env, topic: &str, caller: &Caller) -> bool {
 
 /// `POST /api/broadcast/:topic/events/:event`: one user broadcast, JSON or binary.
 pub async fn broadcast_single(mut req: Request, env: &Env, topic: String, event: String) -> Result<Response> {
-    let caller = match authenticate(&req, env) {
+    let caller = match authenticate(&req, env).await? {
         Ok(caller) => caller,
         Err(refusal) => return answer(refusal),
     };
@@ -99,29 +101,45 @@ struct Caller {
     headers: Map<String, Value>,
 }
 
-fn authenticate(req: &Request, env: &Env) -> std::result::Result<Caller, Refusal> {
+async fn authenticate(req: &Request, env: &Env) -> Result<std::result::Result<Caller, Refusal>> {
     let headers = req.headers();
     let (authorization, apikey) = (
         headers.get("authorization").ok().flatten(),
         headers.get("apikey").ok().flatten(),
     );
-    let token = rest::caller_token(authorization.as_deref(), apikey.as_deref()).ok_or_else(Refusal::unauthorized)?;
-    let keys = config::keys(env).map_err(|problem| {
-        console_error!("{problem}");
-        Refusal::unauthorized()
-    })?;
-    let now_secs = (Date::now().as_millis() / 1000) as i64;
-    let claims = keys.verify(token, now_secs).map_err(|_| Refusal::unauthorized())?;
+    let Some(token) = rest::caller_token(authorization.as_deref(), apikey.as_deref()) else {
+        return Ok(Err(Refusal::unauthorized()));
+    };
     let host = headers.get("host").ok().flatten().unwrap_or_default();
-    let x_headers = connect::x_headers(&headers.entries().collect::<Vec<_>>()).map_err(|refused| Refusal {
-        status: refused.status,
-        body: json!({"message": refused.message}),
-    })?;
-    Ok(Caller {
-        tenant: tenant_from_host(&host),
+    let settings = match tenancy::for_host(env, &host).await? {
+        Resolved::Found(settings) => settings,
+        Resolved::NotFound(tenant) => {
+            console_warn!("{}", tenants::not_found_log(&host, &tenant));
+            return Ok(Err(Refusal::tenant_not_found()));
+        }
+        Resolved::Misconfigured(problem) => {
+            console_error!("{problem}");
+            return Ok(Err(Refusal::unauthorized()));
+        }
+    };
+    let now_secs = (Date::now().as_millis() / 1000) as i64;
+    let Ok(claims) = settings.keys.verify(token, now_secs) else {
+        return Ok(Err(Refusal::unauthorized()));
+    };
+    let x_headers = match connect::x_headers(&headers.entries().collect::<Vec<_>>()) {
+        Ok(x_headers) => x_headers,
+        Err(refused) => {
+            return Ok(Err(Refusal {
+                status: refused.status,
+                body: json!({"message": refused.message}),
+            }))
+        }
+    };
+    Ok(Ok(Caller {
+        tenant: settings.tenant,
         claims: claims.all,
         headers: x_headers,
-    })
+    }))
 }
 
 /// Hands broadcasts to a public channel, which relays them to every hub with members.

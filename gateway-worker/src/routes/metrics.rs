@@ -13,7 +13,7 @@ use crate::config::{self, SOCKET_HUB};
 use crate::{directory, rpc};
 
 pub async fn metrics(req: Request, env: &Env) -> Result<Response> {
-    if !signed_by(&req, config::metrics_secret(env))? {
+    if !signed_by(&req, &Vec::from_iter(config::metrics_secret(env)))? {
         return Ok(Response::empty()?.with_status(403));
     }
     let snapshot = directory::snapshot(env).await?;

@@ -2,7 +2,7 @@
 //!
 //! - [`websocket`]: the client socket endpoints; authenticate the upgrade, pick the hub.
 //! - [`broadcast`]: REST broadcast, batch and single.
-//! - [`tenants`]: tenant health for admins.
+//! - [`tenants`]: the management API: tenants created, read, changed, deleted, their health.
 //! - [`metrics`]: Prometheus metrics for operators.
 //! - [`internal`]: what the replicator calls: row changes to hubs, database broadcasts to Channels.
 
@@ -14,16 +14,15 @@ pub mod websocket;
 
 use worker::{Date, Request, Result};
 
-/// Whether the request carries `Authorization: Bearer <JWT>` signed with `secret` (HS*; `exp`
-/// checked when present), as upstream checks admin and metrics tokens. No secret: no one.
-pub fn signed_by(req: &Request, secret: Option<String>) -> Result<bool> {
-    let Some(secret) = secret else {
-        return Ok(false);
-    };
+/// Whether the request carries `Authorization: Bearer <JWT>` signed with one of `secrets` (HS*;
+/// `exp` checked when present), as upstream checks admin and metrics tokens. No secret: no one.
+pub fn signed_by(req: &Request, secrets: &[String]) -> Result<bool> {
     let authorization = req.headers().get("authorization")?;
     let token = sluice_shared::rest::caller_token(authorization.as_deref(), None).unwrap_or("");
     let now_secs = (Date::now().as_millis() / 1000) as i64;
-    Ok(sluice_shared::jwt::Keys::new(secret.into_bytes())
-        .verify_any(token, now_secs)
-        .is_ok())
+    Ok(secrets.iter().any(|secret| {
+        sluice_shared::jwt::Keys::new(secret.clone().into_bytes())
+            .verify_any(token, now_secs)
+            .is_ok()
+    }))
 }

@@ -1,30 +1,112 @@
-//! The tenants API, as far as sluice has one: `GET /api/tenants/:id/health` (admin JWT signed with
-//! `API_JWT_SECRET`).
+//! The management API, with upstream's paths and shapes, for admins (a JWT signed with
+//! `API_JWT_SECRET`, or `API_JWT_SECRET_NEXT` while rotating; anything else gets upstream's 403
+//! with an empty body): `GET/POST /api/tenants`, `GET/PUT/DELETE /api/tenants/:id`,
+//! `POST /api/tenants/:id/reload` and `/shutdown`, `GET /api/tenants/:id/health`. Tenants are
+//! kept by the Directory; what `GET` shows never holds a secret.
 
-use serde_json::json;
+use serde_json::{json, Value};
+use sluice_shared::tenants::{self, Invalid, Tenant};
 use worker::*;
 
 use super::signed_by;
 use super::websocket::region_of;
-use crate::{config, replicator};
+use crate::{config, directory, replicator, tenancy};
 
-/// `GET /api/tenants/:id/health` (admin JWT signed with `API_JWT_SECRET`): upstream's shape,
-/// with the database state from the replicator's `/healthz` (`REPLICATOR_URL`).
-pub async fn tenant_health(req: Request, env: &Env) -> Result<Response> {
-    if !signed_by(&req, config::admin_secret(env))? {
+/// Routes `/api/tenants...` (the caller matched the prefix).
+pub async fn route(mut req: Request, env: &Env, path: &str) -> Result<Response> {
+    if !signed_by(&req, &config::admin_secrets(env))? {
         // Upstream answers failed admin auth with 403 and an empty body.
         return Ok(Response::empty()?.with_status(403));
+    }
+    let rest = path.trim_start_matches("/api/tenants").trim_matches('/');
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    match (req.method(), parts.as_slice()) {
+        (Method::Get, []) => {
+            let tenants = directory::tenants(env).await?;
+            Response::from_json(&json!({"data": tenants.iter().map(Tenant::view).collect::<Vec<_>>()}))
+        }
+        (Method::Post, []) => {
+            let body = body_of(&mut req).await?;
+            upsert(env, None, &body).await
+        }
+        (Method::Get, [id]) => match find(env, id).await? {
+            Some(tenant) => Response::from_json(&json!({"data": tenant.view()})),
+            None => not_found(),
+        },
+        (Method::Put | Method::Patch, [id]) => {
+            let body = body_of(&mut req).await?;
+            upsert(env, Some(id), &body).await
+        }
+        (Method::Delete, [id]) => {
+            // Upstream answers 204 whether or not it existed.
+            directory::delete_tenant(env, id).await?;
+            tenancy::forget();
+            Ok(Response::empty()?.with_status(204))
+        }
+        (Method::Post, [id, "reload" | "shutdown"]) => match find(env, id).await? {
+            Some(_) => Ok(Response::empty()?.with_status(204)),
+            None => not_found(),
+        },
+        (Method::Get, [id, "health"]) => health(&req, env, id).await,
+        _ => Response::error("Not Found", 404),
+    }
+}
+
+async fn body_of(req: &mut Request) -> Result<Value> {
+    Ok(serde_json::from_str(&req.text().await?).unwrap_or(Value::Null))
+}
+
+async fn find(env: &Env, id: &str) -> Result<Option<Tenant>> {
+    Ok(directory::tenants(env).await?.into_iter().find(|t| t.external_id == id))
+}
+
+fn not_found() -> Result<Response> {
+    Ok(Response::from_json(&json!({"message": "not found"}))?.with_status(404))
+}
+
+/// Creates (201, with `location`) or updates (200) the tenant named by `id` or the body.
+async fn upsert(env: &Env, id: Option<&str>, body: &Value) -> Result<Response> {
+    let named = id.map(str::to_string).or_else(|| {
+        body.pointer("/tenant/external_id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let existing = match &named {
+        Some(id) => find(env, id).await?,
+        None => None,
+    };
+    let now: String = js_sys::Date::new_0().to_iso_string().into();
+    let tenant = match tenants::from_params(named.as_deref(), body, existing.as_ref(), &now) {
+        Ok(tenant) => tenant,
+        Err(Invalid(problem)) => {
+            return Ok(Response::from_json(&json!({"errors": {"detail": problem}}))?.with_status(422));
+        }
+    };
+    let view = tenant.view();
+    let location = format!("/api/tenants/{}", tenant.external_id);
+    directory::put_tenant(env, tenant).await?;
+    tenancy::forget();
+    let status = if existing.is_some() { 200 } else { 201 };
+    let mut res = Response::from_json(&json!({"data": view}))?.with_status(status);
+    res.headers_mut().set("location", &location)?;
+    Ok(res)
+}
+
+/// Upstream's health shape, with the database state from the replicator's `/healthz`
+/// (`REPLICATOR_URL`).
+async fn health(req: &Request, env: &Env, id: &str) -> Result<Response> {
+    if let tenancy::Resolved::NotFound(_) = tenancy::for_tenant(env, id).await? {
+        return not_found();
     }
     let health = replicator::health(env).await;
     let db_connected = health.is_some();
     let replication_connected = health.is_some_and(|h| h.replication_connected);
-    let region = region_of(&req);
     Response::from_json(&json!({"data": {
         "healthy": db_connected,
         "db_connected": db_connected,
         "replication_connected": replication_connected,
         "connected_cluster": 1,
-        "region": region,
+        "region": region_of(req),
         "node": "sluice-gateway",
     }}))
 }

@@ -8,12 +8,13 @@ use std::time::Duration;
 use serde_json::json;
 use sluice_shared::connect::{self, hub_name, Accepted, ConnectRequest};
 use sluice_shared::session::{LogLevel, Session};
-use sluice_shared::texts;
+use sluice_shared::{tenants, texts};
 use worker::*;
 
 use crate::config::{self, SOCKET_HUB};
 use crate::directory;
 use crate::hub::SESSION_HEADER;
+use crate::tenancy::{self, Resolved};
 
 pub async fn upgrade(req: Request, env: &Env) -> Result<Response> {
     if !req
@@ -23,13 +24,6 @@ pub async fn upgrade(req: Request, env: &Env) -> Result<Response> {
     {
         return json_error(426, texts::EXPECTED_UPGRADE);
     }
-    let keys = match config::keys(env) {
-        Ok(keys) => keys,
-        Err(problem) => {
-            console_error!("{problem}");
-            return json_error(500, texts::CONNECT_FAILED);
-        }
-    };
     let url = req.url()?;
     let param = |name: &str| url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
     let (query_key, vsn) = (param("apikey"), param("vsn"));
@@ -38,30 +32,48 @@ pub async fn upgrade(req: Request, env: &Env) -> Result<Response> {
         .headers()
         .get("Host")?
         .unwrap_or_else(|| url.host_str().unwrap_or_default().to_string());
+    let settings = match tenancy::for_host(env, &host).await? {
+        Resolved::Found(settings) => settings,
+        Resolved::NotFound(tenant) => {
+            console_warn!("{}", tenants::not_found_log(&host, &tenant));
+            let answer = (404, texts::TENANT_NOT_FOUND);
+            return refuse(env, directory::UNKNOWN_TENANT, answer, "TenantNotFound", true).await;
+        }
+        Resolved::Misconfigured(problem) => {
+            console_error!("{problem}");
+            return json_error(500, texts::CONNECT_FAILED);
+        }
+    };
+    if settings.suspended {
+        let answer = (403, texts::TENANT_SUSPENDED);
+        return refuse(env, &settings.tenant, answer, "RealtimeDisabledForTenant", true).await;
+    }
     let request = ConnectRequest {
-        host: &host,
+        tenant: &settings.tenant,
         header_key: header_key.as_deref(),
         query_key: query_key.as_deref(),
         vsn: vsn.as_deref(),
         headers: req.headers().entries().collect(),
     };
     let now_secs = (Date::now().as_millis() / 1000) as i64;
-    let accepted = match connect::authorize(&request, &keys, now_secs) {
+    let accepted = match connect::authorize(&request, &settings.keys, now_secs) {
         Ok(accepted) => accepted,
         Err(refused) => {
-            let tenant = connect::tenant_from_host(&host);
             console_warn!(
-                "refused a connection to tenant {tenant}: {}: {}",
+                "refused a connection to tenant {}: {}: {}",
+                settings.tenant,
                 refused.code,
                 refused.message
             );
-            if let Err(e) = directory::refused(env, &tenant, refused.code).await {
-                console_error!("counting a refused connection: {e}");
-            }
-            if refused.delay {
-                Delay::from(Duration::from_millis(config::connect_error_backoff_ms(env))).await;
-            }
-            return json_error(refused.status, &refused.message);
+            let delay = refused.delay;
+            return refuse(
+                env,
+                &settings.tenant,
+                (refused.status, &refused.message),
+                refused.code,
+                delay,
+            )
+            .await;
         }
     };
     let log_level = LogLevel::parse(param("log_level").as_deref());
@@ -74,6 +86,18 @@ pub fn region_of(req: &Request) -> String {
         .and_then(|cf| cf.continent())
         .map(|c| c.to_ascii_lowercase())
         .unwrap_or_else(|| "default".into())
+}
+
+/// Counts a refused connection, waits out the backoff if `delay` (so a client cannot probe tokens
+/// or tenants quickly), and answers `(status, message)`.
+async fn refuse(env: &Env, tenant: &str, (status, message): (u16, &str), code: &str, delay: bool) -> Result<Response> {
+    if let Err(e) = directory::refused(env, tenant, code).await {
+        console_error!("counting a refused connection: {e}");
+    }
+    if delay {
+        Delay::from(Duration::from_millis(config::connect_error_backoff_ms(env))).await;
+    }
+    json_error(status, message)
 }
 
 fn json_error(status: u16, message: &str) -> Result<Response> {
