@@ -30,6 +30,7 @@ enum DirectoryOp {
     Tenants,
     PutTenant { tenant: Box<Tenant> },
     DeleteTenant { id: String },
+    HubsOf { tenant: String },
 }
 
 /// What `/metrics` reads: the hubs, and refused connections per tenant and reason.
@@ -99,6 +100,17 @@ impl DurableObject for Directory {
                 let key = format!("{TENANT}{}", tenant.external_id);
                 storage.put(&key, serde_json::to_string(&*tenant)?).await?;
             }
+            DirectoryOp::HubsOf { tenant } => {
+                let stored = storage
+                    .list_with_options(ListOptions::new().prefix(&format!("hub:hub:{tenant}:")))
+                    .await?;
+                let mut hubs: Vec<String> = Vec::new();
+                for key in stored.keys() {
+                    let key = key?.as_string().unwrap_or_default();
+                    hubs.extend(key.strip_prefix("hub:").map(str::to_string));
+                }
+                return Response::from_json(&hubs);
+            }
             DirectoryOp::DeleteTenant { id } => {
                 let existed = storage.delete(&format!("{TENANT}{id}")).await?;
                 return Response::from_json(&existed);
@@ -155,5 +167,11 @@ pub async fn put_tenant(env: &Env, tenant: Tenant) -> Result<()> {
 /// Forgets a tenant; whether it existed.
 pub async fn delete_tenant(env: &Env, id: &str) -> Result<bool> {
     let op = DirectoryOp::DeleteTenant { id: id.into() };
+    rpc::post_json(stub(env)?, "/", &op).await?.json().await
+}
+
+/// The hubs of a tenant (every one that ever took a socket).
+pub async fn hubs_of(env: &Env, tenant: &str) -> Result<Vec<String>> {
+    let op = DirectoryOp::HubsOf { tenant: tenant.into() };
     rpc::post_json(stub(env)?, "/", &op).await?.json().await
 }

@@ -15,7 +15,8 @@ use sluice_shared::limits::Limits;
 use sluice_shared::tenants::{Named, Tenant};
 use worker::{Date, Env, Result};
 
-use crate::{config, directory};
+use crate::config::SOCKET_HUB;
+use crate::{config, directory, rpc};
 
 /// A tenant's settings.
 pub struct Settings {
@@ -117,4 +118,15 @@ fn resolve(env: &Env, tenants: &[Tenant], default: Option<&str>, id: String) -> 
         }),
         Err(problem) => Resolved::Misconfigured(problem),
     }
+}
+
+/// Closes every socket of `tenant`, each channel told first that the server requested it
+/// (upstream's `UserSocket.disconnect`): after a reload, a delete, a suspension, or a change of
+/// its keys or `private_only`. Clients that reconnect meet the new settings.
+pub async fn disconnect(env: &Env, tenant: &str) -> Result<()> {
+    let namespace = env.durable_object(SOCKET_HUB)?;
+    for hub in directory::hubs_of(env, tenant).await? {
+        rpc::post_json(namespace.get_by_name(&hub)?, "/internal/v1/disconnect", &()).await?;
+    }
+    Ok(())
 }

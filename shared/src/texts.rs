@@ -19,6 +19,9 @@ pub const CONNECT_FAILED: &str = "Error connecting to Realtime";
 pub const TENANT_NOT_FOUND: &str = "Tenant not found";
 /// REST API: the host names no tenant (`assign_tenant.ex`, 401).
 pub const REST_TENANT_NOT_FOUND: &str = "Tenant not found in database";
+/// `system` message to every channel of a tenant's sockets before they are closed: the tenant
+/// was reloaded, deleted, suspended or its keys changed (`user_socket.ex` `disconnect/1`).
+pub const SERVER_REQUESTED_DISCONNECT: &str = "Server requested disconnect";
 /// A suspended tenant (`user_socket.ex` `error_response(:tenant_suspended)`, 403).
 pub const TENANT_SUSPENDED: &str = "Realtime was disabled for this tenant";
 /// 400 for a `vsn` other than 1.0.0 and 2.0.0. sluice's own (upstream's Phoenix refuses the

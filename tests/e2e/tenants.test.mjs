@@ -8,7 +8,7 @@ import { after, before, test } from 'node:test';
 import { DEV_API_SECRET, signJwt, tokenFor } from '../stack/keys.mjs';
 import { waitFor } from '../stack/process.mjs';
 import { startStack } from '../stack/stack.mjs';
-import { done, joinWithInbox, rawSocket, refusedUpgrade, supabase } from './clients.mjs';
+import { done, joinWithInbox, rawSocket, refusedUpgrade, supabase, until, watchedChannel } from './clients.mjs';
 
 const NEXT_API_SECRET = 'the-next-admin-secret-while-rotating-with-32-chars';
 const SECRETS = { alpha: 'alpha-project-jwt-secret-with-at-least-32-chars', beta: 'beta-project-jwt-secret-with-at-least-32-characters' };
@@ -132,11 +132,37 @@ test('an unknown tenant gets upstream\'s 404 and a log line naming the host, the
   socket.ws.close();
 });
 
+test('reload tells every channel of the tenant the server requested a disconnect and closes its sockets; other tenants are untouched', async () => {
+  const alpha = supabase(at('127.0.0.1'), token('alpha'));
+  const [b1, b2] = [supabase(at('localhost'), token('beta')), supabase(at('localhost'), token('beta'))];
+  try {
+    const watched = await watchedChannel(alpha, 'lobby');
+    const betaWatched = await watchedChannel(b1, 'lobby');
+    const inBeta = new Promise((resolve) => betaWatched.channel.on('broadcast', { event: 'after' }, resolve));
+    const sender = await joinWithInbox(b2, 'lobby');
+    assert.equal((await api('POST', '/api/tenants/alpha/reload')).status, 204);
+    const notice = await watched.system.next();
+    assert.deepEqual({ ...notice, channel: undefined }, { extension: 'system', status: 'ok', message: 'Server requested disconnect', channel: undefined });
+    await sender.channel.send({ type: 'broadcast', event: 'after', payload: {} });
+    await inBeta;
+    assert.equal(betaWatched.system.items.length, 0, 'beta was not disconnected');
+  } finally {
+    await done(alpha, b1, b2);
+  }
+});
+
 test('a suspended tenant is refused with upstream\'s text; a deleted one is not found', async () => {
   assert.equal((await create('delta')).status, 201);
   const headers = { host: 'delta.example.com' };
-  await waitFor('delta served', async () => rawSocket(stack.url, { apikey: token('delta'), vsn: '2.0.0', headers }).then((s) => (s.ws.close(), true), () => false));
+  // An open socket with a joined channel: told, then closed, when the tenant is suspended.
+  const { ws, inbox } = await waitFor('delta served', async () => rawSocket(stack.url, { apikey: token('delta'), vsn: '1.0.0', headers }).catch(() => null));
+  const closed = new Promise((resolve) => ws.on('close', resolve));
+  ws.send(JSON.stringify({ topic: 'realtime:room', event: 'phx_join', payload: { config: {} }, ref: '1', join_ref: '1' }));
+  assert.equal((await until(inbox, (m) => m.event === 'phx_reply')).payload.status, 'ok');
   assert.equal((await api('PUT', '/api/tenants/delta', { tenant: { suspend: true } })).status, 200);
+  const notice = await until(inbox, (m) => m.event === 'system');
+  assert.equal(notice.payload.message, 'Server requested disconnect');
+  assert.equal(await closed, 1000);
   const suspended = await waitFor('delta suspended', async () => {
     const answer = await refusedUpgrade(stack.url, { apikey: token('delta'), vsn: '2.0.0', headers }).catch(() => null);
     return answer?.status === 403 && answer;

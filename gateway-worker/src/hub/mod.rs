@@ -136,6 +136,12 @@ impl DurableObject for SocketHub {
                 self.receive_relay(delivery).await?;
                 Response::ok("")
             }
+            "/internal/v1/disconnect" => {
+                tenancy::forget();
+                *self.settings.borrow_mut() = None;
+                self.disconnect_all().await?;
+                Response::ok("")
+            }
             "/internal/v1/changes" => {
                 let batch: ChangeBatch = rpc::json_body(&mut req).await?;
                 Response::from_json(&self.receive_changes(batch).await?)
@@ -184,8 +190,8 @@ impl SocketHub {
     }
 
     /// Reads the tenant's settings again if they are older than `tenancy::CACHE_MS`. A tenant
-    /// that is gone, suspended or misconfigured gets keys that verify nothing (joins then fail
-    /// with signer errors) and the default limits; it is logged.
+    /// that is gone or suspended has its sockets closed; a misconfigured one gets keys that
+    /// verify nothing (joins then fail with signer errors) and the default limits; both logged.
     async fn refresh_settings(&self) -> Result<()> {
         let now = Date::now().as_millis() as f64;
         if self
@@ -198,19 +204,23 @@ impl SocketHub {
         }
         let name = self.name();
         let tenant = tenant_of_hub(&name);
+        let refused = (Rc::new(Keys::default()), Rc::new(Limits::default()));
         let (keys, limits) = match tenancy::for_tenant(&self.env, tenant).await? {
             Resolved::Found(settings) if !settings.suspended => (settings.keys, settings.limits),
+            // A socket accepted while the Worker's view was a few seconds old is closed here.
             Resolved::Found(_) => {
-                console_warn!("tenant {tenant} is suspended: its joins are refused");
-                (Rc::new(Keys::default()), Rc::new(Limits::default()))
+                console_warn!("tenant {tenant} is suspended: its sockets are closed");
+                *self.settings.borrow_mut() = Some((now, refused));
+                return self.disconnect_all().await;
             }
             Resolved::NotFound(_) => {
-                console_warn!("tenant {tenant} does not exist (any more): its joins are refused");
-                (Rc::new(Keys::default()), Rc::new(Limits::default()))
+                console_warn!("tenant {tenant} does not exist (any more): its sockets are closed");
+                *self.settings.borrow_mut() = Some((now, refused));
+                return self.disconnect_all().await;
             }
             Resolved::Misconfigured(problem) => {
                 console_error!("{problem}");
-                (Rc::new(Keys::default()), Rc::new(Limits::default()))
+                refused
             }
         };
         *self.settings.borrow_mut() = Some((now, (keys, limits)));

@@ -138,6 +138,29 @@ impl SocketHub {
         Ok(())
     }
 
+    /// Tells every channel of every socket that the server requested a disconnect, then closes
+    /// the sockets (upstream's `UserSocket.disconnect`: the tenant was reloaded, deleted or
+    /// suspended, or its keys or `private_only` changed). Clients reconnect under the new settings.
+    pub(super) async fn disconnect_all(&self) -> Result<()> {
+        for ws in self.state.get_websockets() {
+            if let Some(session) = self.load_session(&ws).await? {
+                for channel in &session.channels {
+                    let notice = frame::system(
+                        channel.join_ref.as_deref(),
+                        &channel.topic,
+                        "system",
+                        true,
+                        texts::SERVER_REQUESTED_DISCONNECT,
+                    );
+                    self.push_to(&session.id, &notice);
+                }
+            }
+            self.socket_gone(&ws, Some((1000, texts::SERVER_REQUESTED_DISCONNECT)))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Builds the roster from the sockets' sessions if this instance has not yet: every entry
     /// point calls this first, so [`roster`](Self::roster) always sees it built.
     pub(super) async fn ensure_roster(&self) -> Result<()> {

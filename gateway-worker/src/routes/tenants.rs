@@ -41,9 +41,18 @@ pub async fn route(mut req: Request, env: &Env, path: &str) -> Result<Response> 
             // Upstream answers 204 whether or not it existed.
             directory::delete_tenant(env, id).await?;
             tenancy::forget();
+            tenancy::disconnect(env, id).await?;
             Ok(Response::empty()?.with_status(204))
         }
-        (Method::Post, [id, "reload" | "shutdown"]) => match find(env, id).await? {
+        (Method::Post, [id, "reload"]) => match find(env, id).await? {
+            Some(_) => {
+                tenancy::disconnect(env, id).await?;
+                Ok(Response::empty()?.with_status(204))
+            }
+            None => not_found(),
+        },
+        // Upstream stops the tenant's database connection; sluice's replicator keeps serving.
+        (Method::Post, [id, "shutdown"]) => match find(env, id).await? {
             Some(_) => Ok(Response::empty()?.with_status(204)),
             None => not_found(),
         },
@@ -84,8 +93,22 @@ async fn upsert(env: &Env, id: Option<&str>, body: &Value) -> Result<Response> {
     };
     let view = tenant.view();
     let location = format!("/api/tenants/{}", tenant.external_id);
+    // As upstream: sockets reconnect when what admitted them changed.
+    let disconnect = existing.as_ref().is_some_and(|old| {
+        (&old.jwt_secret, &old.jwt_jwks, old.limits.private_only, old.suspend)
+            != (
+                &tenant.jwt_secret,
+                &tenant.jwt_jwks,
+                tenant.limits.private_only,
+                tenant.suspend,
+            )
+    });
+    let id = tenant.external_id.clone();
     directory::put_tenant(env, tenant).await?;
     tenancy::forget();
+    if disconnect {
+        tenancy::disconnect(env, &id).await?;
+    }
     let status = if existing.is_some() { 200 } else { 201 };
     let mut res = Response::from_json(&json!({"data": view}))?.with_status(status);
     res.headers_mut().set("location", &location)?;
