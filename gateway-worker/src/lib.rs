@@ -51,8 +51,12 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         (Method::Get, "/healthcheck") => Response::ok("ok"),
         (Method::Get, "/metrics") => metrics::metrics(req, &env).await,
         (Method::Post, r) if r.starts_with("/internal/v1/changes/") => internal::changes(req, &env).await,
-        (Method::Post, "/internal/v1/broadcasts") => internal::database_broadcasts(req, &env).await,
-        (Method::Get, "/internal/v1/ping") => internal::ping(req, &env).await,
+        (Method::Post, r) if r == "/internal/v1/broadcasts" || r.starts_with("/internal/v1/broadcasts/") => {
+            internal::database_broadcasts(req, &env).await
+        }
+        (Method::Get, r) if r == "/internal/v1/ping" || r.starts_with("/internal/v1/ping/") => {
+            internal::ping(req, &env).await
+        }
         (_, r) if r == "/api/tenants" || r.starts_with("/api/tenants/") => {
             let r = r.to_string();
             tenants::route(req, &env, &r).await

@@ -1,6 +1,6 @@
-//! Calls from a hub to the replicator (`REPLICATOR_URL`, signed with `INTERNAL_SECRET`): registering
-//! re-authorizing and removing a channel's Postgres Changes bindings, and authorizing private
-//! channels.
+//! Calls from a hub to the replicator that serves its tenant (a [`Target`]: the tenant's own, or
+//! the deployment's `REPLICATOR_URL` and `INTERNAL_SECRET`): registering, re-authorizing and
+//! removing a channel's Postgres Changes bindings, and authorizing private channels.
 
 use serde::Serialize;
 use sluice_shared::frame::Broadcast;
@@ -13,19 +13,37 @@ use worker::*;
 
 use crate::{config, random};
 
+/// A replicator to call: where it serves its API, and the secret requests are signed with.
+/// Either may be missing or wrong; a call then fails with what to fix.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub url: std::result::Result<String, String>,
+    pub secret: Option<String>,
+}
+
+impl Target {
+    /// The deployment's replicator: `REPLICATOR_URL`, `INTERNAL_SECRET`.
+    pub fn from_env(env: &Env) -> Target {
+        Target {
+            url: config::replicator_url(env),
+            secret: config::internal_secret(env),
+        }
+    }
+}
+
 /// How long a join's reply waits for its bindings to go live: well under realtime-js's 10 s join
 /// timeout. The replicator gives up a little earlier (its `SYNC_TIMEOUT`) and says why.
 const SUBSCRIBE_TIMEOUT_MS: u64 = 5_000;
 
 /// Registers the bindings and answers once changes committed from now on will reach the channel;
 /// `Err` holds the text the client sees as its `system` error.
-pub async fn subscribe(env: &Env, request: &Subscribe) -> std::result::Result<Subscribed, String> {
-    bounded(async { answer(call(env, Method::Post, "/v1/subscriptions", request).await).await }).await
+pub async fn subscribe(target: &Target, request: &Subscribe) -> std::result::Result<Subscribed, String> {
+    bounded(async { answer(call(target, Method::Post, "/v1/subscriptions", request).await).await }).await
 }
 
 /// Gives a channel's subscriptions new claims; answered as [`subscribe`].
-pub async fn reauthorize(env: &Env, request: &Reauthorize) -> std::result::Result<Subscribed, String> {
-    bounded(async { answer(call(env, Method::Patch, "/v1/subscriptions", request).await).await }).await
+pub async fn reauthorize(target: &Target, request: &Reauthorize) -> std::result::Result<Subscribed, String> {
+    bounded(async { answer(call(target, Method::Patch, "/v1/subscriptions", request).await).await }).await
 }
 
 /// `registration`, or the unreachable-database text once [`SUBSCRIBE_TIMEOUT_MS`] passed.
@@ -77,8 +95,8 @@ async fn answer(response: std::result::Result<Response, String>) -> std::result:
 
 /// What the replicator's `/healthz` says of the database: `None` when it cannot be reached or
 /// the database does not answer.
-pub async fn health(env: &Env) -> Option<Health> {
-    let url = config::replicator_url(env).ok()?;
+pub async fn health(target: &Target) -> Option<Health> {
+    let url = target.url.clone().ok()?;
     let mut res = Fetch::Url(Url::parse(&format!("{url}/healthz")).ok()?)
         .send()
         .await
@@ -99,8 +117,8 @@ pub struct Health {
 
 /// What the policies of a private channel let the request's claims read and write (of what it
 /// asks); `None` (logged) when the replicator could not say, which callers treat as no.
-pub async fn authorize(env: &Env, request: &Authorize) -> Option<Authorized> {
-    let mut res = match call(env, Method::Post, "/v1/authorize", request).await {
+pub async fn authorize(target: &Target, request: &Authorize) -> Option<Authorized> {
+    let mut res = match call(target, Method::Post, "/v1/authorize", request).await {
         Ok(res) if res.status_code() == 200 => res,
         Ok(res) => {
             console_error!(
@@ -118,8 +136,8 @@ pub async fn authorize(env: &Env, request: &Authorize) -> Option<Authorized> {
 }
 
 /// A private channel's stored messages to replay; none (logged) when the replicator cannot say.
-pub async fn replay(env: &Env, request: &ReplayRequest) -> Vec<Broadcast> {
-    match call(env, Method::Post, "/v1/replay", request).await {
+pub async fn replay(target: &Target, request: &ReplayRequest) -> Vec<Broadcast> {
+    match call(target, Method::Post, "/v1/replay", request).await {
         Ok(mut res) if res.status_code() == 200 => match res.json::<Replayed>().await {
             Ok(replayed) => replayed.messages,
             Err(e) => {
@@ -143,8 +161,8 @@ pub async fn replay(env: &Env, request: &ReplayRequest) -> Vec<Broadcast> {
 
 /// Removes a channel's (or a socket's) bindings. Failures are logged: the replicator also drops
 /// subscriptions whose channel a hub reports gone.
-pub async fn unsubscribe(env: &Env, request: &Unsubscribe) {
-    match call(env, Method::Delete, "/v1/subscriptions", request).await {
+pub async fn unsubscribe(target: &Target, request: &Unsubscribe) {
+    match call(target, Method::Delete, "/v1/subscriptions", request).await {
         Ok(res) if res.status_code() == 200 => {}
         Ok(res) => console_warn!(
             "SubscriptionDeletionFailed: the replicator answered an unsubscribe with {}",
@@ -154,9 +172,14 @@ pub async fn unsubscribe(env: &Env, request: &Unsubscribe) {
     }
 }
 
-async fn call(env: &Env, method: Method, path: &str, body: &impl Serialize) -> std::result::Result<Response, String> {
-    let base = config::replicator_url(env)?;
-    let secret = config::internal_secret(env).ok_or("INTERNAL_SECRET is not set")?;
+async fn call(
+    target: &Target,
+    method: Method,
+    path: &str,
+    body: &impl Serialize,
+) -> std::result::Result<Response, String> {
+    let base = target.url.clone()?;
+    let secret = target.secret.clone().ok_or("INTERNAL_SECRET is not set")?;
     let headers = Headers::new();
     let mut init = RequestInit::new();
     let build = || -> Result<Request> {

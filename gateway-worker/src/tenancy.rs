@@ -16,6 +16,7 @@ use sluice_shared::tenants::{Named, Tenant};
 use worker::{Date, Env, Result};
 
 use crate::config::SOCKET_HUB;
+use crate::replicator::Target;
 use crate::{config, directory, rpc};
 
 /// A tenant's settings.
@@ -24,6 +25,8 @@ pub struct Settings {
     pub keys: Rc<Keys>,
     pub limits: Rc<Limits>,
     pub suspended: bool,
+    /// The replicator that serves its database.
+    pub replicator: Rc<Target>,
 }
 
 /// What a host or tenant id resolves to.
@@ -98,6 +101,13 @@ fn resolve(env: &Env, tenants: &[Tenant], default: Option<&str>, id: String) -> 
                 keys: Rc::new(keys),
                 limits: Rc::new(tenant.limits.clone()),
                 suspended: tenant.suspend,
+                replicator: Rc::new(match (&tenant.replicator_url, &tenant.replicator_secret) {
+                    (Some(url), secret) => Target {
+                        url: Ok(url.clone()),
+                        secret: secret.clone(),
+                    },
+                    _ => Target::from_env(env),
+                }),
             }),
             Err(problem) => Resolved::Misconfigured(format!("tenant {id}: {problem}")),
         };
@@ -115,6 +125,7 @@ fn resolve(env: &Env, tenants: &[Tenant], default: Option<&str>, id: String) -> 
             keys: Rc::new(keys),
             limits: Rc::new(limits),
             suspended: false,
+            replicator: Rc::new(Target::from_env(env)),
         }),
         Err(problem) => Resolved::Misconfigured(problem),
     }

@@ -114,6 +114,9 @@ fn print_setup_sql() -> Result<(), StartError> {
 async fn run() -> Result<(), StartError> {
     let shutdown = shutdown::on_signal();
     let config = config::Config::from_env().map_err(|e| StartError(e.to_string()))?;
+    for note in &config.notes {
+        warn!("{note}");
+    }
     info!("connecting to Postgres at {}", config.database.describe());
     let db = db::Db::connect(&config.database).await.map_err(|e| {
         let e = e.to_string();
@@ -205,6 +208,8 @@ async fn run() -> Result<(), StartError> {
     };
     let router = http::router(health, subscriptions_api, config.internal_secret.clone().into());
     let server = tokio::spawn(http::serve(listener, router, tls, shutdown.clone()));
+    let registering = sink::Gateway::new(&config, Arc::new(stats::Stats::default())).map_err(StartError)?;
+    setup::tenant::register(&config, &registering, &shutdown).await?;
     // Both end after a shutdown request: the pipeline within its grace period and the stream's
     // close; the server once its requests are answered (a registration waits for the stream at
     // most 15 s).

@@ -234,6 +234,15 @@ fn claims_of(claims: &JwtClaims<Map<String, Value>>, now_secs: i64) -> Result<Cl
     })
 }
 
+/// An HS256 token of `claims` signed with `secret` (the replicator's admin token for the
+/// gateway's management API).
+pub fn sign_hs256(claims: Map<String, Value>, secret: &[u8]) -> String {
+    let header = jwt_compact::Header::empty();
+    Hs256
+        .token(&header, &JwtClaims::new(claims), &Hs256Key::new(secret))
+        .expect("HS256 signs any JSON claims")
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -26,6 +26,14 @@ pub struct Tenant {
     /// Suspended: its sockets are closed and new ones refused.
     #[serde(default)]
     pub suspend: bool,
+    /// The replicator that serves its database, where it serves its API (sluice's own field;
+    /// unset: the deployment's `REPLICATOR_URL`). `https://`, or `http://` on loopback only.
+    #[serde(default)]
+    pub replicator_url: Option<String>,
+    /// The secret that replicator and the gateway sign internal requests with (at least 32
+    /// characters; never shown). A replicator with it can reach this tenant's hubs only.
+    #[serde(default)]
+    pub replicator_secret: Option<String>,
     /// Upstream's `extensions` (database settings), kept without passwords.
     #[serde(default)]
     pub extensions: Vec<Value>,
@@ -73,6 +81,8 @@ pub fn from_params(
         jwt_jwks: None,
         limits: Limits::default(),
         suspend: false,
+        replicator_url: None,
+        replicator_secret: None,
         extensions: Vec::new(),
         inserted_at: now_iso.to_string(),
     });
@@ -97,6 +107,26 @@ pub fn from_params(
         }
     }
     tenant.limits = serde_json::from_value(limits).map_err(|e| Invalid(format!("a limit is not valid: {e}")))?;
+    if let Some(url) = text("replicator_url")? {
+        if crate::signature::cleartext_off_loopback(&url) || !url.starts_with("http") {
+            return Err(Invalid(format!(
+                "replicator_url {url:?}: use https://, or http:// on loopback only (internal requests never cross a network in clear text)"
+            )));
+        }
+        tenant.replicator_url = Some(url.trim_end_matches('/').to_string()).filter(|u| !u.is_empty());
+    }
+    if let Some(secret) = text("replicator_secret")? {
+        if secret.len() < 32 {
+            return Err(Invalid("replicator_secret must be at least 32 characters".into()));
+        }
+        tenant.replicator_secret = Some(secret);
+    }
+    if tenant.replicator_url.is_some() != tenant.replicator_secret.is_some() {
+        return Err(Invalid(
+            "replicator_url and replicator_secret go together: the tenant's replicator signs with its own secret"
+                .into(),
+        ));
+    }
     if let Some(suspend) = given("suspend") {
         tenant.suspend = suspend
             .as_bool()
@@ -150,6 +180,7 @@ impl Tenant {
             view.extend(limits);
         }
         view.insert("suspend".into(), json!(self.suspend));
+        view.insert("replicator_url".into(), json!(self.replicator_url));
         view.insert("inserted_at".into(), json!(self.inserted_at));
         view.insert("extensions".into(), json!(self.extensions));
         Value::Object(view)
@@ -243,6 +274,7 @@ mod tests {
     fn created_with_upstreams_fields_and_shown_without_secrets() {
         let body = json!({"tenant": {
             "external_id": "acme", "name": "Acme", "jwt_secret": "s3cret", "max_concurrent_users": 500,
+            "replicator_url": "https://replicator.acme.example/", "replicator_secret": "r".repeat(40),
             "private_only": true, "unknown_field": 1,
             "extensions": [{"type": "postgres_cdc_rls", "settings": {"db_host": "db", "region": "us-east-1"}}]
         }});
@@ -259,6 +291,11 @@ mod tests {
         assert_eq!(view["extensions"][0]["settings"]["db_host"], "db");
         let shown = view.to_string();
         assert!(!shown.contains("s3cret") && !shown.contains("jwt_secret"), "{shown}");
+        assert!(
+            !shown.contains("rrrr") && !shown.contains("replicator_secret"),
+            "{shown}"
+        );
+        assert_eq!(view["replicator_url"], "https://replicator.acme.example");
     }
 
     #[test]
@@ -301,6 +338,14 @@ mod tests {
         )
         .contains("db_password"));
         assert!(refused(Some("a"), json!({"jwt_secret": "a"})).contains("{\"tenant\""));
+        let secret = "s".repeat(32);
+        assert!(refused(Some("a"), json!({"tenant": {"jwt_secret": "a", "replicator_url": "http://10.0.0.5:9187", "replicator_secret": secret}})).contains("loopback"));
+        assert!(refused(
+            Some("a"),
+            json!({"tenant": {"jwt_secret": "a", "replicator_url": "https://r.example.com"}})
+        )
+        .contains("go together"));
+        assert!(refused(Some("a"), json!({"tenant": {"jwt_secret": "a", "replicator_url": "https://r.example.com", "replicator_secret": "short"}})).contains("32"));
     }
 
     #[test]

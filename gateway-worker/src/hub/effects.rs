@@ -109,7 +109,7 @@ impl SocketHub {
                             socket: session.id.clone(),
                             topic: Some(topic.clone()),
                         };
-                        replicator::unsubscribe(&self.env, &request).await;
+                        replicator::unsubscribe(&self.replicator(), &request).await;
                     }
                     if untrack {
                         later.push((
@@ -147,7 +147,7 @@ impl SocketHub {
                         topic: topic.clone(),
                         claims,
                     };
-                    let outcome = replicator::reauthorize(&self.env, &request).await.map(|_| ());
+                    let outcome = replicator::reauthorize(&self.replicator(), &request).await.map(|_| ());
                     let join_ref = session.membership(&topic).and_then(|m| m.join_ref.clone());
                     to_client(&postgres_system_message(join_ref.as_deref(), &topic, outcome));
                 }
@@ -186,7 +186,7 @@ impl SocketHub {
             if !self.roster().is_joined(socket, topic) {
                 return Ok(()); // left meanwhile: nobody to tell
             }
-            if replicator::health(&self.env)
+            if replicator::health(&self.replicator())
                 .await
                 .is_some_and(|h| h.replication_connected)
             {
@@ -224,14 +224,14 @@ impl SocketHub {
             claims: pg.claims.clone(),
             bindings: pg.bindings.clone(),
         };
-        let outcome = replicator::subscribe(&self.env, &request).await.map(|_| ());
+        let outcome = replicator::subscribe(&self.replicator(), &request).await.map(|_| ());
         if outcome.is_ok() && !self.roster().is_joined(&session.id, topic) {
             let gone = Unsubscribe {
                 hub: request.hub,
                 socket: request.socket,
                 topic: Some(request.topic),
             };
-            replicator::unsubscribe(&self.env, &gone).await;
+            replicator::unsubscribe(&self.replicator(), &gone).await;
         }
         outcome
     }

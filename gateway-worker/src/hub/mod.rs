@@ -50,6 +50,7 @@ use sluice_shared::texts;
 use worker::*;
 
 use crate::outbox::Outbox;
+use crate::replicator::Target;
 use crate::tenancy::{self, Resolved};
 use crate::{config, directory, rpc};
 
@@ -182,10 +183,24 @@ impl DurableObject for SocketHub {
 
 impl SocketHub {
     /// The tenant's keys and limits (as last read by [`SocketHub::refresh_settings`]).
-    fn settings(&self) -> TenantSettings {
+    fn settings(&self) -> (Rc<Keys>, Rc<Limits>) {
+        let settings = self.tenant_settings();
+        (settings.keys, settings.limits)
+    }
+
+    /// The replicator that serves the tenant's database.
+    fn replicator(&self) -> Rc<Target> {
+        self.tenant_settings().replicator
+    }
+
+    fn tenant_settings(&self) -> TenantSettings {
         match &*self.settings.borrow() {
             Some((_, settings)) => settings.clone(),
-            None => (Rc::new(Keys::default()), Rc::new(Limits::default())),
+            None => TenantSettings {
+                keys: Rc::new(Keys::default()),
+                limits: Rc::new(Limits::default()),
+                replicator: Rc::new(Target::from_env(&self.env)),
+            },
         }
     }
 
@@ -204,9 +219,17 @@ impl SocketHub {
         }
         let name = self.name();
         let tenant = tenant_of_hub(&name);
-        let refused = (Rc::new(Keys::default()), Rc::new(Limits::default()));
-        let (keys, limits) = match tenancy::for_tenant(&self.env, tenant).await? {
-            Resolved::Found(settings) if !settings.suspended => (settings.keys, settings.limits),
+        let refused = TenantSettings {
+            keys: Rc::new(Keys::default()),
+            limits: Rc::new(Limits::default()),
+            replicator: Rc::new(Target::from_env(&self.env)),
+        };
+        let settings = match tenancy::for_tenant(&self.env, tenant).await? {
+            Resolved::Found(settings) if !settings.suspended => TenantSettings {
+                keys: settings.keys,
+                limits: settings.limits,
+                replicator: settings.replicator,
+            },
             // A socket accepted while the Worker's view was a few seconds old is closed here.
             Resolved::Found(_) => {
                 console_warn!("tenant {tenant} is suspended: its sockets are closed");
@@ -223,7 +246,7 @@ impl SocketHub {
                 refused
             }
         };
-        *self.settings.borrow_mut() = Some((now, (keys, limits)));
+        *self.settings.borrow_mut() = Some((now, settings));
         Ok(())
     }
 
@@ -232,8 +255,13 @@ impl SocketHub {
     }
 }
 
-/// A tenant's keys and limits, as a hub uses them.
-type TenantSettings = (Rc<Keys>, Rc<Limits>);
+/// A tenant's keys, limits and replicator, as a hub uses them.
+#[derive(Clone)]
+struct TenantSettings {
+    keys: Rc<Keys>,
+    limits: Rc<Limits>,
+    replicator: Rc<Target>,
+}
 
 /// The tenant part of a hub's name (`hub:{tenant}:{region}:{shard}`).
 fn tenant_of_hub(name: &str) -> &str {

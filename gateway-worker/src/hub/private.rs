@@ -38,7 +38,7 @@ impl SocketHub {
                 }
             };
             let request = Authorize::reading(sub_topic(topic), claims, &session.headers);
-            let read = replicator::authorize(&self.env, &request)
+            let read = replicator::authorize(&self.replicator(), &request)
                 .await
                 .map(|answer| answer.read)
                 .unwrap_or_default();
@@ -81,7 +81,7 @@ impl SocketHub {
             return Ok(Some(false));
         };
         let request = Authorize::writing(sub_topic(topic), &claims, &session.headers, extension);
-        Ok(replicator::authorize(&self.env, &request)
+        Ok(replicator::authorize(&self.replicator(), &request)
             .await
             .map(|answer| answer.write.contains(&extension)))
     }
@@ -94,7 +94,7 @@ impl SocketHub {
             since: replay.since,
             limit: replay.limit,
         };
-        let messages = replicator::replay(&self.env, &request).await;
+        let messages = replicator::replay(&self.replicator(), &request).await;
         for broadcast in messages {
             if let Some(id) = message_id(&broadcast) {
                 let mut replayed = self.replayed.borrow_mut();

@@ -3,6 +3,7 @@
 //! `sluice_shared::rest`; this module authenticates and hands messages to Channels.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use futures_util::future::join_all;
 use serde_json::{json, Map, Value};
@@ -15,6 +16,7 @@ use sluice_shared::texts;
 use worker::*;
 
 use crate::config::CHANNEL;
+use crate::replicator::Target;
 use crate::tenancy::{self, Resolved};
 use crate::{outbox, replicator};
 
@@ -37,7 +39,7 @@ pub async fn broadcast_batch(mut req: Request, env: &Env) -> Result<Response> {
     // Private topics the caller may not write to are skipped, as upstream.
     let mut allowed = Vec::new();
     for ((access, topic), broadcasts) in per_room {
-        if access == Access::Public || may_write(env, &topic, &caller).await {
+        if access == Access::Public || may_write(&topic, &caller).await {
             allowed.push(relay(env, &caller.tenant, access, topic, broadcasts));
         }
     }
@@ -49,9 +51,9 @@ pub async fn broadcast_batch(mut req: Request, env: &Env) -> Result<Response> {
 
 /// Whether the caller may broadcast to the private channel `topic` (the RLS policies on
 /// `realtime.messages`, asked through the replicator).
-async fn may_write(env: &Env, topic: &str, caller: &Caller) -> bool {
+async fn may_write(topic: &str, caller: &Caller) -> bool {
     let request = Authorize::writing(topic, &caller.claims, &caller.headers, Extension::Broadcast);
-    replicator::authorize(env, &request)
+    replicator::authorize(&caller.replicator, &request)
         .await
         .is_some_and(|answer| answer.write.contains(&Extension::Broadcast))
 }
@@ -63,7 +65,7 @@ pub async fn broadcast_single(mut req: Request, env: &Env, topic: String, event:
         Err(refusal) => return answer(refusal),
     };
     let private = req.url()?.query_pairs().any(|(k, v)| k == "private" && v == "true");
-    if private && !may_write(env, &topic, &caller).await {
+    if private && !may_write(&topic, &caller).await {
         return answer(Refusal {
             status: 403,
             body: json!({"message": texts::REST_UNAUTHORIZED}),
@@ -97,6 +99,7 @@ pub fn preflight() -> Result<Response> {
 /// Who called the API: the tenant (from the host), the verified claims and the `x-` headers.
 struct Caller {
     tenant: String,
+    replicator: Rc<Target>,
     claims: Map<String, Value>,
     headers: Map<String, Value>,
 }
@@ -137,6 +140,7 @@ async fn authenticate(req: &Request, env: &Env) -> Result<std::result::Result<Ca
     };
     Ok(Ok(Caller {
         tenant: settings.tenant,
+        replicator: settings.replicator,
         claims: claims.all,
         headers: x_headers,
     }))

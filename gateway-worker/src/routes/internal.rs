@@ -1,25 +1,52 @@
-//! The gateway's internal API, called by the replicator (requests signed with `INTERNAL_SECRET`,
-//! `sluice_shared::signature`):
-//! - `POST /internal/v1/changes/{hub}`: a batch of row changes for the sockets of one hub;
-//! - `POST /internal/v1/broadcasts`: broadcasts from the database for one channel;
-//! - `GET /internal/v1/ping`: 204 when the secret is right (`sluice-replicator doctor` asks).
+//! The gateway's internal API, called by the replicator. Requests are signed
+//! (`sluice_shared::signature`) with the secret of the tenant they are for: its own
+//! `replicator_secret`, or the deployment's `INTERNAL_SECRET`; so a replicator can reach only
+//! the hubs and channels of the tenants it serves.
+//! - `POST /internal/v1/changes/{hub}`: a batch of row changes for the sockets of one hub (the
+//!   tenant is the hub's);
+//! - `POST /internal/v1/broadcasts[/{tenant}]`: broadcasts from the database for one channel
+//!   (without a tenant: the one the Host names);
+//! - `GET /internal/v1/ping[/{tenant}]`: 204 when the secret is right (`sluice-replicator doctor`).
 //!
 //! They only check the signature and hand the body to the Durable Object that delivers it.
 
 use percent_encoding::percent_decode_str;
-use sluice_shared::connect::tenant_from_host;
 use sluice_shared::internal::{channel_name, DbBroadcasts};
 use sluice_shared::signature;
 use worker::*;
 
-use crate::config::{self, CHANNEL, SOCKET_HUB};
+use crate::config::{CHANNEL, SOCKET_HUB};
 use crate::rpc;
+use crate::tenancy::{self, Resolved};
 
-/// The request's body, if it is signed by the replicator (with the internal secret, recently);
+/// The tenant a request is for: named in its path after `prefix`, else by its Host.
+async fn tenant_of(req: &Request, env: &Env, prefix: &str) -> Result<Resolved> {
+    let path = req.path();
+    match path
+        .strip_prefix(prefix)
+        .map(|t| t.trim_start_matches('/'))
+        .filter(|t| !t.is_empty())
+    {
+        Some(tenant) => tenancy::for_tenant(env, &percent_decode_str(tenant).decode_utf8_lossy()).await,
+        None => tenancy::for_host(env, &req.headers().get("host")?.unwrap_or_default()).await,
+    }
+}
+
+/// The request's body, if it is signed recently by the replicator of `tenant` (with its secret);
 /// otherwise the 401 to answer, saying what to check.
-async fn from_replicator(req: &mut Request, env: &Env) -> Result<std::result::Result<Vec<u8>, Response>> {
+async fn from_replicator(req: &mut Request, tenant: Resolved) -> Result<std::result::Result<Vec<u8>, Response>> {
     let body = req.bytes().await.unwrap_or_default();
-    let secret = config::internal_secret(env).unwrap_or_default();
+    let secret = match tenant {
+        Resolved::Found(settings) => settings.replicator.secret.clone().unwrap_or_default(),
+        Resolved::NotFound(tenant) => {
+            console_warn!("internal request {} refused: no tenant {tenant}", req.path());
+            return Ok(Err(Response::error(format!("Unauthorized: no tenant {tenant}"), 401)?));
+        }
+        Resolved::Misconfigured(problem) => {
+            console_error!("{problem}");
+            return Ok(Err(Response::error("Unauthorized: the gateway is misconfigured", 401)?));
+        }
+    };
     let header = req.headers().get(signature::HEADER)?;
     let now = Date::now().as_millis() / 1000;
     let method = req.method().to_string();
@@ -34,7 +61,8 @@ async fn from_replicator(req: &mut Request, env: &Env) -> Result<std::result::Re
 
 /// `GET /internal/v1/ping`: whether the replicator reaches this gateway with the right secret.
 pub async fn ping(mut req: Request, env: &Env) -> Result<Response> {
-    match from_replicator(&mut req, env).await? {
+    let tenant = tenant_of(&req, env, "/internal/v1/ping").await?;
+    match from_replicator(&mut req, tenant).await? {
         Ok(_) => Ok(Response::empty()?.with_status(204)),
         Err(refused) => Ok(refused),
     }
@@ -42,16 +70,17 @@ pub async fn ping(mut req: Request, env: &Env) -> Result<Response> {
 
 /// `POST /internal/v1/changes/{hub}` from the replicator: hands the batch to that hub.
 pub async fn changes(mut req: Request, env: &Env) -> Result<Response> {
-    let body = match from_replicator(&mut req, env).await? {
-        Ok(body) => body,
-        Err(refused) => return Ok(refused),
-    };
     let path = req.path();
     let encoded = path.trim_start_matches("/internal/v1/changes/");
     let name = percent_decode_str(encoded).decode_utf8_lossy().into_owned();
-    if !name.starts_with("hub:") {
+    let Some(tenant) = name.strip_prefix("hub:").and_then(|rest| rest.split(':').next()) else {
         return Response::error("Not Found", 404);
-    }
+    };
+    let tenant = tenancy::for_tenant(env, tenant).await?;
+    let body = match from_replicator(&mut req, tenant).await? {
+        Ok(body) => body,
+        Err(refused) => return Ok(refused),
+    };
     let stub = env.durable_object(SOCKET_HUB)?.get_by_name(&name)?;
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;
@@ -63,15 +92,18 @@ pub async fn changes(mut req: Request, env: &Env) -> Result<Response> {
         .await
 }
 
-/// `POST /internal/v1/broadcasts` from the replicator: broadcasts from the database for one
-/// channel of the tenant this host names, handed to that channel's Channel object.
+/// `POST /internal/v1/broadcasts[/{tenant}]` from the replicator: broadcasts from the database for
+/// one channel of the tenant, handed to that channel's Channel object.
 pub async fn database_broadcasts(mut req: Request, env: &Env) -> Result<Response> {
-    let body = match from_replicator(&mut req, env).await? {
+    let resolved = tenant_of(&req, env, "/internal/v1/broadcasts").await?;
+    let tenant = match &resolved {
+        Resolved::Found(settings) => settings.tenant.clone(),
+        _ => String::new(),
+    };
+    let body = match from_replicator(&mut req, resolved).await? {
         Ok(body) => body,
         Err(refused) => return Ok(refused),
     };
-    let host = req.headers().get("host")?.unwrap_or_default();
-    let tenant = tenant_from_host(&host);
     let batch: DbBroadcasts = serde_json::from_slice(&body)?;
     let name = channel_name(&tenant, batch.access, &batch.topic);
     let stub = env.durable_object(CHANNEL)?.get_by_name(&name)?;

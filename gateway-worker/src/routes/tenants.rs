@@ -118,10 +118,11 @@ async fn upsert(env: &Env, id: Option<&str>, body: &Value) -> Result<Response> {
 /// Upstream's health shape, with the database state from the replicator's `/healthz`
 /// (`REPLICATOR_URL`).
 async fn health(req: &Request, env: &Env, id: &str) -> Result<Response> {
-    if let tenancy::Resolved::NotFound(_) = tenancy::for_tenant(env, id).await? {
-        return not_found();
-    }
-    let health = replicator::health(env).await;
+    let target = match tenancy::for_tenant(env, id).await? {
+        tenancy::Resolved::Found(settings) => settings.replicator,
+        _ => return not_found(),
+    };
+    let health = replicator::health(&target).await;
     let db_connected = health.is_some();
     let replication_connected = health.is_some_and(|h| h.replication_connected);
     Response::from_json(&json!({"data": {

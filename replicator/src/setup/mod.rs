@@ -6,10 +6,14 @@
 //! 2. [`migrations::run`]: sluice's own schema (`sluice`), and Supabase's `realtime` schema where
 //!    the database has none;
 //! 3. [`preflight::prepare_stream`]: the publication and the persistent slot.
+//!
+//! And, once it serves its API, [`tenant::register`]: the tenant it serves registered with the
+//! gateway, when it is configured to (upstream's self-hosted way).
 
 pub mod migrations;
 pub mod preflight;
 pub mod role;
+pub mod tenant;
 
 /// The publication of `realtime.messages` (created by the migrations), read by the same slot as
 /// the tables' publication.

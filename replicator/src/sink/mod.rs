@@ -42,6 +42,8 @@ pub struct Gateway {
     http: reqwest::Client,
     base: String,
     secret: String,
+    /// `/{tenant}` when this replicator serves one tenant by its own secret (`SLUICE_TENANT`).
+    tenant_path: String,
     stats: Arc<Stats>,
 }
 
@@ -61,6 +63,11 @@ impl Gateway {
             http: http.build().map_err(|e| format!("cannot build the HTTP client: {e}"))?,
             base: config.gateway_url.clone(),
             secret: config.internal_secret.clone(),
+            tenant_path: config
+                .tenant
+                .as_ref()
+                .map(|t| format!("/{}", utf8_percent_encode(t, NON_ALPHANUMERIC)))
+                .unwrap_or_default(),
             stats,
         })
     }
@@ -106,7 +113,8 @@ impl Gateway {
                 messages,
             };
             let what = format!("{} database broadcasts to {}", batch.messages.len(), batch.topic);
-            self.post_until_taken("/internal/v1/broadcasts", &batch, &what).await;
+            let path = format!("/internal/v1/broadcasts{}", self.tenant_path);
+            self.post_until_taken(&path, &batch, &what).await;
             Stats::count(&self.stats.db_broadcasts, batch.messages.len() as u64);
         });
         join_all(sends).await;
@@ -153,7 +161,11 @@ impl Gateway {
     /// Whether the gateway answers and takes the internal secret (`GET /internal/v1/ping`).
     pub async fn ping(&self) -> Result<(), DeliveryError> {
         let response = self
-            .signed(reqwest::Method::GET, "/internal/v1/ping", Vec::new())?
+            .signed(
+                reqwest::Method::GET,
+                &format!("/internal/v1/ping{}", self.tenant_path),
+                Vec::new(),
+            )?
             .send()
             .await
             .map_err(unavailable)?;
@@ -161,6 +173,31 @@ impl Gateway {
             204 => Ok(()),
             status => Err(DeliveryError::from_status(status, "")),
         }
+    }
+
+    /// Creates or updates a tenant through the gateway's management API (an admin `token`); the
+    /// answer's status and text.
+    pub async fn put_tenant(
+        &self,
+        tenant: &str,
+        body: &serde_json::Value,
+        token: &str,
+    ) -> Result<(u16, String), DeliveryError> {
+        let url = format!(
+            "{}/api/tenants/{}",
+            self.base,
+            utf8_percent_encode(tenant, NON_ALPHANUMERIC)
+        );
+        let response = self
+            .http
+            .put(url)
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await.map_err(unavailable)?))
     }
 
     /// A request to the gateway signed with the internal secret (`sluice_shared::signature`).

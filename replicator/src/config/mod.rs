@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 
+pub mod upstream;
+
 use crate::conninfo::ConnInfo;
 
 #[derive(Clone, Debug)]
@@ -29,8 +31,31 @@ pub struct Config {
     /// `SLUICE_GATEWAY_URL`: the gateway Worker that changes are pushed to (required), e.g.
     /// `https://realtime.example.com` or `http://127.0.0.1:8787`.
     pub gateway_url: String,
+    /// `SLUICE_TENANT`: the tenant this replicator serves when the gateway knows it by its own
+    /// `replicator_secret` (the management API); database broadcasts and the doctor's ping name
+    /// it. Unset: the deployment's replicator (the gateway's `INTERNAL_SECRET`, tenant by Host).
+    pub tenant: Option<String>,
+    /// Registering the tenant with the gateway's management API at start (see
+    /// [`crate::setup::tenant`]); set when an admin secret (`API_JWT_SECRET`) and a tenant are.
+    pub registration: Option<Registration>,
+    /// What sluice does differently from upstream's settings given, logged at start.
+    pub notes: Vec<String>,
     /// How much WAL the slot may hold back (see [`crate::source::slot`]).
     pub slot_limits: SlotLimits,
+}
+
+/// How this replicator registers its tenant: PUT `/api/tenants/{tenant}` with an admin token.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// `API_JWT_SECRET`: signs the admin token (the gateway's `API_JWT_SECRET`).
+    pub admin_secret: String,
+    /// The tenant's users' token keys: `JWT_SECRET` (else `API_JWT_SECRET`, as upstream's seed),
+    /// `API_JWT_JWKS`.
+    pub jwt_secret: Option<String>,
+    pub jwt_jwks: Option<String>,
+    /// `SLUICE_PUBLIC_URL`: where the gateway reaches this replicator (default its
+    /// `SLUICE_HTTP_ADDR`, which is loopback unless it serves HTTPS).
+    pub public_url: String,
 }
 
 /// Bounds on the WAL the slot retains, in bytes of WAL (`pg_current_wal_lsn() - restart_lsn`) and
@@ -62,7 +87,14 @@ impl Config {
         Config::from_lookup(|name| std::env::var(name).ok())
     }
 
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub fn from_lookup(given: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        // Sluice's own names first, then what upstream's names translate to.
+        let translated = upstream::translate(&given);
+        let get = |name: &str| {
+            given(name)
+                .filter(|v| !v.is_empty())
+                .or_else(|| translated.vars.get(name).cloned())
+        };
         let database_url = get("SLUICE_DATABASE_URL")
             .filter(|v| !v.trim().is_empty())
             .ok_or_else(|| {
@@ -72,7 +104,7 @@ impl Config {
                         .into(),
                 )
             })?;
-        let database = ConnInfo::parse(&database_url, &get).map_err(|e| {
+        let database = ConnInfo::parse(&database_url, get).map_err(|e| {
             ConfigError(format!(
                 "SLUICE_DATABASE_URL is not a valid connection string ({e}): \
                  use postgres://user:password@host:port/dbname?sslmode=verify-full&sslrootcert=/path/ca.pem or 'host=... port=... user=... dbname=... sslmode=...'"
@@ -122,6 +154,35 @@ impl Config {
                 "SLUICE_GATEWAY_URL={gateway_url} would carry changes in clear text: use https:// (http:// is for a gateway on this machine)"
             )));
         }
+        let tenant = get("SLUICE_TENANT")
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        if let Some(tenant) = &tenant {
+            if !tenant
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(ConfigError(format!(
+                    "SLUICE_TENANT={tenant:?} is not a tenant id: letters, digits, '-' and '_' only"
+                )));
+            }
+        }
+        let mut notes = translated.notes.clone();
+        let registration = match (get("SLUICE_ADMIN_SECRET"), &tenant) {
+            (Some(admin_secret), Some(_)) => Some(Registration {
+                admin_secret,
+                jwt_secret: get("SLUICE_TENANT_JWT_SECRET"),
+                jwt_jwks: get("SLUICE_TENANT_JWT_JWKS"),
+                public_url: get("SLUICE_PUBLIC_URL")
+                    .map(|u| u.trim_end_matches('/').to_string())
+                    .unwrap_or_else(|| format!("{}://{http_addr}", if tls.is_some() { "https" } else { "http" })),
+            }),
+            (Some(_), None) => {
+                notes.push("API_JWT_SECRET is set but no tenant is named (SLUICE_TENANT, SELF_HOST_TENANT_NAME or TENANT_ID): the tenant is not registered with the gateway".into());
+                None
+            }
+            _ => None,
+        };
         let slot_limits = SlotLimits {
             warn_bytes: size(&get, "SLUICE_SLOT_WARN_SIZE", "512MB")?
                 .ok_or_else(|| ConfigError("SLUICE_SLOT_WARN_SIZE cannot be off: give a size such as 512MB".into()))?,
@@ -145,6 +206,9 @@ impl Config {
             slot,
             internal_secret,
             gateway_url,
+            tenant,
+            registration,
+            notes,
         })
     }
 }

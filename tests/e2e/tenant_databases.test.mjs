@@ -1,0 +1,148 @@
+// Tenants with databases of their own: tenant `alpha` (host 127.0.0.1) is served by the stack's
+// replicator and Postgres (the deployment's REPLICATOR_URL and INTERNAL_SECRET); tenant `beta`
+// (host localhost) by a second Postgres cluster and a replicator of its own, registered through
+// the management API with its URL and its own secret. Each tenant's clients get their own
+// Postgres Changes; beta's replicator cannot deliver to alpha's hubs (nor alpha's to beta's); and
+// beta's database stopping does not hold up alpha's changes. Tenant `gamma` is registered by its
+// replicator itself, configured only with upstream's environment variable names.
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { DEV_API_SECRET, DEV_INTERNAL_SECRET, signJwt, signedRequest, tokenFor } from '../stack/keys.mjs';
+import { Postgres } from '../stack/postgres.mjs';
+import { freePort, waitFor } from '../stack/process.mjs';
+import { startReplicator } from '../stack/replicator.mjs';
+import { ROOT, startStack } from '../stack/stack.mjs';
+import { done, Inbox, pgChannel, rawSocket, supabase, until } from './clients.mjs';
+
+const SECRETS = { alpha: 'alpha-project-jwt-secret-with-at-least-32-chars', beta: 'beta-project-jwt-secret-with-at-least-32-characters', gamma: 'gamma-project-jwt-secret-with-at-least-32-chars' };
+const BETA_REPLICATOR_SECRET = 'beta-replicator-internal-secret-of-at-least-32-chars';
+const TABLE = `create table items (id bigint primary key, body text); grant select on items to anon;`;
+
+let stack;
+let betaDb;
+let betaReplicator;
+before(async () => {
+  stack = await startStack({ name: 'e2e-tenant-databases', vars: { TENANT_HOSTS: JSON.stringify({ '127.0.0.1': 'alpha', localhost: 'beta' }) } });
+  await stack.pg.createRoles('anon');
+  await stack.pg.sql(`${TABLE} alter publication supabase_realtime add table items`);
+  betaDb = await Postgres.create({ dir: join(ROOT, '.local', 'e2e-tenant-databases-beta', 'postgres') });
+  await betaDb.sql(`create role anon nologin; ${TABLE} create publication supabase_realtime for table items`);
+  betaReplicator = await startReplicator({
+    root: ROOT, databaseUrl: betaDb.url, port: await freePort(), gatewayUrl: stack.url,
+    env: { SLUICE_INTERNAL_SECRET: BETA_REPLICATOR_SECRET, SLUICE_TENANT: 'beta' },
+  });
+  const admin = signJwt({ role: 'supabase_admin' }, DEV_API_SECRET);
+  for (const tenant of [
+    { external_id: 'alpha', jwt_secret: SECRETS.alpha },
+    { external_id: 'beta', jwt_secret: SECRETS.beta, replicator_url: betaReplicator.url, replicator_secret: BETA_REPLICATOR_SECRET },
+  ]) {
+    const res = await fetch(`${stack.url}/api/tenants`, { method: 'POST', headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/json' }, body: JSON.stringify({ tenant }) });
+    assert.equal(res.status, 201, await res.text());
+  }
+});
+after(async () => {
+  await betaReplicator?.stop();
+  await betaDb?.destroy();
+  await stack?.stop();
+});
+
+const at = (host) => {
+  const url = new URL(stack.url);
+  url.hostname = host;
+  return url.origin;
+};
+
+async function subscriber(tenant) {
+  const client = supabase(at(tenant === 'alpha' ? '127.0.0.1' : 'localhost'), tokenFor('anon', { secret: SECRETS[tenant] }));
+  const inbox = new Inbox(`items of ${tenant}`);
+  // Served within the settings cache's few seconds after the tenants were created.
+  await waitFor(`${tenant} joined`, () => pgChannel(client, 'items', [{ binding: { event: 'INSERT', schema: 'public', table: 'items' }, inbox }]).then(() => true));
+  return { client, inbox };
+}
+
+test('each tenant gets the changes of its own database, on channels of the same name', async () => {
+  const [alpha, beta] = [await subscriber('alpha'), await subscriber('beta')];
+  try {
+    await stack.pg.sql(`insert into items values (1, 'alpha one')`);
+    await betaDb.sql(`insert into items values (1, 'beta one')`);
+    await stack.pg.sql(`insert into items values (2, 'alpha two')`);
+    assert.deepEqual([(await alpha.inbox.next()).new.body, (await alpha.inbox.next()).new.body], ['alpha one', 'alpha two']);
+    await betaDb.sql(`insert into items values (2, 'beta two')`);
+    assert.deepEqual([(await beta.inbox.next()).new.body, (await beta.inbox.next()).new.body], ['beta one', 'beta two']);
+  } finally {
+    await done(alpha.client, beta.client);
+  }
+});
+
+test("a replicator's credential reaches its own tenant's hubs only", async () => {
+  const batch = { stream: 'test', changes: [] };
+  const post = (hub, secret) => {
+    const url = `${stack.url}/internal/v1/changes/${encodeURIComponent(hub)}`;
+    return fetch(url, signedRequest('POST', url, batch, { secret })).then((r) => r.status);
+  };
+  assert.equal(await post('hub:beta:default:0', BETA_REPLICATOR_SECRET), 200);
+  assert.equal(await post('hub:beta:default:0', DEV_INTERNAL_SECRET), 401, "the deployment's secret does not reach beta");
+  assert.equal(await post('hub:alpha:default:0', BETA_REPLICATOR_SECRET), 401, "beta's secret does not reach alpha");
+  assert.equal(await post('hub:alpha:default:0', DEV_INTERNAL_SECRET), 200);
+  const ping = (tenant, secret) => {
+    const url = `${stack.url}/internal/v1/ping/${tenant}`;
+    return fetch(url, signedRequest('GET', url, undefined, { secret })).then((r) => r.status);
+  };
+  assert.deepEqual([await ping('beta', BETA_REPLICATOR_SECRET), await ping('beta', DEV_INTERNAL_SECRET)], [204, 401]);
+});
+
+test("one tenant's database stopping does not hold up another's changes", async () => {
+  const alpha = await subscriber('alpha');
+  try {
+    await betaDb.stop();
+    await stack.pg.sql(`insert into items values (3, 'alpha while beta is down')`);
+    assert.equal((await alpha.inbox.next()).new.body, 'alpha while beta is down');
+  } finally {
+    await done(alpha.client);
+    await betaDb.start();
+  }
+});
+
+test("a replicator configured with upstream's variable names registers its tenant and serves it", async () => {
+  const gammaDb = await Postgres.create({ dir: join(ROOT, '.local', 'e2e-tenant-databases-gamma', 'postgres') });
+  let replicator;
+  try {
+    await gammaDb.sql(`create role anon nologin; ${TABLE} create publication supabase_realtime for table items`);
+    const url = new URL(gammaDb.url);
+    replicator = await startReplicator({
+      root: ROOT, databaseUrl: '', port: await freePort(), gatewayUrl: stack.url,
+      env: {
+        SLUICE_INTERNAL_SECRET: '',
+        DB_HOST: url.hostname, DB_PORT: url.port, DB_NAME: 'postgres', DB_USER: url.username, DB_PASSWORD: '', DB_SSL: 'false',
+        SLOT_NAME: 'supabase_realtime_replication_slot', PUBLICATIONS: '["supabase_realtime"]', TEMPORARY_SLOT: 'true', SECURE_CHANNELS: 'true',
+        API_JWT_SECRET: DEV_API_SECRET, JWT_SECRET: SECRETS.gamma, SELF_HOST_TENANT_NAME: 'gamma',
+      },
+    });
+    const admin = signJwt({ role: 'supabase_admin' }, DEV_API_SECRET);
+    const registered = await waitFor('gamma registered', async () => {
+      const res = await fetch(`${stack.url}/api/tenants/gamma`, { headers: { authorization: `Bearer ${admin}` } });
+      return res.status === 200 && res.json();
+    });
+    assert.equal(registered.data.replicator_url, replicator.url);
+    assert.ok(replicator.proc.lines.some((l) => l.includes('TEMPORARY_SLOT=true: sluice keeps a permanent slot')), 'what sluice does instead is logged');
+    assert.equal((await gammaDb.sql(`select slot_name, temporary from pg_replication_slots`))[0]?.slot_name, 'supabase_realtime_replication_slot');
+
+    // A client of gamma (its own Host) gets gamma's changes.
+    const apikey = tokenFor('anon', { secret: SECRETS.gamma });
+    const { ws, inbox } = await waitFor('gamma served', () => rawSocket(stack.url, { apikey, vsn: '1.0.0', headers: { host: 'gamma.example.com' } }).catch(() => null));
+    try {
+      ws.send(JSON.stringify({ topic: 'realtime:items', event: 'phx_join', ref: '1', join_ref: '1',
+        payload: { access_token: apikey, config: { postgres_changes: [{ event: 'INSERT', schema: 'public', table: 'items' }] } } }));
+      assert.equal((await until(inbox, (m) => m.event === 'phx_reply')).payload.status, 'ok');
+      await until(inbox, (m) => m.event === 'system' && /Subscribed to PostgreSQL/.test(m.payload.message ?? ''));
+      await gammaDb.sql(`insert into items values (1, 'gamma one')`);
+      assert.equal((await until(inbox, (m) => m.event === 'postgres_changes')).payload.data.record.body, 'gamma one');
+    } finally {
+      ws.close();
+    }
+  } finally {
+    await replicator?.stop();
+    await gammaDb.destroy();
+  }
+});
