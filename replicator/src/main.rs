@@ -12,7 +12,8 @@
 //! - [`messages`]: `realtime.messages`: private-channel policies, database broadcasts, replay.
 //! - [`http`]: `/healthz`, `/metrics`, and the internal API's signed routes, over HTTPS if asked.
 //!
-//! Commands: `run` (the default), [`doctor`] (every check, one line each), `setup-sql`.
+//! Commands: `run` (the default), [`doctor`] (every check, one line each), `setup-sql`. With
+//! `SLUICE_TENANTS_FILE`, `run` serves many tenant databases in one process ([`tenants`]).
 //!
 //! And around them: [`config`] (environment), [`conninfo`] (the connection string and its TLS),
 //! [`db`] (the SQL connection), [`error`] (what each error means for retries), [`stats`]
@@ -35,13 +36,14 @@ mod sink;
 mod source;
 mod stats;
 mod subscriptions;
+mod tenants;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_shared::position::Lsn;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 use error::StartError;
 
@@ -113,7 +115,17 @@ fn print_setup_sql() -> Result<(), StartError> {
 
 async fn run() -> Result<(), StartError> {
     let shutdown = shutdown::on_signal();
+    if let Some(path) = std::env::var("SLUICE_TENANTS_FILE").ok().filter(|p| !p.is_empty()) {
+        tenants::serve_all(path, shutdown).await;
+        return Ok(());
+    }
     let config = config::Config::from_env().map_err(|e| StartError(e.to_string()))?;
+    serve(config, shutdown).await
+}
+
+/// Serves one database: checks and prepares it, streams its changes to the gateway, serves the
+/// internal API, until `shutdown`.
+async fn serve(config: config::Config, shutdown: shutdown::Shutdown) -> Result<(), StartError> {
     for note in &config.notes {
         warn!("{note}");
     }
@@ -145,13 +157,14 @@ async fn run() -> Result<(), StartError> {
     let (passed, passed_rx) = tokio::sync::watch::channel(Lsn::default());
     let stream = format!("{system_identifier}:{}", config.slot);
     let alarm = Arc::new(source::slot::Alarm::default());
-    tokio::spawn(source::slot::guard(
+    let mut background = Background::default();
+    background.0.push(owned(source::slot::guard(
         db.clone(),
         config.slot.clone(),
         config.slot_limits.clone(),
         stats.clone(),
         alarm.clone(),
-    ));
+    )));
     let pipeline = pipeline::Pipeline {
         config: config.clone(),
         dispatcher: dispatch::Dispatcher::new(registry.clone(), db.clone(), stats.clone(), stream),
@@ -164,13 +177,13 @@ async fn run() -> Result<(), StartError> {
         alarm,
     };
     info!("delivering changes to {}", config.gateway_url);
-    let pipeline = tokio::spawn(pipeline.run());
-    tokio::spawn(maintain_message_partitions(db.clone()));
-    tokio::spawn(subscriptions::publication::watch(
+    let mut pipeline = owned(pipeline.run());
+    background.0.push(owned(maintain_message_partitions(db.clone())));
+    background.0.push(owned(subscriptions::publication::watch(
         db.clone(),
         registry.clone(),
         config.publication.clone(),
-    ));
+    )));
     let listener = tokio::net::TcpListener::bind(config.http_addr).await.map_err(|e| {
         StartError(format!(
             "cannot listen on SLUICE_HTTP_ADDR={} ({e}): choose a free address",
@@ -207,17 +220,17 @@ async fn run() -> Result<(), StartError> {
         publication: config.publication.clone(),
     };
     let router = http::router(health, subscriptions_api, config.internal_secret.clone().into());
-    let server = tokio::spawn(http::serve(listener, router, tls, shutdown.clone()));
+    let mut server = owned(http::serve(listener, router, tls, shutdown.clone()));
     let registering = sink::Gateway::new(&config, Arc::new(stats::Stats::default())).map_err(StartError)?;
     setup::tenant::register(&config, &registering, &shutdown).await?;
     // Both end after a shutdown request: the pipeline within its grace period and the stream's
     // close; the server once its requests are answered (a registration waits for the stream at
     // most 15 s).
-    match pipeline.await {
+    match (&mut pipeline.0).await {
         Ok(()) => info!("the pipeline stopped"),
         Err(e) => error!("the pipeline failed: {e}"),
     }
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
+    match tokio::time::timeout(Duration::from_secs(5), &mut server.0).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => return Err(StartError(format!("the HTTP server failed: {e}"))),
         Ok(Err(e)) => error!("the HTTP server failed: {e}"),
@@ -226,6 +239,25 @@ async fn run() -> Result<(), StartError> {
     info!("stopped");
     Ok(())
 }
+
+/// A task of a served database, aborted if it still runs when the database stops being served
+/// (a tenant stopped, or a start that failed half-way, while the process runs on).
+struct Owned<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Owned<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Spawns `task` as part of the database served here (its log lines name the tenant, if any).
+fn owned<T: Send + 'static>(task: impl std::future::Future<Output = T> + Send + 'static) -> Owned<T> {
+    Owned(tokio::spawn(task.in_current_span()))
+}
+
+/// The tasks that loop for as long as the database is served.
+#[derive(Default)]
+struct Background(Vec<Owned<()>>);
 
 /// Keeps `realtime.messages` partitioned a few days ahead and drops days older than 72 h, hourly.
 async fn maintain_message_partitions(db: Arc<db::Db>) {

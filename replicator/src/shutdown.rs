@@ -45,6 +45,24 @@ pub fn on_signal() -> Shutdown {
 }
 
 impl Shutdown {
+    /// A flag of its own that flips with this one, or when the returned handle is used or
+    /// dropped (one tenant's pipeline stopped while the process runs on).
+    pub fn child(&self) -> (Shutdown, tokio::sync::oneshot::Sender<()>) {
+        let (tx, rx) = watch::channel(false);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let parent = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = parent.requested_now() => {}
+                _ = stopped => {}
+            }
+            let _ = tx.send(true);
+            // Kept until every holder is gone: a dropped sender must not read as a request.
+            tx.closed().await;
+        });
+        (Shutdown { rx }, stop)
+    }
+
     pub fn requested(&self) -> bool {
         *self.rx.borrow()
     }

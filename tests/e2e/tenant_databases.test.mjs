@@ -4,8 +4,10 @@
 // the management API with its URL and its own secret. Each tenant's clients get their own
 // Postgres Changes; beta's replicator cannot deliver to alpha's hubs (nor alpha's to beta's); and
 // beta's database stopping does not hold up alpha's changes. Tenant `gamma` is registered by its
-// replicator itself, configured only with upstream's environment variable names.
+// replicator itself, configured only with upstream's environment variable names. Tenants `delta`,
+// `epsilon` and `zeta` are databases of one cluster served by one replicator process.
 import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { DEV_API_SECRET, DEV_INTERNAL_SECRET, signJwt, signedRequest, tokenFor } from '../stack/keys.mjs';
@@ -15,7 +17,7 @@ import { startReplicator } from '../stack/replicator.mjs';
 import { ROOT, startStack } from '../stack/stack.mjs';
 import { done, Inbox, pgChannel, rawSocket, supabase, until } from './clients.mjs';
 
-const SECRETS = { alpha: 'alpha-project-jwt-secret-with-at-least-32-chars', beta: 'beta-project-jwt-secret-with-at-least-32-characters', gamma: 'gamma-project-jwt-secret-with-at-least-32-chars' };
+const SECRETS = Object.fromEntries(['alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta'].map((t) => [t, `${t}-project-jwt-secret-with-at-least-32-characters`]));
 const BETA_REPLICATOR_SECRET = 'beta-replicator-internal-secret-of-at-least-32-chars';
 const TABLE = `create table items (id bigint primary key, body text); grant select on items to anon;`;
 
@@ -104,6 +106,20 @@ test("one tenant's database stopping does not hold up another's changes", async 
   }
 });
 
+/**
+ * A client of `tenant` through its own Host (`<tenant>.example.com`), speaking the protocol raw
+ * (supabase-js cannot set a Host), subscribed to INSERTs on `items`; `next()` is the next row's body.
+ */
+async function rawSubscriber(tenant) {
+  const apikey = tokenFor('anon', { secret: SECRETS[tenant] });
+  const { ws, inbox } = await waitFor(`${tenant} served`, () => rawSocket(stack.url, { apikey, vsn: '1.0.0', headers: { host: `${tenant}.example.com` } }).catch(() => null));
+  ws.send(JSON.stringify({ topic: 'realtime:items', event: 'phx_join', ref: '1', join_ref: '1',
+    payload: { access_token: apikey, config: { postgres_changes: [{ event: 'INSERT', schema: 'public', table: 'items' }] } } }));
+  assert.equal((await until(inbox, (m) => m.event === 'phx_reply')).payload.status, 'ok');
+  await until(inbox, (m) => m.event === 'system' && /Subscribed to PostgreSQL/.test(m.payload.message ?? ''));
+  return { next: async () => (await until(inbox, (m) => m.event === 'postgres_changes')).payload.data.record.body, close: () => ws.close() };
+}
+
 test("a replicator configured with upstream's variable names registers its tenant and serves it", async () => {
   const gammaDb = await Postgres.create({ dir: join(ROOT, '.local', 'e2e-tenant-databases-gamma', 'postgres') });
   let replicator;
@@ -129,20 +145,68 @@ test("a replicator configured with upstream's variable names registers its tenan
     assert.equal((await gammaDb.sql(`select slot_name, temporary from pg_replication_slots`))[0]?.slot_name, 'supabase_realtime_replication_slot');
 
     // A client of gamma (its own Host) gets gamma's changes.
-    const apikey = tokenFor('anon', { secret: SECRETS.gamma });
-    const { ws, inbox } = await waitFor('gamma served', () => rawSocket(stack.url, { apikey, vsn: '1.0.0', headers: { host: 'gamma.example.com' } }).catch(() => null));
+    const gamma = await rawSubscriber('gamma');
     try {
-      ws.send(JSON.stringify({ topic: 'realtime:items', event: 'phx_join', ref: '1', join_ref: '1',
-        payload: { access_token: apikey, config: { postgres_changes: [{ event: 'INSERT', schema: 'public', table: 'items' }] } } }));
-      assert.equal((await until(inbox, (m) => m.event === 'phx_reply')).payload.status, 'ok');
-      await until(inbox, (m) => m.event === 'system' && /Subscribed to PostgreSQL/.test(m.payload.message ?? ''));
       await gammaDb.sql(`insert into items values (1, 'gamma one')`);
-      assert.equal((await until(inbox, (m) => m.event === 'postgres_changes')).payload.data.record.body, 'gamma one');
+      assert.equal(await gamma.next(), 'gamma one');
     } finally {
-      ws.close();
+      gamma.close();
     }
   } finally {
     await replicator?.stop();
     await gammaDb.destroy();
+  }
+});
+
+test('one replicator process serves many tenant databases: each its own, one failing holds up no other, tenants added and removed while it runs', async () => {
+  const cluster = await Postgres.create({ dir: join(ROOT, '.local', 'e2e-tenant-databases-many', 'postgres') });
+  const file = join(ROOT, '.local', 'e2e-tenant-databases-many', 'tenants.json');
+  let replicator;
+  const clients = [];
+  try {
+    await cluster.sql('create role anon nologin');
+    const ports = {};
+    const entry = async (tenant) => {
+      await cluster.sql(`create database ${tenant}`);
+      const db = new URL(cluster.url);
+      db.pathname = `/${tenant}`;
+      await cluster.sql(`${TABLE} create publication supabase_realtime for table items`, [], tenant);
+      ports[tenant] = await freePort();
+      return { SLUICE_DATABASE_URL: db.toString(), SLUICE_HTTP_ADDR: `127.0.0.1:${ports[tenant]}`, JWT_SECRET: SECRETS[tenant] };
+    };
+    const tenants = { delta: await entry('delta'), epsilon: await entry('epsilon') };
+    writeFileSync(file, JSON.stringify({ tenants }));
+    replicator = await startReplicator({
+      root: ROOT, databaseUrl: cluster.url, port: ports.delta, gatewayUrl: stack.url,
+      env: { SLUICE_TENANTS_FILE: file, SLUICE_INTERNAL_SECRET: '', API_JWT_SECRET: DEV_API_SECRET },
+    });
+    const delta = await rawSubscriber('delta');
+    const epsilon = await rawSubscriber('epsilon');
+    clients.push(delta, epsilon);
+    await cluster.sql(`insert into items values (1, 'delta one')`, [], 'delta');
+    await cluster.sql(`insert into items values (1, 'epsilon one')`, [], 'epsilon');
+    assert.equal(await delta.next(), 'delta one');
+    assert.equal(await epsilon.next(), 'epsilon one');
+
+    // Epsilon's database refuses connections: delta's changes keep flowing.
+    await cluster.sql(`alter database epsilon allow_connections false`);
+    await cluster.sql(`select pg_terminate_backend(pid) from pg_stat_activity where datname = 'epsilon'`);
+    await cluster.sql(`insert into items values (2, 'delta while epsilon is down')`, [], 'delta');
+    assert.equal(await delta.next(), 'delta while epsilon is down');
+    await cluster.sql(`alter database epsilon allow_connections true`);
+
+    // A tenant added to the file is registered and served within seconds; one removed stops.
+    tenants.zeta = await entry('zeta');
+    delete tenants.epsilon;
+    writeFileSync(file, JSON.stringify({ tenants }));
+    const zeta = await rawSubscriber('zeta');
+    clients.push(zeta);
+    await cluster.sql(`insert into items values (1, 'zeta one')`, [], 'zeta');
+    assert.equal(await zeta.next(), 'zeta one');
+    await waitFor("epsilon's API closed", () => fetch(`http://127.0.0.1:${ports.epsilon}/healthz`).then(() => false, () => true));
+  } finally {
+    for (const c of clients) c.close();
+    await replicator?.stop();
+    await cluster.destroy();
   }
 });

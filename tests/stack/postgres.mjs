@@ -138,9 +138,15 @@ export class Postgres {
     this.log(`Postgres is ready on 127.0.0.1:${this.port} (wal_level=logical)`);
   }
 
-  /** Runs SQL as the superuser; resolves with the rows. */
-  async sql(text, params = []) {
-    const client = new pg.Client(this.clientConfig());
+  /** Runs SQL as the superuser (in `database`, default `postgres`); resolves with the rows. */
+  async sql(text, params = [], database) {
+    const config = this.clientConfig();
+    if (database) {
+      const url = new URL(config.connectionString);
+      url.pathname = `/${database}`;
+      config.connectionString = url.toString();
+    }
+    const client = new pg.Client(config);
     await client.connect();
     try {
       return (await client.query(text, params)).rows;

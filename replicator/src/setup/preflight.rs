@@ -103,15 +103,25 @@ pub async fn check_pooler(db: &Db) -> Result<(), StartError> {
     }
 }
 
+/// Whether the slot exists in this database. Slot names are the cluster's: one of another
+/// database (another tenant's, say) is refused with the fix rather than read.
 async fn slot_exists(db: &Client, config: &Config) -> Result<bool, StartError> {
-    Ok(db
+    let found = db
         .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT database::text, database = current_database() FROM pg_replication_slots WHERE slot_name = $1",
             &[&config.slot],
         )
         .await
-        .map_err(sql_error("looking up the slot"))?
-        .is_some())
+        .map_err(sql_error("looking up the slot"))?;
+    match found {
+        None => Ok(false),
+        Some(row) if row.get::<_, Option<bool>>(1) == Some(true) => Ok(true),
+        Some(row) => Err(StartError(format!(
+            "the replication slot {} belongs to database {} (slot names are shared by the whole server): set SLUICE_SLOT to a name of this database's own",
+            config.slot,
+            row.get::<_, Option<String>>(0).unwrap_or_else(|| "(a physical slot)".into())
+        ))),
+    }
 }
 
 pub async fn prepare_stream(db: &Client, config: &Config) -> Result<(), StartError> {
