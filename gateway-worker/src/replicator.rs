@@ -172,6 +172,16 @@ pub async fn unsubscribe(target: &Target, request: &Unsubscribe) {
     }
 }
 
+/// Tells a tenant's own replicator that the tenant was deleted: it forgets the tenant's
+/// subscriptions, stops streaming and drops its slot.
+pub async fn retire(target: &Target) -> std::result::Result<(), String> {
+    let res = call(target, Method::Delete, "/v1/tenant", &serde_json::json!({})).await?;
+    match res.status_code() {
+        200 => Ok(()),
+        status => Err(format!("the replicator answered {status}")),
+    }
+}
+
 async fn call(
     target: &Target,
     method: Method,

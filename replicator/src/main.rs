@@ -120,12 +120,28 @@ async fn run() -> Result<(), StartError> {
         return Ok(());
     }
     let config = config::Config::from_env().map_err(|e| StartError(e.to_string()))?;
-    serve(config, shutdown).await
+    if serve(config, shutdown).await? == Served::Retired {
+        warn!(
+            "the tenant was deleted: its subscriptions and slot are gone; exiting (a restart would register it again)"
+        );
+    }
+    Ok(())
+}
+
+/// How serving a database ended.
+#[derive(Debug, PartialEq)]
+pub enum Served {
+    /// Shutdown was asked for.
+    Stopped,
+    /// The tenant was deleted (the gateway said so): subscriptions forgotten, slot dropped.
+    Retired,
 }
 
 /// Serves one database: checks and prepares it, streams its changes to the gateway, serves the
-/// internal API, until `shutdown`.
-async fn serve(config: config::Config, shutdown: shutdown::Shutdown) -> Result<(), StartError> {
+/// internal API, until `asked` (shutdown) or until its tenant is deleted.
+async fn serve(config: config::Config, asked: shutdown::Shutdown) -> Result<Served, StartError> {
+    // Flips with `asked`, or when the gateway retires this database (`DELETE /v1/tenant`).
+    let (shutdown, retire) = asked.child();
     for note in &config.notes {
         warn!("{note}");
     }
@@ -214,10 +230,11 @@ async fn serve(config: config::Config, shutdown: shutdown::Shutdown) -> Result<(
         slot: config.slot.clone(),
     };
     let subscriptions_api = subscriptions::api::Api {
-        db,
+        db: db.clone(),
         registry,
         passed: passed_rx,
         publication: config.publication.clone(),
+        retire: Arc::new(std::sync::Mutex::new(Some(retire))),
     };
     let router = http::router(health, subscriptions_api, config.internal_secret.clone().into());
     let mut server = owned(http::serve(listener, router, tls, shutdown.clone()));
@@ -236,8 +253,40 @@ async fn serve(config: config::Config, shutdown: shutdown::Shutdown) -> Result<(
         Ok(Err(e)) => error!("the HTTP server failed: {e}"),
         Err(_) => warn!("HTTP requests were still open 5 s after shutdown; leaving them"),
     }
-    info!("stopped");
-    Ok(())
+    if asked.requested() {
+        info!("stopped");
+        return Ok(Served::Stopped);
+    }
+    drop_slot(&db, &config.slot).await;
+    Ok(Served::Retired)
+}
+
+/// Drops the slot once its walsender let go of it (a few seconds at most); logged either way.
+async fn drop_slot(db: &db::Db, slot: &str) {
+    for _ in 0..50 {
+        let dropped = match db.client().await {
+            Ok(client) => client
+                .query_opt(
+                    "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1 and not active",
+                    &[&slot],
+                )
+                .await
+                .map(|row| row.is_some()),
+            Err(e) => Err(e),
+        };
+        match dropped {
+            Ok(true) => {
+                info!("dropped the replication slot {slot}: the tenant is retired");
+                return;
+            }
+            Ok(false) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => {
+                warn!("dropping the replication slot {slot} failed ({e}): drop it by hand");
+                return;
+            }
+        }
+    }
+    warn!("the replication slot {slot} is still in use: drop it by hand (pg_drop_replication_slot)");
 }
 
 /// A task of a served database, aborted if it still runs when the database stops being served

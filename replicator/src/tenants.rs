@@ -131,7 +131,15 @@ async fn supervise(id: String, settings: BTreeMap<String, String>, shutdown: Shu
                 Err(problem) => Err(crate::error::StartError(problem.to_string())),
             };
             match outcome {
-                Ok(()) => return,
+                Ok(crate::Served::Stopped) => return,
+                Ok(crate::Served::Retired) => {
+                    warn!(
+                        "the tenant was deleted: its subscriptions and slot are gone; remove it from the tenants file"
+                    );
+                    // Not started again until its entry changes.
+                    shutdown.requested_now().await;
+                    return;
+                }
                 Err(problem) => warn!("{problem}; starting it again in {RESTART:?}"),
             }
             tokio::select! {

@@ -106,6 +106,24 @@ test("one tenant's database stopping does not hold up another's changes", async 
   }
 });
 
+test("deleting a tenant tells its replicator: subscriptions forgotten, slot dropped, the replicator stops", async () => {
+  const beta = await subscriber('beta');
+  try {
+    assert.equal((await betaDb.sql('select count(*)::int as n from sluice.subscriptions'))[0].n, 1);
+    assert.equal((await betaDb.sql('select count(*)::int as n from pg_replication_slots'))[0].n, 1);
+    const admin = signJwt({ role: 'supabase_admin' }, DEV_API_SECRET);
+    const res = await fetch(`${stack.url}/api/tenants/beta`, { method: 'DELETE', headers: { authorization: `Bearer ${admin}` } });
+    assert.equal(res.status, 204);
+    const { code } = await betaReplicator.proc.exited;
+    assert.equal(code, 0, 'the retired replicator exits cleanly');
+    assert.deepEqual(await betaDb.sql('select slot_name from pg_replication_slots'), []);
+    assert.deepEqual(await betaDb.sql('select hub from sluice.subscriptions'), []);
+    assert.ok(betaReplicator.proc.lines.some((l) => l.includes('the tenant was deleted')));
+  } finally {
+    await done(beta.client);
+  }
+});
+
 /**
  * A client of `tenant` through its own Host (`<tenant>.example.com`), speaking the protocol raw
  * (supabase-js cannot set a Host), subscribed to INSERTs on `items`; `next()` is the next row's body.

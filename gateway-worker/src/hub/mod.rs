@@ -116,6 +116,9 @@ impl DurableObject for SocketHub {
         self.refresh_settings().await?;
         match req.path().as_str() {
             "/connect" => {
+                if let Some((status, text)) = self.tenant_settings().refusal {
+                    return Ok(Response::from_json(&serde_json::json!({"error": text}))?.with_status(status));
+                }
                 let response = self.accept(&req)?;
                 if response.status_code() == 101 {
                     self.wake_by(Date::now().as_millis() + config::idle_timeout_ms(&self.env))
@@ -200,6 +203,7 @@ impl SocketHub {
                 keys: Rc::new(Keys::default()),
                 limits: Rc::new(Limits::default()),
                 replicator: Rc::new(Target::from_env(&self.env)),
+                refusal: None,
             },
         }
     }
@@ -219,31 +223,36 @@ impl SocketHub {
         }
         let name = self.name();
         let tenant = tenant_of_hub(&name);
-        let refused = TenantSettings {
+        let refused = |refusal| TenantSettings {
             keys: Rc::new(Keys::default()),
             limits: Rc::new(Limits::default()),
             replicator: Rc::new(Target::from_env(&self.env)),
+            refusal,
         };
         let settings = match tenancy::for_tenant(&self.env, tenant).await? {
             Resolved::Found(settings) if !settings.suspended => TenantSettings {
                 keys: settings.keys,
                 limits: settings.limits,
                 replicator: settings.replicator,
+                refusal: None,
             },
-            // A socket accepted while the Worker's view was a few seconds old is closed here.
+            // Sockets accepted while the Worker's view was a few seconds old are closed here, and
+            // new ones refused.
             Resolved::Found(_) => {
                 console_warn!("tenant {tenant} is suspended: its sockets are closed");
-                *self.settings.borrow_mut() = Some((now, refused));
+                let refusal = Some((403, texts::TENANT_SUSPENDED));
+                *self.settings.borrow_mut() = Some((now, refused(refusal)));
                 return self.disconnect_all().await;
             }
             Resolved::NotFound(_) => {
                 console_warn!("tenant {tenant} does not exist (any more): its sockets are closed");
-                *self.settings.borrow_mut() = Some((now, refused));
+                let refusal = Some((404, texts::TENANT_NOT_FOUND));
+                *self.settings.borrow_mut() = Some((now, refused(refusal)));
                 return self.disconnect_all().await;
             }
             Resolved::Misconfigured(problem) => {
                 console_error!("{problem}");
-                refused
+                refused(None)
             }
         };
         *self.settings.borrow_mut() = Some((now, settings));
@@ -261,6 +270,8 @@ struct TenantSettings {
     keys: Rc<Keys>,
     limits: Rc<Limits>,
     replicator: Rc<Target>,
+    /// Why new sockets are refused (status, text): the tenant is suspended or gone.
+    refusal: Option<(u16, &'static str)>,
 }
 
 /// The tenant part of a hub's name (`hub:{tenant}:{region}:{shard}`).

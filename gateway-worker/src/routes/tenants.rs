@@ -38,6 +38,18 @@ pub async fn route(mut req: Request, env: &Env, path: &str) -> Result<Response> 
             upsert(env, Some(id), &body).await
         }
         (Method::Delete, [id]) => {
+            // Its own replicator forgets its subscriptions and drops its slot, as upstream tears
+            // down the slot. One that cannot be reached is logged; the tenant goes anyway (its
+            // replicator's deliveries are refused from now on).
+            if let Some(tenant) = find(env, id).await?.filter(|t| t.replicator_url.is_some()) {
+                let target = replicator::Target {
+                    url: Ok(tenant.replicator_url.clone().unwrap_or_default()),
+                    secret: tenant.replicator_secret.clone(),
+                };
+                if let Err(problem) = replicator::retire(&target).await {
+                    console_warn!("UnableToDeleteTenant: tenant {id}'s replicator was not told ({problem}): its slot stays until it is dropped by hand");
+                }
+            }
             // Upstream answers 204 whether or not it existed.
             directory::delete_tenant(env, id).await?;
             tenancy::forget();

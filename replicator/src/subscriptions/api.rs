@@ -1,6 +1,8 @@
 //! The internal endpoints for Postgres Changes, called by hubs (the HTTP server checks the
-//! bearer secret): `POST /v1/subscriptions` registers a channel's bindings, `PATCH` gives them
-//! new claims (a refreshed token), `DELETE` removes a channel's or a socket's.
+//! signature): `POST /v1/subscriptions` registers a channel's bindings, `PATCH` gives them
+//! new claims (a refreshed token), `DELETE` removes a channel's or a socket's. And
+//! `DELETE /v1/tenant`, called by the gateway when the tenant is deleted: every subscription is
+//! forgotten and the replicator retires (stops streaming, drops its slot).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,8 @@ pub struct Api {
     /// The highest WAL position the stream has fully handled (`crate::pipeline` sends it).
     pub passed: watch::Receiver<Lsn>,
     pub publication: String,
+    /// Stops this database's service for good (the tenant was deleted); taken once.
+    pub retire: Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>>,
 }
 
 /// The routes, with their state.
@@ -39,6 +43,7 @@ pub fn routes(api: Api) -> Router {
             "/v1/subscriptions",
             post(register).patch(reauthorize).delete(unregister),
         )
+        .route("/v1/tenant", axum::routing::delete(retire))
         .with_state(api)
 }
 
@@ -143,6 +148,27 @@ async fn live(state: &Api, channel: &ChannelKey, subs: Vec<(u32, Sub)>, ids: Vec
 }
 
 /// `DELETE /v1/subscriptions`: drops a channel's subscriptions (or a whole socket's).
+/// The tenant was deleted: forgets every subscription, then retires (the pipeline stops, the
+/// slot is dropped once it is released).
+async fn retire(State(state): State<Api>) -> Answer {
+    state.registry.clear();
+    let removed = async {
+        let client = state.db.client().await?;
+        store::remove_all(&*client).await
+    }
+    .await;
+    match removed {
+        Ok(n) => {
+            warn!("the tenant was deleted: forgot {n} subscriptions; stopping and dropping the slot");
+            if let Some(retire) = state.retire.lock().expect("retire lock").take() {
+                let _ = retire.send(());
+            }
+            (StatusCode::OK, Json(json!({"removed": n})))
+        }
+        Err(e) => database_error(e),
+    }
+}
+
 async fn unregister(State(state): State<Api>, Json(body): Json<Unsubscribe>) -> Answer {
     state.registry.remove(&body.hub, &body.socket, body.topic.as_deref());
     let removed = async {

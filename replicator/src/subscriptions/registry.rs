@@ -76,6 +76,11 @@ impl Registry {
         Arc::make_mut(tables.entry(relid).or_default()).push(Arc::new(sub));
     }
 
+    /// Removes every subscription.
+    pub fn clear(&self) {
+        self.by_table.write().expect("registry lock").clear();
+    }
+
     /// Removes a channel's subscriptions, or a whole socket's when `topic` is `None`.
     pub fn remove(&self, hub: &str, socket: &str, topic: Option<&str>) {
         let mut tables = self.by_table.write().expect("registry lock");

@@ -324,6 +324,11 @@ pub async fn remove(
     .await
 }
 
+/// Removes every subscription (the tenant was deleted); how many.
+pub async fn remove_all(db: &impl GenericClient) -> Result<u64, tokio_postgres::Error> {
+    db.execute("delete from sluice.subscriptions", &[]).await
+}
+
 /// Loads every stored subscription into the registry; how many.
 pub async fn load(db: &impl GenericClient, registry: &Registry) -> Result<usize, tokio_postgres::Error> {
     let rows = db
