@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
-use tracing::warn;
+use tracing::{warn, Instrument};
 
 use crate::conninfo::ConnInfo;
 
@@ -77,10 +77,13 @@ impl Db {
 
 async fn open(config: &Config, tls: &MakeRustlsConnect) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = config.connect(tls.clone()).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            warn!("DatabaseConnectionDown: the Postgres connection ended: {e}");
+    tokio::spawn(
+        async move {
+            if let Err(e) = connection.await {
+                warn!("DatabaseConnectionDown: the Postgres connection ended: {e}");
+            }
         }
-    });
+        .in_current_span(),
+    );
     Ok(client)
 }

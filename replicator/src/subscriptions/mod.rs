@@ -17,7 +17,7 @@ pub mod store;
 use std::sync::Arc;
 
 use sluice_shared::internal::Unsubscribe;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use crate::db::Db;
 use registry::Registry;
@@ -37,13 +37,16 @@ pub fn forget_gone(registry: &Registry, db: &Arc<Db>, gone: Vec<Unsubscribe>) {
         );
         registry.remove(&gone.hub, &gone.socket, gone.topic.as_deref());
         let db = db.clone();
-        tokio::spawn(async move {
-            if let Ok(client) = db.client().await {
-                let removed = store::remove(&*client, &gone.hub, &gone.socket, gone.topic.as_deref()).await;
-                if let Err(e) = removed {
-                    warn!("SubscriptionDeletionFailed: removing subscriptions of a gone channel: {e}");
+        tokio::spawn(
+            async move {
+                if let Ok(client) = db.client().await {
+                    let removed = store::remove(&*client, &gone.hub, &gone.socket, gone.topic.as_deref()).await;
+                    if let Err(e) = removed {
+                        warn!("SubscriptionDeletionFailed: removing subscriptions of a gone channel: {e}");
+                    }
                 }
             }
-        });
+            .in_current_span(),
+        );
     }
 }
