@@ -7,7 +7,7 @@
 // replicator itself, configured only with upstream's environment variable names. Tenants `delta`,
 // `epsilon` and `zeta` are databases of one cluster served by one replicator process.
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { DEV_API_SECRET, DEV_INTERNAL_SECRET, signJwt, signedRequest, tokenFor } from '../stack/keys.mjs';
@@ -178,7 +178,9 @@ test("a replicator configured with upstream's variable names registers its tenan
 
 test('one replicator process serves many tenant databases: each its own, one failing holds up no other, tenants added and removed while it runs', async () => {
   const cluster = await Postgres.create({ dir: join(ROOT, '.local', 'e2e-tenant-databases-many', 'postgres') });
-  const file = join(ROOT, '.local', 'e2e-tenant-databases-many', 'tenants.json');
+  const folder = join(ROOT, '.local', 'e2e-tenant-databases-many', 'replicator');
+  mkdirSync(folder, { recursive: true });
+  const file = join(folder, 'tenants.json');
   let replicator;
   const clients = [];
   try {
