@@ -1,6 +1,7 @@
 // Many projects on one gateway: the management API (upstream's paths and shapes, admin tokens
 // with rotation), tenants found by host (TENANT_HOSTS, first label, DEFAULT_TENANT), each
-// tenant's own JWT secret and limits, and the answers for unknown and suspended tenants.
+// tenant's own JWT secret, broadcasts and presence, and the answers for unknown and suspended
+// tenants. Postgres Changes per tenant database: tenant_databases.test.mjs.
 // Here `127.0.0.1` is mapped to tenant `alpha` and `localhost` to `beta`; other tenants are
 // reached with a Host header of their own.
 import assert from 'node:assert/strict';
@@ -8,7 +9,7 @@ import { after, before, test } from 'node:test';
 import { DEV_API_SECRET, signJwt, tokenFor } from '../stack/keys.mjs';
 import { waitFor } from '../stack/process.mjs';
 import { startStack } from '../stack/stack.mjs';
-import { done, joinWithInbox, rawSocket, refusedUpgrade, supabase, until, watchedChannel } from './clients.mjs';
+import { done, Inbox, joinWithInbox, rawSocket, refusedUpgrade, subscribe, supabase, until, watchedChannel } from './clients.mjs';
 
 const NEXT_API_SECRET = 'the-next-admin-secret-while-rotating-with-32-chars';
 const SECRETS = { alpha: 'alpha-project-jwt-secret-with-at-least-32-chars', beta: 'beta-project-jwt-secret-with-at-least-32-characters' };
@@ -94,6 +95,16 @@ test('tenants created, read, updated and deleted with upstream\'s shapes; secret
   assert.equal((await api('DELETE', '/api/tenants/crud')).status, 204, 'as upstream: deleting what is gone is fine');
 });
 
+/** Joins `topic` with presence key `key`, tracks, and resolves with the first presence state that shows itself. */
+async function present(client, topic, key) {
+  const channel = client.channel(topic, { config: { presence: { key } } });
+  const synced = new Inbox(`${topic} presence of ${key}`);
+  channel.on('presence', { event: 'sync' }, () => synced.push(channel.presenceState()));
+  await subscribe(channel);
+  await channel.track({ who: key });
+  return until(synced, (state) => key in state);
+}
+
 test('two tenants by host: each with its own JWT secret, channels of the same name kept apart', async () => {
   assert.equal((await create('alpha')).status, 201);
   assert.equal((await create('beta')).status, 201);
@@ -110,6 +121,10 @@ test('two tenants by host: each with its own JWT secret, channels of the same na
     await sendB.channel.send({ type: 'broadcast', event: 'note', payload: { from: 'beta' } });
     // Beta's first message is beta's: alpha's never reached it.
     assert.deepEqual((await inB.inbox.next()).payload, { from: 'beta' });
+
+    // Presence of the same room name: each tenant sees its own members only.
+    assert.deepEqual(Object.keys(await present(a1, 'members', 'alpha-user')), ['alpha-user']);
+    assert.deepEqual(Object.keys(await present(b1, 'members', 'beta-user')), ['beta-user'], "alpha's member is not in beta's room");
 
     // A token of alpha is refused by beta (its secret did not sign it), and the other way round.
     const refused = await refusedUpgrade(at('localhost'), { apikey: token('alpha'), vsn: '2.0.0' });
