@@ -4,16 +4,29 @@ import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 
 /** A TCP port that was free a moment ago on 127.0.0.1. */
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
+/** Ports handed out by this process, so that two callers never get the same one. */
+const handedOut = new Set();
+
+/**
+ * A port free on 127.0.0.1, picked below the kernel's ephemeral range (32768 and up): ports the
+ * OS assigns (listen(0), and every outgoing connection) come from that range, so one picked there
+ * could be taken by someone's connection before the process meant to bind it starts.
+ */
+export async function freePort() {
+  for (;;) {
+    const port = 20000 + Math.floor(Math.random() * 12000);
+    if (handedOut.has(port)) continue;
+    const free = await new Promise((resolve) => {
+      const srv = createServer();
+      srv.unref();
+      srv.on('error', () => resolve(false));
+      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
     });
-  });
+    if (free) {
+      handedOut.add(port);
+      return port;
+    }
+  }
 }
 
 /**
