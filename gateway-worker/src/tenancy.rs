@@ -101,13 +101,7 @@ fn resolve(env: &Env, tenants: &[Tenant], default: Option<&str>, id: String) -> 
                 keys: Rc::new(keys),
                 limits: Rc::new(tenant.limits.clone()),
                 suspended: tenant.suspend,
-                replicator: Rc::new(match (&tenant.replicator_url, &tenant.replicator_secret) {
-                    (Some(url), secret) => Target {
-                        url: Ok(url.clone()),
-                        secret: secret.clone(),
-                    },
-                    _ => Target::from_env(env),
-                }),
+                replicator: Rc::new(replicator_of(env, tenant)),
             }),
             Err(problem) => Resolved::Misconfigured(format!("tenant {id}: {problem}")),
         };
@@ -128,6 +122,17 @@ fn resolve(env: &Env, tenants: &[Tenant], default: Option<&str>, id: String) -> 
             replicator: Rc::new(Target::from_env(env)),
         }),
         Err(problem) => Resolved::Misconfigured(problem),
+    }
+}
+
+/// The replicator that serves `tenant`: its own, else the deployment's.
+pub fn replicator_of(env: &Env, tenant: &Tenant) -> Target {
+    match (&tenant.replicator_url, &tenant.replicator_secret) {
+        (Some(url), secret) => Target {
+            url: Ok(url.clone()),
+            secret: secret.clone(),
+        },
+        _ => Target::from_env(env),
     }
 }
 

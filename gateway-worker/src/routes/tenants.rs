@@ -42,11 +42,7 @@ pub async fn route(mut req: Request, env: &Env, path: &str) -> Result<Response> 
             // down the slot. One that cannot be reached is logged; the tenant goes anyway (its
             // replicator's deliveries are refused from now on).
             if let Some(tenant) = find(env, id).await?.filter(|t| t.replicator_url.is_some()) {
-                let target = replicator::Target {
-                    url: Ok(tenant.replicator_url.clone().unwrap_or_default()),
-                    secret: tenant.replicator_secret.clone(),
-                };
-                if let Err(problem) = replicator::retire(&target).await {
+                if let Err(problem) = replicator::retire(&tenancy::replicator_of(env, &tenant)).await {
                     console_warn!("UnableToDeleteTenant: tenant {id}'s replicator was not told ({problem}): its slot stays until it is dropped by hand");
                 }
             }
