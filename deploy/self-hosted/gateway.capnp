@@ -36,6 +36,7 @@ const gateway :Workerd.Worker = (
     (name = "REPLICATOR_URL", fromEnvironment = "REPLICATOR_URL"),
     (name = "API_JWT_SECRET", fromEnvironment = "API_JWT_SECRET"),
     (name = "API_JWT_SECRET_NEXT", fromEnvironment = "API_JWT_SECRET_NEXT"),
+    (name = "DB_ENC_PUBLIC_KEY", fromEnvironment = "DB_ENC_PUBLIC_KEY"),
     (name = "TENANT_HOSTS", fromEnvironment = "TENANT_HOSTS"),
     (name = "DEFAULT_TENANT", fromEnvironment = "DEFAULT_TENANT"),
     (name = "METRICS_JWT_SECRET", fromEnvironment = "METRICS_JWT_SECRET"),

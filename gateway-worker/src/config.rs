@@ -124,3 +124,12 @@ fn read(env: &Env, name: &str) -> Option<String> {
 pub fn internal_secret(env: &Env) -> Option<String> {
     read(env, "INTERNAL_SECRET").filter(|s| !s.is_empty())
 }
+
+/// The public key database passwords given to the management API are sealed with
+/// (`DB_ENC_PUBLIC_KEY`, printed by `sluice-replicator db-enc-public-key` from the replicators'
+/// `DB_ENC_KEY`): unset, passwords are refused. `Err` says what to fix.
+pub fn db_enc_public_key(env: &Env) -> Option<std::result::Result<sluice_shared::sealed::SealingKey, String>> {
+    read(env, "DB_ENC_PUBLIC_KEY")
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| sluice_shared::sealed::SealingKey::from_hex(&k))
+}

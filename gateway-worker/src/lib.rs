@@ -54,6 +54,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         (Method::Post, r) if r == "/internal/v1/broadcasts" || r.starts_with("/internal/v1/broadcasts/") => {
             internal::database_broadcasts(req, &env).await
         }
+        (Method::Get, "/internal/v1/databases") => internal::databases(req, &env).await,
         (Method::Get, r) if r == "/internal/v1/ping" || r.starts_with("/internal/v1/ping/") => {
             internal::ping(req, &env).await
         }

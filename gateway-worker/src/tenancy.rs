@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use sluice_shared::jwt::Keys;
 use sluice_shared::limits::Limits;
-use sluice_shared::tenants::{Named, Tenant};
+use sluice_shared::tenants::{self, Named, Tenant};
 use worker::{Date, Env, Result};
 
 use crate::config::SOCKET_HUB;
@@ -125,14 +125,24 @@ fn resolve(env: &Env, tenants: &[Tenant], default: Option<&str>, id: String) -> 
     }
 }
 
-/// The replicator that serves `tenant`: its own, else the deployment's.
+/// The replicator that serves `tenant`: its own; else the deployment's, which serves the
+/// tenant's database (if it has one) under `/tenants/{id}` with a secret of the tenant's own.
 pub fn replicator_of(env: &Env, tenant: &Tenant) -> Target {
+    let deployment = Target::from_env(env);
     match (&tenant.replicator_url, &tenant.replicator_secret) {
         (Some(url), secret) => Target {
             url: Ok(url.clone()),
             secret: secret.clone(),
         },
-        _ => Target::from_env(env),
+        _ if tenant.database().is_some() => Target {
+            url: deployment
+                .url
+                .map(|url| format!("{url}/tenants/{}", tenant.external_id)),
+            secret: deployment
+                .secret
+                .map(|secret| tenants::served_tenant_secret(&secret, &tenant.external_id)),
+        },
+        _ => deployment,
     }
 }
 

@@ -12,8 +12,10 @@
 //! - [`messages`]: `realtime.messages`: private-channel policies, database broadcasts, replay.
 //! - [`http`]: `/healthz`, `/metrics`, and the internal API's signed routes, over HTTPS if asked.
 //!
-//! Commands: `run` (the default), [`doctor`] (every check, one line each), `setup-sql`. With
-//! `SLUICE_TENANTS_FILE`, `run` serves many tenant databases in one process ([`tenants`]).
+//! Commands: `run` (the default), [`doctor`] (every check, one line each), `setup-sql`,
+//! `db-enc-public-key`. The deployment's replicator also serves the tenant databases created
+//! through the gateway's API; with `SLUICE_TENANTS_FILE`, `run` serves the file's tenant
+//! databases instead ([`tenants`]).
 //!
 //! And around them: [`config`] (environment), [`conninfo`] (the connection string and its TLS),
 //! [`db`] (the SQL connection), [`error`] (what each error means for retries), [`stats`]
@@ -61,6 +63,7 @@ async fn main() -> ExitCode {
         None | Some("run") => run().await,
         Some("setup-sql") => print_setup_sql(),
         Some("doctor") => doctor().await,
+        Some("db-enc-public-key") => print_db_enc_public_key(),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             Ok(())
@@ -76,11 +79,22 @@ async fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: sluice-replicator [run | doctor | setup-sql | help]
+const USAGE: &str = "usage: sluice-replicator [run | doctor | setup-sql | db-enc-public-key | help]
   run        stream changes to the gateway (the default); configured by SLUICE_* variables
   doctor     check the database and the gateway with the same settings, one line per check
   setup-sql  print the SQL an administrator runs once to prepare the database for the role in
-             SLUICE_DATABASE_URL (a non-superuser: see docs/deploy.md)";
+             SLUICE_DATABASE_URL (a non-superuser: see docs/deploy.md)
+  db-enc-public-key
+             print the gateway's DB_ENC_PUBLIC_KEY for this DB_ENC_KEY: the gateway seals tenants'
+             database passwords with it, and only replicators with DB_ENC_KEY open them";
+
+/// Prints the public half of `DB_ENC_KEY`, for the gateway's `DB_ENC_PUBLIC_KEY`.
+fn print_db_enc_public_key() -> Result<(), StartError> {
+    let key = std::env::var("DB_ENC_KEY").unwrap_or_default();
+    let key = sluice_shared::sealed::OpeningKey::from_enc_key(&key).map_err(StartError)?;
+    println!("{}", key.public_hex());
+    Ok(())
+}
 
 /// Checks everything the replicator needs; fails when something blocks.
 async fn doctor() -> Result<(), StartError> {
@@ -116,11 +130,18 @@ fn print_setup_sql() -> Result<(), StartError> {
 async fn run() -> Result<(), StartError> {
     let shutdown = shutdown::on_signal();
     if let Some(path) = std::env::var("SLUICE_TENANTS_FILE").ok().filter(|p| !p.is_empty()) {
-        tenants::serve_all(path, shutdown).await;
+        tenants::serve_all(tenants::Source::File(path), shutdown).await;
         return Ok(());
     }
     let config = config::Config::from_env().map_err(|e| StartError(e.to_string()))?;
-    if serve(config, shutdown).await? == Served::Retired {
+    // The deployment's replicator (no tenant of its own) also serves the tenant databases created
+    // through the gateway's API, beside its own database.
+    let mounts = http::Mounts::default();
+    let _served_tenants = config.tenant.is_none().then(|| {
+        let source = tenants::Source::Gateway(Box::new(tenants::Deployment::new(&config, mounts.clone())));
+        owned(tenants::serve_all(source, shutdown.clone()))
+    });
+    if serve(config, shutdown, Listen::Own(mounts)).await? == Served::Retired {
         warn!(
             "the tenant was deleted: its subscriptions and slot are gone; exiting (a restart would register it again)"
         );
@@ -137,9 +158,17 @@ pub enum Served {
     Retired,
 }
 
+/// Where a served database's internal API is served.
+pub enum Listen {
+    /// On its own address (`SLUICE_HTTP_ADDR`), with these tenants' mounted beside it.
+    Own(http::Mounts),
+    /// Under `/tenants/{id}` of the deployment's replicator's address.
+    Mounted(http::Mounts),
+}
+
 /// Serves one database: checks and prepares it, streams its changes to the gateway, serves the
 /// internal API, until `asked` (shutdown) or until its tenant is deleted.
-async fn serve(config: config::Config, asked: shutdown::Shutdown) -> Result<Served, StartError> {
+async fn serve(config: config::Config, asked: shutdown::Shutdown, listen: Listen) -> Result<Served, StartError> {
     // Flips with `asked`, or when the gateway retires this database (`DELETE /v1/tenant`).
     let (shutdown, retire) = asked.child();
     for note in &config.notes {
@@ -200,6 +229,61 @@ async fn serve(config: config::Config, asked: shutdown::Shutdown) -> Result<Serv
         registry.clone(),
         config.publication.clone(),
     )));
+    let health = http::Health {
+        db: db.clone(),
+        stats,
+        registry: registry.clone(),
+        slot: config.slot.clone(),
+    };
+    let subscriptions_api = subscriptions::api::Api {
+        db: db.clone(),
+        registry,
+        passed: passed_rx,
+        publication: config.publication.clone(),
+        retire: Arc::new(std::sync::Mutex::new(Some(retire))),
+    };
+    let router = http::router(health, subscriptions_api, config.internal_secret.clone().into());
+    let (mut server, _mounted) = match listen {
+        Listen::Own(mounts) => (listen_on(&config, mounts.around(router), &shutdown).await?, None),
+        Listen::Mounted(mounts) => {
+            let tenant = config.tenant.clone().unwrap_or_default();
+            let stopped = shutdown.clone();
+            let waits = owned(async move {
+                stopped.requested_now().await;
+                Ok(())
+            });
+            (waits, Some(mounts.mount(&tenant, router)))
+        }
+    };
+    let registering = sink::Gateway::new(&config, Arc::new(stats::Stats::default())).map_err(StartError)?;
+    setup::tenant::register(&config, &registering, &shutdown).await?;
+    // Both end after a shutdown request: the pipeline within its grace period and the stream's
+    // close; the server once its requests are answered (a registration waits for the stream at
+    // most 15 s).
+    match (&mut pipeline.0).await {
+        Ok(()) => info!("the pipeline stopped"),
+        Err(e) => error!("the pipeline failed: {e}"),
+    }
+    match tokio::time::timeout(Duration::from_secs(5), &mut server.0).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(StartError(format!("the HTTP server failed: {e}"))),
+        Ok(Err(e)) => error!("the HTTP server failed: {e}"),
+        Err(_) => warn!("HTTP requests were still open 5 s after shutdown; leaving them"),
+    }
+    if asked.requested() {
+        info!("stopped");
+        return Ok(Served::Stopped);
+    }
+    drop_slot(&db, &config.slot).await;
+    Ok(Served::Retired)
+}
+
+/// Serves `router` on `SLUICE_HTTP_ADDR` (HTTPS with `SLUICE_TLS_*`) until shutdown.
+async fn listen_on(
+    config: &config::Config,
+    router: axum::Router,
+    shutdown: &shutdown::Shutdown,
+) -> Result<Owned<std::io::Result<()>>, StartError> {
     let listener = tokio::net::TcpListener::bind(config.http_addr).await.map_err(|e| {
         StartError(format!(
             "cannot listen on SLUICE_HTTP_ADDR={} ({e}): choose a free address",
@@ -223,42 +307,7 @@ async fn serve(config: config::Config, asked: shutdown::Shutdown) -> Result<Serv
         "serving {scheme}://{}/healthz, /metrics and the internal API",
         config.http_addr
     );
-    let health = http::Health {
-        db: db.clone(),
-        stats,
-        registry: registry.clone(),
-        slot: config.slot.clone(),
-    };
-    let subscriptions_api = subscriptions::api::Api {
-        db: db.clone(),
-        registry,
-        passed: passed_rx,
-        publication: config.publication.clone(),
-        retire: Arc::new(std::sync::Mutex::new(Some(retire))),
-    };
-    let router = http::router(health, subscriptions_api, config.internal_secret.clone().into());
-    let mut server = owned(http::serve(listener, router, tls, shutdown.clone()));
-    let registering = sink::Gateway::new(&config, Arc::new(stats::Stats::default())).map_err(StartError)?;
-    setup::tenant::register(&config, &registering, &shutdown).await?;
-    // Both end after a shutdown request: the pipeline within its grace period and the stream's
-    // close; the server once its requests are answered (a registration waits for the stream at
-    // most 15 s).
-    match (&mut pipeline.0).await {
-        Ok(()) => info!("the pipeline stopped"),
-        Err(e) => error!("the pipeline failed: {e}"),
-    }
-    match tokio::time::timeout(Duration::from_secs(5), &mut server.0).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => return Err(StartError(format!("the HTTP server failed: {e}"))),
-        Ok(Err(e)) => error!("the HTTP server failed: {e}"),
-        Err(_) => warn!("HTTP requests were still open 5 s after shutdown; leaving them"),
-    }
-    if asked.requested() {
-        info!("stopped");
-        return Ok(Served::Stopped);
-    }
-    drop_slot(&db, &config.slot).await;
-    Ok(Served::Retired)
+    Ok(owned(http::serve(listener, router, tls, shutdown.clone())))
 }
 
 /// Drops the slot once its walsender let go of it (a few seconds at most); logged either way.

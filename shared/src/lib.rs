@@ -16,6 +16,7 @@
 //! - [`presence`]: a channel's presence registry and diffs.
 //! - [`rest`]: the REST broadcast API's requests and answers.
 //! - [`roster`]: which of a hub's sockets are in which room; who receives a fan-out.
+//! - [`sealed`]: database passwords sealed for the replicators (`DB_ENC_KEY`).
 //! - [`session`]: one socket's channels and what each inbound message makes happen.
 //! - [`signature`]: internal requests signed with the shared secret, within a time window.
 //! - [`tenants`]: tenants as the management API takes and stores them, and which one a host names.
@@ -36,6 +37,7 @@ pub mod position;
 pub mod presence;
 pub mod rest;
 pub mod roster;
+pub mod sealed;
 pub mod session;
 pub mod signature;
 pub mod tenants;

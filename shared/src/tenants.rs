@@ -47,11 +47,14 @@ pub struct Invalid(pub String);
 
 /// The tenant named by `id` (or by the body's `external_id`) from upstream's request body
 /// `{"tenant": {...}}`, over `existing` when it is an update: fields not given keep their value.
+/// A database password given is stored sealed by `seal` (see [`crate::sealed`]); without one it
+/// is refused.
 pub fn from_params(
     id: Option<&str>,
     body: &Value,
     existing: Option<&Tenant>,
     now_iso: &str,
+    seal: Option<&dyn Fn(&str) -> String>,
 ) -> Result<Tenant, Invalid> {
     let params = body
         .get("tenant")
@@ -133,26 +136,48 @@ pub fn from_params(
             .ok_or_else(|| Invalid("suspend must be true or false".into()))?;
     }
     if let Some(extensions) = given("extensions") {
-        tenant.extensions = extensions_without_passwords(extensions)?;
+        tenant.extensions = extensions_sealed(extensions, seal)?;
     }
     Ok(tenant)
 }
 
-/// Upstream's `extensions`. A database password is refused rather than stored: sluice reaches a
-/// tenant's database through a replicator beside it, which holds its own credentials.
-fn extensions_without_passwords(extensions: &Value) -> Result<Vec<Value>, Invalid> {
-    let list = extensions
+/// Upstream's `extensions`, each `settings.db_password` replaced by `db_password_sealed`: only a
+/// replicator holding `DB_ENC_KEY` can read it. Without a sealing key a password is refused.
+fn extensions_sealed(extensions: &Value, seal: Option<&dyn Fn(&str) -> String>) -> Result<Vec<Value>, Invalid> {
+    let mut list = extensions
         .as_array()
+        .cloned()
         .ok_or_else(|| Invalid("extensions must be a list".into()))?;
-    for extension in list {
-        if extension.pointer("/settings/db_password").is_some_and(|p| !p.is_null()) {
-            return Err(Invalid(
-                "extensions[].settings.db_password: sluice does not store database passwords; run a replicator beside the tenant's database with its own credentials (docs/deploy.md) and leave the password out".into(),
-            ));
-        }
+    for extension in &mut list {
+        let Some(settings) = extension.get_mut("settings").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        settings.remove(SEALED_PASSWORD);
+        let password = match settings.remove("db_password") {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(password)) => password,
+            Some(_) => return Err(Invalid("extensions[].settings.db_password must be a string".into())),
+        };
+        let seal = seal.ok_or_else(|| {
+            Invalid("extensions[].settings.db_password: this gateway stores database passwords sealed for its replicators and has no key to seal with: set DB_ENC_PUBLIC_KEY (`sluice-replicator db-enc-public-key` prints it from the replicators' DB_ENC_KEY), or run a replicator beside the database with its own credentials (docs/deploy.md)".into())
+        })?;
+        settings.insert(SEALED_PASSWORD.into(), json!(seal(&password)));
     }
-    Ok(list.clone())
+    Ok(list)
 }
+
+/// The secret the deployment's replicator signs a tenant's internal requests with when it serves
+/// the tenant's database (see [`Tenant::database`]): derived from the deployment's internal
+/// secret, so it reaches this tenant's hubs only.
+pub fn served_tenant_secret(internal_secret: &str, tenant: &str) -> String {
+    crate::signature::derive(
+        internal_secret,
+        &format!("sluice deployment replicator, tenant {tenant}"),
+    )
+}
+
+/// Where a sealed database password is kept in an extension's settings.
+pub const SEALED_PASSWORD: &str = "db_password_sealed";
 
 fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -170,6 +195,28 @@ impl Tenant {
         }
     }
 
+    /// Its database, when the deployment's replicator serves it: the settings of its
+    /// `postgres_cdc_rls` extension (`db_host`, ..., the password sealed), unless the tenant names
+    /// a replicator of its own.
+    pub fn database(&self) -> Option<&Map<String, Value>> {
+        if self.replicator_url.is_some() {
+            return None;
+        }
+        self.extensions
+            .iter()
+            .filter(|e| {
+                e.get("type")
+                    .and_then(Value::as_str)
+                    .is_none_or(|t| t == "postgres_cdc_rls")
+            })
+            .filter_map(|e| e.get("settings").and_then(Value::as_object))
+            .find(|settings| {
+                settings
+                    .get("db_host")
+                    .is_some_and(|h| h.as_str().is_some_and(|h| !h.is_empty()))
+            })
+    }
+
     /// What `GET` shows (upstream's `tenant.json`): no JWT secret, no JWKS, no password.
     pub fn view(&self) -> Value {
         let mut view = Map::new();
@@ -182,7 +229,14 @@ impl Tenant {
         view.insert("suspend".into(), json!(self.suspend));
         view.insert("replicator_url".into(), json!(self.replicator_url));
         view.insert("inserted_at".into(), json!(self.inserted_at));
-        view.insert("extensions".into(), json!(self.extensions));
+        let mut extensions = self.extensions.clone();
+        for settings in extensions
+            .iter_mut()
+            .filter_map(|e| e.get_mut("settings").and_then(Value::as_object_mut))
+        {
+            settings.remove(SEALED_PASSWORD);
+        }
+        view.insert("extensions".into(), json!(extensions));
         Value::Object(view)
     }
 }
@@ -278,7 +332,7 @@ mod tests {
             "private_only": true, "unknown_field": 1,
             "extensions": [{"type": "postgres_cdc_rls", "settings": {"db_host": "db", "region": "us-east-1"}}]
         }});
-        let tenant = from_params(None, &body, None, NOW).unwrap();
+        let tenant = from_params(None, &body, None, NOW, None).unwrap();
         assert_eq!(tenant.limits.max_concurrent_users, 500);
         assert!(tenant.limits.private_only);
         assert_eq!(
@@ -305,6 +359,7 @@ mod tests {
             &json!({"tenant": {"jwt_secret": "a", "max_events_per_second": 7}}),
             None,
             NOW,
+            None,
         )
         .unwrap();
         let updated = from_params(
@@ -312,6 +367,7 @@ mod tests {
             &json!({"tenant": {"suspend": true}}),
             Some(&created),
             "later",
+            None,
         )
         .unwrap();
         assert!(updated.suspend);
@@ -322,7 +378,7 @@ mod tests {
 
     #[test]
     fn what_is_refused() {
-        let refused = |id: Option<&str>, body: Value| from_params(id, &body, None, NOW).unwrap_err().0;
+        let refused = |id: Option<&str>, body: Value| from_params(id, &body, None, NOW, None).unwrap_err().0;
         assert!(refused(None, json!({"tenant": {"jwt_secret": "a"}})).contains("external_id is required"));
         assert!(refused(Some("a:b"), json!({"tenant": {"jwt_secret": "a"}})).contains("letters, digits"));
         assert!(refused(Some("a"), json!({"tenant": {}})).contains("either jwt_secret or jwt_jwks"));
@@ -346,6 +402,31 @@ mod tests {
         )
         .contains("go together"));
         assert!(refused(Some("a"), json!({"tenant": {"jwt_secret": "a", "replicator_url": "https://r.example.com", "replicator_secret": "short"}})).contains("32"));
+    }
+
+    #[test]
+    fn database_passwords_are_stored_sealed_and_never_shown() {
+        let body = json!({"tenant": {"external_id": "acme", "jwt_secret": "a", "extensions": [
+            {"type": "postgres_cdc_rls", "settings": {"db_host": "db.acme", "db_user": "sluice", "db_password": "pw-123"}}
+        ]}});
+        let seal = |text: &str| format!("sealed({})", text.len());
+        let tenant = from_params(None, &body, None, NOW, Some(&seal)).unwrap();
+        let database = tenant.database().expect("served by the deployment's replicator");
+        assert_eq!(database["db_host"], "db.acme");
+        assert_eq!(database[SEALED_PASSWORD], "sealed(6)");
+        assert!(database.get("db_password").is_none());
+        let shown = tenant.view().to_string();
+        assert!(!shown.contains("sealed(") && !shown.contains("pw-123"), "{shown}");
+        assert!(shown.contains("db.acme"), "{shown}");
+        // Refused where the gateway has no key to seal with.
+        let refused = from_params(None, &body, None, NOW, None).unwrap_err().0;
+        assert!(refused.contains("DB_ENC_PUBLIC_KEY"), "{refused}");
+        // A tenant with its own replicator has no database the deployment serves.
+        let own = json!({"tenant": {"external_id": "b", "jwt_secret": "a",
+            "replicator_url": "https://r.example.com", "replicator_secret": "s".repeat(32),
+            "extensions": [{"settings": {"db_host": "db.b"}}]}});
+        assert!(from_params(None, &own, None, NOW, None).unwrap().database().is_none());
+        assert_ne!(served_tenant_secret("x", "a"), served_tenant_secret("x", "b"));
     }
 
     #[test]

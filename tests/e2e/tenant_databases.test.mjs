@@ -5,19 +5,23 @@
 // Postgres Changes; beta's replicator cannot deliver to alpha's hubs (nor alpha's to beta's); and
 // beta's database stopping does not hold up alpha's changes. Tenant `gamma` is registered by its
 // replicator itself, configured only with upstream's environment variable names. Tenants `delta`,
-// `epsilon` and `zeta` are databases of one cluster served by one replicator process.
+// `epsilon` and `zeta` are databases of one cluster served by one replicator process. Tenant `eta`
+// is created through the API with only its database settings (password included), and served by
+// the deployment's replicator.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { DEV_API_SECRET, DEV_INTERNAL_SECRET, signJwt, signedRequest, tokenFor } from '../stack/keys.mjs';
 import { Postgres } from '../stack/postgres.mjs';
 import { freePort, waitFor } from '../stack/process.mjs';
-import { startReplicator } from '../stack/replicator.mjs';
+import { replicatorBinary, startReplicator } from '../stack/replicator.mjs';
 import { ROOT, startStack } from '../stack/stack.mjs';
 import { done, Inbox, pgChannel, rawSocket, supabase, until } from './clients.mjs';
 
-const SECRETS = Object.fromEntries(['alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta'].map((t) => [t, `${t}-project-jwt-secret-with-at-least-32-characters`]));
+const SECRETS = Object.fromEntries(['alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta', 'eta'].map((t) => [t, `${t}-project-jwt-secret-with-at-least-32-characters`]));
 const BETA_REPLICATOR_SECRET = 'beta-replicator-internal-secret-of-at-least-32-chars';
 const TABLE = `create table items (id bigint primary key, body text); grant select on items to anon;`;
 
@@ -228,5 +232,55 @@ test('one replicator process serves many tenant databases: each its own, one fai
     for (const c of clients) c.close();
     await replicator?.stop();
     await cluster.destroy();
+  }
+});
+
+test("a tenant created through the API with its database settings is served by the deployment's replicator within seconds, and stops being served when deleted", async () => {
+  // Its database: on the stack's managed-like server (TLS and passwords only), a role of its own.
+  const role = 'eta_sluice';
+  const password = "eta's password, sealed";
+  await stack.pg.sql('create database eta');
+  await stack.pg.sql(`create table items (id bigint primary key, body text)`, [], 'eta');
+  const setup = execFileSync(replicatorBinary(ROOT), ['setup-sql'], {
+    env: { ...process.env, SLUICE_DATABASE_URL: `postgres://${role}:${encodeURIComponent(password)}@localhost:${stack.pg.port}/eta` },
+  }).toString();
+  await stack.pg.sql(setup, [], 'eta');
+  await stack.pg.sql('grant select on items to anon; alter publication supabase_realtime add table items', [], 'eta');
+
+  const admin = signJwt({ role: 'supabase_admin' }, DEV_API_SECRET);
+  const api = (method, path, body) => fetch(`${stack.url}${path}`, {
+    method, headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/json' }, body: body && JSON.stringify(body),
+  });
+  const settings = { db_host: 'localhost', db_port: String(stack.pg.port), db_name: 'eta', db_user: role, db_password: password, ssl_enforced: true, region: 'local' };
+  const created = await api('POST', '/api/tenants', { tenant: { external_id: 'eta', jwt_secret: SECRETS.eta, extensions: [{ type: 'postgres_cdc_rls', settings }] } });
+  const createdText = await created.text();
+  assert.equal(created.status, 201, createdText);
+  const shown = await (await api('GET', '/api/tenants/eta')).text();
+  for (const text of [createdText, shown]) {
+    assert.ok(!text.includes(password) && !text.includes('db_password'), `no password, sealed or not, in ${text}`);
+  }
+  assert.equal(JSON.parse(shown).data.extensions[0].settings.db_host, 'localhost');
+
+  // Served within seconds: its health says so once the deployment's replicator streams its database.
+  await waitFor('eta served', async () => (await (await api('GET', '/api/tenants/eta/health')).json()).data.replication_connected === true);
+  const eta = await rawSubscriber('eta');
+  try {
+    await stack.pg.sql(`insert into items values (1, 'eta one')`, [], 'eta');
+    assert.equal(await eta.next(), 'eta one');
+    assert.equal((await stack.pg.sql(`select count(*)::int as n from pg_replication_slots where slot_name = 'sluice_changes_eta' and database = 'eta'`))[0].n, 1);
+
+    // Its replicator signs with a credential of eta's own: the deployment's secret does not reach eta's hubs.
+    const post = (secret) => {
+      const url = `${stack.url}/internal/v1/changes/${encodeURIComponent('hub:eta:default:0')}`;
+      return fetch(url, signedRequest('POST', url, { stream: 'test', changes: [] }, { secret })).then((r) => r.status);
+    };
+    const etaSecret = createHmac('sha256', DEV_INTERNAL_SECRET).update('sluice deployment replicator, tenant eta').digest('hex');
+    assert.deepEqual([await post(etaSecret), await post(DEV_INTERNAL_SECRET), await post(BETA_REPLICATOR_SECRET)], [200, 401, 401]);
+
+    assert.equal((await api('DELETE', '/api/tenants/eta')).status, 204);
+    await waitFor("eta's slot dropped", async () => (await stack.pg.sql(`select count(*)::int as n from pg_replication_slots where slot_name = 'sluice_changes_eta'`))[0].n === 0);
+    assert.deepEqual(await stack.pg.sql('select hub from sluice.subscriptions', [], 'eta'), []);
+  } finally {
+    eta.close();
   }
 });

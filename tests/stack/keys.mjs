@@ -13,6 +13,13 @@ export const DEV_METRICS_SECRET = 'sluice-local-metrics-secret-with-at-least-32-
 /** The local secret of admin tokens for the management API (`API_JWT_SECRET`). */
 export const DEV_API_SECRET = 'sluice-local-admin-secret-with-at-least-32-characters';
 
+/**
+ * The local key replicators open tenants' database passwords with (`DB_ENC_KEY`), and its public
+ * half the gateway seals them with (`DB_ENC_PUBLIC_KEY`; `sluice-replicator db-enc-public-key`).
+ */
+export const DEV_DB_ENC_KEY = 'sluice-local-database-password-key';
+export const DEV_DB_ENC_PUBLIC_KEY = '242bcce906a143fb2379215354e12a7d4ab07dcfae737c86d0d3cbc0768d397f';
+
 const b64url = (data) => Buffer.from(data).toString('base64url');
 
 /**

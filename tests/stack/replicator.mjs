@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import { join } from 'node:path';
-import { DEV_INTERNAL_SECRET } from './keys.mjs';
+import { DEV_DB_ENC_KEY, DEV_INTERNAL_SECRET } from './keys.mjs';
 import { startProcess, waitFor } from './process.mjs';
 
 /** GET `url`, over HTTPS trusting the CA file `ca` if given; resolves with `{ status, body }`. */
@@ -33,6 +33,7 @@ export async function startReplicator({ root, databaseUrl, port, gatewayUrl = 'h
       SLUICE_DATABASE_URL: databaseUrl,
       SLUICE_HTTP_ADDR: `127.0.0.1:${port}`,
       SLUICE_INTERNAL_SECRET: DEV_INTERNAL_SECRET,
+      DB_ENC_KEY: DEV_DB_ENC_KEY,
       SLUICE_GATEWAY_URL: gatewayUrl,
       // `tls`: { cert, key, ca } files: the API over HTTPS, the gateway's certificate checked against `ca`.
       ...(tls ? { SLUICE_TLS_CERT: tls.cert, SLUICE_TLS_KEY: tls.key, SLUICE_GATEWAY_CA: tls.ca } : {}),

@@ -3,7 +3,7 @@
 import { rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { devKeys, DEV_API_SECRET, DEV_INTERNAL_SECRET, DEV_JWT_SECRET, DEV_METRICS_SECRET, tokenFor } from './keys.mjs';
+import { devKeys, DEV_API_SECRET, DEV_DB_ENC_PUBLIC_KEY, DEV_INTERNAL_SECRET, DEV_JWT_SECRET, DEV_METRICS_SECRET, tokenFor } from './keys.mjs';
 import { Postgres } from './postgres.mjs';
 import { freePort } from './process.mjs';
 import { startProxy } from './proxy.mjs';
@@ -45,7 +45,7 @@ export async function startStack({ name = 'stack', gateway = process.env.SLUICE_
     // port is chosen first so the gateway can be told where it will be.
     const replicatorPort = await freePort();
     const replicatorApi = internalTls ? `https://localhost:${replicatorPort}` : `http://127.0.0.1:${replicatorPort}`;
-    const gatewayVars = { REPLICATOR_URL: replicatorApi, API_JWT_SECRET: DEV_API_SECRET, INTERNAL_SECRET: DEV_INTERNAL_SECRET, METRICS_JWT_SECRET: DEV_METRICS_SECRET, ...vars };
+    const gatewayVars = { REPLICATOR_URL: replicatorApi, API_JWT_SECRET: DEV_API_SECRET, INTERNAL_SECRET: DEV_INTERNAL_SECRET, METRICS_JWT_SECRET: DEV_METRICS_SECRET, DB_ENC_PUBLIC_KEY: DEV_DB_ENC_PUBLIC_KEY, ...vars };
     log(`starting the gateway worker (${gateway})`);
     const port = gatewayPort ?? (await freePort());
     const gw = gateway === 'wrangler'

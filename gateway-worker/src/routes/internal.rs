@@ -6,7 +6,8 @@
 //!   tenant is the hub's);
 //! - `POST /internal/v1/broadcasts[/{tenant}]`: broadcasts from the database for one channel
 //!   (without a tenant: the one the Host names);
-//! - `GET /internal/v1/ping[/{tenant}]`: 204 when the secret is right (`sluice-replicator doctor`).
+//! - `GET /internal/v1/ping[/{tenant}]`: 204 when the secret is right (`sluice-replicator doctor`);
+//! - `GET /internal/v1/databases`: the tenant databases the deployment's replicator serves.
 //!
 //! They only check the signature and hand the body to the Durable Object that delivers it.
 
@@ -47,16 +48,36 @@ async fn from_replicator(req: &mut Request, tenant: Resolved) -> Result<std::res
             return Ok(Err(Response::error("Unauthorized: the gateway is misconfigured", 401)?));
         }
     };
+    signed_with(req, &secret, body)
+}
+
+/// `body` if `req` is signed recently with `secret`; otherwise the 401 saying what to check.
+fn signed_with(req: &Request, secret: &str, body: Vec<u8>) -> Result<std::result::Result<Vec<u8>, Response>> {
     let header = req.headers().get(signature::HEADER)?;
     let now = Date::now().as_millis() / 1000;
     let method = req.method().to_string();
-    match signature::verify(header.as_deref(), &secret, now, &method, &req.path(), &body) {
+    match signature::verify(header.as_deref(), secret, now, &method, &req.path(), &body) {
         Ok(()) => Ok(Ok(body)),
         Err(e) => {
             console_warn!("internal request {} refused: {}", req.path(), e.explain());
             Ok(Err(Response::error(format!("Unauthorized: {}", e.explain()), 401)?))
         }
     }
+}
+
+/// `GET /internal/v1/databases`, from the deployment's replicator (signed with `INTERNAL_SECRET`):
+/// the tenants whose databases it serves, `{"tenants": {"<id>": {<settings>}}}`, passwords sealed.
+pub async fn databases(req: Request, env: &Env) -> Result<Response> {
+    let secret = crate::config::internal_secret(env).unwrap_or_default();
+    if let Err(refused) = signed_with(&req, &secret, Vec::new())? {
+        return Ok(refused);
+    }
+    let tenants = crate::directory::tenants(env).await?;
+    let served: serde_json::Map<String, serde_json::Value> = tenants
+        .iter()
+        .filter_map(|t| Some((t.external_id.clone(), serde_json::Value::Object(t.database()?.clone()))))
+        .collect();
+    Response::from_json(&serde_json::json!({ "tenants": served }))
 }
 
 /// `GET /internal/v1/ping`: whether the replicator reaches this gateway with the right secret.

@@ -38,10 +38,13 @@ pub async fn route(mut req: Request, env: &Env, path: &str) -> Result<Response> 
             upsert(env, Some(id), &body).await
         }
         (Method::Delete, [id]) => {
-            // Its own replicator forgets its subscriptions and drops its slot, as upstream tears
-            // down the slot. One that cannot be reached is logged; the tenant goes anyway (its
-            // replicator's deliveries are refused from now on).
-            if let Some(tenant) = find(env, id).await?.filter(|t| t.replicator_url.is_some()) {
+            // The replicator that serves its database forgets its subscriptions and drops its
+            // slot, as upstream tears down the slot. One that cannot be reached is logged; the
+            // tenant goes anyway (its replicator's deliveries are refused from now on).
+            if let Some(tenant) = find(env, id)
+                .await?
+                .filter(|t| t.replicator_url.is_some() || t.database().is_some())
+            {
                 if let Err(problem) = replicator::retire(&tenancy::replicator_of(env, &tenant)).await {
                     console_warn!("UnableToDeleteTenant: tenant {id}'s replicator was not told ({problem}): its slot stays until it is dropped by hand");
                 }
@@ -93,7 +96,18 @@ async fn upsert(env: &Env, id: Option<&str>, body: &Value) -> Result<Response> {
         None => None,
     };
     let now: String = js_sys::Date::new_0().to_iso_string().into();
-    let tenant = match tenants::from_params(named.as_deref(), body, existing.as_ref(), &now) {
+    let sealing = match config::db_enc_public_key(env).transpose() {
+        Ok(key) => key,
+        Err(problem) => {
+            console_error!("{problem}");
+            return Ok(Response::from_json(&json!({"errors": {"detail": problem}}))?.with_status(500));
+        }
+    };
+    let seal = sealing
+        .as_ref()
+        .map(|key| move |password: &str| key.seal(password, &mut sluice_shared::sealed::OsRng));
+    let seal: Option<&dyn Fn(&str) -> String> = seal.as_ref().map(|f| f as &dyn Fn(&str) -> String);
+    let tenant = match tenants::from_params(named.as_deref(), body, existing.as_ref(), &now, seal) {
         Ok(tenant) => tenant,
         Err(Invalid(problem)) => {
             return Ok(Response::from_json(&json!({"errors": {"detail": problem}}))?.with_status(422));

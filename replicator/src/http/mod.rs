@@ -5,6 +5,9 @@
 //!
 //! - `/v1/subscriptions` (POST, PATCH, DELETE): `crate::subscriptions::api`;
 //! - `/v1/authorize`, `/v1/replay`: `crate::messages::api`.
+//!
+//! The deployment's replicator also serves the tenant databases it holds for the gateway under
+//! `/tenants/{id}/...`, each with its own routes and secret ([`Mounts`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -50,6 +53,73 @@ pub fn router(health: Health, subscriptions: subscriptions::api::Api, secret: Ar
         .merge(internal)
 }
 
+/// The routers of the tenant databases served under `/tenants/{id}` of this server: added when a
+/// tenant starts, gone when it stops.
+#[derive(Clone, Default)]
+pub struct Mounts(Arc<Mutex<HashMap<String, Router>>>);
+
+/// A tenant's router, in [`Mounts`] for as long as this lives.
+pub struct Mounted {
+    mounts: Mounts,
+    tenant: String,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.mounts.lock().remove(&self.tenant);
+    }
+}
+
+impl Mounts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Router>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves `router` under `/tenants/{tenant}` until the guard is dropped.
+    pub fn mount(&self, tenant: &str, router: Router) -> Mounted {
+        self.lock().insert(tenant.to_string(), router);
+        Mounted {
+            mounts: self.clone(),
+            tenant: tenant.to_string(),
+        }
+    }
+
+    /// `own` with the mounted tenants beside it.
+    pub fn around(&self, own: Router) -> Router {
+        own.merge(
+            Router::new()
+                .route("/tenants/{tenant}/{*rest}", axum::routing::any(forward))
+                .with_state(self.clone()),
+        )
+    }
+}
+
+/// A request for a mounted tenant, handed to its router with the prefix taken off (signatures
+/// cover the path as sent: the original URI goes along).
+async fn forward(
+    State(mounts): State<Mounts>,
+    axum::extract::Path((tenant, rest)): axum::extract::Path<(String, String)>,
+    mut request: Request,
+) -> Response {
+    use tower::ServiceExt;
+    let Some(router) = mounts.lock().get(&tenant).cloned() else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("this replicator does not serve tenant {tenant} (yet): it serves a tenant within seconds of its creation through the gateway's API")})),
+        )
+            .into_response();
+    };
+    let query = request.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    match format!("/{rest}{query}").parse() {
+        Ok(uri) => *request.uri_mut() = uri,
+        Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+    }
+    match router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
 /// Serves `router` on `listener` (over TLS when `tls` is given) until shutdown is asked, then
 /// lets open requests finish.
 pub async fn serve(
@@ -89,6 +159,11 @@ const MAX_BODY: usize = 16 << 20;
 /// Internal calls carry a signature of their method, path and body (`x-sluice-signature`).
 async fn require_signature(State(signed): State<Signed>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
+    // As sent: a mounted tenant's requests arrive with `/tenants/{id}` taken off.
+    let path = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| parts.uri.path().to_string(), |o| o.path().to_string());
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
         return (StatusCode::PAYLOAD_TOO_LARGE, Json(json!({"error": "body too large"}))).into_response();
     };
@@ -97,14 +172,7 @@ async fn require_signature(State(signed): State<Signed>, request: Request, next:
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let checked = signature::verify(
-        header,
-        &signed.secret,
-        now,
-        parts.method.as_str(),
-        parts.uri.path(),
-        &body,
-    );
+    let checked = signature::verify(header, &signed.secret, now, parts.method.as_str(), &path, &body);
     let checked = checked.and_then(|()| {
         let mut seen = signed.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.retain(|_, at| now.abs_diff(*at) <= 2 * signature::WINDOW_SECS);

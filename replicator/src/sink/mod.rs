@@ -175,6 +175,23 @@ impl Gateway {
         }
     }
 
+    /// The tenant databases the gateway wants the deployment's replicator to serve
+    /// (`GET /internal/v1/databases`).
+    pub async fn databases(&self) -> Result<serde_json::Value, DeliveryError> {
+        let response = self
+            .signed(reqwest::Method::GET, "/internal/v1/databases", Vec::new())?
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(unavailable)?;
+        match status {
+            200 => serde_json::from_str(&text)
+                .map_err(|e| DeliveryError::Unavailable(format!("the answer is not JSON: {e}"))),
+            status => Err(DeliveryError::from_status(status, &text)),
+        }
+    }
+
     /// Creates or updates a tenant through the gateway's management API (an admin `token`); the
     /// answer's status and text.
     pub async fn put_tenant(
