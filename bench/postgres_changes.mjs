@@ -65,6 +65,8 @@ async function nullSink(onPayload = () => {}) {
     const chunks = [];
     req.on('data', (c) => chunks.push(c));
     req.on('end', () => {
+      // The deployment's replicator asks which tenant databases to serve: none here.
+      if (req.url === '/internal/v1/databases') return res.writeHead(200, { 'content-type': 'application/json' }).end('{"tenants":{}}');
       const batch = JSON.parse(Buffer.concat(chunks).toString());
       counts.requests++;
       counts.changes += batch.changes.length;

@@ -172,10 +172,20 @@ pub async fn unsubscribe(target: &Target, request: &Unsubscribe) {
     }
 }
 
-/// Tells a tenant's own replicator that the tenant was deleted: it forgets the tenant's
-/// subscriptions, stops streaming and drops its slot.
+/// Tells the replicator that serves a tenant's database that the tenant was deleted: it forgets
+/// the tenant's subscriptions, stops streaming and drops its slot.
 pub async fn retire(target: &Target) -> std::result::Result<(), String> {
-    let res = call(target, Method::Delete, "/v1/tenant", &serde_json::json!({})).await?;
+    tenant_call(target, Method::Delete, "/v1/tenant").await
+}
+
+/// Tells the replicator that serves a tenant's database to make its database connections again
+/// (the tenant was reloaded or shut down); its subscriptions and slot stay.
+pub async fn reconnect(target: &Target) -> std::result::Result<(), String> {
+    tenant_call(target, Method::Post, "/v1/tenant/reconnect").await
+}
+
+async fn tenant_call(target: &Target, method: Method, path: &str) -> std::result::Result<(), String> {
+    let res = call(target, method, path, &serde_json::json!({})).await?;
     match res.status_code() {
         200 => Ok(()),
         status => Err(format!("the replicator answered {status}")),

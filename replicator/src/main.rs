@@ -137,16 +137,26 @@ async fn run() -> Result<(), StartError> {
     // The deployment's replicator (no tenant of its own) also serves the tenant databases created
     // through the gateway's API, beside its own database.
     let mounts = http::Mounts::default();
-    let _served_tenants = config.tenant.is_none().then(|| {
-        let source = tenants::Source::Gateway(Box::new(tenants::Deployment::new(&config, mounts.clone())));
-        owned(tenants::serve_all(source, shutdown.clone()))
-    });
-    if serve(config, shutdown, Listen::Own(mounts)).await? == Served::Retired {
-        warn!(
-            "the tenant was deleted: its subscriptions and slot are gone; exiting (a restart would register it again)"
-        );
+    let _served_tenants = match config.tenant {
+        Some(_) => None,
+        None => {
+            let deployment = tenants::Deployment::new(&config, mounts.clone()).map_err(StartError)?;
+            let source = tenants::Source::Gateway(Box::new(deployment));
+            Some(owned(tenants::serve_all(source, shutdown.clone())))
+        }
+    };
+    loop {
+        match serve(config.clone(), shutdown.clone(), Listen::Own(mounts.clone())).await? {
+            Served::Stopped => return Ok(()),
+            Served::Reconnect => continue,
+            Served::Retired => {
+                warn!(
+                    "the tenant was deleted: its subscriptions and slot are gone; exiting (a restart would register it again)"
+                );
+                return Ok(());
+            }
+        }
     }
-    Ok(())
 }
 
 /// How serving a database ended.
@@ -156,6 +166,8 @@ pub enum Served {
     Stopped,
     /// The tenant was deleted (the gateway said so): subscriptions forgotten, slot dropped.
     Retired,
+    /// The gateway asked for new database connections: serve it again.
+    Reconnect,
 }
 
 /// Where a served database's internal API is served.
@@ -169,8 +181,9 @@ pub enum Listen {
 /// Serves one database: checks and prepares it, streams its changes to the gateway, serves the
 /// internal API, until `asked` (shutdown) or until its tenant is deleted.
 async fn serve(config: config::Config, asked: shutdown::Shutdown, listen: Listen) -> Result<Served, StartError> {
-    // Flips with `asked`, or when the gateway retires this database (`DELETE /v1/tenant`).
-    let (shutdown, retire) = asked.child();
+    // Flips with `asked`, or when the gateway ends this database's service (`/v1/tenant`).
+    let (shutdown, stop) = asked.child();
+    let ending = Arc::new(subscriptions::api::Ending::new(stop));
     for note in &config.notes {
         warn!("{note}");
     }
@@ -240,7 +253,7 @@ async fn serve(config: config::Config, asked: shutdown::Shutdown, listen: Listen
         registry,
         passed: passed_rx,
         publication: config.publication.clone(),
-        retire: Arc::new(std::sync::Mutex::new(Some(retire))),
+        ending: ending.clone(),
     };
     let router = http::router(health, subscriptions_api, config.internal_secret.clone().into());
     let (mut server, _mounted) = match listen {
@@ -270,12 +283,18 @@ async fn serve(config: config::Config, asked: shutdown::Shutdown, listen: Listen
         Ok(Err(e)) => error!("the HTTP server failed: {e}"),
         Err(_) => warn!("HTTP requests were still open 5 s after shutdown; leaving them"),
     }
-    if asked.requested() {
-        info!("stopped");
-        return Ok(Served::Stopped);
+    // A deletion holds even if a shutdown came meanwhile (the tenant stopped being listed).
+    match ending.why() {
+        Some(subscriptions::api::Ended::Retired) => {
+            drop_slot(&db, &config.slot).await;
+            Ok(Served::Retired)
+        }
+        Some(subscriptions::api::Ended::Reconnect) if !asked.requested() => Ok(Served::Reconnect),
+        _ => {
+            info!("stopped");
+            Ok(Served::Stopped)
+        }
     }
-    drop_slot(&db, &config.slot).await;
-    Ok(Served::Retired)
 }
 
 /// Serves `router` on `SLUICE_HTTP_ADDR` (HTTPS with `SLUICE_TLS_*`) until shutdown.

@@ -49,20 +49,21 @@ pub struct Deployment {
     config: Config,
     mounts: Mounts,
     /// From `DB_ENC_KEY`: opens the tenants' database passwords.
-    opening: Option<Result<OpeningKey, String>>,
+    opening: Option<OpeningKey>,
 }
 
 impl Deployment {
-    pub fn new(config: &Config, mounts: Mounts) -> Deployment {
-        let opening = std::env::var("DB_ENC_KEY")
-            .ok()
-            .filter(|k| !k.is_empty())
-            .map(|k| OpeningKey::from_enc_key(&k));
-        Deployment {
+    /// `Err` when `DB_ENC_KEY` is set but cannot be a key (what to fix).
+    pub fn new(config: &Config, mounts: Mounts) -> Result<Deployment, String> {
+        let opening = match std::env::var("DB_ENC_KEY").ok().filter(|k| !k.is_empty()) {
+            Some(key) => Some(OpeningKey::from_enc_key(&key)?),
+            None => None,
+        };
+        Ok(Deployment {
             config: config.clone(),
             mounts,
             opening,
-        }
+        })
     }
 
     /// A tenant's configuration from its database settings: upstream's names, read as a
@@ -83,8 +84,7 @@ impl Deployment {
             .collect();
         if let Some(sealed) = settings.get(SEALED_PASSWORD) {
             let key = match &self.opening {
-                Some(Ok(key)) => key,
-                Some(Err(problem)) => return Err(ConfigError(problem.clone())),
+                Some(key) => key,
                 None => return Err(ConfigError(
                     "its database password is sealed, and DB_ENC_KEY is not set: set it to the key whose public half is the gateway's DB_ENC_PUBLIC_KEY".into(),
                 )),
@@ -313,6 +313,7 @@ async fn supervise(source: Arc<Source>, id: String, settings: BTreeMap<String, S
             };
             match outcome {
                 Ok(crate::Served::Stopped) => return,
+                Ok(crate::Served::Reconnect) => continue,
                 Ok(crate::Served::Retired) => {
                     warn!(
                         "the tenant was deleted: its subscriptions and slot are gone; {}",
@@ -360,7 +361,7 @@ mod tests {
         let deployment = Deployment {
             config: deployment_config,
             mounts: Mounts::default(),
-            opening: Some(Ok(key)),
+            opening: Some(key),
         };
         let settings = strings(
             "acme",

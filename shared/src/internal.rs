@@ -313,6 +313,31 @@ pub struct ChangeReceipt {
     pub gone: Vec<Unsubscribe>,
 }
 
+impl ChangeReceipt {
+    /// The receipt of a hub that is gone for good (its tenant was deleted): every socket the batch
+    /// was for is gone, with all its channels.
+    pub fn all_gone(hub: &str, batch: &ChangeBatch) -> ChangeReceipt {
+        let sockets: std::collections::BTreeSet<&str> = batch
+            .changes
+            .iter()
+            .flat_map(|c| &c.payloads)
+            .flat_map(|p| &p.to)
+            .map(|r| r.socket.as_str())
+            .chain(batch.lost.iter().map(|l| l.socket.as_str()))
+            .collect();
+        ChangeReceipt {
+            gone: sockets
+                .into_iter()
+                .map(|socket| Unsubscribe {
+                    hub: hub.to_string(),
+                    socket: socket.to_string(),
+                    topic: None,
+                })
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +345,37 @@ mod tests {
     use serde_json::json;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn a_hub_gone_for_good_gives_up_every_socket_of_the_batch() {
+        let to = |socket: &str| Recipient {
+            socket: socket.into(),
+            topic: "realtime:t".into(),
+            ids: vec![1],
+        };
+        let batch = ChangeBatch {
+            stream: "s".into(),
+            changes: vec![Change {
+                lsn: Lsn(1),
+                seq: 0,
+                payloads: vec![ChangePayload {
+                    data: json!({}),
+                    to: vec![to("a"), to("b"), to("a")],
+                }],
+            }],
+            lost: vec![ChannelOfSocket {
+                socket: "c".into(),
+                topic: "realtime:t".into(),
+            }],
+        };
+        let receipt = ChangeReceipt::all_gone("hub:x:default:0", &batch);
+        let sockets: Vec<&str> = receipt.gone.iter().map(|u| u.socket.as_str()).collect();
+        assert_eq!(sockets, ["a", "b", "c"]);
+        assert!(receipt
+            .gone
+            .iter()
+            .all(|u| u.topic.is_none() && u.hub == "hub:x:default:0"));
+    }
 
     #[test]
     fn tagged_ops_keep_every_digit_of_their_numbers() {

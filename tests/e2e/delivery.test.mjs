@@ -21,6 +21,8 @@ async function fakeGateway() {
     const chunks = [];
     req.on('data', (c) => chunks.push(c));
     req.on('end', async () => {
+      // The deployment's replicator asks which tenant databases to serve: none here.
+      if (req.url === '/internal/v1/databases') return res.writeHead(200, { 'content-type': 'application/json' }).end('{"tenants":{}}');
       gw.attempts++;
       const body = Buffer.concat(chunks).toString();
       const signature = req.headers['x-sluice-signature'] ?? '';

@@ -64,6 +64,8 @@ async function recordingGateway() {
   const server = http.createServer((req, res) => {
     let body = '';
     req.on('data', (c) => (body += c)).on('end', () => {
+      // The deployment's replicator asks which tenant databases to serve: none here.
+      if (req.url === '/internal/v1/databases') return res.writeHead(200, { 'content-type': 'application/json' }).end('{"tenants":{}}');
       if (req.url.startsWith('/internal/v1/changes/')) {
         for (const change of JSON.parse(body).changes) {
           for (const payload of change.payloads) {

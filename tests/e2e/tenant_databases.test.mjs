@@ -19,7 +19,7 @@ import { Postgres } from '../stack/postgres.mjs';
 import { freePort, waitFor } from '../stack/process.mjs';
 import { replicatorBinary, startReplicator } from '../stack/replicator.mjs';
 import { ROOT, startStack } from '../stack/stack.mjs';
-import { done, Inbox, pgChannel, rawSocket, supabase, until } from './clients.mjs';
+import { done, Inbox, pgChannel, rawSocket, refusedUpgrade, supabase, until } from './clients.mjs';
 
 const SECRETS = Object.fromEntries(['alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta', 'eta'].map((t) => [t, `${t}-project-jwt-secret-with-at-least-32-characters`]));
 const BETA_REPLICATOR_SECRET = 'beta-replicator-internal-secret-of-at-least-32-chars';
@@ -235,7 +235,7 @@ test('one replicator process serves many tenant databases: each its own, one fai
   }
 });
 
-test("a tenant created through the API with its database settings is served by the deployment's replicator within seconds, and stops being served when deleted", async () => {
+test("a tenant created through the API with its database settings is served by the deployment's replicator within seconds, reconnects on shutdown, and stops being served when deleted", async () => {
   // Its database: on the stack's managed-like server (TLS and passwords only), a role of its own.
   const role = 'eta_sluice';
   const password = "eta's password, sealed";
@@ -267,7 +267,15 @@ test("a tenant created through the API with its database settings is served by t
   try {
     await stack.pg.sql(`insert into items values (1, 'eta one')`, [], 'eta');
     assert.equal(await eta.next(), 'eta one');
-    assert.equal((await stack.pg.sql(`select count(*)::int as n from pg_replication_slots where slot_name = 'sluice_changes_eta' and database = 'eta'`))[0].n, 1);
+    const walsender = async () => (await stack.pg.sql(`select active_pid from pg_replication_slots where slot_name = 'sluice_changes_eta' and database = 'eta'`))[0]?.active_pid;
+    const before = await walsender();
+    assert.ok(before, "eta's slot is streamed");
+
+    // Shutdown, as upstream: its database connections are made again; clients stay and miss nothing.
+    assert.equal((await api('POST', '/api/tenants/eta/shutdown')).status, 204);
+    await waitFor('eta reconnected', async () => ![before, null, undefined].includes(await walsender()));
+    await stack.pg.sql(`insert into items values (2, 'eta after shutdown')`, [], 'eta');
+    assert.equal(await eta.next(), 'eta after shutdown');
 
     // Its replicator signs with a credential of eta's own: the deployment's secret does not reach eta's hubs.
     const post = (secret) => {
@@ -282,5 +290,36 @@ test("a tenant created through the API with its database settings is served by t
     assert.deepEqual(await stack.pg.sql('select hub from sluice.subscriptions', [], 'eta'), []);
   } finally {
     eta.close();
+  }
+});
+
+test("a deleted tenant's subscriptions left in the deployment's replicator are forgotten, and hold up no other tenant's changes", async () => {
+  // Theta has no database of its own: its channels subscribe to the deployment's (alpha's). A
+  // subscription of theta's that outlived the tenant (its hub could not say goodbye) is made here
+  // directly, as theta's hub would have registered it.
+  const admin = signJwt({ role: 'supabase_admin' }, DEV_API_SECRET);
+  const api = (method, path, body) => fetch(`${stack.url}${path}`, {
+    method, headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/json' }, body: body && JSON.stringify(body),
+  });
+  assert.equal((await api('POST', '/api/tenants', { tenant: { external_id: 'theta', jwt_secret: 'theta-project-jwt-secret-with-at-least-32-characters' } })).status, 201);
+  assert.equal((await api('DELETE', '/api/tenants/theta')).status, 204);
+  // Once the gateway's tenant cache (a few seconds) knows theta is gone.
+  const thetaKey = tokenFor('anon', { secret: 'theta-project-jwt-secret-with-at-least-32-characters' });
+  await waitFor('theta gone', async () => (await refusedUpgrade(stack.url, { apikey: thetaKey, vsn: '2.0.0', headers: { host: 'theta.example.com' } }).catch(() => null))?.status === 404);
+  const url = `${stack.replicator.url}/v1/subscriptions`;
+  const left = await fetch(url, signedRequest('POST', url, { hub: 'hub:theta:default:0', socket: 'left-behind', topic: 'realtime:items', claims: { role: 'anon', exp: 9999999999 }, bindings: [{ event: 'INSERT', schema: 'public', table: 'items' }] }));
+  assert.equal(left.status, 200, await left.text());
+
+  const alpha = await subscriber('alpha');
+  try {
+    // Each insert its own transaction, so its own batch: none may wait behind a refused delivery to theta.
+    for (const id of [10, 11, 12]) {
+      await stack.pg.sql(`insert into items values (${id}, 'alpha after theta was deleted')`);
+      assert.equal((await alpha.inbox.next()).new.id, id);
+    }
+    const thetaHubs = `select count(*)::int as n from sluice.subscriptions where hub like 'hub:theta:%'`;
+    await waitFor("theta's subscriptions forgotten", async () => (await stack.pg.sql(thetaHubs))[0].n === 0);
+  } finally {
+    await done(alpha.client);
   }
 });

@@ -12,7 +12,7 @@
 //! They only check the signature and hand the body to the Durable Object that delivers it.
 
 use percent_encoding::percent_decode_str;
-use sluice_shared::internal::{channel_name, DbBroadcasts};
+use sluice_shared::internal::{channel_name, ChangeBatch, ChangeReceipt, DbBroadcasts};
 use sluice_shared::signature;
 use worker::*;
 
@@ -98,6 +98,9 @@ pub async fn changes(mut req: Request, env: &Env) -> Result<Response> {
         return Response::error("Not Found", 404);
     };
     let tenant = tenancy::for_tenant(env, tenant).await?;
+    if let Resolved::NotFound(deleted) = &tenant {
+        return changes_for_deleted_tenant(req, env, deleted, &name).await;
+    }
     let body = match from_replicator(&mut req, tenant).await? {
         Ok(body) => body,
         Err(refused) => return Ok(refused),
@@ -111,6 +114,21 @@ pub async fn changes(mut req: Request, env: &Env) -> Result<Response> {
         .with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
     stub.fetch_with_request(Request::new_with_init("https://hub/internal/v1/changes", &init)?)
         .await
+}
+
+/// Changes for a hub of a tenant that is gone. The deployment's replicator may still hold its
+/// channels' subscriptions (a tenant of the deployment's database has no replicator to retire):
+/// told that every socket of the batch is gone, it forgets them, and its stream goes on rather
+/// than retrying a refused delivery forever.
+async fn changes_for_deleted_tenant(mut req: Request, env: &Env, tenant: &str, hub: &str) -> Result<Response> {
+    let body = req.bytes().await.unwrap_or_default();
+    let secret = crate::config::internal_secret(env).unwrap_or_default();
+    if signed_with(&req, &secret, body.clone())?.is_err() {
+        return Response::error(format!("Unauthorized: no tenant {tenant}"), 401);
+    }
+    let batch: ChangeBatch = serde_json::from_slice(&body)?;
+    console_log!("tenant {tenant} is gone: the replicator forgets the subscriptions of {hub}");
+    Response::from_json(&ChangeReceipt::all_gone(hub, &batch))
 }
 
 /// `POST /internal/v1/broadcasts[/{tenant}]` from the replicator: broadcasts from the database for

@@ -55,20 +55,38 @@ pub async fn route(mut req: Request, env: &Env, path: &str) -> Result<Response> 
             tenancy::disconnect(env, id).await?;
             Ok(Response::empty()?.with_status(204))
         }
-        (Method::Post, [id, "reload"]) => match find(env, id).await? {
-            Some(_) => {
-                tenancy::disconnect(env, id).await?;
+        // As upstream: reload makes the tenant's database connections again and closes its
+        // sockets; shutdown only the connections (clients stay, their changes resume).
+        (Method::Post, [id, action @ ("reload" | "shutdown")]) => match find(env, id).await? {
+            Some(tenant) => {
+                reconnect(env, &tenant).await;
+                if *action == "reload" {
+                    tenancy::disconnect(env, id).await?;
+                }
                 Ok(Response::empty()?.with_status(204))
             }
             None => not_found(),
         },
-        // Upstream stops the tenant's database connection; sluice's replicator keeps serving.
-        (Method::Post, [id, "shutdown"]) => match find(env, id).await? {
-            Some(_) => Ok(Response::empty()?.with_status(204)),
-            None => not_found(),
-        },
         (Method::Get, [id, "health"]) => health(&req, env, id).await,
         _ => Response::error("Not Found", 404),
+    }
+}
+
+/// Asks the replicator that serves the tenant's database to connect again. A tenant of the
+/// deployment's own database shares its connections with every such tenant: they are left alone.
+async fn reconnect(env: &Env, tenant: &Tenant) {
+    if tenant.replicator_url.is_none() && tenant.database().is_none() {
+        console_log!(
+            "tenant {}: it shares the deployment's database, whose connections stay",
+            tenant.external_id
+        );
+        return;
+    }
+    if let Err(problem) = replicator::reconnect(&tenancy::replicator_of(env, tenant)).await {
+        console_warn!(
+            "tenant {}: its replicator was not told to reconnect ({problem})",
+            tenant.external_id
+        );
     }
 }
 

@@ -2,7 +2,9 @@
 //! signature): `POST /v1/subscriptions` registers a channel's bindings, `PATCH` gives them
 //! new claims (a refreshed token), `DELETE` removes a channel's or a socket's. And
 //! `DELETE /v1/tenant`, called by the gateway when the tenant is deleted: every subscription is
-//! forgotten and the replicator retires (stops streaming, drops its slot).
+//! forgotten and the replicator retires (stops streaming, drops its slot); `POST
+//! /v1/tenant/reconnect` when it is reloaded or shut down: the database is served again on new
+//! connections.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +34,45 @@ pub struct Api {
     /// The highest WAL position the stream has fully handled (`crate::pipeline` sends it).
     pub passed: watch::Receiver<Lsn>,
     pub publication: String,
-    /// Stops this database's service for good (the tenant was deleted); taken once.
-    pub retire: Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>>,
+    /// Ends this database's service when the gateway asks.
+    pub ending: Arc<Ending>,
+}
+
+/// Why the gateway ended this database's service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The tenant was deleted: its subscriptions are forgotten, its slot goes.
+    Retired,
+    /// Reload or shutdown through the management API: its database connections are made again.
+    Reconnect,
+}
+
+/// Ends this database's service, once, for the first reason asked.
+pub struct Ending {
+    stop: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    why: std::sync::Mutex<Option<Ended>>,
+}
+
+impl Ending {
+    /// `stop` ends the service (see [`crate::shutdown::Shutdown::child`]).
+    pub fn new(stop: tokio::sync::oneshot::Sender<()>) -> Ending {
+        Ending {
+            stop: std::sync::Mutex::new(Some(stop)),
+            why: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn end(&self, why: Ended) {
+        if let Some(stop) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            *self.why.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            let _ = stop.send(());
+        }
+    }
+
+    /// Why it ended, if the gateway asked.
+    pub fn why(&self) -> Option<Ended> {
+        *self.why.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The routes, with their state.
@@ -44,6 +83,7 @@ pub fn routes(api: Api) -> Router {
             post(register).patch(reauthorize).delete(unregister),
         )
         .route("/v1/tenant", axum::routing::delete(retire))
+        .route("/v1/tenant/reconnect", post(reconnect))
         .with_state(api)
 }
 
@@ -160,13 +200,20 @@ async fn retire(State(state): State<Api>) -> Answer {
     match removed {
         Ok(n) => {
             warn!("the tenant was deleted: forgot {n} subscriptions; stopping and dropping the slot");
-            if let Some(retire) = state.retire.lock().expect("retire lock").take() {
-                let _ = retire.send(());
-            }
+            state.ending.end(Ended::Retired);
             (StatusCode::OK, Json(json!({"removed": n})))
         }
         Err(e) => database_error(e),
     }
+}
+
+/// `POST /v1/tenant/reconnect`: the tenant was reloaded or shut down through the management API
+/// (upstream then closes its database connections): the pipeline stops after delivering what it
+/// holds, and starts again on new connections, its subscriptions and slot kept.
+async fn reconnect(State(state): State<Api>) -> Answer {
+    tracing::info!("the gateway asked for new database connections (tenant reloaded or shut down): reconnecting");
+    state.ending.end(Ended::Reconnect);
+    (StatusCode::OK, Json(json!({})))
 }
 
 async fn unregister(State(state): State<Api>, Json(body): Json<Unsubscribe>) -> Answer {
