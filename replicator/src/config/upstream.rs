@@ -4,7 +4,9 @@
 //! `PUBLICATIONS`, the tenant (`SELF_HOST_TENANT_NAME` or `TENANT_ID`), and the secrets a
 //! replicator needs to register its tenant with the gateway (`API_JWT_SECRET`, `JWT_SECRET`,
 //! `API_JWT_JWKS`). What sluice does differently (`TEMPORARY_SLOT`, `SECURE_CHANNELS`, a second
-//! publication) becomes a note the replicator logs at start.
+//! publication, `PORT`, `DB_IP_VERSION`, `DB_AFTER_CONNECT_QUERY`) becomes a note the replicator
+//! logs at start. `DB_ENC_KEY` opens the database passwords the gateway's API stores sealed
+//! ([`crate::tenants`]).
 
 use std::collections::HashMap;
 
@@ -73,6 +75,21 @@ pub fn translate(get: &impl Fn(&str) -> Option<String>) -> Translated {
                 .into(),
         );
     }
+    if let Some(port) = set("PORT") {
+        out.notes.push(format!(
+            "PORT={port}: clients connect to the gateway, not to the replicator, whose internal API listens on SLUICE_HTTP_ADDR"
+        ));
+    }
+    if set("DB_IP_VERSION").is_some() {
+        out.notes.push(
+            "DB_IP_VERSION: sluice tries every address DB_HOST resolves to, in order; to pick a family, set DB_HOST to an address of it".into(),
+        );
+    }
+    if set("DB_AFTER_CONNECT_QUERY").is_some() {
+        out.notes.push(
+            "DB_AFTER_CONNECT_QUERY: upstream runs it on its own metadata database, which sluice does not have; it is not run".into(),
+        );
+    }
     // Registering the tenant: its users' tokens are signed with JWT_SECRET, or, as upstream's
     // self-hosted seed does, with API_JWT_SECRET.
     if let Some(admin) = set("API_JWT_SECRET") {
@@ -121,6 +138,7 @@ mod tests {
             ("SECURE_CHANNELS", "true"),
             ("SELF_HOST_TENANT_NAME", "realtime-dev"),
             ("API_JWT_SECRET", "admin-secret"),
+            ("PORT", "4000"),
         ]);
         assert_eq!(
             t.vars["SLUICE_DATABASE_URL"],
@@ -131,7 +149,7 @@ mod tests {
         assert_eq!(t.vars["SLUICE_TENANT"], "realtime-dev");
         assert_eq!(t.vars["SLUICE_TENANT_JWT_SECRET"], "admin-secret", "as upstream's seed");
         assert_eq!(t.vars["SLUICE_INTERNAL_SECRET"].len(), 64);
-        assert_eq!(t.notes.len(), 3, "{:?}", t.notes);
+        assert_eq!(t.notes.len(), 4, "{:?}", t.notes);
         assert!(t
             .notes
             .iter()
