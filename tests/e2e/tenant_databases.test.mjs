@@ -110,6 +110,33 @@ test("one tenant's database stopping does not hold up another's changes", async 
   }
 });
 
+test('a channel that joined while its database was down is subscribed once the database is back (tried again every 5 to 10 s, as upstream)', async () => {
+  await betaDb.stop();
+  let ws;
+  let down = true;
+  try {
+    const apikey = tokenFor('anon', { secret: SECRETS.beta });
+    const raw = await rawSocket(stack.url, { apikey, vsn: '1.0.0', headers: { host: 'beta.example.com' } });
+    ws = raw.ws;
+    ws.send(JSON.stringify({ topic: 'realtime:items', event: 'phx_join', ref: '1', join_ref: '1',
+      payload: { access_token: apikey, config: { postgres_changes: [{ event: 'INSERT', schema: 'public', table: 'items' }] } } }));
+    assert.equal((await until(raw.inbox, (m) => m.event === 'phx_reply')).payload.status, 'ok');
+    const pgSystem = (m) => m.event === 'system' && m.payload.extension === 'postgres_changes';
+    const failed = await until(raw.inbox, pgSystem);
+    assert.equal(failed.payload.status, 'error', JSON.stringify(failed));
+    await betaDb.start();
+    down = false;
+    const subscribed = await until(raw.inbox, (m) => pgSystem(m) && m.payload.status === 'ok', 30_000);
+    assert.match(subscribed.payload.message, /Subscribed to PostgreSQL/);
+    await betaDb.sql(`insert into items values (20, 'beta once it is back')`);
+    const change = await until(raw.inbox, (m) => m.event === 'postgres_changes');
+    assert.equal(change.payload.data.record.body, 'beta once it is back');
+  } finally {
+    ws?.close();
+    if (down) await betaDb.start();
+  }
+});
+
 test("deleting a tenant tells its replicator: subscriptions forgotten, slot dropped, the replicator stops", async () => {
   const beta = await subscriber('beta');
   try {

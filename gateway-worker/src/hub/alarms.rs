@@ -1,5 +1,6 @@
 //! The hub's one alarm: it closes channels whose token expired and sockets silent for
-//! `IDLE_TIMEOUT_MS`, then sets itself for the next of either.
+//! `IDLE_TIMEOUT_MS`, tries again the Postgres Changes registrations that are due, then sets
+//! itself for the next of these.
 
 use sluice_shared::session::Session;
 use sluice_shared::texts;
@@ -12,8 +13,9 @@ impl SocketHub {
     /// The alarm went off: expire and close what is due, and wake again for what is next.
     pub(super) async fn run_alarm(&self) -> Result<()> {
         let now_ms = Date::now().as_millis();
+        self.retry_postgres_due(now_ms).await?;
         let idle_timeout = config::idle_timeout_ms(&self.env);
-        let mut next: Option<u64> = None;
+        let mut next: Option<u64> = self.next_postgres_retry();
         for ws in self.state.get_websockets() {
             let Ok(Some(mut session)) = self.load_session(&ws).await else {
                 continue;

@@ -73,9 +73,15 @@ impl SocketHub {
                     // No subscribe race: the reply (the client's SUBSCRIBED) waits until every
                     // change committed after it will reach this channel, or the bound passed.
                     let registered = match &postgres {
-                        Some(pg) => Some(self.subscribe(session, &topic, pg).await),
+                        Some(pg) => Some(self.subscribe(&session.id, &topic, pg).await),
                         None => None,
                     };
+                    if let (Some(Err(text)), Some(pg)) = (&registered, postgres) {
+                        if text == texts::DATABASE_UNREACHABLE {
+                            self.retry_postgres_later(&session.id, &topic, join_ref.clone(), pg)
+                                .await?;
+                        }
+                    }
                     to_client(&reply);
                     if presence_state {
                         let state = state.unwrap_or_else(|| serde_json::json!({}));
@@ -216,16 +222,16 @@ impl SocketHub {
 
     /// Registers a channel's bindings with the replicator; `Err` is the client's error text. A
     /// channel left (or a socket gone) while the registration was on its way is unregistered.
-    async fn subscribe(&self, session: &Session, topic: &str, pg: &PostgresJoin) -> std::result::Result<(), String> {
+    async fn subscribe(&self, socket: &str, topic: &str, pg: &PostgresJoin) -> std::result::Result<(), String> {
         let request = Subscribe {
             hub: self.name(),
-            socket: session.id.clone(),
+            socket: socket.to_string(),
             topic: topic.to_string(),
             claims: pg.claims.clone(),
             bindings: pg.bindings.clone(),
         };
         let outcome = replicator::subscribe(&self.replicator(), &request).await.map(|_| ());
-        if outcome.is_ok() && !self.roster().is_joined(&session.id, topic) {
+        if outcome.is_ok() && !self.roster().is_joined(socket, topic) {
             let gone = Unsubscribe {
                 hub: request.hub,
                 socket: request.socket,
@@ -234,6 +240,77 @@ impl SocketHub {
             replicator::unsubscribe(&self.replicator(), &gone).await;
         }
         outcome
+    }
+}
+
+/// A channel whose Postgres Changes could not be registered because the database (or its
+/// replicator) was unreachable: tried again after 5 to 10 s, as upstream, until it works or the
+/// channel goes; each failure is told to the client again. Kept in memory: a hub evicted
+/// meanwhile stops retrying (the client's rejoin registers afresh).
+pub(super) struct PostgresRetry {
+    pub due_ms: u64,
+    join_ref: Option<String>,
+    pg: PostgresJoin,
+}
+
+impl SocketHub {
+    async fn retry_postgres_later(
+        &self,
+        socket: &str,
+        topic: &str,
+        join_ref: Option<String>,
+        pg: PostgresJoin,
+    ) -> Result<()> {
+        let jitter = u64::from(u16::from_le_bytes(crate::random::bytes())) % 5_000;
+        let due_ms = Date::now().as_millis() + 5_000 + jitter;
+        let retry = PostgresRetry { due_ms, join_ref, pg };
+        self.postgres_retries
+            .borrow_mut()
+            .insert((socket.to_string(), topic.to_string()), retry);
+        self.wake_by(due_ms).await
+    }
+
+    /// Tries again the registrations that are due (the alarm went off).
+    pub(super) async fn retry_postgres_due(&self, now_ms: u64) -> Result<()> {
+        let due: Vec<((String, String), PostgresRetry)> = {
+            let mut retries = self.postgres_retries.borrow_mut();
+            let keys: Vec<_> = retries
+                .iter()
+                .filter(|(_, r)| r.due_ms <= now_ms)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| retries.remove(&k).map(|r| (k, r)))
+                .collect()
+        };
+        for ((socket, topic), retry) in due {
+            // Only while the same join of the channel is still there.
+            let ws = self.roster().socket(&socket).map(|(ws, _)| ws.clone());
+            let Some(ws) = ws else { continue };
+            let Some(session) = self.load_session(&ws).await? else {
+                continue;
+            };
+            let same_join = session.membership(&topic).is_some_and(|m| m.join_ref == retry.join_ref);
+            if !same_join {
+                continue;
+            }
+            let outcome = self.subscribe(&socket, &topic, &retry.pg).await;
+            let failed_again = outcome.as_ref().is_err_and(|text| text == texts::DATABASE_UNREACHABLE);
+            self.push_to(
+                &socket,
+                &postgres_system_message(retry.join_ref.as_deref(), &topic, outcome),
+            );
+            if failed_again {
+                self.retry_postgres_later(&socket, &topic, retry.join_ref, retry.pg)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// When the next registration is to be tried again (epoch ms).
+    pub(super) fn next_postgres_retry(&self) -> Option<u64> {
+        self.postgres_retries.borrow().values().map(|r| r.due_ms).min()
     }
 }
 

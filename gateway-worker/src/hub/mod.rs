@@ -18,7 +18,8 @@
 //! - [`deliveries`]: what arrives from elsewhere: row changes from the replicator, and relays
 //!   from Channels (broadcasts, database broadcasts, presence diffs), each delivered once.
 //! - [`fanout`]: delivering to this hub's members of a room; calls to a topic's Channel.
-//! - [`alarms`]: the one alarm: token expiry and idle sockets.
+//! - [`alarms`]: the one alarm: token expiry, idle sockets, Postgres Changes registrations to
+//!   try again.
 //! - [`traffic`]: what the sockets send and receive, for the byte limit and `/metrics` (saved
 //!   now and then, so an evicted hub resumes its counts).
 //!
@@ -87,6 +88,8 @@ pub struct SocketHub {
     db_positions: RefCell<HashMap<Room, StreamPosition>>,
     /// The last row change delivered; also in storage.
     changes_position: RefCell<Option<StreamPosition>>,
+    /// Postgres Changes registrations to try again, per (socket, topic) (transient).
+    postgres_retries: RefCell<std::collections::BTreeMap<(String, String), effects::PostgresRetry>>,
 }
 
 impl DurableObject for SocketHub {
@@ -108,6 +111,7 @@ impl DurableObject for SocketHub {
             replayed: RefCell::default(),
             db_positions: RefCell::default(),
             changes_position: RefCell::new(None),
+            postgres_retries: RefCell::default(),
         }
     }
 
