@@ -1,6 +1,7 @@
 //! One client message: decoded, handed to the socket's session, and what it decided carried out.
-//! A message that waits for a private channel's policies holds its socket: the socket's later
-//! messages queue behind it (`sluice_shared::hold`) and run in order once it is done.
+//! A message that waits for a private channel's policies, or for the tenant's settings to be read
+//! again, holds its socket: the socket's later messages queue behind it (`sluice_shared::hold`)
+//! and run in order once it is done.
 
 use sluice_shared::frame::{self, Inbound};
 use sluice_shared::session::{Ctx, Effect, LogLevel, Session};
@@ -19,6 +20,18 @@ impl SocketHub {
             return Ok(());
         };
         let mut next = self.held.borrow_mut().arrive(&id, message);
+        if next.is_some() && !(self.roster.borrow().is_some() && self.settings_fresh()) {
+            // Bringing the roster or the tenant's settings up to date awaits: the socket is held
+            // meanwhile, so its later messages queue behind this one and keep their order.
+            self.held.borrow_mut().hold(&id);
+            let ready = async {
+                self.ensure_roster().await?;
+                self.refresh_settings().await
+            };
+            if let Err(e) = ready.await {
+                console_error!("socket {id}: reading the hub's state or the tenant's settings failed: {e}");
+            }
+        }
         while let Some(message) = next {
             if let Err(e) = self.handle_message(ws, message).await {
                 console_error!("UnknownErrorOnWebSocketMessage: socket {id}: handling a message failed: {e}");

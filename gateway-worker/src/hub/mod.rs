@@ -159,8 +159,8 @@ impl DurableObject for SocketHub {
     }
 
     async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
-        self.ensure_roster().await?;
-        self.refresh_settings().await?;
+        // The roster and the settings are brought up to date inside, under the socket's hold:
+        // a message awaiting them must not be overtaken by the socket's next one.
         self.receive_message(&ws, message).await
     }
 
@@ -212,19 +212,23 @@ impl SocketHub {
         }
     }
 
+    /// Whether the tenant's settings were read less than `tenancy::CACHE_MS` ago.
+    fn settings_fresh(&self) -> bool {
+        let now = Date::now().as_millis() as f64;
+        self.settings
+            .borrow()
+            .as_ref()
+            .is_some_and(|(at, ..)| now - at < tenancy::CACHE_MS)
+    }
+
     /// Reads the tenant's settings again if they are older than `tenancy::CACHE_MS`. A tenant
     /// that is gone or suspended has its sockets closed; a misconfigured one gets keys that
     /// verify nothing (joins then fail with signer errors) and the default limits; both logged.
     async fn refresh_settings(&self) -> Result<()> {
-        let now = Date::now().as_millis() as f64;
-        if self
-            .settings
-            .borrow()
-            .as_ref()
-            .is_some_and(|(at, ..)| now - at < tenancy::CACHE_MS)
-        {
+        if self.settings_fresh() {
             return Ok(());
         }
+        let now = Date::now().as_millis() as f64;
         let name = self.name();
         let tenant = tenant_of_hub(&name);
         let refused = |refusal| TenantSettings {
