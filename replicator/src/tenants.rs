@@ -50,10 +50,13 @@ pub struct Deployment {
     mounts: Mounts,
     /// From `DB_ENC_KEY`: opens the tenants' database passwords.
     opening: Option<OpeningKey>,
+    /// Asks the gateway which tenant databases to serve.
+    gateway: sink::Gateway,
 }
 
 impl Deployment {
-    /// `Err` when `DB_ENC_KEY` is set but cannot be a key (what to fix).
+    /// `Err` says what to fix: a `DB_ENC_KEY` that cannot be a key, or an unreadable
+    /// `SLUICE_GATEWAY_CA`.
     pub fn new(config: &Config, mounts: Mounts) -> Result<Deployment, String> {
         let opening = match std::env::var("DB_ENC_KEY").ok().filter(|k| !k.is_empty()) {
             Some(key) => Some(OpeningKey::from_enc_key(&key)?),
@@ -63,6 +66,7 @@ impl Deployment {
             config: config.clone(),
             mounts,
             opening,
+            gateway: sink::Gateway::new(config, Arc::new(stats::Stats::default()))?,
         })
     }
 
@@ -123,14 +127,12 @@ impl Deployment {
 
 impl Source {
     /// The tenants listed: id → settings.
-    async fn read(
-        &self,
-        gateway: Option<&sink::Gateway>,
-    ) -> Result<BTreeMap<String, BTreeMap<String, String>>, String> {
-        match (self, gateway) {
-            (Source::File(path), _) => read_file(path),
-            (Source::Gateway(_), Some(gateway)) => {
-                let listed = gateway
+    async fn read(&self) -> Result<BTreeMap<String, BTreeMap<String, String>>, String> {
+        match self {
+            Source::File(path) => read_file(path),
+            Source::Gateway(deployment) => {
+                let listed = deployment
+                    .gateway
                     .databases()
                     .await
                     .map_err(|e| format!("listing the tenant databases to serve failed: {e}"))?;
@@ -143,7 +145,6 @@ impl Source {
                     .map(|(id, settings)| Ok((id.clone(), strings(id, settings)?)))
                     .collect()
             }
-            (Source::Gateway(_), None) => Err("no client for the gateway".into()),
         }
     }
 
@@ -186,25 +187,13 @@ struct Running {
 
 /// Serves every tenant of `source` until `shutdown`.
 pub async fn serve_all(source: Source, shutdown: Shutdown) {
-    let gateway = match &source {
-        Source::File(_) => None,
-        Source::Gateway(deployment) => {
-            match sink::Gateway::new(&deployment.config, Arc::new(stats::Stats::default())) {
-                Ok(gateway) => Some(gateway),
-                Err(problem) => {
-                    error!("the tenant databases of the gateway are not served: {problem}");
-                    return;
-                }
-            }
-        }
-    };
     let from = source.describe();
     info!("serving the tenant databases listed by {from} (read again every {REREAD:?})");
     let source = Arc::new(source);
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
     let mut last_problem = None;
     while !shutdown.requested() {
-        match source.read(gateway.as_ref()).await {
+        match source.read().await {
             Ok(wanted) => {
                 last_problem = None;
                 // Stopped: removed or changed.
@@ -359,6 +348,7 @@ mod tests {
             .unwrap()
             .seal("pw 'x'", &mut OsRng);
         let deployment = Deployment {
+            gateway: sink::Gateway::new(&deployment_config, Arc::default()).unwrap(),
             config: deployment_config,
             mounts: Mounts::default(),
             opening: Some(key),
