@@ -47,31 +47,29 @@ pub enum Ended {
     Reconnect,
 }
 
-/// Ends this database's service, once, for the first reason asked.
-pub struct Ending {
-    stop: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
-    why: std::sync::Mutex<Option<Ended>>,
-}
+/// Ends this database's service, once. A deletion asked while a reconnect is on its way still
+/// counts: the slot of a deleted tenant must go.
+pub struct Ending(std::sync::Mutex<(Option<tokio::sync::oneshot::Sender<()>>, Option<Ended>)>);
 
 impl Ending {
     /// `stop` ends the service (see [`crate::shutdown::Shutdown::child`]).
     pub fn new(stop: tokio::sync::oneshot::Sender<()>) -> Ending {
-        Ending {
-            stop: std::sync::Mutex::new(Some(stop)),
-            why: std::sync::Mutex::new(None),
-        }
+        Ending(std::sync::Mutex::new((Some(stop), None)))
     }
 
     fn end(&self, why: Ended) {
-        if let Some(stop) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            *self.why.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        let mut ending = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if ending.1.is_none() || why == Ended::Retired {
+            ending.1 = Some(why);
+        }
+        if let Some(stop) = ending.0.take() {
             let _ = stop.send(());
         }
     }
 
     /// Why it ended, if the gateway asked.
     pub fn why(&self) -> Option<Ended> {
-        *self.why.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 }
 
@@ -226,5 +224,27 @@ async fn unregister(State(state): State<Api>, Json(body): Json<Unsubscribe>) -> 
     match removed {
         Ok(n) => (StatusCode::OK, Json(json!({"removed": n}))),
         Err(e) => database_error(e),
+    }
+}
+
+#[cfg(test)]
+mod ending_tests {
+    use super::*;
+
+    #[test]
+    fn a_deletion_counts_even_behind_a_reconnect() {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let ending = Ending::new(stop);
+        assert_eq!(ending.why(), None);
+        ending.end(Ended::Reconnect);
+        assert!(stopped.try_recv().is_ok(), "the service is told to stop");
+        ending.end(Ended::Retired);
+        assert_eq!(ending.why(), Some(Ended::Retired));
+        ending.end(Ended::Reconnect);
+        assert_eq!(
+            ending.why(),
+            Some(Ended::Retired),
+            "a reconnect does not undo a deletion"
+        );
     }
 }
