@@ -217,6 +217,13 @@ impl Tenant {
             })
     }
 
+    /// Whether a replicator serves this tenant's database for it alone (its own, or the
+    /// deployment's under `/tenants/{id}`): the one to tell when the tenant is deleted, reloaded
+    /// or shut down. Otherwise it shares the deployment's database.
+    pub fn has_own_database(&self) -> bool {
+        self.replicator_url.is_some() || self.database().is_some()
+    }
+
     /// What `GET` shows (upstream's `tenant.json`): no JWT secret, no JWKS, no password.
     pub fn view(&self) -> Value {
         let mut view = Map::new();
@@ -425,7 +432,18 @@ mod tests {
         let own = json!({"tenant": {"external_id": "b", "jwt_secret": "a",
             "replicator_url": "https://r.example.com", "replicator_secret": "s".repeat(32),
             "extensions": [{"settings": {"db_host": "db.b"}}]}});
-        assert!(from_params(None, &own, None, NOW, None).unwrap().database().is_none());
+        let own = from_params(None, &own, None, NOW, None).unwrap();
+        assert!(own.database().is_none() && own.has_own_database());
+        assert!(tenant.has_own_database());
+        let shared = from_params(
+            None,
+            &json!({"tenant": {"external_id": "c", "jwt_secret": "a"}}),
+            None,
+            NOW,
+            None,
+        )
+        .unwrap();
+        assert!(!shared.has_own_database(), "it shares the deployment's database");
         assert_ne!(served_tenant_secret("x", "a"), served_tenant_secret("x", "b"));
     }
 

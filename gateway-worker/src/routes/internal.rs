@@ -123,9 +123,9 @@ pub async fn changes(mut req: Request, env: &Env) -> Result<Response> {
 async fn changes_for_deleted_tenant(mut req: Request, env: &Env, tenant: &str, hub: &str) -> Result<Response> {
     let body = req.bytes().await.unwrap_or_default();
     let secret = crate::config::internal_secret(env).unwrap_or_default();
-    if signed_with(&req, &secret, body.clone())?.is_err() {
+    let Ok(body) = signed_with(&req, &secret, body)? else {
         return Response::error(format!("Unauthorized: no tenant {tenant}"), 401);
-    }
+    };
     let batch: ChangeBatch = serde_json::from_slice(&body)?;
     console_log!("tenant {tenant} is gone: the replicator forgets the subscriptions of {hub}");
     Response::from_json(&ChangeReceipt::all_gone(hub, &batch))

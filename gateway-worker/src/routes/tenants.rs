@@ -41,10 +41,7 @@ pub async fn route(mut req: Request, env: &Env, path: &str) -> Result<Response> 
             // The replicator that serves its database forgets its subscriptions and drops its
             // slot, as upstream tears down the slot. One that cannot be reached is logged; the
             // tenant goes anyway (its replicator's deliveries are refused from now on).
-            if let Some(tenant) = find(env, id)
-                .await?
-                .filter(|t| t.replicator_url.is_some() || t.database().is_some())
-            {
+            if let Some(tenant) = find(env, id).await?.filter(Tenant::has_own_database) {
                 if let Err(problem) = replicator::retire(&tenancy::replicator_of(env, &tenant)).await {
                     console_warn!("UnableToDeleteTenant: tenant {id}'s replicator was not told ({problem}): its slot stays until it is dropped by hand");
                 }
@@ -75,7 +72,7 @@ pub async fn route(mut req: Request, env: &Env, path: &str) -> Result<Response> 
 /// Asks the replicator that serves the tenant's database to connect again. A tenant of the
 /// deployment's own database shares its connections with every such tenant: they are left alone.
 async fn reconnect(env: &Env, tenant: &Tenant) {
-    if tenant.replicator_url.is_none() && tenant.database().is_none() {
+    if !tenant.has_own_database() {
         console_log!(
             "tenant {}: it shares the deployment's database, whose connections stay",
             tenant.external_id
