@@ -59,6 +59,11 @@ const at = (host) => {
   return url.origin;
 };
 
+/** A call to the management API with an admin token. */
+const api = (method, path, body) => fetch(`${stack.url}${path}`, {
+  method, headers: { authorization: `Bearer ${stack.adminKey}`, 'content-type': 'application/json' }, body: body && JSON.stringify(body),
+});
+
 async function subscriber(tenant) {
   const client = supabase(at(tenant === 'alpha' ? '127.0.0.1' : 'localhost'), tokenFor('anon', { secret: SECRETS[tenant] }));
   const inbox = new Inbox(`items of ${tenant}`);
@@ -274,10 +279,6 @@ test("a tenant created through the API with its database settings is served by t
   await stack.pg.sql(setup, [], 'eta');
   await stack.pg.sql('grant select on items to anon; alter publication supabase_realtime add table items', [], 'eta');
 
-  const admin = signJwt({ role: 'supabase_admin' }, DEV_API_SECRET);
-  const api = (method, path, body) => fetch(`${stack.url}${path}`, {
-    method, headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/json' }, body: body && JSON.stringify(body),
-  });
   const settings = { db_host: 'localhost', db_port: String(stack.pg.port), db_name: 'eta', db_user: role, db_password: password, ssl_enforced: true, region: 'local' };
   const created = await api('POST', '/api/tenants', { tenant: { external_id: 'eta', jwt_secret: SECRETS.eta, extensions: [{ type: 'postgres_cdc_rls', settings }] } });
   const createdText = await created.text();
@@ -324,10 +325,6 @@ test("a deleted tenant's subscriptions left in the deployment's replicator are f
   // Theta has no database of its own: its channels subscribe to the deployment's (alpha's). A
   // subscription of theta's that outlived the tenant (its hub could not say goodbye) is made here
   // directly, as theta's hub would have registered it.
-  const admin = signJwt({ role: 'supabase_admin' }, DEV_API_SECRET);
-  const api = (method, path, body) => fetch(`${stack.url}${path}`, {
-    method, headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/json' }, body: body && JSON.stringify(body),
-  });
   assert.equal((await api('POST', '/api/tenants', { tenant: { external_id: 'theta', jwt_secret: 'theta-project-jwt-secret-with-at-least-32-characters' } })).status, 201);
   assert.equal((await api('DELETE', '/api/tenants/theta')).status, 204);
   // Once the gateway's tenant cache (a few seconds) knows theta is gone.
