@@ -1,9 +1,11 @@
 # The gateway as a production server on workerd (the npm package `workerd`), without Cloudflare
 # and without wrangler. `scripts/serve gateway` runs it:
 #
-#   workerd serve deploy/self-hosted/gateway.capnp --experimental \
+#   workerd serve deploy/self-hosted/gateway.capnp --experimental --import-path <worker build> \
 #     --socket-addr http=<address> --directory-path storage=<state directory>
 #
+# The worker's modules are found on the import path: the folder scripts/build-worker fills
+# (gateway-worker/build), or another build of it (sluice-testkit's SLUICE_GATEWAY_BUILD).
 # Durable Objects keep their SQLite storage under the state directory, which survives restarts.
 # Settings come from the process environment: the same names as the Worker's vars and secrets
 # (docs/deploy.md); unset ones take the Worker's defaults.
@@ -23,8 +25,8 @@ const config :Workerd.Config = (
 const gateway :Workerd.Worker = (
   compatibilityDate = "2026-11-01",
   modules = [
-    (name = "index.js", esModule = embed "../../gateway-worker/build/index.js"),
-    (name = "index_bg.wasm", wasm = embed "../../gateway-worker/build/index_bg.wasm"),
+    (name = "index.js", esModule = embed "/index.js"),
+    (name = "index_bg.wasm", wasm = embed "/index_bg.wasm"),
   ],
   bindings = [
     (name = "SOCKET_HUB", durableObjectNamespace = (className = "SocketHub")),

@@ -12,8 +12,9 @@ use tracing::{warn, Instrument};
 use crate::conninfo::ConnInfo;
 
 /// Session settings of every connection, replication included: values print in the text forms
-/// `sluice_shared::pgvalue` renders and filters compare (ISO dates, UTC).
-pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c TimeZone=UTC";
+/// `sluice_shared::pgvalue` renders and filters compare (ISO dates, UTC). Notices are not sent:
+/// the idempotent set-up's "already exists, skipping" would be logged at every start.
+pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c TimeZone=UTC -c client_min_messages=warning";
 
 /// Why the first connection failed.
 #[derive(Debug)]

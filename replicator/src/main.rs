@@ -137,6 +137,7 @@ async fn run() -> Result<(), StartError> {
     // The deployment's replicator (no tenant of its own) also serves the tenant databases created
     // through the gateway's API, beside its own database.
     let mounts = http::Mounts::default();
+    let inherited = http::inherited_listener(&config).map_err(StartError)?;
     let _served_tenants = match config.tenant {
         Some(_) => None,
         None => {
@@ -146,7 +147,8 @@ async fn run() -> Result<(), StartError> {
         }
     };
     loop {
-        match serve(config.clone(), shutdown.clone(), Listen::Own(mounts.clone())).await? {
+        let listen = Listen::Own(mounts.clone(), inherited.clone());
+        match serve(config.clone(), shutdown.clone(), listen).await? {
             Served::Stopped => return Ok(()),
             Served::Reconnect => continue,
             Served::Retired => {
@@ -172,8 +174,9 @@ pub enum Served {
 
 /// Where a served database's internal API is served.
 pub enum Listen {
-    /// On its own address (`SLUICE_HTTP_ADDR`), with these tenants' mounted beside it.
-    Own(http::Mounts),
+    /// On its own address (`SLUICE_HTTP_ADDR`, or the socket `SLUICE_HTTP_FD` handed down), with
+    /// these tenants' mounted beside it.
+    Own(http::Mounts, Option<Arc<std::net::TcpListener>>),
     /// Under `/tenants/{id}` of the deployment's replicator's address.
     Mounted(http::Mounts),
 }
@@ -257,7 +260,10 @@ async fn serve(config: config::Config, asked: shutdown::Shutdown, listen: Listen
     };
     let router = http::router(health, subscriptions_api, config.internal_secret.clone().into());
     let (mut server, _mounted) = match listen {
-        Listen::Own(mounts) => (listen_on(&config, mounts.around(router), &shutdown).await?, None),
+        Listen::Own(mounts, inherited) => (
+            listen_on(&config, inherited.as_deref(), mounts.around(router), &shutdown).await?,
+            None,
+        ),
         Listen::Mounted(mounts) => {
             let tenant = config.tenant.clone().unwrap_or_default();
             let stopped = shutdown.clone();
@@ -297,18 +303,26 @@ async fn serve(config: config::Config, asked: shutdown::Shutdown, listen: Listen
     }
 }
 
-/// Serves `router` on `SLUICE_HTTP_ADDR` (HTTPS with `SLUICE_TLS_*`) until shutdown.
+/// Serves `router` on `SLUICE_HTTP_ADDR` (HTTPS with `SLUICE_TLS_*`) until shutdown: on the
+/// `inherited` socket if one was handed down, else on a socket bound here.
 async fn listen_on(
     config: &config::Config,
+    inherited: Option<&std::net::TcpListener>,
     router: axum::Router,
     shutdown: &shutdown::Shutdown,
 ) -> Result<Owned<std::io::Result<()>>, StartError> {
-    let listener = tokio::net::TcpListener::bind(config.http_addr).await.map_err(|e| {
-        StartError(format!(
-            "cannot listen on SLUICE_HTTP_ADDR={} ({e}): choose a free address",
-            config.http_addr
-        ))
-    })?;
+    let listener = match inherited {
+        Some(socket) => socket
+            .try_clone()
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|e| StartError(format!("cannot listen on the socket of SLUICE_HTTP_FD ({e})")))?,
+        None => tokio::net::TcpListener::bind(config.http_addr).await.map_err(|e| {
+            StartError(format!(
+                "cannot listen on SLUICE_HTTP_ADDR={} ({e}): choose a free address",
+                config.http_addr
+            ))
+        })?,
+    };
     let tls = match &config.tls {
         None => None,
         Some((cert, key)) => Some(

@@ -160,7 +160,7 @@ impl Source {
         match self {
             Source::File(_) => (
                 Config::from_lookup(|name| settings.get(name).cloned().or_else(|| std::env::var(name).ok())),
-                Listen::Own(Mounts::default()),
+                Listen::Own(Mounts::default(), None),
             ),
             Source::Gateway(deployment) => (
                 deployment.config_of(id, settings),

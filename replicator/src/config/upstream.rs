@@ -3,9 +3,9 @@
 //! `DB_NAME`, `DB_USER`, `DB_PASSWORD`, `DB_SSL`, `DB_SSL_CA_CERT`), `SLOT_NAME`,
 //! `PUBLICATIONS`, the tenant (`SELF_HOST_TENANT_NAME` or `TENANT_ID`), and the secrets a
 //! replicator needs to register its tenant with the gateway (`API_JWT_SECRET`, `JWT_SECRET`,
-//! `API_JWT_JWKS`). What sluice does differently (`TEMPORARY_SLOT`, `SECURE_CHANNELS`, a second
-//! publication, `PORT`, `DB_IP_VERSION`, `DB_AFTER_CONNECT_QUERY`) becomes a note the replicator
-//! logs at start. `DB_ENC_KEY` opens the database passwords the gateway's API stores sealed
+//! `API_JWT_JWKS`). What sluice does differently (`TEMPORARY_SLOT`, `SECURE_CHANNELS`,
+//! `SECRET_KEY_BASE`, `REGION`, a second publication, `PORT`, `DB_IP_VERSION`,
+//! `DB_AFTER_CONNECT_QUERY`) becomes a note the replicator logs at start. `DB_ENC_KEY` opens the database passwords the gateway's API stores sealed
 //! ([`crate::tenants`]).
 
 use std::collections::HashMap;
@@ -75,6 +75,16 @@ pub fn translate(get: &impl Fn(&str) -> Option<String>) -> Translated {
                 .into(),
         );
     }
+    if set("SECRET_KEY_BASE").is_some() {
+        out.notes.push(
+            "SECRET_KEY_BASE: upstream's Phoenix signs its sessions with it; sluice has none to sign, and the setting changes nothing".into(),
+        );
+    }
+    if let Some(region) = set("REGION") {
+        out.notes.push(format!(
+            "REGION={region}: sluice's gateway serves each client from the Cloudflare location nearest to it (self-hosted: where it runs); the setting changes nothing"
+        ));
+    }
     if let Some(port) = set("PORT") {
         out.notes.push(format!(
             "PORT={port}: clients connect to the gateway, not to the replicator, whose internal API listens on SLUICE_HTTP_ADDR"
@@ -139,6 +149,8 @@ mod tests {
             ("SELF_HOST_TENANT_NAME", "realtime-dev"),
             ("API_JWT_SECRET", "admin-secret"),
             ("PORT", "4000"),
+            ("SECRET_KEY_BASE", "phoenix"),
+            ("REGION", "local"),
         ]);
         assert_eq!(
             t.vars["SLUICE_DATABASE_URL"],
@@ -149,7 +161,7 @@ mod tests {
         assert_eq!(t.vars["SLUICE_TENANT"], "realtime-dev");
         assert_eq!(t.vars["SLUICE_TENANT_JWT_SECRET"], "admin-secret", "as upstream's seed");
         assert_eq!(t.vars["SLUICE_INTERNAL_SECRET"].len(), 64);
-        assert_eq!(t.notes.len(), 4, "{:?}", t.notes);
+        assert_eq!(t.notes.len(), 6, "{:?}", t.notes);
         assert!(t
             .notes
             .iter()

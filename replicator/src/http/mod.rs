@@ -120,6 +120,41 @@ async fn forward(
     }
 }
 
+/// The listening socket a parent process handed down as file descriptor `SLUICE_HTTP_FD` (a test
+/// kit, or a supervisor that opens sockets itself), so that no other process can take the port
+/// between its choice and the bind; `None` when the variable is unset. It must be bound to
+/// `SLUICE_HTTP_ADDR`, whose rules (loopback unless TLS) it thereby follows.
+pub fn inherited_listener(config: &crate::config::Config) -> Result<Option<Arc<std::net::TcpListener>>, String> {
+    use std::os::fd::{BorrowedFd, RawFd};
+    let Some(value) = std::env::var("SLUICE_HTTP_FD").ok().filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let fd: RawFd = value
+        .trim()
+        .parse()
+        .ok()
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| format!("SLUICE_HTTP_FD={value:?} is not a file descriptor number (3 or more)"))?;
+    // SAFETY: the descriptor is only borrowed for the duplicate; an invalid one fails `fcntl`.
+    let owned = unsafe { BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .map_err(|e| format!("SLUICE_HTTP_FD={fd} is not an open descriptor ({e})"))?;
+    let listener = std::net::TcpListener::from(owned);
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("SLUICE_HTTP_FD={fd} is not a listening TCP socket ({e})"))?;
+    if bound != config.http_addr {
+        return Err(format!(
+            "SLUICE_HTTP_FD={fd} is a socket on {bound}, not on SLUICE_HTTP_ADDR={}: set SLUICE_HTTP_ADDR={bound}",
+            config.http_addr
+        ));
+    }
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("SLUICE_HTTP_FD={fd}: {e}"))?;
+    Ok(Some(Arc::new(listener)))
+}
+
 /// Serves `router` on `listener` (over TLS when `tls` is given) until shutdown is asked, then
 /// lets open requests finish.
 pub async fn serve(
