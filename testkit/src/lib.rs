@@ -60,5 +60,6 @@ mod stack;
 
 pub use error::Error;
 pub use options::{Sluice, DEFAULT_JWT_SECRET, DEFAULT_TENANT_ID};
+pub use postgres::Database;
 pub use sluice_shared::limits::Limits;
 pub use stack::Stack;

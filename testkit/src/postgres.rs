@@ -344,6 +344,50 @@ pub struct Cluster {
     pub replicator_url: String,
 }
 
+/// A throwaway Postgres alone, set up as a stack's is (the crate's documentation says how), for
+/// a test that wants a database of its own, e.g. to hand to
+/// [`crate::Sluice::with_postgres_connection`]. Dropping it stops it and deletes its folder.
+pub struct Database {
+    cluster: Option<Cluster>,
+    dir: PathBuf,
+    watchdog: crate::process::Watchdog,
+}
+
+impl Database {
+    /// Starts one (the first start in a process finds Postgres and the replicator, whose
+    /// `setup-sql` prepares the template).
+    pub async fn start() -> Result<Database, Error> {
+        let binaries = crate::binaries::find().await?;
+        let dir = dirs::new_stack_dir()?;
+        let watchdog = crate::process::Watchdog::start()?;
+        watchdog.watch_dir(&dir);
+        let mut database = Database {
+            cluster: None,
+            dir,
+            watchdog,
+        };
+        let cluster = start(&database.dir, &binaries.postgres, &binaries.replicator, true).await?;
+        database.watchdog.watch_postgres(&cluster.process);
+        database.cluster = Some(cluster);
+        Ok(database)
+    }
+
+    /// Its superuser over loopback: `postgres://postgres:<password>@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> &str {
+        self.cluster.as_ref().map(|c| c.url.as_str()).unwrap_or_default()
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Some(cluster) = self.cluster.take() {
+            cluster.process.stop_blocking(libc::SIGQUIT, Duration::from_secs(5));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.watchdog.dismiss();
+    }
+}
+
 /// Copies the template into `dir` and starts it on a free port.
 pub async fn start(dir: &Path, bindir: &Path, replicator: &Path, echo: bool) -> Result<Cluster, Error> {
     let template = template(bindir, replicator).await?;
