@@ -67,5 +67,10 @@ pub fn free_port() -> Result<u16, Error> {
 /// A socket listening on a port the OS chose on 127.0.0.1, handed to a child as it is, so no
 /// other process can take the port in between.
 pub fn listener() -> Result<TcpListener, Error> {
-    TcpListener::bind("127.0.0.1:0").map_err(|e| Error::Setup(format!("cannot listen on 127.0.0.1: {e}")))
+    listener_on(0)
+}
+
+/// A socket listening on 127.0.0.1:`port` (0: one the OS chooses).
+pub fn listener_on(port: u16) -> Result<TcpListener, Error> {
+    TcpListener::bind(("127.0.0.1", port)).map_err(|e| Error::Setup(format!("cannot listen on 127.0.0.1:{port}: {e}")))
 }

@@ -41,6 +41,7 @@ pub struct Sluice {
     pub(crate) private_only: Option<bool>,
     pub(crate) log_level: String,
     pub(crate) startup_timeout: Duration,
+    pub(crate) port: Option<u16>,
 }
 
 /// Upstream's `DB_*` settings, an existing database named in parts.
@@ -69,6 +70,7 @@ impl Default for Sluice {
             private_only: None,
             log_level: "info".into(),
             startup_timeout: Duration::from_secs(60),
+            port: None,
         }
     }
 }
@@ -213,6 +215,13 @@ impl Sluice {
     /// that started it, which the test harness shows when the test fails. Default: `info`.
     pub fn with_log_level(mut self, level: impl Into<String>) -> Self {
         self.log_level = level.into();
+        self
+    }
+
+    /// The gateway's port on 127.0.0.1 (what [`crate::Stack::url`] names); the start fails if it
+    /// is taken. Default: one the OS chooses, so stacks never collide.
+    pub fn with_port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
 

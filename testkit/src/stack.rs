@@ -108,7 +108,7 @@ impl Sluice {
         // From here on, an error drops `stack`, which stops what did start.
         let deadline = started + self.startup_timeout;
         let echo = true;
-        let gateway_socket = dirs::listener()?;
+        let gateway_socket = dirs::listener_on(self.port.unwrap_or(0))?;
         let replicator_socket = dirs::listener()?;
         let gateway_addr = local_addr(&gateway_socket)?;
         let replicator_addr = local_addr(&replicator_socket)?;
