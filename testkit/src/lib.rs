@@ -63,3 +63,10 @@ pub use options::{Sluice, DEFAULT_JWT_SECRET, DEFAULT_TENANT_ID};
 pub use postgres::Database;
 pub use sluice_shared::limits::Limits;
 pub use stack::Stack;
+
+/// `bytes` random bytes in hex: secrets and passwords of a stack.
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::getrandom(&mut buf).expect("the OS has randomness");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}

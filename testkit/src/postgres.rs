@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::process::{OnParentDeath, Process, Program};
-use crate::{dirs, Error};
+use crate::{dirs, random_hex, Error};
 
 /// What the template holds beyond `initdb` and the replicator's role.
 const SUPABASE_SQL: &str = r#"
@@ -135,12 +135,6 @@ fn run(program: &Path, args: &[&str], user: Option<(u32, u32)>, cwd: &Path) -> R
         )));
     }
     Ok(())
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    getrandom::getrandom(&mut buf).expect("the OS has randomness");
-    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A cheap fingerprint of what makes a template (FNV-1a): a change makes a new one.

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::binaries::{self, Binaries};
 use crate::process::{OnParentDeath, Process, Program, Watchdog};
-use crate::{dirs, postgres, probe, Error, Sluice};
+use crate::{dirs, postgres, probe, random_hex, Error, Sluice};
 
 /// A running sluice. Dropping it stops everything it started and deletes its folder;
 /// [`Stack::stop`] does the same and reports what went wrong.
@@ -47,12 +47,6 @@ fn now_secs() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    getrandom::getrandom(&mut buf).expect("the OS has randomness");
-    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An API key as Supabase issues them: a role, valid for ten years.
