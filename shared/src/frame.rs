@@ -286,7 +286,7 @@ pub fn encode_user_broadcast(topic: &str, user: &UserBroadcast) -> Option<Vec<u8
     Some(out)
 }
 
-/// Builds the kind-3 frame a V2 client sends (the tests use it to check the decoder).
+/// Builds the kind-3 frame a V2 client sends a user broadcast in.
 pub fn encode_user_broadcast_push(join_ref: &str, ref_: &str, topic: &str, user: &UserBroadcast) -> Option<Vec<u8>> {
     let meta = user
         .meta
@@ -357,6 +357,109 @@ pub fn close(join_ref: Option<&str>, topic: &str) -> Outbound {
         event: "phx_close".to_string(),
         payload: json!({}),
     }
+}
+
+// ---- The client's side of the wire (sluice-client), the mirror image of the above ----
+
+/// Why a client's message cannot be put on the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EncodeError {
+    /// A binary payload on a vsn 1.0.0 socket, which has text frames only.
+    BinaryOnV1,
+    /// A binary frame's field is longer than its one-byte length (255 bytes).
+    FieldTooLong,
+}
+
+impl std::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EncodeError::BinaryOnV1 => write!(f, "binary payloads need protocol vsn 2.0.0"),
+            EncodeError::FieldTooLong => write!(f, "topic, event and refs of a binary frame are limited to 255 bytes"),
+        }
+    }
+}
+
+/// Encodes a message as a client sends it. Text: V1 `{topic, event, payload, ref, join_ref}`, V2
+/// `[join_ref, ref, topic, event, payload]`. A user broadcast goes as a V2 binary kind-3 frame, as
+/// realtime-js sends every broadcast on 2.0.0; on V1 a JSON one goes as its `broadcast` push.
+pub fn encode_from_client(vsn: Vsn, msg: &Inbound) -> Result<WireFrame, EncodeError> {
+    let payload = match (&msg.payload, vsn) {
+        (InboundPayload::Json(payload), _) => payload.clone(),
+        (InboundPayload::UserBroadcast(user), Vsn::V2) => {
+            let frame = encode_user_broadcast_push(
+                msg.join_ref.as_deref().unwrap_or(""),
+                msg.ref_.as_deref().unwrap_or(""),
+                &msg.topic,
+                user,
+            );
+            return frame.map(WireFrame::Binary).ok_or(EncodeError::FieldTooLong);
+        }
+        (InboundPayload::UserBroadcast(user), Vsn::V1) => {
+            user_broadcast_as_json(user).ok_or(EncodeError::BinaryOnV1)?
+        }
+    };
+    let text = match vsn {
+        Vsn::V1 => json!({
+            "topic": msg.topic,
+            "event": msg.event,
+            "payload": payload,
+            "ref": msg.ref_,
+            "join_ref": msg.join_ref,
+        }),
+        Vsn::V2 => json!([msg.join_ref, msg.ref_, msg.topic, msg.event, payload]),
+    };
+    Ok(WireFrame::Text(text.to_string()))
+}
+
+/// Decodes a frame as a client receives it: text of either serializer (the shapes
+/// [`decode_text`] reads), or a V2 binary kind-4 user broadcast, returned as a `broadcast` whose
+/// payload is the [`UserBroadcast`].
+pub fn decode_at_client(vsn: Vsn, frame: &WireFrame) -> Result<Inbound, DecodeError> {
+    let bytes = match frame {
+        WireFrame::Text(text) => return decode_text(vsn, text),
+        WireFrame::Binary(bytes) => bytes,
+    };
+    if vsn == Vsn::V1 {
+        return Err(DecodeError::BinaryOnV1);
+    }
+    let kind = *bytes.first().ok_or(DecodeError::Truncated)?;
+    if kind != KIND_USER_BROADCAST {
+        return Err(DecodeError::UnknownBinaryKind(kind));
+    }
+    let header = bytes.get(..5).ok_or(DecodeError::Truncated)?;
+    let encoding = match header[4] {
+        0 => Encoding::Binary,
+        _ => Encoding::Json,
+    };
+    let mut rest = &bytes[5..];
+    let mut fields = Vec::with_capacity(3);
+    for len in [header[1], header[2], header[3]].map(usize::from) {
+        if rest.len() < len {
+            return Err(DecodeError::Truncated);
+        }
+        let (field, tail) = rest.split_at(len);
+        fields.push(std::str::from_utf8(field).map_err(|_| DecodeError::NotUtf8)?);
+        rest = tail;
+    }
+    let meta = match fields[2] {
+        "" => None,
+        text => match serde_json::from_str(text) {
+            Ok(Value::Object(meta)) => Some(meta),
+            _ => return Err(DecodeError::WrongShape("binary broadcast meta must be a JSON object")),
+        },
+    };
+    Ok(Inbound {
+        join_ref: None,
+        ref_: None,
+        topic: fields[0].to_string(),
+        event: "broadcast".to_string(),
+        payload: InboundPayload::UserBroadcast(UserBroadcast {
+            event: fields[1].to_string(),
+            encoding,
+            payload: rest.to_vec(),
+            meta,
+        }),
+    })
 }
 
 #[cfg(test)]
@@ -663,5 +766,75 @@ mod tests {
                 let _ = decode_text(Vsn::V2, &text);
             }
         }
+    }
+
+    fn client_message(vsn_payload: InboundPayload) -> Inbound {
+        Inbound {
+            join_ref: Some("1".into()),
+            ref_: Some("2".into()),
+            topic: "realtime:room1".into(),
+            event: "broadcast".into(),
+            payload: vsn_payload,
+        }
+    }
+
+    #[test]
+    fn what_a_client_encodes_the_server_decodes_unchanged() {
+        let json_msg = client_message(InboundPayload::Json(json!({"type": "broadcast", "event": "e", "payload": {"a": 1}})));
+        for vsn in [Vsn::V1, Vsn::V2] {
+            let WireFrame::Text(text) = encode_from_client(vsn, &json_msg).unwrap() else {
+                panic!("a JSON message is text")
+            };
+            assert_eq!(decode_text(vsn, &text).unwrap(), json_msg);
+        }
+        let binary = client_message(InboundPayload::UserBroadcast(user("e", Encoding::Binary, &[0, 255, 7])));
+        let WireFrame::Binary(bytes) = encode_from_client(Vsn::V2, &binary).unwrap() else {
+            panic!("a user broadcast on V2 is binary")
+        };
+        assert_eq!(decode_binary(Vsn::V2, &bytes).unwrap(), binary);
+        assert_eq!(encode_from_client(Vsn::V1, &binary), Err(EncodeError::BinaryOnV1));
+    }
+
+    #[test]
+    fn a_json_user_broadcast_on_v1_goes_as_its_json_push() {
+        let msg = client_message(InboundPayload::UserBroadcast(user("e", Encoding::Json, br#"{"a":1}"#)));
+        let WireFrame::Text(text) = encode_from_client(Vsn::V1, &msg).unwrap() else {
+            panic!("V1 is text")
+        };
+        let decoded = decode_text(Vsn::V1, &text).unwrap();
+        assert_eq!(
+            decoded.payload,
+            InboundPayload::Json(json!({"type": "broadcast", "event": "e", "payload": {"a": 1}}))
+        );
+        assert_eq!(decoded.join_ref.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn a_client_decodes_what_the_server_fans_out() {
+        let mut u = user("cursor", Encoding::Json, br#"{"x":1}"#);
+        u.meta = Some(json!({"id": "abc"}).as_object().unwrap().clone());
+        let frame = encode_broadcast(Vsn::V2, "realtime:r", &Broadcast::User(u.clone())).unwrap();
+        let got = decode_at_client(Vsn::V2, &frame).unwrap();
+        assert_eq!(got.topic, "realtime:r");
+        assert_eq!(got.event, "broadcast");
+        assert_eq!(got.payload, InboundPayload::UserBroadcast(u.clone()));
+        let text = encode_broadcast(Vsn::V1, "realtime:r", &Broadcast::User(u)).unwrap();
+        let got = decode_at_client(Vsn::V1, &text).unwrap();
+        assert_eq!(got.payload, InboundPayload::Json(json!({"type": "broadcast", "event": "cursor", "payload": {"x": 1}, "meta": {"id": "abc"}})));
+        let reply = WireFrame::Text(encode(Vsn::V2, &reply(Some("1"), Some("2"), "realtime:r", true, json!({}))));
+        assert_eq!(decode_at_client(Vsn::V2, &reply).unwrap().event, "phx_reply");
+    }
+
+    #[test]
+    fn a_client_drops_broken_binary_frames() {
+        let good = encode_user_broadcast("realtime:r", &user("e", Encoding::Binary, b"xyz")).unwrap();
+        for cut in 0..8 {
+            assert!(decode_at_client(Vsn::V2, &WireFrame::Binary(good[..cut].to_vec())).is_err(), "cut at {cut}");
+        }
+        assert_eq!(
+            decode_at_client(Vsn::V2, &WireFrame::Binary(vec![9, 0, 0, 0, 0])),
+            Err(DecodeError::UnknownBinaryKind(9))
+        );
+        assert_eq!(decode_at_client(Vsn::V1, &WireFrame::Binary(good)), Err(DecodeError::BinaryOnV1));
     }
 }
