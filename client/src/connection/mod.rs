@@ -114,8 +114,9 @@ impl Machine {
         self.socket == Socket::Open
     }
 
-    pub fn access_token(&self) -> Option<&str> {
-        self.access_token.as_deref()
+    /// A channel's presence state; `None` for a topic this connection does not have.
+    pub fn presences(&self, topic: &str) -> Option<crate::presence::Presences> {
+        self.channels.iter().find(|c| c.topic == topic).map(|c| c.presence.presences())
     }
 
     /// The earliest time `handle_timeout` has something to do.
