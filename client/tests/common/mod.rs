@@ -12,6 +12,8 @@ use sluice_client::{ChannelEvent, Events};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
+pub mod proxy;
+
 /// How long a test waits for something before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
