@@ -265,6 +265,12 @@ impl Sluice {
         }
     }
 
+    /// Whether the tenant takes private channels only (the readiness probe's join must be one).
+    pub(crate) fn is_private_only(&self) -> bool {
+        self.private_only
+            .unwrap_or_else(|| self.limits.as_ref().is_some_and(|l| l.private_only))
+    }
+
     /// `TENANT_LIMITS` for the gateway, if any limit or setting was given.
     pub(crate) fn tenant_limits(&self) -> Option<String> {
         if self.limits.is_none() && self.private_only.is_none() {

@@ -32,7 +32,8 @@ pub async fn replicator_healthy(addr: std::net::SocketAddr) -> bool {
 }
 
 /// One probe: `Ok` once joined and subscribed, `Err` with what the server said otherwise.
-pub async fn join(websocket_url: &str, token: &str, postgres_changes: bool) -> Result<(), String> {
+/// `private` for tenants that take private channels only (the service role may read them).
+pub async fn join(websocket_url: &str, token: &str, postgres_changes: bool, private: bool) -> Result<(), String> {
     let url = format!("{websocket_url}?apikey={token}&vsn=1.0.0");
     let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
         .await
@@ -48,7 +49,7 @@ pub async fn join(websocket_url: &str, token: &str, postgres_changes: bool) -> R
         "ref": "1",
         "join_ref": "1",
         "payload": {
-            "config": { "broadcast": { "self": false }, "presence": { "key": "" }, "postgres_changes": bindings },
+            "config": { "broadcast": { "self": false }, "presence": { "key": "" }, "postgres_changes": bindings, "private": private },
             "access_token": token,
         },
     });

@@ -167,7 +167,7 @@ impl Sluice {
         stack.lock().replicator = Some(replicator);
         drop(replicator_socket);
 
-        stack.wait_ready(replicator_addr, throwaway, deadline).await?;
+        stack.wait_ready(replicator_addr, throwaway, self.is_private_only(), deadline).await?;
         Ok(stack)
     }
 }
@@ -253,7 +253,7 @@ impl Stack {
         Ok(())
     }
 
-    async fn wait_ready(&self, replicator: SocketAddr, throwaway: bool, deadline: Instant) -> Result<(), Error> {
+    async fn wait_ready(&self, replicator: SocketAddr, throwaway: bool, private: bool, deadline: Instant) -> Result<(), Error> {
         let mut last = String::from("the replicator's /healthz did not answer 200");
         loop {
             self.check_running()?;
@@ -274,7 +274,7 @@ impl Stack {
                 });
             }
             if probe::replicator_healthy(replicator).await {
-                match probe::join(&self.websocket_url, &self.service_role_key, throwaway).await {
+                match probe::join(&self.websocket_url, &self.service_role_key, throwaway, private).await {
                     Ok(()) => break,
                     Err(problem) => last = problem,
                 }
