@@ -31,19 +31,30 @@ pub(crate) type TokenProvider = Arc<dyn Fn() -> BoxFuture<Option<String>> + Send
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Metric {
-    /// A frame from the server, its size in bytes.
-    MessageIn { bytes: usize },
-    /// A frame to the server, its size in bytes.
-    MessageOut { bytes: usize },
-    /// A reconnect was scheduled (attempt 1, 2, …).
-    Reconnect { attempt: u32 },
+    /// A frame from the server.
+    MessageIn {
+        /// Its size.
+        bytes: usize,
+    },
+    /// A frame to the server.
+    MessageOut {
+        /// Its size.
+        bytes: usize,
+    },
+    /// A reconnect was scheduled.
+    Reconnect {
+        /// 1 for the first attempt after a drop, then 2, …
+        attempt: u32,
+    },
     /// A heartbeat's round trip.
     HeartbeatRoundTrip(Duration),
 }
 
+type HeartbeatHook = Arc<dyn Fn(HeartbeatStatus, Option<Duration>) + Send + Sync>;
+
 #[derive(Clone, Default)]
 pub(crate) struct Hooks {
-    pub on_heartbeat: Option<Arc<dyn Fn(HeartbeatStatus, Option<Duration>) + Send + Sync>>,
+    pub on_heartbeat: Option<HeartbeatHook>,
     pub metrics: Option<Arc<dyn Fn(Metric) + Send + Sync>>,
 }
 

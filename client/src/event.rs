@@ -10,14 +10,36 @@ use crate::Error;
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum ChannelEvent {
-    /// A broadcast: its event name and payload (the sender's `payload`, JSON or bytes).
-    Broadcast { event: String, payload: Payload },
+    /// A broadcast.
+    Broadcast {
+        /// The sender's event name.
+        event: String,
+        /// The sender's payload, JSON or bytes.
+        payload: Payload,
+    },
     /// The presence state after a `presence_state` or `presence_diff` was applied.
-    PresenceSync { state: Presences },
-    /// Presences that joined under `key`: `current` before, `joined` the new ones.
-    PresenceJoin { key: String, current: Vec<Value>, joined: Vec<Value> },
-    /// Presences that left `key`: `current` what remains, `left` the ones that went.
-    PresenceLeave { key: String, current: Vec<Value>, left: Vec<Value> },
+    PresenceSync {
+        /// Every key's presences.
+        state: Presences,
+    },
+    /// Presences joined under a key.
+    PresenceJoin {
+        /// The presence key.
+        key: String,
+        /// The key's presences before.
+        current: Vec<Value>,
+        /// The new ones.
+        joined: Vec<Value>,
+    },
+    /// Presences left a key.
+    PresenceLeave {
+        /// The presence key.
+        key: String,
+        /// The key's presences that remain.
+        current: Vec<Value>,
+        /// The ones that went.
+        left: Vec<Value>,
+    },
     /// A row change matching one of the channel's Postgres bindings.
     PostgresChange(PostgresChange),
     /// A `system` message (`Subscribed to PostgreSQL`, a filter error, `Server requested disconnect`).
@@ -32,7 +54,9 @@ pub enum ChannelEvent {
 /// A broadcast payload: JSON, or bytes sent as a binary broadcast (protocol 2.0.0).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Payload {
+    /// A JSON value (sent as a JSON-encoded broadcast).
     Json(Value),
+    /// Bytes (sent as a binary broadcast).
     Binary(Vec<u8>),
 }
 
@@ -69,8 +93,11 @@ impl From<Vec<u8>> for Payload {
 /// The row events a Postgres binding listens to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PostgresChangeEvent {
+    /// `INSERT`
     Insert,
+    /// `UPDATE`
     Update,
+    /// `DELETE`
     Delete,
     /// `*`: all three.
     All,
@@ -101,7 +128,9 @@ impl PostgresChangeEvent {
 /// A column of a changed row, as the server describes it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
 pub struct Column {
+    /// The column's name.
     pub name: String,
+    /// Its Postgres type (`int8`, `text`, `jsonb`, …).
     #[serde(rename = "type")]
     pub type_name: String,
 }
@@ -122,10 +151,12 @@ impl PostgresChange {
         self.str("type").and_then(PostgresChangeEvent::from_wire)
     }
 
+    /// The table's schema.
     pub fn schema(&self) -> &str {
         self.str("schema").unwrap_or_default()
     }
 
+    /// The table's name.
     pub fn table(&self) -> &str {
         self.str("table").unwrap_or_default()
     }
@@ -192,6 +223,7 @@ pub struct SystemMessage {
     pub extension: String,
     /// `true` for status `ok`, `false` for `error`.
     pub ok: bool,
+    /// The server's text (`Subscribed to PostgreSQL`, ``Error parsing `filter` params: …``).
     pub message: String,
 }
 
@@ -221,11 +253,14 @@ pub enum CloseReason {
 /// A heartbeat's fate, as realtime-js's `onHeartbeat` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeartbeatStatus {
+    /// A heartbeat went out.
     Sent,
+    /// The server answered it.
     Ok,
     /// The server answered with an error.
     Error,
     /// No reply in time: the connection is closed and made again.
     Timeout,
+    /// The socket closed.
     Disconnected,
 }

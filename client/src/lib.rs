@@ -30,6 +30,8 @@
 //!
 //! The frames come from `sluice-shared`, the codec the server uses, so the two cannot drift.
 
+#![warn(missing_docs)]
+
 pub mod channel;
 pub mod client;
 mod connection;

@@ -5,7 +5,9 @@ use std::time::Duration;
 /// Delays for attempt 1, 2, …; the last repeats. Jitter adds up to `jitter` × the delay.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Backoff {
+    /// The delay before attempt 1, 2, …; the last one repeats.
     pub steps: Vec<Duration>,
+    /// Up to this share of the delay is added at random (0.1: up to 10 %).
     pub jitter: f64,
 }
 
