@@ -1,5 +1,6 @@
 // RLS, differentially: random sets of permissive and restrictive policies (the families people
-// write: a column equal to a claim, with and without `(select ...)`, membership through another
+// write: a column equal to a claim, with and without `(select ...)`, the column cast to text,
+// an OR of such parts, membership through another
 // table in both forms (and with the membership table's own RLS on or off), conditions of the
 // claims alone, role-only, `using (true)`, arbitrary SQL), random subscribers (roles, claims) and
 // random changes. What the replicator delivers must be, set for set, what Postgres says when asked for
@@ -38,6 +39,14 @@ const PERMISSIVE = [
   ['owner_select', `as permissive for select to authenticated using (owner = (select auth.uid()))`],
   ['owner_text', `as permissive for select using (label = (current_setting('request.jwt.claims', true)::jsonb ->> 'sub'))`],
   ['team_claim', `as permissive for select using (team = ((auth.jwt() ->> 'team'))::int)`],
+  // A cast on the column side, either way round (uuid and int compared by their text).
+  ['owner_cast', `as permissive for select to authenticated using (owner::text = auth.jwt() ->> 'sub')`],
+  ['owner_cast_rev', `as permissive for select using ((auth.jwt() ->> 'sub') = cast(owner as text))`],
+  ['team_cast', `as permissive for select using (team::text = (current_setting('request.jwt.claims', true)::jsonb ->> 'team'))`],
+  // OR of recognised parts: the union of their audiences.
+  ['owner_or_team', `as permissive for select to authenticated using (owner = auth.uid() or team = ((auth.jwt() ->> 'team'))::int)`],
+  ['label_or_member', `as permissive for select using (label::text = (select auth.jwt() ->> 'sub') or team in (select m.team from members m where m.user_id = auth.uid()))`],
+  ['role_or_team_cast', `as permissive for select using ((auth.jwt() ->> 'role') = 'anon' or team::text = (auth.jwt() ->> 'team'))`],
   ['member', `as permissive for select to authenticated using (exists (select 1 from members m where m.team = docs.team and m.user_id = auth.uid()))`],
   ['member_in', `as permissive for select to authenticated using (team in (select m.team from members m where m.user_id = (select auth.uid())))`],
   ['claims_role', `as permissive for select using ((auth.jwt() ->> 'role') = 'authenticated')`],
@@ -47,6 +56,9 @@ const PERMISSIVE = [
   // Fails (division by zero) for subscribers of team 0: the rows stay hidden from them only.
   ['fails_for_some', `as permissive for select using (id / ((auth.jwt() ->> 'team'))::int > 1000000)`],
 ];
+/** The permissive families on the indexed path. */
+const RECOGNISED = new Set(['owner', 'owner_select', 'owner_text', 'team_claim', 'owner_cast', 'owner_cast_rev', 'team_cast',
+  'owner_or_team', 'label_or_member', 'role_or_team_cast', 'member', 'member_in', 'claims_role', 'open_anon']);
 const RESTRICTIVE = [
   ['no_secret', `as restrictive for select using (body <> 'secret')`],
   ['small_team', `as restrictive for select using (team < 4)`],
@@ -144,10 +156,13 @@ test('deliveries equal what Postgres allows each subscriber, for random policies
   }
   await register('sentinel', { role: 'anon', exp: 9999999999 }, 'marks');
 
-  for (let round = 0; round < 30; round++) {
+  for (let round = 0; round < 40; round++) {
     const rng = random(1000 + round);
+    // One policy sluice does not analyse sends the whole table to the batched check: the last
+    // rounds draw only from the families it recognises, so that the indexed path decides.
+    const pool = round < 30 ? PERMISSIVE : PERMISSIVE.filter(([name]) => RECOGNISED.has(name));
     const policies = [
-      ...PERMISSIVE.filter(() => rng.next() < 0.35),
+      ...pool.filter(() => rng.next() < 0.35),
       ...RESTRICTIVE.filter(() => rng.next() < 0.3),
     ];
     await db.query(`do $$ declare p record; begin

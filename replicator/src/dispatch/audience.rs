@@ -353,47 +353,56 @@ async fn rule(conn: &Client, relation: &Relation, info: &TableInfo, role: &str) 
             exact = false; // restrictive: the links find a superset, Postgres decides
             continue;
         }
-        let Some(link) = policy
+        let Some(parts) = policy
             .get::<_, Option<String>>(2)
-            .and_then(|qual| policies::link(&qual, &relation.table))
+            .and_then(|qual| policies::links(&qual, &relation.table))
         else {
             return Ok(Rule::Unknown);
         };
         let text_equal = |i: usize| policies::text_equal(&info.typnames[i]) && info.deterministic[i];
-        let resolved = match link {
-            Link::Claims { expression } => Resolved::Claims { expression },
-            Link::Column { column, expression } => match relation.column(&column) {
-                Some(i) if text_equal(i) => Resolved::Column {
-                    column: i,
-                    expression,
-                    ty: info.column_type(i).to_string(),
+        // An OR's parts each tie rows to subscribers: the policy's audience is their union.
+        for link in parts {
+            let resolved = match link {
+                Link::Claims { expression } => Resolved::Claims { expression },
+                Link::Column { column, expression, cast } => match relation.column(&column) {
+                    Some(i) if text_equal(i) => Resolved::Column {
+                        column: i,
+                        expression,
+                        ty: match cast.as_deref() {
+                            None => info.column_type(i).to_string(),
+                            // A text-equal type cast to text is its output text, as pgoutput
+                            // sends it: the claim is compared as text.
+                            Some("text" | "character varying" | "varchar") => "text".to_string(),
+                            Some(_) => return Ok(Rule::Unknown),
+                        },
+                    },
+                    _ => return Ok(Rule::Unknown),
                 },
-                _ => return Ok(Rule::Unknown),
-            },
-            Link::Membership {
-                column,
-                table,
-                key,
-                member,
-                expression,
-            } => {
-                let Some(i) = relation.column(&column).filter(|&i| text_equal(i)) else {
-                    return Ok(Rule::Unknown);
-                };
-                let oid: u32 = policy.get(0);
-                let Some((read, ty)) = membership_read(conn, oid, relation.relid, &table, &key, &member).await? else {
-                    return Ok(Rule::Unknown);
-                };
-                exact = false; // the membership table's own policies apply inside the subscriber's
-                Resolved::Membership {
-                    column: i,
+                Link::Membership {
+                    column,
+                    table,
+                    key,
+                    member,
                     expression,
-                    ty,
-                    read: Arc::new(read),
+                } => {
+                    let Some(i) = relation.column(&column).filter(|&i| text_equal(i)) else {
+                        return Ok(Rule::Unknown);
+                    };
+                    let oid: u32 = policy.get(0);
+                    let Some((read, ty)) = membership_read(conn, oid, relation.relid, &table, &key, &member).await? else {
+                        return Ok(Rule::Unknown);
+                    };
+                    exact = false; // the membership table's own policies apply inside the subscriber's
+                    Resolved::Membership {
+                        column: i,
+                        expression,
+                        ty,
+                        read: Arc::new(read),
+                    }
                 }
-            }
-        };
-        links.push(resolved);
+            };
+            links.push(resolved);
+        }
     }
     Ok(Rule::Links { links, exact })
 }

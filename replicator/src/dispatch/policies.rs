@@ -3,12 +3,14 @@
 //!
 //! - `column = <claims expression>` (`user_id = auth.uid()`, `(select auth.uid())`,
 //!   `auth.jwt() ->> 'sub'`, `current_setting('request.jwt.claims', true)::json ->> 'sub'`, with
-//!   casts): the row is visible to subscribers whose value of the expression equals the column.
+//!   casts), either way round, the column maybe cast (`(user_id)::text = …`): the row is visible
+//!   to subscribers whose value of the expression equals the column.
 //! - membership through another table, `exists (select 1 from members m where m.room_id =
 //!   t.room_id and m.user_id = auth.uid())` or `room_id in (select m.room_id from members m where
 //!   m.user_id = auth.uid())`: visible to subscribers whose value is a member of the row's key.
 //! - an expression of the claims alone (`true`, `auth.role() = 'authenticated'`): visible to
 //!   every subscriber for whom it is true.
+//! - `a OR b OR …` of the above: visible to the union of their audiences.
 //!
 //! "The claims alone" is decided by a whitelist of tokens: Supabase's `auth` helpers (which read
 //! `request.jwt.claims`), `current_setting`, literals, casts and `->>`; no column, no FROM.
@@ -16,8 +18,13 @@
 /// How a permissive policy ties a row to the subscribers who may see it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Link {
-    /// `column = expression`.
-    Column { column: String, expression: String },
+    /// `column = expression`, or `(column)::cast = expression`.
+    Column {
+        column: String,
+        expression: String,
+        /// The type the column is cast to before the comparison, as printed (`text`).
+        cast: Option<String>,
+    },
     /// A row is visible to the members of its `column`'s value in `table`: rows of `table` whose
     /// `key` equals the column and whose `member` equals the expression.
     Membership {
@@ -32,18 +39,32 @@ pub enum Link {
     Claims { expression: String },
 }
 
-/// The [`Link`] a permissive policy's `pg_get_expr(polqual)` on table `table` (its name, as
-/// `pg_get_expr` qualifies the table's own columns in subqueries) has, if it has one.
-pub fn link(qual: &str, table: &str) -> Option<Link> {
+/// The [`Link`]s a permissive policy's `pg_get_expr(polqual)` on table `table` (its name, as
+/// `pg_get_expr` qualifies the table's own columns in subqueries) has: one, or one per part of an
+/// `OR` (the row is visible to the union of their audiences). `None` unless every part has one.
+pub fn links(qual: &str, table: &str) -> Option<Vec<Link>> {
     let all = tokens(qual)?;
     let tokens = unwrap(&all);
+    if claims_only(tokens) {
+        return Some(vec![Link::Claims {
+            expression: text_of(qual, tokens)?,
+        }]);
+    }
+    split_all(tokens, "OR")
+        .into_iter()
+        .map(|part| link(qual, unwrap(part), table))
+        .collect()
+}
+
+/// The [`Link`] of one condition (no top-level `OR`): `tokens` of `qual`.
+fn link(qual: &str, tokens: &[Token], table: &str) -> Option<Link> {
     if claims_only(tokens) {
         return Some(Link::Claims {
             expression: text_of(qual, tokens)?,
         });
     }
     if let Some((left, right)) = split_at(tokens, "=") {
-        let (column, expression) = match (column_of(left), column_of(right)) {
+        let ((column, cast), expression) = match (cast_column_of(left), cast_column_of(right)) {
             (Some(c), None) => (c, right),
             (None, Some(c)) => (c, left),
             _ => return None,
@@ -51,6 +72,7 @@ pub fn link(qual: &str, table: &str) -> Option<Link> {
         return claims_only(expression).then(|| Link::Column {
             column,
             expression: text_of(qual, expression).unwrap_or_default(),
+            cast,
         });
     }
     membership(qual, tokens, table)
@@ -139,6 +161,25 @@ fn membership(qual: &str, tokens: &[Token], table: &str) -> Option<Link> {
         member,
         expression,
     })
+}
+
+/// `tokens` split at every `keyword` outside parentheses (one part when there is none).
+fn split_all<'t>(tokens: &'t [Token], keyword: &str) -> Vec<&'t [Token]> {
+    let mut parts = vec![];
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, token) in tokens.iter().enumerate() {
+        match token.text.as_str() {
+            "(" => depth += 1,
+            ")" => depth -= 1,
+            text if depth == 0 && !token.quoted && text.eq_ignore_ascii_case(keyword) => {
+                parts.push(&tokens[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&tokens[start..]);
+    parts
 }
 
 /// The only token of `side`.
@@ -342,6 +383,19 @@ fn past_quoted(bytes: &[u8], open: usize) -> Option<usize> {
     }
 }
 
+/// A column, maybe cast as `pg_get_expr` prints it (`(user_id)::text`, `(name)::character
+/// varying`): its name and the type it is cast to.
+fn cast_column_of(tokens: &[Token]) -> Option<(String, Option<String>)> {
+    if let Some(column) = column_of(tokens) {
+        return Some((column, None));
+    }
+    let cast = tokens.iter().position(|t| t.text == "::")?;
+    let column = column_of(&tokens[..cast])?;
+    let ty: Vec<&str> = tokens[cast + 1..].iter().map(|t| t.text.as_str()).collect();
+    let ty = ty.join(" ").to_ascii_lowercase();
+    (!ty.is_empty() && ty.split(' ').all(|w| CAST_TYPES.contains(&w))).then_some((column, Some(ty)))
+}
+
 /// A bare column name (one identifier, not a function, not dotted).
 fn column_of(tokens: &[Token]) -> Option<String> {
     match tokens {
@@ -431,15 +485,24 @@ fn claims_only(tokens: &[Token]) -> bool {
 mod tests {
     use super::*;
 
-    fn column(column: &str, expression: &str) -> Option<Link> {
-        Some(Link::Column {
+    fn column(column: &str, expression: &str) -> Option<Vec<Link>> {
+        Some(vec![Link::Column {
             column: column.into(),
             expression: expression.into(),
-        })
+            cast: None,
+        }])
     }
 
-    fn on_notes(qual: &str) -> Option<Link> {
-        link(qual, "notes")
+    fn cast_column(column: &str, cast: &str, expression: &str) -> Link {
+        Link::Column {
+            column: column.into(),
+            expression: expression.into(),
+            cast: Some(cast.into()),
+        }
+    }
+
+    fn on_notes(qual: &str) -> Option<Vec<Link>> {
+        links(qual, "notes")
     }
 
     #[test]
@@ -472,15 +535,15 @@ mod tests {
     #[test]
     fn membership_through_another_table_in_both_forms() {
         let rooms = |table: &str, expression: &str| {
-            Some(Link::Membership {
+            Some(vec![Link::Membership {
                 column: "room_id".into(),
                 table: table.into(),
                 key: "room_id".into(),
                 member: "user_id".into(),
                 expression: expression.into(),
-            })
+            }])
         };
-        let on_messages = |qual: &str| link(qual, "messages");
+        let on_messages = |qual: &str| links(qual, "messages");
         assert_eq!(
             on_messages(
                 "(EXISTS ( SELECT 1\n   FROM members m\n  WHERE ((m.room_id = messages.room_id) AND (m.user_id = auth.uid()))))"
@@ -507,7 +570,7 @@ mod tests {
 
     #[test]
     fn conditions_of_the_claims_alone() {
-        let claims = |e: &str| Some(Link::Claims { expression: e.into() });
+        let claims = |e: &str| Some(vec![Link::Claims { expression: e.into() }]);
         assert_eq!(on_notes("true"), claims("true"));
         assert_eq!(
             on_notes("(auth.role() = 'authenticated'::text)"),
@@ -518,7 +581,7 @@ mod tests {
     #[test]
     fn anything_else_has_no_link() {
         for qual in [
-            "(user_id = auth.uid()) OR (public = true)",
+            "((user_id = auth.uid()) OR archived)",
             "((user_id = auth.uid()) AND (archived = false))",
             // The classic mistake: `m.room_id = room_id` compares the member row with itself.
             "(EXISTS ( SELECT 1 FROM members m WHERE ((m.room_id = m.room_id) AND (m.user_id = auth.uid()))))",
@@ -532,9 +595,78 @@ mod tests {
             "(user_id <> auth.uid())",
             "(user_id = my_uid())",
             "archived",
+            // A cast to a type that is not a plain name, or a function of the column.
+            "((user_id)::text = lower((auth.jwt() ->> 'sub'::text)))",
+            "(lower((user_id)::text) = (auth.jwt() ->> 'sub'::text))",
+            "((user_id)::text::foo = (auth.jwt() ->> 'sub'::text))",
         ] {
             assert_eq!(on_notes(qual), None, "{qual}");
         }
+    }
+
+    /// Printed by `pg_get_expr` (Postgres 15) for policies written as in the comments.
+    #[test]
+    fn a_cast_column_on_either_side() {
+        // user_id::text = (select current_setting('request.jwt.claims', true)::jsonb ->> 'sub')
+        assert_eq!(
+            on_notes("((user_id)::text = ( SELECT ((current_setting('request.jwt.claims'::text, true))::jsonb ->> 'sub'::text)))"),
+            Some(vec![cast_column(
+                "user_id",
+                "text",
+                "( SELECT ((current_setting('request.jwt.claims'::text, true))::jsonb ->> 'sub'::text))"
+            )])
+        );
+        // (auth.jwt() ->> 'sub') = user_id::text
+        assert_eq!(
+            on_notes("((auth.jwt() ->> 'sub'::text) = (user_id)::text)"),
+            Some(vec![cast_column("user_id", "text", "(auth.jwt() ->> 'sub'::text)")])
+        );
+        // CAST(user_id AS text) = auth.jwt() ->> 'sub'
+        assert_eq!(
+            on_notes("((user_id)::text = (auth.jwt() ->> 'sub'::text))"),
+            Some(vec![cast_column("user_id", "text", "(auth.jwt() ->> 'sub'::text)")])
+        );
+        // user_id::text = (auth.jwt() -> 'app_metadata' ->> 'org_id')
+        assert_eq!(
+            on_notes("((user_id)::text = ((auth.jwt() -> 'app_metadata'::text) ->> 'org_id'::text))"),
+            Some(vec![cast_column("user_id", "text", "((auth.jwt() -> 'app_metadata'::text) ->> 'org_id'::text)")])
+        );
+        // owner_text::uuid = auth.uid(): recognised here, refused by the audience (not injective)
+        assert_eq!(
+            on_notes("((owner_text)::uuid = auth.uid())"),
+            Some(vec![cast_column("owner_text", "uuid", "auth.uid()")])
+        );
+        assert_eq!(
+            on_notes("((name)::character varying = (auth.jwt() ->> 'name'::text))"),
+            Some(vec![cast_column("name", "character varying", "(auth.jwt() ->> 'name'::text)")])
+        );
+    }
+
+    #[test]
+    fn an_or_of_recognised_parts_is_each_of_them() {
+        // auth.uid() = user_id OR team_id = (auth.jwt() ->> 'team')::int
+        assert_eq!(
+            on_notes("((auth.uid() = user_id) OR (team_id = ((auth.jwt() ->> 'team'::text))::integer))"),
+            Some(vec![
+                Link::Column { column: "user_id".into(), expression: "auth.uid()".into(), cast: None },
+                Link::Column { column: "team_id".into(), expression: "((auth.jwt() ->> 'team'::text))::integer".into(), cast: None },
+            ])
+        );
+        let parts = on_notes(
+            "((auth.uid() = user_id) OR (room_id IN ( SELECT m.room_id\n   FROM members m\n  WHERE (m.user_id = auth.uid()))))",
+        )
+        .expect("both parts are recognised");
+        assert!(matches!(&parts[1], Link::Membership { table, .. } if table == "members"), "{parts:?}");
+        // An OR of claims alone: each part a condition of the claims.
+        assert_eq!(
+            on_notes("((auth.role() = 'service_role'::text) OR (auth.role() = 'admin'::text))"),
+            Some(vec![
+                Link::Claims { expression: "auth.role() = 'service_role'::text".into() },
+                Link::Claims { expression: "auth.role() = 'admin'::text".into() },
+            ])
+        );
+        // One part not recognised: none is.
+        assert_eq!(on_notes("((auth.uid() = user_id) OR has_role(auth.uid(), 'admin'::text))"), None);
     }
 
     #[test]
