@@ -47,6 +47,8 @@ const PERMISSIVE = [
   ['owner_or_team', `as permissive for select to authenticated using (owner = auth.uid() or team = ((auth.jwt() ->> 'team'))::int)`],
   ['label_or_member', `as permissive for select using (label::text = (select auth.jwt() ->> 'sub') or team in (select m.team from members m where m.user_id = auth.uid()))`],
   ['role_or_team_cast', `as permissive for select using ((auth.jwt() ->> 'role') = 'anon' or team::text = (auth.jwt() ->> 'team'))`],
+  // The subscriber among an array's elements (some arrays empty, some NULL, some with NULLs).
+  ['reader', `as permissive for select to authenticated using (auth.uid() = any (readers))`],
   ['member', `as permissive for select to authenticated using (exists (select 1 from members m where m.team = docs.team and m.user_id = auth.uid()))`],
   ['member_in', `as permissive for select to authenticated using (team in (select m.team from members m where m.user_id = (select auth.uid())))`],
   ['claims_role', `as permissive for select using ((auth.jwt() ->> 'role') = 'authenticated')`],
@@ -58,7 +60,7 @@ const PERMISSIVE = [
 ];
 /** The permissive families on the indexed path. */
 const RECOGNISED = new Set(['owner', 'owner_select', 'owner_text', 'team_claim', 'owner_cast', 'owner_cast_rev', 'team_cast',
-  'owner_or_team', 'label_or_member', 'role_or_team_cast', 'member', 'member_in', 'claims_role', 'open_anon']);
+  'owner_or_team', 'label_or_member', 'role_or_team_cast', 'reader', 'member', 'member_in', 'claims_role', 'open_anon']);
 const RESTRICTIVE = [
   ['no_secret', `as restrictive for select using (body <> 'secret')`],
   ['small_team', `as restrictive for select using (team < 4)`],
@@ -105,7 +107,7 @@ before(async () => {
     create function auth.uid() returns uuid language sql stable as $$
       select nullif(current_setting('request.jwt.claims', true)::jsonb ->> 'sub', '')::uuid $$;
     grant usage on schema auth to anon, authenticated;
-    create table docs (id int primary key, owner uuid, label text, team int not null, public bool not null, body text not null);
+    create table docs (id int primary key, owner uuid, label text, team int not null, public bool not null, body text not null, readers uuid[]);
     alter table docs enable row level security;
     create table members (team int not null, user_id uuid not null);
     create policy own_memberships on members for select using (user_id = auth.uid() or team = 2);
@@ -181,10 +183,12 @@ test('deliveries equal what Postgres allows each subscriber, for random policies
         const id = first + t * 5 + k;
         ids.push(id);
         const owner = rng.next() < 0.85 ? rng.pick(USERS) : null;
-        return [id, owner, rng.next() < 0.5 ? owner : rng.pick(USERS), rng.int(6), rng.next() < 0.3, rng.pick(['body', 'b-note', 'secret'])];
+        const readers = rng.next() < 0.15 ? null : Array.from({ length: rng.int(4) }, () => (rng.next() < 0.1 ? null : rng.pick(USERS)));
+        return { id, owner, label: rng.next() < 0.5 ? owner : rng.pick(USERS), team: rng.int(6), public: rng.next() < 0.3,
+          body: rng.pick(['body', 'b-note', 'secret']), readers };
       });
-      await db.query(`insert into docs select * from unnest($1::int[], $2::uuid[], $3::text[], $4::int[], $5::bool[], $6::text[])`,
-        rows[0].map((_, col) => rows.map((r) => r[col])));
+      await db.query(`insert into docs select * from jsonb_to_recordset($1) as x(id int, owner uuid, label text, team int, public bool, body text, readers uuid[])`,
+        [JSON.stringify(rows)]);
     }
     // Every change above is dispatched before the mark (batches go in commit order).
     await db.query('insert into marks values ($1)', [round]);

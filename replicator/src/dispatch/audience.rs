@@ -49,6 +49,13 @@ pub enum Resolved {
         expression: String,
         ty: String,
     },
+    /// `expression = ANY (column)`: the row's keys are its array's elements.
+    Elements {
+        column: usize,
+        expression: String,
+        /// The element type (the claim value is cast to it).
+        ty: String,
+    },
     Membership {
         column: usize,
         expression: String,
@@ -65,7 +72,9 @@ impl Resolved {
     /// The claims expression and the type its value is compared as.
     fn value_of(&self) -> (&str, &str) {
         match self {
-            Resolved::Column { expression, ty, .. } | Resolved::Membership { expression, ty, .. } => (expression, ty),
+            Resolved::Column { expression, ty, .. }
+            | Resolved::Elements { expression, ty, .. }
+            | Resolved::Membership { expression, ty, .. } => (expression, ty),
             Resolved::Claims { expression } => (expression, "boolean"),
         }
     }
@@ -141,6 +150,14 @@ impl Audience {
                     Resolved::Claims { .. } => {}
                     Resolved::Column { column, .. } => match change.cell(*column) {
                         Cell::Text(v) => values.push((i, vec![v])),
+                        Cell::Null => {}
+                        Cell::Absent => placed = false,
+                    },
+                    Resolved::Elements { column, .. } => match change.cell(*column) {
+                        Cell::Text(v) => match array_elements(v) {
+                            Some(elements) => values.push((i, elements)),
+                            None => placed = false,
+                        },
                         Cell::Null => {}
                         Cell::Absent => placed = false,
                     },
@@ -378,6 +395,21 @@ async fn rule(conn: &Client, relation: &Relation, info: &TableInfo, role: &str) 
                     },
                     _ => return Ok(Rule::Unknown),
                 },
+                Link::AnyElement { column, expression } => match relation.column(&column) {
+                    Some(i)
+                        if info.deterministic[i]
+                            && info.typnames[i]
+                                .strip_prefix('_')
+                                .is_some_and(|element| ARRAY_ELEMENT_TYPES.contains(&element)) =>
+                    {
+                        Resolved::Elements {
+                            column: i,
+                            expression,
+                            ty: info.column_type(i).trim_end_matches("[]").to_string(),
+                        }
+                    }
+                    _ => return Ok(Rule::Unknown),
+                },
                 Link::Membership {
                     column,
                     table,
@@ -473,6 +505,24 @@ async fn membership_read(
         table.get::<_, String>(1)
     );
     Ok(Some((MembershipRead { select, reader }, member_type)))
+}
+
+/// Element types of arrays whose text form is a plain comma-separated list (never quoted) and
+/// whose `=` is equality of that text.
+const ARRAY_ELEMENT_TYPES: [&str; 5] = ["uuid", "int2", "int4", "int8", "oid"];
+
+/// The elements of a one-dimensional array of [`ARRAY_ELEMENT_TYPES`] as pgoutput sends it
+/// (`{a,b,NULL}`), NULLs left out (they equal nothing); `None` for any other shape.
+fn array_elements(text: &str) -> Option<Vec<&str>> {
+    let inner = text.strip_prefix('{')?.strip_suffix('}')?;
+    if inner.is_empty() {
+        return Some(vec![]);
+    }
+    let elements: Vec<&str> = inner.split(',').collect();
+    if elements.iter().any(|e| e.is_empty() || e.contains(['{', '}', '"', '\\', ' '])) {
+        return None;
+    }
+    Some(elements.into_iter().filter(|e| !e.eq_ignore_ascii_case("null")).collect())
 }
 
 /// Whether any of the audiences has a membership link (then the batch reads memberships).
@@ -784,6 +834,18 @@ mod tests {
         });
         out.sort();
         out
+    }
+
+    #[test]
+    fn array_elements_as_pgoutput_sends_them() {
+        assert_eq!(array_elements("{}"), Some(vec![]));
+        assert_eq!(array_elements("{1,NULL,3}"), Some(vec!["1", "3"]));
+        let uuids = "{0b3c7a52-8f9d-4f3e-9d5c-1a2b3c4d5e01,0b3c7a52-8f9d-4f3e-9d5c-1a2b3c4d5e02}";
+        assert_eq!(array_elements(uuids).map(|e| e.len()), Some(2));
+        // Anything else cannot be placed: every subscriber is a candidate.
+        for other in ["{{1,2},{3,4}}", "[0:1]={1,2}", "{\"a,b\"}", "1,2", "{1,,2}"] {
+            assert_eq!(array_elements(other), None, "{other}");
+        }
     }
 
     fn owner_link() -> Resolved {

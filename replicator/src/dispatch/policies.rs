@@ -10,6 +10,8 @@
 //!   m.user_id = auth.uid())`: visible to subscribers whose value is a member of the row's key.
 //! - an expression of the claims alone (`true`, `auth.role() = 'authenticated'`): visible to
 //!   every subscriber for whom it is true.
+//! - `<claims expression> = ANY (array_column)`: visible to subscribers whose value is one of the
+//!   row's elements.
 //! - `a OR b OR …` of the above: visible to the union of their audiences.
 //!
 //! "The claims alone" is decided by a whitelist of tokens: Supabase's `auth` helpers (which read
@@ -35,6 +37,8 @@ pub enum Link {
         member: String,
         expression: String,
     },
+    /// `expression = ANY (column)`: the row is visible to each of its array's elements.
+    AnyElement { column: String, expression: String },
     /// The whole condition reads only the claims: every row or none, per subscriber.
     Claims { expression: String },
 }
@@ -64,6 +68,14 @@ fn link(qual: &str, tokens: &[Token], table: &str) -> Option<Link> {
         });
     }
     if let Some((left, right)) = split_at(tokens, "=") {
+        for (one, other) in [(left, right), (right, left)] {
+            if let Some(column) = any_of(one) {
+                return claims_only(other).then(|| Link::AnyElement {
+                    column,
+                    expression: text_of(qual, other).unwrap_or_default(),
+                });
+            }
+        }
         let ((column, cast), expression) = match (cast_column_of(left), cast_column_of(right)) {
             (Some(c), None) => (c, right),
             (None, Some(c)) => (c, left),
@@ -396,6 +408,16 @@ fn cast_column_of(tokens: &[Token]) -> Option<(String, Option<String>)> {
     (!ty.is_empty() && ty.split(' ').all(|w| CAST_TYPES.contains(&w))).then_some((column, Some(ty)))
 }
 
+/// `ANY (column)`: the column.
+fn any_of(tokens: &[Token]) -> Option<String> {
+    match tokens {
+        [any, open, inner @ .., close] if !any.quoted && any.text.eq_ignore_ascii_case("any") && open.text == "(" && close.text == ")" => {
+            column_of(inner)
+        }
+        _ => None,
+    }
+}
+
 /// A bare column name (one identifier, not a function, not dotted).
 fn column_of(tokens: &[Token]) -> Option<String> {
     match tokens {
@@ -667,6 +689,20 @@ mod tests {
         );
         // One part not recognised: none is.
         assert_eq!(on_notes("((auth.uid() = user_id) OR has_role(auth.uid(), 'admin'::text))"), None);
+    }
+
+    #[test]
+    fn a_claim_among_an_arrays_elements() {
+        // auth.uid() = ANY(participant_ids), printed by Postgres 15
+        assert_eq!(
+            on_notes("(auth.uid() = ANY (participant_ids))"),
+            Some(vec![Link::AnyElement { column: "participant_ids".into(), expression: "auth.uid()".into() }])
+        );
+        assert_eq!(
+            on_notes("(( SELECT auth.uid() AS uid) = ANY (\"Members\"))"),
+            Some(vec![Link::AnyElement { column: "Members".into(), expression: "( SELECT auth.uid() AS uid)".into() }])
+        );
+        assert_eq!(on_notes("(auth.uid() = ANY (lower(ids)))"), None);
     }
 
     #[test]
