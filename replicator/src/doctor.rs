@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::db::Db;
+use crate::dispatch::policies;
 use crate::sink::Gateway;
 use crate::source::slot::{effective_limit, KEEP_SIZE_BYTES};
 use crate::stats::Stats;
@@ -356,6 +357,37 @@ async fn publication(config: &Config, client: &Client, report: &mut Report) -> R
             _ => problems.trim_end_matches("; ").to_string(),
         };
         report.line(level, &table, text);
+        if rls {
+            policies(client, &table, report).await?;
+        }
+    }
+    Ok(())
+}
+
+/// For a table with RLS on: which permissive SELECT policies are on the indexed path (a change
+/// reaches its subscribers by a lookup) and which are checked for every subscriber, with why.
+async fn policies(client: &Client, table: &str, report: &mut Report) -> Result<(), tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select p.polname::text, c.relname::text, pg_get_expr(p.polqual, p.polrelid)
+             from pg_policy p join pg_class c on c.oid = p.polrelid
+             where p.polrelid = $1::text::regclass and p.polpermissive and p.polcmd in ('r', '*')
+             order by 1",
+            &[&table],
+        )
+        .await?;
+    for row in rows {
+        let (name, relname, qual): (String, String, Option<String>) = (row.get(0), row.get(1), row.get(2));
+        let qual = qual.unwrap_or_else(|| "true".into());
+        let check = format!("{table} policy {name}");
+        let why_not = match policies::links(&qual, &relname) {
+            Some(links) => policies::refusal(&links),
+            None => Some(policies::advice(&qual)),
+        };
+        match why_not {
+            None => report.line(Level::Ok, &check, "indexed (when the compared column is an integer, text, varchar or uuid)"),
+            Some(why) => report.line(Level::Warn, &check, format!("checked for every subscriber: {why}")),
+        }
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use futures_util::FutureExt;
 use sluice_shared::bindings::Action;
 use sluice_shared::filter::Cell;
 use tokio_postgres::Client;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::matching::Verdict;
 use super::policies::{self, Link};
@@ -202,6 +202,8 @@ impl Audience {
 pub struct Audiences {
     values: ClaimValues,
     built: HashMap<u32, Arc<Audience>>,
+    /// Tables and roles whose batched check has been explained in the log (once each).
+    explained: HashSet<(u32, Arc<str>)>,
 }
 
 impl Audiences {
@@ -238,7 +240,13 @@ impl Audiences {
             let mut rules = Vec::with_capacity(role_names.len());
             for role in &role_names {
                 tables.selectable(conn, relation, role).await?;
-                rules.push(rule(conn, relation, &info, role).await?);
+                let mut why = None;
+                rules.push(rule(conn, relation, &info, role, &mut why).await?);
+                if let Some(why) = why {
+                    if self.explained.insert((relation.relid, role.clone())) {
+                        info!(table = relation.table, role = &**role, "RLS: every subscriber of this table is checked by Postgres; {why}");
+                    }
+                }
             }
             let unchanged = previous.is_some_and(|p| p.roles.iter().map(|r| &r.rule).eq(rules.iter()));
             let audience = match previous {
@@ -339,7 +347,14 @@ impl Index {
 
 /// What `role` may see of the table's rows, from the catalog: whether it bypasses RLS, and the
 /// SELECT policies that apply to it (read fresh each batch: a changed policy counts from the next).
-async fn rule(conn: &Client, relation: &Relation, info: &TableInfo, role: &str) -> Result<Rule, tokio_postgres::Error> {
+/// `why` gets the reason when a policy sends the table to the batched check.
+async fn rule(
+    conn: &Client,
+    relation: &Relation,
+    info: &TableInfo,
+    role: &str,
+    why: &mut Option<String>,
+) -> Result<Rule, tokio_postgres::Error> {
     if !info.rls {
         return Ok(Rule::Everything);
     }
@@ -357,7 +372,7 @@ async fn rule(conn: &Client, relation: &Relation, info: &TableInfo, role: &str) 
     }
     let policies = conn
         .query(
-            "select p.oid, p.polpermissive, pg_get_expr(p.polqual, p.polrelid) from pg_policy p
+            "select p.oid, p.polpermissive, pg_get_expr(p.polqual, p.polrelid), p.polname::text from pg_policy p
              where p.polrelid = $1 and p.polcmd in ('r', '*')
                and exists (select from unnest(p.polroles) r where r = 0 or pg_has_role($2::name, r, 'USAGE'))",
             &[&relation.relid, &role],
@@ -370,11 +385,20 @@ async fn rule(conn: &Client, relation: &Relation, info: &TableInfo, role: &str) 
             exact = false; // restrictive: the links find a superset, Postgres decides
             continue;
         }
-        let Some(parts) = policy
-            .get::<_, Option<String>>(2)
-            .and_then(|qual| policies::links(&qual, &relation.table))
-        else {
+        let qual = policy.get::<_, Option<String>>(2).unwrap_or_else(|| "true".into());
+        let name: String = policy.get(3);
+        let Some(parts) = policies::links(&qual, &relation.table) else {
+            *why = Some(format!("policy {name}: {}", policies::advice(&qual)));
             return Ok(Rule::Unknown);
+        };
+        if let Some(refusal) = policies::refusal(&parts) {
+            *why = Some(format!("policy {name}: {refusal}"));
+            return Ok(Rule::Unknown);
+        }
+        let not_text = |column: &str| {
+            Some(format!(
+                "policy {name}: {column} is not compared by its text (sluice indexes integers, text, varchar and uuid with deterministic collations)"
+            ))
         };
         let text_equal = |i: usize| policies::text_equal(&info.typnames[i]) && info.deterministic[i];
         // An OR's parts each tie rows to subscribers: the policy's audience is their union.
@@ -389,11 +413,13 @@ async fn rule(conn: &Client, relation: &Relation, info: &TableInfo, role: &str) 
                             None => info.column_type(i).to_string(),
                             // A text-equal type cast to text is its output text, as pgoutput
                             // sends it: the claim is compared as text.
-                            Some("text" | "character varying" | "varchar") => "text".to_string(),
-                            Some(_) => return Ok(Rule::Unknown),
+                            Some(_) => "text".to_string(), // refusal() took the others
                         },
                     },
-                    _ => return Ok(Rule::Unknown),
+                    _ => {
+                        *why = not_text(&column);
+                        return Ok(Rule::Unknown);
+                    }
                 },
                 Link::AnyElement { column, expression } => match relation.column(&column) {
                     Some(i)
@@ -408,7 +434,10 @@ async fn rule(conn: &Client, relation: &Relation, info: &TableInfo, role: &str) 
                             ty: info.column_type(i).trim_end_matches("[]").to_string(),
                         }
                     }
-                    _ => return Ok(Rule::Unknown),
+                    _ => {
+                        *why = not_text(&column);
+                        return Ok(Rule::Unknown);
+                    }
                 },
                 Link::Membership {
                     column,
@@ -418,6 +447,7 @@ async fn rule(conn: &Client, relation: &Relation, info: &TableInfo, role: &str) 
                     expression,
                 } => {
                     let Some(i) = relation.column(&column).filter(|&i| text_equal(i)) else {
+                        *why = not_text(&column);
                         return Ok(Rule::Unknown);
                     };
                     let oid: u32 = policy.get(0);

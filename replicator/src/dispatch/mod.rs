@@ -17,7 +17,7 @@ mod audience;
 mod batches;
 mod matching;
 pub mod payload;
-mod policies;
+pub mod policies;
 mod tables;
 
 use std::collections::{BTreeMap, HashMap};

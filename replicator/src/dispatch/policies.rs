@@ -175,6 +175,59 @@ fn membership(qual: &str, tokens: &[Token], table: &str) -> Option<Link> {
     })
 }
 
+/// Why a policy that [`links`] does not recognise is checked for every subscriber, and how to
+/// write it so that it is not: one sentence for `sluice-replicator doctor` and the log.
+pub fn advice(qual: &str) -> String {
+    const SHAPES: &str = "`column = (select auth.uid())`, `exists (select 1 from members m where m.key = <table>.key and m.user_id = (select auth.uid()))`, or a condition of the claims alone";
+    let Some(all) = tokens(qual) else {
+        return format!("not read (an operator sluice does not parse); write it as {SHAPES}");
+    };
+    let tokens = unwrap(&all);
+    let words = |w: &str| tokens.iter().any(|t| !t.quoted && t.text.eq_ignore_ascii_case(w));
+    let call = tokens.windows(2).find_map(|pair| {
+        let name = pair[0].text.to_ascii_lowercase();
+        let is_call = pair[1].text == "(" && !pair[0].quoted && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+        (is_call && !CLAIMS_FUNCTIONS.contains(&name.as_str()) && !SQL_WORDS.contains(&name.as_str()))
+            .then_some(pair[0].text.clone())
+    });
+    if let Some(function) = call {
+        return format!("calls {function}(): functions are checked for every subscriber; write its condition in the policy, as {SHAPES}");
+    }
+    if words("select") {
+        return format!("a subquery sluice does not index (one that does not tie the row to the subscriber, or of another shape); indexed are {SHAPES}");
+    }
+    if split_at(tokens, "AND").is_some() || split_all(tokens, "AND").len() > 1 {
+        return "an AND of conditions: keep the subscriber's condition (`column = (select auth.uid())`) in this permissive policy and move the others into a restrictive one".to_string();
+    }
+    if words("now") || words("current_timestamp") {
+        return format!("depends on the time: checked for every subscriber; move the time condition into a restrictive policy and write this one as {SHAPES}");
+    }
+    format!("not a shape sluice indexes; write it as {SHAPES}")
+}
+
+/// Words that precede a parenthesis without being a function call.
+const SQL_WORDS: [&str; 16] = [
+    "exists", "any", "all", "some", "in", "select", "and", "or", "not", "where", "from", "on", "join", "array", "when", "then",
+];
+
+/// Whether a column cast to `cast` (as `pg_get_expr` prints the type) compares as its output
+/// text, for columns of a type whose `=` is text equality: casts to text only (a cast of text to
+/// uuid, say, maps several texts to one value).
+pub fn cast_compares_as_text(cast: &str) -> bool {
+    matches!(cast, "text" | "character varying" | "varchar")
+}
+
+/// Why links [`links`] found still cannot be indexed, judged from the policy alone (column types
+/// are checked against the catalog by the audience).
+pub fn refusal(links: &[Link]) -> Option<String> {
+    links.iter().find_map(|link| match link {
+        Link::Column { column, cast: Some(cast), .. } if !cast_compares_as_text(cast) => Some(format!(
+            "{column} is cast to {cast}, which several values of it can map to: compare it uncast, `{column} = (select auth.uid())::text`"
+        )),
+        _ => None,
+    })
+}
+
 /// `tokens` split at every `keyword` outside parentheses (one part when there is none).
 fn split_all<'t>(tokens: &'t [Token], keyword: &str) -> Vec<&'t [Token]> {
     let mut parts = vec![];
@@ -703,6 +756,14 @@ mod tests {
             Some(vec![Link::AnyElement { column: "Members".into(), expression: "( SELECT auth.uid() AS uid)".into() }])
         );
         assert_eq!(on_notes("(auth.uid() = ANY (lower(ids)))"), None);
+    }
+
+    #[test]
+    fn advice_names_the_reason_and_a_rewrite() {
+        assert!(advice("is_room_participant(room_id)").starts_with("calls is_room_participant()"));
+        assert!(advice("((auth.uid() = user_id) OR has_role(auth.uid(), 'admin'::text))").starts_with("calls has_role()"));
+        assert!(advice("((user_id = auth.uid()) AND (archived = false))").starts_with("an AND"));
+        assert!(advice("(user_id <> auth.uid())").contains("(select auth.uid())"));
     }
 
     #[test]
