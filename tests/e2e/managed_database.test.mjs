@@ -28,6 +28,7 @@ before(async () => {
   await stack.pg.createRoles('authenticated');
   await stack.pg.sql(`create table public.notes (id int primary key, body text);
     alter table public.notes enable row level security;
+    create policy signed_in on public.notes for select to authenticated using (true);
     grant select on public.notes to authenticated;
     alter publication supabase_realtime add table public.notes`);
 });
@@ -77,6 +78,7 @@ test('doctor passes a good database and the gateway', async () => {
     /^\[ok {2}\] API roles: sluice can become anon, authenticated, service_role$/m,
     /^\[ok {2}\] slot: sluice_changes in use, wal_status reserved, retains \d+ kB$/m,
     /^\[ok {2}\] public\.notes: primary key, REPLICA IDENTITY DEFAULT, RLS on, SELECT for authenticated$/m,
+    /^\[ok {2}\] public\.notes policy \S+: indexed/m,
     /^\[ok {2}\] gateway: http:\/\/\S+ takes the internal secret$/m,
   ]) assert.match(stdout, line);
   assert.doesNotMatch(stdout, /\[FAIL\]/);
@@ -90,7 +92,9 @@ describe('doctor against a broken database', () => {
   before(async () => {
     pg = await Postgres.create({ dir: join(ROOT, '.local', 'e2e-doctor-broken', 'postgres'), settings: { wal_level: 'replica' } });
     await pg.sql(`create table public.nokey (body text); create table public.open (id int primary key);
-      create publication supabase_realtime for table public.nokey, public.open`);
+      create table public.guarded (id int primary key, owner text); alter table public.guarded enable row level security;
+      create policy by_helper on public.guarded for select using (lower(owner) = current_user);
+      create publication supabase_realtime for table public.nokey, public.open, public.guarded`);
   });
   after(() => pg?.destroy());
 
@@ -103,6 +107,7 @@ describe('doctor against a broken database', () => {
       /^\[FAIL\] public\.nokey: UPDATE and DELETE on it fail \(no replica identity\): ALTER TABLE public\.nokey ADD PRIMARY KEY \(\.\.\.\) or ALTER TABLE public\.nokey REPLICA IDENTITY FULL; RLS is off/m,
       /^\[warn\] public\.open: RLS is off, every subscriber sees every row: ALTER TABLE public\.open ENABLE ROW LEVEL SECURITY and add policies; neither anon nor authenticated may SELECT it, their subscribers get Error 401: GRANT SELECT ON public\.open TO authenticated$/m,
       /^\[warn\] API roles: anon, authenticated, service_role do not exist/m,
+      /^\[warn\] public\.guarded policy by_helper: checked for every subscriber: calls lower\(\): functions are checked for every subscriber; write its condition in the policy, as `column = \(select auth\.uid\(\)\)`/m,
     ]) assert.match(stdout, line);
   });
 });
