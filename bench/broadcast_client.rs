@@ -56,12 +56,13 @@ fn args() -> Args {
 /// This process's CPU time (user + system), from /proc/self/stat.
 fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    // After the command's closing parenthesis come the state (field 3), then numbers; utime and
+    // stime are fields 14 and 15, so the 12th and 13th tokens here. Positional: some fields (tpgid)
+    // can be -1.
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<u64> = after.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    let field = |n: usize| after.split_whitespace().nth(n).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
     // The kernel's USER_HZ is 100 on Linux.
-    Duration::from_millis(ticks * 10)
+    Duration::from_millis((field(11) + field(12)) * 10)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
