@@ -102,9 +102,19 @@ impl Driver {
             connect_waiters: vec![],
             next_op: 0,
         };
+        // One timer for the task's life, moved only when the machine's next due time changes
+        // (a fresh sleep per message would register and cancel a timer for every frame).
+        let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let mut armed: Option<Instant> = None;
         loop {
             self.carry_out(&mut run).await;
             let due = self.machine.poll_timeout();
+            if due != armed {
+                if let Some(due) = due {
+                    timer.as_mut().reset(due.into());
+                }
+                armed = due;
+            }
             // Priorities: the user's commands first (they change what is due), then what the
             // server sent, then a connect or token refresh finishing, then timers.
             tokio::select! {
@@ -153,7 +163,10 @@ impl Driver {
                         self.set_token(Some(token));
                     }
                 },
-                _ = sleep_until(due), if due.is_some() => self.machine.handle_timeout(Instant::now(), random()),
+                _ = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    self.machine.handle_timeout(Instant::now(), random());
+                }
             }
         }
     }
@@ -216,7 +229,7 @@ impl Driver {
                     let url = self.url.clone();
                     let timeout = self.connect_timeout;
                     run.connecting = Some(Box::pin(async move {
-                        match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url.as_str())).await {
+                        match tokio::time::timeout(timeout, tokio_tungstenite::connect_async_with_config(url.as_str(), Some(socket_config()), false)).await {
                             Ok(Ok((socket, _))) => Ok(socket),
                             Ok(Err(e)) => Err(e.to_string()),
                             Err(_) => Err(format!("no answer within {timeout:?}")),
@@ -251,7 +264,12 @@ impl Driver {
                 Output::Event { topic, event } => {
                     let closed = matches!(event, ChannelEvent::Closed(_));
                     if let Some(listeners) = run.listeners.get_mut(&topic) {
-                        listeners.retain(|l| l.send(event.clone()).is_ok());
+                        // Streams that were dropped go; the last one gets the event itself.
+                        listeners.retain(|l| !l.is_closed());
+                        if let Some((last, others)) = listeners.split_last() {
+                            others.iter().for_each(|l| drop(l.send(event.clone())));
+                            let _ = last.send(event);
+                        }
                     }
                     if closed {
                         run.listeners.remove(&topic);
@@ -314,11 +332,11 @@ async fn poll_some<T>(future: &mut Option<BoxFuture<T>>) -> T {
     }
 }
 
-async fn sleep_until(due: Option<Instant>) {
-    match due {
-        Some(due) => tokio::time::sleep_until(due.into()).await,
-        None => std::future::pending().await,
-    }
+/// tungstenite zero-fills its whole read buffer before every read (128 KiB by default): with
+/// realtime's small frames that memset was half the client's CPU. 8 KiB still reads a burst of
+/// frames per call, and a larger frame grows the buffer to fit.
+fn socket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024)
 }
 
 fn frame_len(frame: &WireFrame) -> usize {

@@ -121,26 +121,25 @@ impl Machine {
 
     /// The earliest time `handle_timeout` has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut times = vec![self.refresh_at, self.idle_at];
-        match &self.socket {
-            Socket::Waiting { until } => times.push(Some(*until)),
-            Socket::Open => {
-                times.push(self.heartbeat_at);
-                times.push(self.heartbeat_pending.as_ref().map(|(_, sent)| *sent + self.options.heartbeat_timeout));
-            }
-            _ => {}
-        }
-        for ch in &self.channels {
-            times.push(match &ch.phase {
+        let socket = match &self.socket {
+            Socket::Waiting { until } => [Some(*until), None],
+            Socket::Open => [
+                self.heartbeat_at,
+                self.heartbeat_pending.as_ref().map(|(_, sent)| *sent + self.options.heartbeat_timeout),
+            ],
+            _ => [None, None],
+        };
+        let channels = self.channels.iter().flat_map(|ch| {
+            let phase = match &ch.phase {
                 Phase::Waiting { retry_at } if self.socket == Socket::Open => *retry_at,
                 Phase::Waiting { .. } => None,
                 Phase::Joining { deadline } => Some(*deadline),
                 Phase::Joined { postgres_by } => *postgres_by,
                 Phase::Leaving { deadline, .. } => Some(*deadline),
-            });
-            times.extend(ch.unsent.iter().chain(&ch.awaiting_reply).map(|p| Some(p.deadline)));
-        }
-        times.into_iter().flatten().min()
+            };
+            std::iter::once(phase).chain(ch.unsent.iter().chain(&ch.awaiting_reply).map(|p| Some(p.deadline)))
+        });
+        [self.refresh_at, self.idle_at].into_iter().chain(socket).chain(channels).flatten().min()
     }
 
     // ---- What the user asks for ----
