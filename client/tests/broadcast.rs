@@ -98,3 +98,23 @@ async fn asking_twice_for_a_channel_gives_the_same_one() {
     first.unsubscribe().await.unwrap();
     assert!(client.channels().await.is_empty());
 }
+
+#[tokio::test]
+async fn broadcasts_far_larger_than_the_socket_read_buffer_arrive_whole() {
+    // The client reads the socket 8 KiB at a time; frames of several times that come through
+    // intact. (Sized to stay under the default limit of 100 kB per second that the tenant's
+    // sockets send and receive.)
+    let stack = common::stack().await;
+    let (sender, receiver) = (client(&stack, false).await, client(&stack, false).await);
+    let a = sender.channel("big").broadcast_ack(true).subscribe().await.unwrap();
+    let b = receiver.channel("big").subscribe().await.unwrap();
+    let mut events = b.events();
+
+    let bytes: Vec<u8> = (0..24_000u32).map(|i| (i % 251) as u8).collect();
+    a.send_broadcast("bytes", bytes.clone()).await.expect("acknowledged");
+    assert_eq!(next_broadcast(&mut events).await, ("bytes".into(), Payload::Binary(bytes)));
+
+    let text = "é".repeat(6_000);
+    a.send_broadcast("text", json!({ "text": text })).await.expect("acknowledged");
+    assert_eq!(next_broadcast(&mut events).await, ("text".into(), Payload::Json(json!({ "text": text }))));
+}
