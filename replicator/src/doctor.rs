@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::db::Db;
-use crate::dispatch::policies;
+use crate::dispatch::{helpers, policies};
 use crate::sink::Gateway;
 use crate::source::slot::{effective_limit, KEEP_SIZE_BYTES};
 use crate::stats::Stats;
@@ -380,9 +380,12 @@ async fn policies(client: &Client, table: &str, report: &mut Report) -> Result<(
         let (name, relname, qual): (String, String, Option<String>) = (row.get(0), row.get(1), row.get(2));
         let qual = qual.unwrap_or_else(|| "true".into());
         let check = format!("{table} policy {name}");
-        let why_not = match policies::links(&qual, &relname) {
-            Some(links) => policies::refusal(&links),
-            None => Some(policies::advice(&qual)),
+        let why_not = match helpers::inlined(client, &qual, &relname).await? {
+            Err(why) => Some(why),
+            Ok(qual) => match policies::links(&qual, &relname) {
+                Some(links) => policies::refusal(&links),
+                None => Some(policies::advice(&qual)),
+            },
         };
         match why_not {
             None => report.line(Level::Ok, &check, "indexed (when the compared column is an integer, text, varchar or uuid)"),

@@ -12,6 +12,8 @@ pub struct Stats {
     /// Messages handed to hubs (one per channel per change).
     pub deliveries: AtomicU64,
     pub rls_queries: AtomicU64,
+    /// (change, subscriber) pairs on an RLS table, by how they were decided: [`RlsPath`].
+    pub rls_pairs: [AtomicU64; 3],
     /// Broadcasts from the database handed to channels.
     pub db_broadcasts: AtomicU64,
     /// Failed attempts to push to the gateway.
@@ -71,5 +73,29 @@ impl Stats {
 
     pub fn refused(&self) -> Option<String> {
         self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// How a (change, subscriber) pair on an RLS table was decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RlsPath {
+    /// Found through the policy's index, no query: the policy is exactly the index.
+    Indexed = 0,
+    /// Found through the index, confirmed by Postgres (membership, restrictive policies).
+    Confirmed = 1,
+    /// Not narrowed (a policy sluice does not index): checked by Postgres for every subscriber.
+    Unindexed = 2,
+}
+
+impl RlsPath {
+    pub const ALL: [RlsPath; 3] = [RlsPath::Indexed, RlsPath::Confirmed, RlsPath::Unindexed];
+
+    /// Its label on `/metrics`.
+    pub fn label(self) -> &'static str {
+        match self {
+            RlsPath::Indexed => "indexed",
+            RlsPath::Confirmed => "confirmed",
+            RlsPath::Unindexed => "unindexed",
+        }
     }
 }

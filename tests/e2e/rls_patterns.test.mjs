@@ -14,8 +14,8 @@ const CAROL = 'c0c0c0c0-0000-4000-8000-000000000003';
 
 let stack;
 before(async () => {
-  stack = await startStack({ name: 'e2e-rls-patterns' });
-  await stack.pg.createRoles('anon', 'authenticated');
+  stack = await startStack({ name: 'e2e-rls-patterns', log: process.env.SLUICE_TEST_LOG ? console.error : undefined });
+  await stack.pg.createRoles('anon', 'authenticated', 'service_role');
   await stack.pg.sql(`
     create schema auth;
     create function auth.uid() returns uuid language sql stable as $$
@@ -30,7 +30,38 @@ before(async () => {
     create policy members_read on public.chat for select to authenticated
       using (exists (select 1 from public.room_members m where m.room = chat.room and m.user_id = (select auth.uid())));
     grant select on public.notes, public.room_members, public.chat to authenticated;
-    alter publication supabase_realtime add table public.notes, public.chat;`);
+    alter publication supabase_realtime add table public.notes, public.chat;
+
+    -- The forms of the policies most projects write: a cast column against a claim's text, a
+    -- SECURITY DEFINER helper over a membership table that its own policy also uses, and an
+    -- owner OR a role read through a helper.
+    create function auth.jwt() returns jsonb language sql stable as $$
+      select nullif(current_setting('request.jwt.claims', true), '')::jsonb $$;
+    create table public.diary (id bigint primary key, user_id uuid not null, body text);
+    alter table public.diary enable row level security;
+    create policy own_by_text on public.diary for select to authenticated using (user_id::text = auth.jwt() ->> 'sub');
+    create table public.room_participants (room_id bigint not null, user_id uuid not null, primary key (room_id, user_id));
+    create table public.messages (id bigint primary key, room_id bigint not null, body text);
+    create function public.is_room_participant(_room_id bigint) returns boolean
+      language sql security definer stable set search_path = public as $$
+        select exists (select 1 from room_participants where room_id = _room_id and user_id = auth.uid());
+      $$;
+    alter table public.room_participants enable row level security;
+    create policy see_my_rooms on public.room_participants for select to authenticated using (is_room_participant(room_id));
+    alter table public.messages enable row level security;
+    create policy participants_read on public.messages for select to authenticated using (is_room_participant(room_id));
+    create table public.user_roles (user_id uuid not null, role text not null);
+    create function public.has_role(uid uuid, wanted text) returns boolean language sql security definer as $$
+      select exists (select 1 from public.user_roles ur where ur.user_id = $1 and ur.role = $2) $$;
+    create table public.tasks (id bigint primary key, user_id uuid not null, title text);
+    alter table public.tasks enable row level security;
+    create policy owner_or_admin on public.tasks for select to authenticated using (auth.uid() = user_id or has_role(auth.uid(), 'admin'));
+    grant usage on schema auth to authenticated;
+    grant select on public.diary, public.room_participants, public.messages, public.tasks to authenticated;
+    alter publication supabase_realtime add table public.diary, public.messages, public.tasks;
+    -- As on Supabase: service_role bypasses RLS and reads the tables (sluice reads memberships as it).
+    alter role service_role bypassrls;
+    grant select on public.room_participants, public.user_roles to service_role;`);
 });
 after(() => stack?.stop());
 
@@ -131,5 +162,74 @@ test('a row only its owner may see costs about one check, and a message about on
     }
   } finally {
     await done(...users.map((u) => u.client));
+  }
+});
+
+/** The replicator's count of (change, subscriber) pairs Postgres checked for every subscriber. */
+async function unindexedPairs() {
+  const metrics = await (await fetch(`${stack.replicator.url}/metrics`)).text();
+  return Number(metrics.match(/^sluice_rls_pairs_total\{path="unindexed"\} (\d+)$/m)[1]);
+}
+
+test('a cast column against a claim\'s text: each user receives their own rows, on the indexed path', async () => {
+  const before = await unindexedPairs();
+  const users = [await user(ALICE, 'diary', '1.0.0'), await user(BOB, 'diary', '2.0.0')];
+  try {
+    await stack.pg.sql(`insert into public.diary values (1, '${BOB}', 'b'), (2, '${ALICE}', 'a'), (3, '${BOB}', 'b2')`);
+    assert.deepEqual([(await users[0].next()).id], [2]);
+    assert.deepEqual([(await users[1].next()).id, (await users[1].next()).id], [1, 3]);
+    await stack.pg.sql(`insert into public.diary values (4, '${ALICE}', 'last')`);
+    assert.equal((await users[0].next()).id, 4, 'alice got none of bob\'s rows');
+    assert.equal(await unindexedPairs(), before, 'no pair was checked for every subscriber');
+  } finally {
+    await done(...users.map((u) => u.client));
+  }
+});
+
+test('a SECURITY DEFINER helper decides a chat: participants receive, one added starts within a batch', async () => {
+  await stack.pg.sql(`insert into public.room_participants values (1, '${ALICE}'), (2, '${BOB}'), (3, '${CAROL}')`);
+  const before = await unindexedPairs();
+  const alice = await user(ALICE, 'messages', '2.0.0');
+  const bob = await user(BOB, 'messages', '1.0.0');
+  const carol = await user(CAROL, 'messages', '2.0.0');
+  let id = 0;
+  const say = async (room) => {
+    await stack.pg.sql('insert into public.messages values ($1, $2, $3)', [++id, room, `in ${room}`]);
+    return id;
+  };
+  try {
+    const inOne = await say(1);
+    const inTwo = await say(2);
+    assert.equal((await alice.next()).id, inOne);
+    assert.equal((await bob.next()).id, inTwo, 'bob is not in room 1: his room-2 message comes first');
+    // Bob joins room 1: the next message there reaches him (carol, in neither, gets only room 3's).
+    await stack.pg.sql(`insert into public.room_participants values (1, '${BOB}')`);
+    const afterJoin = await say(1);
+    const inThree = await say(3);
+    assert.equal((await bob.next()).id, afterJoin);
+    assert.equal((await alice.next()).id, afterJoin);
+    assert.equal((await carol.next()).id, inThree, 'carol received nothing of rooms 1 and 2');
+    assert.equal(await unindexedPairs(), before, 'the helper was put in place: no pair was checked for every subscriber');
+  } finally {
+    await done(alice.client, bob.client, carol.client);
+  }
+});
+
+test('owner OR has_role(auth.uid(), \'admin\'): owners and admins receive; one made admin starts within a batch', async () => {
+  const before = await unindexedPairs();
+  const alice = await user(ALICE, 'tasks', '2.0.0');
+  const bob = await user(BOB, 'tasks', '1.0.0');
+  try {
+    await stack.pg.sql(`insert into public.tasks values (1, '${ALICE}', 'a'), (2, '${CAROL}', 'c'), (3, '${BOB}', 'b')`);
+    assert.equal((await alice.next()).id, 1);
+    assert.equal((await bob.next()).id, 3, 'bob is no admin: carol\'s task is not his');
+    await stack.pg.sql(`insert into public.user_roles values ('${BOB}', 'admin'), ('${ALICE}', 'editor')`);
+    await stack.pg.sql(`insert into public.tasks values (4, '${CAROL}', 'c2'), (5, '${ALICE}', 'a2')`);
+    assert.equal((await bob.next()).id, 4, 'bob, made admin, receives carol\'s task');
+    assert.equal((await bob.next()).id, 5);
+    assert.equal((await alice.next()).id, 5, 'alice (an editor) receives only her own');
+    assert.equal(await unindexedPairs(), before, 'no pair was checked for every subscriber');
+  } finally {
+    await done(alice.client, bob.client);
   }
 });

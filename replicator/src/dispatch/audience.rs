@@ -23,10 +23,11 @@ use tokio_postgres::Client;
 use tracing::{info, warn};
 
 use super::matching::Verdict;
+use super::helpers;
 use super::policies::{self, Link};
 use super::tables::{TableInfo, Tables};
 use crate::source::change::{Relation, RowChange};
-use crate::stats::Stats;
+use crate::stats::{RlsPath, Stats};
 use crate::subscriptions::registry::{Registry, Sub};
 
 /// What a role may see of a table's rows, as its policies say (read from the catalog each batch).
@@ -56,8 +57,10 @@ pub enum Resolved {
         /// The element type (the claim value is cast to it).
         ty: String,
     },
+    /// Without a column: every row, for the members the table has (a condition of the
+    /// subscriber alone).
     Membership {
-        column: usize,
+        column: Option<usize>,
         expression: String,
         /// The member column's type (the claim value is cast to it).
         ty: String,
@@ -80,12 +83,15 @@ impl Resolved {
     }
 }
 
-/// How to read a membership table: `select key, member from table where key = any($1)`, as a
-/// role that sees all of its rows (a superset of what any subscriber's policy sees there).
+/// How to read a membership table: `select key, member from table where key = any($1) and
+/// <filters>` (keyless: `select '', member … where member = any($1)`, `$1` the subscribers'
+/// values), as a role that sees all of its rows (a superset of what any subscriber's policy sees
+/// there). `$2` holds the filters' values.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct MembershipRead {
     pub select: String,
     pub reader: String,
+    pub filters: Vec<String>,
 }
 
 /// The subscriptions of one table, and per role who its rows could reach.
@@ -119,28 +125,32 @@ pub type Memberships = HashMap<Arc<MembershipRead>, Option<HashMap<String, Vec<S
 impl Audience {
     /// Each subscription `change` could reach, with what its subscriber may see of it:
     /// [`Verdict::Visible`] or [`Verdict::IfVisible`] (Postgres confirms).
-    pub fn reach(&self, change: &RowChange, members: &Memberships, mut each: impl FnMut(&Arc<Sub>, Verdict)) {
+    /// `each` is also told how the pair was decided (`None`: no RLS check, or a delete).
+    pub fn reach(&self, change: &RowChange, members: &Memberships, mut each: impl FnMut(&Arc<Sub>, Verdict, Option<RlsPath>)) {
         if !self.rls || change.action == Action::Delete {
             // Deletes are not RLS-checked (upstream).
             for sub in self.subs.iter() {
-                each(sub, Verdict::Visible);
+                each(sub, Verdict::Visible, None);
             }
             return;
         }
         for role in &self.roles {
             let links = match &role.rule {
                 Rule::Everything => {
-                    role.subs.iter().for_each(|s| each(s, Verdict::Visible));
+                    role.subs.iter().for_each(|s| each(s, Verdict::Visible, None));
                     continue;
                 }
                 Rule::Unknown => {
-                    role.subs.iter().for_each(|s| each(s, Verdict::IfVisible));
+                    role.subs.iter().for_each(|s| each(s, Verdict::IfVisible, Some(RlsPath::Unindexed)));
                     continue;
                 }
                 Rule::Links { links, exact } => (links, *exact),
             };
             let (links, exact) = links;
-            let found = if exact { Verdict::Visible } else { Verdict::IfVisible };
+            let found = match exact {
+                true => (Verdict::Visible, RlsPath::Indexed),
+                false => (Verdict::IfVisible, RlsPath::Confirmed),
+            };
             let index = &role.index;
             // Keys of the row for each link; `None`: the row cannot be placed, all are candidates.
             let mut values: Vec<(usize, Vec<&str>)> = Vec::new();
@@ -162,7 +172,8 @@ impl Audience {
                         Cell::Absent => placed = false,
                     },
                     Resolved::Membership { column, read, .. } => {
-                        match (change.cell(*column), members.get(read).and_then(Option::as_ref)) {
+                        let cell = column.map_or(Cell::Text(""), |c| change.cell(c));
+                        match (cell, members.get(read).and_then(Option::as_ref)) {
                             (Cell::Text(v), Some(members)) => {
                                 let of = members.get(v).map(|m| m.iter().map(String::as_str).collect());
                                 values.push((i, of.unwrap_or_default()));
@@ -174,14 +185,14 @@ impl Audience {
                 }
             }
             if !placed {
-                role.subs.iter().for_each(|s| each(s, Verdict::IfVisible));
+                role.subs.iter().for_each(|s| each(s, Verdict::IfVisible, Some(RlsPath::Unindexed)));
                 continue;
             }
             // A subscriber reached through two links is one candidate.
             let mut seen: HashSet<*const Sub> = HashSet::new();
-            let mut once = |sub: &Arc<Sub>, verdict| {
+            let mut once = |sub: &Arc<Sub>, (verdict, path)| {
                 if links.len() == 1 || seen.insert(Arc::as_ptr(sub)) {
-                    each(sub, verdict);
+                    each(sub, verdict, Some(path));
                 }
             };
             for (i, keys) in values {
@@ -192,7 +203,7 @@ impl Audience {
                 }
             }
             index.always.iter().for_each(|s| once(s, found));
-            index.unknown.iter().for_each(|s| once(s, Verdict::IfVisible));
+            index.unknown.iter().for_each(|s| once(s, (Verdict::IfVisible, RlsPath::Confirmed)));
         }
     }
 }
@@ -387,6 +398,13 @@ async fn rule(
         }
         let qual = policy.get::<_, Option<String>>(2).unwrap_or_else(|| "true".into());
         let name: String = policy.get(3);
+        let qual = match helpers::inlined(conn, &qual, &relation.table).await? {
+            Ok(inlined) => inlined,
+            Err(reason) => {
+                *why = Some(format!("policy {name}: {reason}"));
+                return Ok(Rule::Unknown);
+            }
+        };
         let Some(parts) = policies::links(&qual, &relation.table) else {
             *why = Some(format!("policy {name}: {}", policies::advice(&qual)));
             return Ok(Rule::Unknown);
@@ -445,18 +463,27 @@ async fn rule(
                     key,
                     member,
                     expression,
+                    filters,
                 } => {
-                    let Some(i) = relation.column(&column).filter(|&i| text_equal(i)) else {
-                        *why = not_text(&column);
-                        return Ok(Rule::Unknown);
+                    let column = match &column {
+                        None => None,
+                        Some(column) => match relation.column(column).filter(|&i| text_equal(i)) {
+                            Some(i) => Some(i),
+                            None => {
+                                *why = not_text(column);
+                                return Ok(Rule::Unknown);
+                            }
+                        },
                     };
-                    let oid: u32 = policy.get(0);
-                    let Some((read, ty)) = membership_read(conn, oid, relation.relid, &table, &key, &member).await? else {
+                    let Some((read, ty)) = membership_read(conn, &table, key.as_deref(), &member, &filters).await? else {
+                        *why = Some(format!(
+                            "policy {name}: no role sluice may become reads every row of {table} (grant SELECT on it to service_role, which bypasses RLS), or a column it compares there is not compared by its text"
+                        ));
                         return Ok(Rule::Unknown);
                     };
                     exact = false; // the membership table's own policies apply inside the subscriber's
                     Resolved::Membership {
-                        column: i,
+                        column,
                         expression,
                         ty,
                         read: Arc::new(read),
@@ -469,72 +496,82 @@ async fn rule(
     Ok(Rule::Links { links, exact })
 }
 
-/// How to read the membership table a policy (`policy`, on table `relid`) depends on, and the
-/// member column's type. `None` when it cannot be read whole: the table is not the one policy
-/// depends on, a column's `=` is not text equality, or no role the replicator may use sees all
-/// of its rows (then the policy is not narrowed).
+/// How to read the membership table `printed` (as the policy names it) and the member column's
+/// type. `None` when it cannot be read whole: no such table, a compared column is missing or its
+/// `=` is not text equality, or no role the replicator may use sees all of its rows (then the
+/// policy is not narrowed).
 async fn membership_read(
     conn: &Client,
-    policy: u32,
-    relid: u32,
     printed: &str,
-    key: &str,
+    key: Option<&str>,
     member: &str,
+    filters: &[(String, String)],
 ) -> Result<Option<(MembershipRead, String)>, tokio_postgres::Error> {
-    let tables = conn
-        .query(
-            "select distinct c.oid, format('%I.%I', n.nspname, c.relname), c.relname::text,
+    let table = conn
+        .query_opt(
+            "select c.oid, format('%I.%I', n.nspname, c.relname),
                (select r.rolname::text from pg_roles r
                 where pg_has_role(current_user, r.oid, 'MEMBER') and has_table_privilege(r.oid, c.oid, 'SELECT')
                   and (not c.relrowsecurity or r.rolbypassrls
                        or (pg_has_role(r.oid, c.relowner, 'USAGE') and not c.relforcerowsecurity))
                 order by r.rolname <> current_user, r.rolname <> 'service_role', r.rolname limit 1)
-             from pg_depend d join pg_class c on c.oid = d.refobjid join pg_namespace n on n.oid = c.relnamespace
-             where d.classid = 'pg_policy'::regclass and d.objid = $1
-               and d.refclassid = 'pg_class'::regclass and d.refobjid <> $2",
-            &[&policy, &relid],
+             from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = to_regclass($1)",
+            &[&printed],
         )
         .await?;
-    let [table] = tables.as_slice() else {
+    let Some(table) = table else {
         return Ok(None);
     };
-    let relname: String = table.get(2);
-    if !printed.trim_matches('"').ends_with(relname.as_str()) {
-        return Ok(None);
-    }
-    let Some(reader) = table.get::<_, Option<String>>(3) else {
-        warn!(
-            "RLS narrowing: no role the replicator may use reads every row of {}; its membership policy is checked for every subscriber (grant SELECT on it to service_role to narrow it)",
-            table.get::<_, String>(1)
-        );
+    let Some(reader) = table.get::<_, Option<String>>(2) else {
         return Ok(None);
     };
+    let mut names: Vec<&str> = filters.iter().map(|(c, _)| c.as_str()).chain([member]).chain(key).collect();
+    names.dedup();
     let columns = conn
         .query(
             "select a.attname::text, quote_ident(a.attname), t.typname::text, format_type(a.atttypid, a.atttypmod),
-                    coalesce(co.collisdeterministic, true)
+                    coalesce(co.collisdeterministic, true), t.typtype = 'e' or t.typname = 'bool'
              from pg_attribute a join pg_type t on t.oid = a.atttypid
              left join pg_collation co on co.oid = a.attcollation
              where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped and a.attname = any($2::text[])",
-            &[&table.get::<_, u32>(0), &vec![key, member]],
+            &[&table.get::<_, u32>(0), &names],
         )
         .await?;
-    let column = |name: &str| {
+    // (quoted name, type) of a column whose `=` is equality of its text (or, for a filter's,
+    // of its label: enums and booleans, compared in their own type below).
+    let column = |name: &str, labels: bool| {
         columns
             .iter()
             .find(|c| c.get::<_, String>(0) == name)
-            .filter(|c| policies::text_equal(c.get(2)) && c.get::<_, bool>(4))
+            .filter(|c| (policies::text_equal(c.get(2)) || (labels && c.get::<_, bool>(5))) && c.get::<_, bool>(4))
             .map(|c| (c.get::<_, String>(1), c.get::<_, String>(3)))
     };
-    let (Some((key, key_type)), Some((member, member_type))) = (column(key), column(member)) else {
+    let Some((member, member_type)) = column(member, false) else {
         return Ok(None);
     };
-    // Only catalog-quoted names are part of the text; the keys are a parameter.
-    let select = format!(
-        "select {key}::text, {member}::text from {} where {key} = any($1::text[]::{key_type}[])",
-        table.get::<_, String>(1)
-    );
-    Ok(Some((MembershipRead { select, reader }, member_type)))
+    let mut conditions = String::new();
+    for (n, (name, _)) in filters.iter().enumerate() {
+        let Some((name, ty)) = column(name, true) else {
+            return Ok(None);
+        };
+        // The literal's text read as the column's type: the policy's `m.column = 'value'`.
+        conditions.push_str(&format!(" and {name} = ($2::text[])[{}]::{ty}", n + 1));
+    }
+    // Only catalog-quoted names are part of the text; keys, members and values are parameters.
+    let from = table.get::<_, String>(1);
+    let select = match key {
+        Some(key) => {
+            let Some((key, key_type)) = column(key, false) else {
+                return Ok(None);
+            };
+            format!("select {key}::text, {member}::text from {from} where {key} = any($1::text[]::{key_type}[]){conditions}")
+        }
+        None => format!(
+            "select ''::text, {member}::text from {from} where {member} = any($1::text[]::{member_type}[]){conditions}"
+        ),
+    };
+    let filters = filters.iter().map(|(_, value)| value.clone()).collect();
+    Ok(Some((MembershipRead { select, reader, filters }, member_type)))
 }
 
 /// Element types of arrays whose text form is a plain comma-separated list (never quoted) and
@@ -571,7 +608,9 @@ pub async fn memberships(
     batch: &[RowChange],
     stats: &Stats,
 ) -> Result<Memberships, tokio_postgres::Error> {
+    // Per read, the keys the batch's rows carry (keyless: the subscribers' values).
     let mut keys: HashMap<Arc<MembershipRead>, HashSet<&str>> = HashMap::new();
+    let mut subscribers_added: HashSet<(usize, usize)> = HashSet::new(); // (read, role) by address
     for change in batch.iter().filter(|c| c.action != Action::Delete) {
         let Some(audience) = audiences.get(&change.relation.relid) else {
             continue;
@@ -580,11 +619,21 @@ pub async fn memberships(
             let Rule::Links { links, .. } = &role.rule else {
                 continue;
             };
-            for link in links {
-                if let Resolved::Membership { column, read, .. } = link {
-                    let wanted = keys.entry(read.clone()).or_default();
-                    if let Cell::Text(v) = change.cell(*column) {
-                        wanted.insert(v);
+            for (i, link) in links.iter().enumerate() {
+                let Resolved::Membership { column, read, .. } = link else {
+                    continue;
+                };
+                let wanted = keys.entry(read.clone()).or_default();
+                match column {
+                    Some(column) => {
+                        if let Cell::Text(v) = change.cell(*column) {
+                            wanted.insert(v);
+                        }
+                    }
+                    None => {
+                        if subscribers_added.insert((Arc::as_ptr(read) as usize, role as *const RoleAudience as usize)) {
+                            wanted.extend(role.index.by_value[i].keys().map(String::as_str));
+                        }
                     }
                 }
             }
@@ -597,7 +646,12 @@ pub async fn memberships(
         tx.execute("savepoint membership", &[]).await?;
         tx.execute("select set_config('role', $1, true)", &[&read.reader])
             .await?;
-        match tx.query(&read.select, &[&wanted]).await {
+        let answer = if read.filters.is_empty() {
+            tx.query(&read.select, &[&wanted]).await
+        } else {
+            tx.query(&read.select, &[&wanted, &read.filters]).await
+        };
+        match answer {
             Ok(rows) => {
                 tx.execute("release savepoint membership", &[]).await?;
                 let mut of: HashMap<String, Vec<String>> = HashMap::new();
@@ -859,7 +913,7 @@ mod tests {
 
     fn reached(audience: &Audience, change: &RowChange, members: &Memberships) -> Vec<(String, bool)> {
         let mut out = Vec::new();
-        audience.reach(change, members, |sub, verdict| {
+        audience.reach(change, members, |sub, verdict, _| {
             out.push((sub.channel.socket.clone(), matches!(verdict, Verdict::Visible)));
         });
         out.sort();
@@ -937,10 +991,11 @@ mod tests {
         let read = Arc::new(MembershipRead {
             select: "select".into(),
             reader: "r".into(),
+            filters: vec![],
         });
         let rule = Rule::Links {
             links: vec![Resolved::Membership {
-                column: 2,
+                column: Some(2),
                 expression: UID.into(),
                 ty: "uuid".into(),
                 read: read.clone(),

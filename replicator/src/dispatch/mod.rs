@@ -15,9 +15,11 @@
 
 mod audience;
 mod batches;
+pub mod helpers;
 mod matching;
 pub mod payload;
 pub mod policies;
+mod sql;
 mod tables;
 
 use std::collections::{BTreeMap, HashMap};
@@ -134,7 +136,7 @@ impl Dispatcher {
         } else {
             Memberships::new()
         };
-        let mut hits = match_subscriptions(batch, &audiences, &members);
+        let mut hits = match_subscriptions(batch, &audiences, &members, stats);
         let (checks, keys) = matching::judge(tables, batch, &mut hits);
         let mut visible = matching::Visible::new();
         if !checks.is_empty() {
@@ -164,6 +166,7 @@ fn match_subscriptions(
     batch: &[RowChange],
     audiences: &HashMap<u32, Arc<Audience>>,
     members: &Memberships,
+    stats: &Stats,
 ) -> Vec<Hit> {
     let mut hits = Vec::new();
     for (index, change) in batch.iter().enumerate() {
@@ -175,8 +178,11 @@ fn match_subscriptions(
             Some(i) => (relation.columns[i].type_oid, change.cell(i)),
             None => (0, Cell::Absent),
         };
-        audience.reach(change, members, |sub, verdict| {
+        audience.reach(change, members, |sub, verdict, path| {
             if sub.wants(change.action) && all_pass(&sub.conditions, cell) {
+                if let Some(path) = path {
+                    Stats::count(&stats.rls_pairs[path as usize], 1);
+                }
                 hits.push(Hit {
                     change: index,
                     sub: sub.clone(),

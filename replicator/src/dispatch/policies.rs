@@ -17,6 +17,8 @@
 //! "The claims alone" is decided by a whitelist of tokens: Supabase's `auth` helpers (which read
 //! `request.jwt.claims`), `current_setting`, literals, casts and `->>`; no column, no FROM.
 
+use super::sql::{parts, single, split_all, split_at, text_of, tokens, unwrap, Token};
+
 /// How a permissive policy ties a row to the subscribers who may see it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Link {
@@ -28,14 +30,18 @@ pub enum Link {
         cast: Option<String>,
     },
     /// A row is visible to the members of its `column`'s value in `table`: rows of `table` whose
-    /// `key` equals the column and whose `member` equals the expression.
+    /// `key` equals the column, whose `member` equals the expression, and whose `filters`
+    /// columns hold their values. Without a column (and key), every row is visible to the
+    /// subscribers `table` has a member row for: a condition of the subscriber alone.
     Membership {
-        column: String,
+        column: Option<String>,
         /// The table as printed (maybe schema-qualified, maybe quoted).
         table: String,
-        key: String,
+        key: Option<String>,
         member: String,
         expression: String,
+        /// `(column, value)`: conditions `m.column = <literal>` of the subquery.
+        filters: Vec<(String, String)>,
     },
     /// `expression = ANY (column)`: the row is visible to each of its array's elements.
     AnyElement { column: String, expression: String },
@@ -69,14 +75,14 @@ fn link(qual: &str, tokens: &[Token], table: &str) -> Option<Link> {
     }
     if let Some((left, right)) = split_at(tokens, "=") {
         for (one, other) in [(left, right), (right, left)] {
-            if let Some(column) = any_of(one) {
+            if let Some(column) = any_of(one, table) {
                 return claims_only(other).then(|| Link::AnyElement {
                     column,
                     expression: text_of(qual, other).unwrap_or_default(),
                 });
             }
         }
-        let ((column, cast), expression) = match (cast_column_of(left), cast_column_of(right)) {
+        let ((column, cast), expression) = match (cast_column_of(left, table), cast_column_of(right, table)) {
             (Some(c), None) => (c, right),
             (None, Some(c)) => (c, left),
             _ => return None,
@@ -90,25 +96,34 @@ fn link(qual: &str, tokens: &[Token], table: &str) -> Option<Link> {
     membership(qual, tokens, table)
 }
 
-/// Both membership forms: `EXISTS ( SELECT 1 FROM t [m] WHERE ((m.key = table.column) AND
-/// (m.member = <claims>)))` and `column IN ( SELECT m.key FROM t [m] WHERE (m.member = <claims>))`.
+/// Membership, in both forms: `EXISTS ( SELECT 1 FROM t [m] WHERE ((m.key = table.column) AND
+/// (m.member = <claims>)))` and `column IN ( SELECT m.key FROM t [m] WHERE (m.member =
+/// <claims>))`; either may also hold conditions `m.other = <literal>` (kept as filters). An EXISTS
+/// without the key condition depends on the subscriber alone (`EXISTS (SELECT 1 FROM admins a
+/// WHERE a.user_id = auth.uid())`): the whole row set is visible to the members it finds.
+/// Inside the subquery an unqualified column is the subquery's own (SQL resolves it there first,
+/// and the catalog check of the columns refuses it otherwise).
 fn membership(qual: &str, tokens: &[Token], table: &str) -> Option<Link> {
     let word = |t: Option<&Token>, w: &str| t.is_some_and(|t| !t.quoted && t.text.eq_ignore_ascii_case(w));
     // What follows EXISTS, or `column IN`.
     let (column, rest) = if word(tokens.first(), "exists") {
         (None, &tokens[1..])
     } else if word(tokens.get(1), "in") {
-        (Some(column_of(&tokens[..1])?), &tokens[2..])
+        (Some(column_of(&tokens[..1], table)?), &tokens[2..])
     } else {
         return None;
     };
-    // `( SELECT <one token> FROM <table> [alias] WHERE <condition> )`
+    // `( SELECT <one token> FROM <table> [[AS] alias] WHERE <condition> )`
     let [open, select, item, from, name, after @ ..] = rest else {
         return None;
     };
     if open.text != "(" || !word(Some(select), "select") || !word(Some(from), "from") {
         return None;
     }
+    let after = match after {
+        [as_, after @ ..] if word(Some(as_), "as") => after,
+        _ => after,
+    };
     let (alias, after) = match after {
         [alias, after @ ..] if !word(Some(alias), "where") => (Some(alias), after),
         _ => (None, after),
@@ -116,7 +131,7 @@ fn membership(qual: &str, tokens: &[Token], table: &str) -> Option<Link> {
     let [where_, condition @ .., close] = after else {
         return None;
     };
-    if !word(Some(where_), "where") || close.text != ")" || name.text.starts_with('\'') {
+    if !word(Some(where_), "where") || close.text != ")" || name.text.starts_with('\'') || name.text == "(" {
         return None;
     }
     let inner = match alias {
@@ -126,45 +141,55 @@ fn membership(qual: &str, tokens: &[Token], table: &str) -> Option<Link> {
     if inner == table {
         return None; // a self-reference: which side is which cannot be told apart
     }
-    let of = |token: &Token, qualifier: &str| match parts(token)?.as_slice() {
-        [q, c] if q == qualifier => Some(c.clone()),
+    // A column of the subquery's table: qualified by its name or alias, or bare.
+    let own = |token: &Token| match parts(token)?.as_slice() {
+        [q, c] if *q == inner => Some(c.clone()),
+        [c] if !is_keyword(c) && !token.text.starts_with('$') => Some(c.clone()),
         _ => None,
     };
-    // `m.member = <claims>`, either way round.
-    let member_of = |part: &[Token]| -> Option<(String, String)> {
-        let (left, right) = split_at(unwrap(part), "=")?;
-        for (one, other) in [(left, right), (right, left)] {
-            if let Some(member) = single(one).and_then(|t| of(t, &inner)) {
-                if claims_only(other) {
-                    return Some((member, text_of(qual, other)?));
-                }
-            }
-        }
-        None
+    // A column of the policy's table, qualified by its name.
+    let outer = |token: &Token| match parts(token)?.as_slice() {
+        [q, c] if q == table => Some(c.clone()),
+        _ => None,
     };
-    let (column, key, (member, expression)) = match column {
-        // IN: the selected item is the key; the condition is the member equality alone.
-        Some(column) => (column, of(item, &inner)?, member_of(condition)?),
-        None => {
+    let mut key = None; // (key, column)
+    let mut member = None; // (member, expression)
+    let mut filters = Vec::new();
+    for part in split_all(unwrap(condition), "AND") {
+        let (left, right) = split_at(unwrap(part), "=")?;
+        let found = [(left, right), (right, left)].into_iter().find_map(|(one, other)| {
+            let mine = single(one).and_then(own)?;
+            if let Some(column) = single(other).and_then(outer) {
+                return Some(Condition::Key(mine, column));
+            }
+            if let Some(value) = literal(other) {
+                return Some(Condition::Filter(mine, value));
+            }
+            claims_only(other).then(|| Some(Condition::Member(mine, text_of(qual, other)?))).flatten()
+        })?;
+        let replaced = match found {
+            Condition::Key(k, c) => key.replace((k, c)).is_some(),
+            Condition::Member(m, e) => member.replace((m, e)).is_some(),
+            Condition::Filter(c, v) => {
+                filters.push((c, v));
+                false
+            }
+        };
+        if replaced {
+            return None; // two conditions of one kind: not a shape read here
+        }
+    }
+    let (member, expression) = member?;
+    let (column, key) = match (column, key) {
+        // IN: the selected item is the key.
+        (Some(column), None) => (Some(column), Some(own(item)?)),
+        (None, key) => {
             if item.quoted || !(item.text.chars().all(|c| c.is_ascii_digit()) || item.text == "*") {
                 return None;
             }
-            let (a, b) = split_at(unwrap(condition), "AND")?;
-            // `m.key = table.column`, either way round, and the member equality.
-            let key_of = |part: &[Token]| -> Option<(String, String)> {
-                let (left, right) = split_at(unwrap(part), "=")?;
-                let (left, right) = (single(left)?, single(right)?);
-                match (of(left, &inner), of(right, table), of(right, &inner), of(left, table)) {
-                    (Some(key), Some(column), _, _) | (_, _, Some(key), Some(column)) => Some((column, key)),
-                    _ => None,
-                }
-            };
-            let ((column, key), member) = match (key_of(a), member_of(b)) {
-                (Some(k), Some(m)) => (k, m),
-                _ => (key_of(b)?, member_of(a)?),
-            };
-            (column, key, member)
+            key.map_or((None, None), |(key, column)| (Some(column), Some(key)))
         }
+        (Some(_), Some(_)) => return None,
     };
     Some(Link::Membership {
         column,
@@ -172,7 +197,38 @@ fn membership(qual: &str, tokens: &[Token], table: &str) -> Option<Link> {
         key,
         member,
         expression,
+        filters,
     })
+}
+
+/// One condition of a membership subquery's WHERE.
+enum Condition {
+    /// `m.key = table.column`
+    Key(String, String),
+    /// `m.member = <claims>`
+    Member(String, String),
+    /// `m.column = <literal>`: the column and the literal's text.
+    Filter(String, String),
+}
+
+/// The value of a literal as `pg_get_expr` prints it (`'admin'::text`, `'admin'::app_role`,
+/// `42`, `true`), maybe in parentheses.
+fn literal(tokens: &[Token]) -> Option<String> {
+    let tokens = unwrap(tokens);
+    let (first, rest) = tokens.split_first()?;
+    let cast_ok = match rest {
+        [] => true,
+        [cast, ty @ ..] => cast.text == "::" && !ty.is_empty() && ty.iter().all(|t| !t.quoted && t.text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')),
+    };
+    if !cast_ok || first.quoted {
+        return None;
+    }
+    let text = &first.text;
+    if let Some(inner) = text.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')) {
+        return Some(inner.replace("''", "'"));
+    }
+    (text.chars().all(|c| c.is_ascii_digit()) || text.eq_ignore_ascii_case("true") || text.eq_ignore_ascii_case("false"))
+        .then(|| text.to_ascii_lowercase())
 }
 
 /// Why a policy that [`links`] does not recognise is checked for every subscriber, and how to
@@ -206,7 +262,7 @@ pub fn advice(qual: &str) -> String {
 }
 
 /// Words that precede a parenthesis without being a function call.
-const SQL_WORDS: [&str; 16] = [
+pub(super) const SQL_WORDS: [&str; 16] = [
     "exists", "any", "all", "some", "in", "select", "and", "or", "not", "where", "from", "on", "join", "array", "when", "then",
 ];
 
@@ -228,116 +284,12 @@ pub fn refusal(links: &[Link]) -> Option<String> {
     })
 }
 
-/// `tokens` split at every `keyword` outside parentheses (one part when there is none).
-fn split_all<'t>(tokens: &'t [Token], keyword: &str) -> Vec<&'t [Token]> {
-    let mut parts = vec![];
-    let (mut depth, mut start) = (0i32, 0);
-    for (i, token) in tokens.iter().enumerate() {
-        match token.text.as_str() {
-            "(" => depth += 1,
-            ")" => depth -= 1,
-            text if depth == 0 && !token.quoted && text.eq_ignore_ascii_case(keyword) => {
-                parts.push(&tokens[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(&tokens[start..]);
-    parts
-}
 
-/// The only token of `side`.
-fn single(side: &[Token]) -> Option<&Token> {
-    match side {
-        [t] => Some(t),
-        _ => None,
-    }
-}
 
-/// The source text `tokens` span in `sql`.
-fn text_of(sql: &str, tokens: &[Token]) -> Option<String> {
-    let start = tokens.first()?.start;
-    let end = tokens.last().map(|t| t.start + t.text.len())?;
-    Some(sql[start..end].trim().to_string())
-}
 
-/// Without the parentheses that enclose all of `tokens` (repeatedly).
-fn unwrap(mut tokens: &[Token]) -> &[Token] {
-    while let [open, inner @ .., close] = tokens {
-        if open.text != "(" || close.text != ")" || closes_before_opening(inner) {
-            break;
-        }
-        tokens = inner;
-    }
-    tokens
-}
 
-/// Whether a parenthesis in `tokens` closes one they did not open (then the pair around them
-/// was two separate groups, as in `(a) = (b)`).
-fn closes_before_opening(tokens: &[Token]) -> bool {
-    let mut depth = 0i32;
-    for t in tokens {
-        match t.text.as_str() {
-            "(" => depth += 1,
-            ")" => {
-                depth -= 1;
-                if depth < 0 {
-                    return true;
-                }
-            }
-            _ => {}
-        }
-    }
-    false
-}
 
-/// `tokens` split at the only `operator` (an operator or unquoted keyword) outside parentheses.
-fn split_at<'t>(tokens: &'t [Token], operator: &str) -> Option<(&'t [Token], &'t [Token])> {
-    let mut depth = 0i32;
-    let mut split = None;
-    for (i, token) in tokens.iter().enumerate() {
-        match token.text.as_str() {
-            "(" => depth += 1,
-            ")" => depth -= 1,
-            text if depth == 0
-                && !token.quoted
-                && text.eq_ignore_ascii_case(operator)
-                && split.replace(i).is_some() =>
-            {
-                return None;
-            }
-            _ => {}
-        }
-    }
-    let split = split?;
-    Some((&tokens[..split], &tokens[split + 1..]))
-}
 
-/// The parts of a (maybe dotted, maybe quoted) identifier, as the catalog names them.
-fn parts(token: &Token) -> Option<Vec<String>> {
-    if token.text.starts_with('\'') || token.text.starts_with(|c: char| c.is_ascii_digit()) {
-        return None;
-    }
-    let bytes = token.text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'"' {
-            let end = past_quoted(bytes, i)?;
-            out.push(token.text[i + 1..end - 1].replace("\"\"", "\""));
-            i = end;
-        } else {
-            let end = token.text[i..].find('.').map_or(bytes.len(), |d| i + d);
-            out.push(token.text[i..end].to_ascii_lowercase());
-            i = end;
-        }
-        if bytes.get(i) == Some(&b'.') {
-            i += 1;
-        }
-    }
-    Some(out)
-}
 
 /// Whether rows of a column of this type can be matched against a value by their text: `=` is
 /// equality of the output text (not `bool`: its cast to text says `true` where its output says `t`).
@@ -348,145 +300,43 @@ pub fn text_equal(typname: &str) -> bool {
 /// Column types whose `=` is equality of their canonical text.
 const TEXT_EQUAL_TYPES: [&str; 7] = ["int2", "int4", "int8", "text", "varchar", "uuid", "oid"];
 
-#[derive(Debug, PartialEq)]
-struct Token {
-    text: String,
-    start: usize,
-    quoted: bool,
-}
 
-/// SQL as `pg_get_expr` prints it: identifiers (maybe dotted, maybe quoted), string literals,
-/// numbers, operators and parentheses. `None` on anything unexpected.
-fn tokens(sql: &str) -> Option<Vec<Token>> {
-    let bytes = sql.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i] as char;
-        let start = i;
-        if c.is_whitespace() {
-            i += 1;
-            continue;
-        }
-        if c == '\'' {
-            i = past_quoted(bytes, i)?;
-            out.push(Token {
-                text: sql[start..i].to_string(),
-                start,
-                quoted: false,
-            });
-            continue;
-        }
-        if c == '"' || c.is_ascii_alphabetic() || c == '_' {
-            // An identifier, possibly dotted (`auth.uid`), parts possibly quoted.
-            let mut quoted = false;
-            loop {
-                if bytes.get(i) == Some(&b'"') {
-                    quoted = true;
-                    i = past_quoted(bytes, i)?;
-                } else {
-                    while bytes
-                        .get(i)
-                        .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$')
-                    {
-                        i += 1;
-                    }
-                }
-                if bytes.get(i) == Some(&b'.')
-                    && bytes
-                        .get(i + 1)
-                        .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'"' || *b == b'_')
-                {
-                    i += 1;
-                    continue;
-                }
-                break;
-            }
-            out.push(Token {
-                text: sql[start..i].to_string(),
-                start,
-                quoted,
-            });
-            continue;
-        }
-        if c.is_ascii_digit() {
-            while bytes.get(i).is_some_and(|b| b.is_ascii_digit() || *b == b'.') {
-                i += 1;
-            }
-            out.push(Token {
-                text: sql[start..i].to_string(),
-                start,
-                quoted: false,
-            });
-            continue;
-        }
-        let operator = ["->>", "::", "->", "(", ")", ",", "="]
-            .into_iter()
-            .find(|op| sql[i..].starts_with(op))?;
-        i += operator.len();
-        out.push(Token {
-            text: operator.to_string(),
-            start,
-            quoted: false,
-        });
-    }
-    Some(out)
-}
 
-/// Where a quoted literal (`'...'`) or identifier (`"..."`) opening at `open` ends: the index
-/// after its closing quote; a doubled quote is one inside it. `None` if it never closes.
-fn past_quoted(bytes: &[u8], open: usize) -> Option<usize> {
-    let quote = bytes[open];
-    let mut i = open + 1;
-    loop {
-        match bytes.get(i) {
-            Some(&b) if b == quote && bytes.get(i + 1) == Some(&quote) => i += 2,
-            Some(&b) if b == quote => return Some(i + 1),
-            Some(_) => i += 1,
-            None => return None,
-        }
-    }
-}
 
 /// A column, maybe cast as `pg_get_expr` prints it (`(user_id)::text`, `(name)::character
 /// varying`): its name and the type it is cast to.
-fn cast_column_of(tokens: &[Token]) -> Option<(String, Option<String>)> {
-    if let Some(column) = column_of(tokens) {
+fn cast_column_of(tokens: &[Token], table: &str) -> Option<(String, Option<String>)> {
+    if let Some(column) = column_of(tokens, table) {
         return Some((column, None));
     }
     let cast = tokens.iter().position(|t| t.text == "::")?;
-    let column = column_of(&tokens[..cast])?;
+    let column = column_of(&tokens[..cast], table)?;
     let ty: Vec<&str> = tokens[cast + 1..].iter().map(|t| t.text.as_str()).collect();
     let ty = ty.join(" ").to_ascii_lowercase();
     (!ty.is_empty() && ty.split(' ').all(|w| CAST_TYPES.contains(&w))).then_some((column, Some(ty)))
 }
 
 /// `ANY (column)`: the column.
-fn any_of(tokens: &[Token]) -> Option<String> {
+fn any_of(tokens: &[Token], table: &str) -> Option<String> {
     match tokens {
         [any, open, inner @ .., close] if !any.quoted && any.text.eq_ignore_ascii_case("any") && open.text == "(" && close.text == ")" => {
-            column_of(inner)
+            column_of(inner, table)
         }
         _ => None,
     }
 }
 
-/// A bare column name (one identifier, not a function, not dotted).
-fn column_of(tokens: &[Token]) -> Option<String> {
+/// A column of the policy's table `table`: bare, or qualified by the table's name (as a helper
+/// function's argument is put in place); not a function, not a literal.
+fn column_of(tokens: &[Token], table: &str) -> Option<String> {
     match tokens {
-        [t] if !t.text.contains('.')
-            && !t.text.starts_with('\'')
-            && !t.text.starts_with(|c: char| c.is_ascii_digit()) =>
-        {
-            let name = if t.quoted {
-                t.text.trim_matches('"').replace("\"\"", "\"")
-            } else {
-                t.text.to_ascii_lowercase()
-            };
-            (!is_keyword(&name)).then_some(name)
-        }
+        [t] if !t.text.starts_with('$') => match parts(t)?.as_slice() {
+            [name] if !is_keyword(name) => Some(name.clone()),
+            [qualifier, name] if qualifier == table => Some(name.clone()),
+            _ => None,
+        },
         // `(column)` as some printers wrap it.
-        [open, inner, close] if open.text == "(" && close.text == ")" => column_of(std::slice::from_ref(inner)),
+        [open, inner, close] if open.text == "(" && close.text == ")" => column_of(std::slice::from_ref(inner), table),
         _ => None,
     }
 }
@@ -497,7 +347,7 @@ fn is_keyword(word: &str) -> bool {
 
 /// Functions whose value depends on the request's claims only (Supabase's `auth` helpers read
 /// `request.jwt.claims`), and the words and types that may surround them.
-const CLAIMS_FUNCTIONS: [&str; 7] = [
+pub(super) const CLAIMS_FUNCTIONS: [&str; 7] = [
     "auth.uid",
     "auth.jwt",
     "auth.role",
@@ -611,11 +461,12 @@ mod tests {
     fn membership_through_another_table_in_both_forms() {
         let rooms = |table: &str, expression: &str| {
             Some(vec![Link::Membership {
-                column: "room_id".into(),
+                column: Some("room_id".into()),
                 table: table.into(),
-                key: "room_id".into(),
+                key: Some("room_id".into()),
                 member: "user_id".into(),
                 expression: expression.into(),
+                filters: vec![],
             }])
         };
         let on_messages = |qual: &str| links(qual, "messages");
@@ -641,6 +492,74 @@ mod tests {
             ),
             rooms("members", "( SELECT auth.uid() AS uid)")
         );
+    }
+
+    /// Printed by `pg_get_expr` (Postgres 15) for the policies in the comments, and the text
+    /// helper functions become when put in place (see `helpers`).
+    #[test]
+    fn membership_with_constant_conditions_and_of_the_subscriber_alone() {
+        let on_messages = |qual: &str| links(qual, "messages");
+        // exists (select 1 from profiles where id = auth.uid() and role = 'admin')
+        assert_eq!(
+            on_messages("(EXISTS ( SELECT 1\n   FROM profiles\n  WHERE ((profiles.id = auth.uid()) AND (profiles.role = 'admin'::app_role))))"),
+            Some(vec![Link::Membership {
+                column: None,
+                table: "profiles".into(),
+                key: None,
+                member: "id".into(),
+                expression: "auth.uid()".into(),
+                filters: vec![("role".into(), "admin".into())],
+            }])
+        );
+        // has_role(auth.uid(), 'admin') put in place, OR the owner.
+        assert_eq!(
+            on_messages("((auth.uid() = user_id) OR (exists (select 1 from public.user_roles ur where ur.user_id = (auth.uid()) and ur.role = ('admin'::text))))"),
+            Some(vec![
+                Link::Column { column: "user_id".into(), expression: "auth.uid()".into(), cast: None },
+                Link::Membership {
+                    column: None,
+                    table: "public.user_roles".into(),
+                    key: None,
+                    member: "user_id".into(),
+                    expression: "(auth.uid())".into(),
+                    filters: vec![("role".into(), "admin".into())],
+                },
+            ])
+        );
+        // is_room_participant(room_id) put in place: unqualified columns of the subquery.
+        assert_eq!(
+            on_messages("(exists (select 1 from room_participants where room_id = messages.room_id and user_id = auth.uid()))"),
+            Some(vec![Link::Membership {
+                column: Some("room_id".into()),
+                table: "room_participants".into(),
+                key: Some("room_id".into()),
+                member: "user_id".into(),
+                expression: "auth.uid()".into(),
+                filters: vec![],
+            }])
+        );
+        // room_id in (select get_rooms('member')) put in place.
+        assert_eq!(
+            on_messages("(room_id IN (select room_id from room_participants where user_id = auth.uid() and role = ('member'::text)))"),
+            Some(vec![Link::Membership {
+                column: Some("room_id".into()),
+                table: "room_participants".into(),
+                key: Some("room_id".into()),
+                member: "user_id".into(),
+                expression: "auth.uid()".into(),
+                filters: vec![("role".into(), "member".into())],
+            }])
+        );
+        // is_owner(user_id) put in place: `select $1 = auth.uid()`.
+        assert_eq!(on_messages("((messages.user_id = auth.uid()))"), column("user_id", "auth.uid()"));
+        // Two member conditions, a condition on another column of the row, or a join: not these shapes.
+        for qual in [
+            "(EXISTS ( SELECT 1 FROM admins a WHERE ((a.user_id = auth.uid()) AND (a.org = (auth.jwt() ->> 'org'::text)))))",
+            "(EXISTS ( SELECT 1 FROM admins a WHERE ((a.user_id = auth.uid()) AND (a.org = messages.org) AND (a.team = messages.team))))",
+            "(EXISTS ( SELECT 1 FROM admins a WHERE (a.user_id = 'x'::text)))",
+        ] {
+            assert_eq!(on_messages(qual), None, "{qual}");
+        }
     }
 
     #[test]

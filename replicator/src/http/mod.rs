@@ -24,7 +24,7 @@ use sluice_shared::signature::{self, SignatureError};
 
 use crate::db::Db;
 use crate::messages;
-use crate::stats::Stats;
+use crate::stats::{RlsPath, Stats};
 use crate::subscriptions;
 use crate::subscriptions::registry::Registry;
 
@@ -319,6 +319,16 @@ async fn metrics(State(state): State<Health>) -> String {
     ] {
         metric(name, help, "counter", value);
     }
+    out.push_str(
+        "# HELP sluice_rls_pairs_total (change, subscriber) pairs on tables with RLS, by path: indexed (no query), confirmed (index, then Postgres), unindexed (Postgres for every subscriber).\n# TYPE sluice_rls_pairs_total counter\n",
+    );
+    for path in RlsPath::ALL {
+        let value = counter(&stats.rls_pairs[path as usize]);
+        out.push_str(&format!("sluice_rls_pairs_total{{path=\"{}\"}} {value}\n", path.label()));
+    }
+    let mut metric = |name: &str, help: &str, kind: &str, value: String| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+    };
     metric(
         "sluice_subscriptions",
         "Subscriptions held (one per binding and table).",
