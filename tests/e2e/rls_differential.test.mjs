@@ -1,8 +1,8 @@
 // RLS, differentially: random sets of permissive and restrictive policies (the families people
 // write: a column equal to a claim, with and without `(select ...)`, the column cast to text,
 // an OR of such parts, membership through another
-// table in both forms (and with the membership table's own RLS on or off), conditions of the
-// claims alone, role-only, `using (true)`, arbitrary SQL), random subscribers (roles, claims) and
+// table in both forms (and with the membership table's own RLS on or off), helper functions
+// (SECURITY DEFINER, set-returning, of the subscriber alone), conditions of the claims alone, role-only, `using (true)`, arbitrary SQL), random subscribers (roles, claims) and
 // random changes. What the replicator delivers must be, set for set, what Postgres says when asked for
 // each (change, subscriber) pair on its own. Against the replicator directly (a stand-in gateway
 // records the batches), so that many rounds fit in seconds.
@@ -51,6 +51,12 @@ const PERMISSIVE = [
   ['reader', `as permissive for select to authenticated using (auth.uid() = any (readers))`],
   ['member', `as permissive for select to authenticated using (exists (select 1 from members m where m.team = docs.team and m.user_id = auth.uid()))`],
   ['member_in', `as permissive for select to authenticated using (team in (select m.team from members m where m.user_id = (select auth.uid())))`],
+  // Helper functions put in place: a SECURITY DEFINER membership check, an owner OR a role read
+  // through one, a set-returning one, and a condition of the subscriber alone.
+  ['helper_member', `as permissive for select to authenticated using (is_team_member(team))`],
+  ['owner_or_admin', `as permissive for select to authenticated using (owner = auth.uid() or has_role_in(auth.uid(), 'admin'))`],
+  ['teams_of', `as permissive for select using (team in (select teams_of('lead')))`],
+  ['editors', `as permissive for select using (exists (select 1 from roles r where r.user_id = auth.uid() and r.role = 'editor'))`],
   ['claims_role', `as permissive for select using ((auth.jwt() ->> 'role') = 'authenticated')`],
   ['open_anon', `as permissive for select to anon using (true)`],
   ['public_rows', `as permissive for select using (public)`],
@@ -60,7 +66,8 @@ const PERMISSIVE = [
 ];
 /** The permissive families on the indexed path. */
 const RECOGNISED = new Set(['owner', 'owner_select', 'owner_text', 'team_claim', 'owner_cast', 'owner_cast_rev', 'team_cast',
-  'owner_or_team', 'label_or_member', 'role_or_team_cast', 'reader', 'member', 'member_in', 'claims_role', 'open_anon']);
+  'owner_or_team', 'label_or_member', 'role_or_team_cast', 'reader', 'member', 'member_in', 'claims_role', 'open_anon',
+  'helper_member', 'owner_or_admin', 'teams_of', 'editors']);
 const RESTRICTIVE = [
   ['no_secret', `as restrictive for select using (body <> 'secret')`],
   ['small_team', `as restrictive for select using (team < 4)`],
@@ -109,9 +116,17 @@ before(async () => {
     grant usage on schema auth to anon, authenticated;
     create table docs (id int primary key, owner uuid, label text, team int not null, public bool not null, body text not null, readers uuid[]);
     alter table docs enable row level security;
-    create table members (team int not null, user_id uuid not null);
+    create table members (team int not null, user_id uuid not null, kind text not null);
     create policy own_memberships on members for select using (user_id = auth.uid() or team = 2);
-    grant select on docs, members to anon, authenticated;
+    create table roles (user_id uuid not null, role text not null);
+    create policy own_roles on roles for select using (user_id = auth.uid());
+    grant select on docs, members, roles to anon, authenticated;
+    create function is_team_member(t int) returns boolean language sql security definer stable as $$
+      select exists (select 1 from members where team = t and user_id = auth.uid()) $$;
+    create function has_role_in(uid uuid, wanted text) returns boolean language sql security definer as $$
+      select exists (select 1 from roles where roles.user_id = $1 and roles.role = $2) $$;
+    create function teams_of(k text) returns setof int language sql stable as $$
+      select m.team from members m where m.user_id = auth.uid() and m.kind = k $$;
     create table marks (id int primary key);
     grant select on marks to anon, authenticated;
     create publication supabase_realtime for table docs, marks`);
@@ -173,8 +188,10 @@ test('deliveries equal what Postgres allows each subscriber, for random policies
     // The membership table's own policies apply inside a subscriber's: in some rounds a user
     // sees only its own memberships (and team 2's).
     await db.query(`alter table members ${rng.next() < 0.4 ? 'enable' : 'disable'} row level security`);
-    await db.query('delete from members');
-    for (let m = 0; m < 6; m++) await db.query('insert into members values ($1, $2)', [rng.int(6), rng.pick(USERS)]);
+    await db.query(`alter table roles ${rng.next() < 0.4 ? 'enable' : 'disable'} row level security`);
+    await db.query('delete from members; delete from roles');
+    for (let m = 0; m < 6; m++) await db.query('insert into members values ($1, $2, $3)', [rng.int(6), rng.pick(USERS), rng.pick(['lead', 'member'])]);
+    for (let m = 0; m < 3; m++) await db.query('insert into roles values ($1, $2)', [rng.pick(USERS), rng.pick(['admin', 'editor', 'viewer'])]);
 
     const first = round * 100 + 1;
     const ids = [];
