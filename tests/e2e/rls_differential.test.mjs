@@ -57,6 +57,10 @@ const PERMISSIVE = [
   ['owner_or_admin', `as permissive for select to authenticated using (owner = auth.uid() or has_role_in(auth.uid(), 'admin'))`],
   ['teams_of', `as permissive for select using (team in (select teams_of('lead')))`],
   ['editors', `as permissive for select using (exists (select 1 from roles r where r.user_id = auth.uid() and r.role = 'editor'))`],
+  // Lists of the claims (nested too) and constant lists.
+  ['team_in_claims', `as permissive for select using (team in (select jsonb_array_elements_text(auth.jwt() -> 'teams')::int))`],
+  ['team_any_claims', `as permissive for select using (team = any (array(select jsonb_array_elements_text(auth.jwt() -> 'app_metadata' -> 'teams'))::int[]))`],
+  ['label_in_list', `as permissive for select using (label in ('${USERS[0]}', '${USERS[1]}'))`],
   ['claims_role', `as permissive for select using ((auth.jwt() ->> 'role') = 'authenticated')`],
   ['open_anon', `as permissive for select to anon using (true)`],
   ['public_rows', `as permissive for select using (public)`],
@@ -67,7 +71,7 @@ const PERMISSIVE = [
 /** The permissive families on the indexed path. */
 const RECOGNISED = new Set(['owner', 'owner_select', 'owner_text', 'team_claim', 'owner_cast', 'owner_cast_rev', 'team_cast',
   'owner_or_team', 'label_or_member', 'role_or_team_cast', 'reader', 'member', 'member_in', 'claims_role', 'open_anon',
-  'helper_member', 'owner_or_admin', 'teams_of', 'editors']);
+  'helper_member', 'owner_or_admin', 'teams_of', 'editors', 'team_in_claims', 'team_any_claims', 'label_in_list']);
 const RESTRICTIVE = [
   ['no_secret', `as restrictive for select using (body <> 'secret')`],
   ['small_team', `as restrictive for select using (team < 4)`],
@@ -167,7 +171,9 @@ test('deliveries equal what Postgres allows each subscriber, for random policies
   const subscribers = [];
   for (let n = 0; n < 24; n++) {
     const role = setup.next() < 0.3 ? 'anon' : 'authenticated';
-    const claims = { role, exp: 9999999999, ...(role === 'authenticated' && setup.next() < 0.9 ? { sub: setup.pick(USERS) } : {}), ...(setup.next() < 0.7 ? { team: setup.int(6) } : {}) };
+    const claims = { role, exp: 9999999999, ...(role === 'authenticated' && setup.next() < 0.9 ? { sub: setup.pick(USERS) } : {}), ...(setup.next() < 0.7 ? { team: setup.int(6) } : {}),
+      ...(setup.next() < 0.6 ? { teams: Array.from({ length: setup.int(3) }, () => setup.int(6)) } : {}),
+      ...(setup.next() < 0.5 ? { app_metadata: { teams: Array.from({ length: setup.int(3) }, () => setup.int(6)) } } : {}) };
     subscribers.push({ socket: `s${n}`, role, claims });
     await register(`s${n}`, claims, 'docs');
   }

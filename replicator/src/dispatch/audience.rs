@@ -59,6 +59,13 @@ pub enum Resolved {
     },
     /// Without a column: every row, for the members the table has (a condition of the
     /// subscriber alone).
+    /// `column = ANY (<claims array>)`: the subscriber's value is a list (`ty` ends in `[]`).
+    AmongClaims {
+        column: usize,
+        expression: String,
+        /// The column's type as an array type (`bigint[]`).
+        ty: String,
+    },
     Membership {
         column: Option<usize>,
         expression: String,
@@ -76,6 +83,7 @@ impl Resolved {
     fn value_of(&self) -> (&str, &str) {
         match self {
             Resolved::Column { expression, ty, .. }
+            | Resolved::AmongClaims { expression, ty, .. }
             | Resolved::Elements { expression, ty, .. }
             | Resolved::Membership { expression, ty, .. } => (expression, ty),
             Resolved::Claims { expression } => (expression, "boolean"),
@@ -158,7 +166,7 @@ impl Audience {
             for (i, link) in links.iter().enumerate() {
                 match link {
                     Resolved::Claims { .. } => {}
-                    Resolved::Column { column, .. } => match change.cell(*column) {
+                    Resolved::Column { column, .. } | Resolved::AmongClaims { column, .. } => match change.cell(*column) {
                         Cell::Text(v) => values.push((i, vec![v])),
                         Cell::Null => {}
                         Cell::Absent => placed = false,
@@ -348,6 +356,12 @@ impl Index {
                 match (link, value) {
                     (Resolved::Claims { .. }, Some(v)) if v == "true" => index.always.push(sub.clone()),
                     (Resolved::Claims { .. }, _) | (_, None) => {}
+                    // A JSON array of the subscriber's values (see `select_of`).
+                    (Resolved::AmongClaims { .. }, Some(list)) => {
+                        for v in serde_json::from_str::<Vec<Option<String>>>(list).unwrap_or_default().into_iter().flatten() {
+                            index.by_value[i].entry(v).or_default().push(sub.clone());
+                        }
+                    }
                     (_, Some(v)) => index.by_value[i].entry(v.clone()).or_default().push(sub.clone()),
                 }
             }
@@ -433,6 +447,17 @@ async fn rule(
                             // sends it: the claim is compared as text.
                             Some(_) => "text".to_string(), // refusal() took the others
                         },
+                    },
+                    _ => {
+                        *why = not_text(&column);
+                        return Ok(Rule::Unknown);
+                    }
+                },
+                Link::AmongClaims { column, expression } => match relation.column(&column) {
+                    Some(i) if text_equal(i) => Resolved::AmongClaims {
+                        column: i,
+                        expression,
+                        ty: format!("{}[]", info.column_type(i)),
                     },
                     _ => {
                         *why = not_text(&column);
@@ -806,11 +831,15 @@ impl ClaimValues {
     }
 }
 
-/// The statement selecting `expressions`, each cast to its column's type, as text.
+/// The statement selecting `expressions`, each cast to its column's type, as text (an array
+/// type: its elements as a JSON array of texts).
 fn select_of(expressions: &[(String, String)]) -> String {
     let columns = expressions
         .iter()
-        .map(|(expression, ty)| format!("(({expression})::{ty})::text"))
+        .map(|(expression, ty)| match ty.ends_with("[]") {
+            true => format!("(select array_to_json(array(select v::text from unnest(({expression})::{ty}) v)))::text"),
+            false => format!("(({expression})::{ty})::text"),
+        })
         .collect::<Vec<_>>()
         .join(", ");
     format!("select {columns}")

@@ -45,6 +45,10 @@ pub enum Link {
     },
     /// `expression = ANY (column)`: the row is visible to each of its array's elements.
     AnyElement { column: String, expression: String },
+    /// `column = ANY (<array of the claims>)` or `column IN (SELECT <set of the claims>)`
+    /// (`jsonb_array_elements_text(auth.jwt() -> 'rooms')`): visible to subscribers whose array
+    /// holds the column's value. `expression` is array-valued (the IN form as `ARRAY(…)`).
+    AmongClaims { column: String, expression: String },
     /// The whole condition reads only the claims: every row or none, per subscriber.
     Claims { expression: String },
 }
@@ -81,6 +85,12 @@ fn link(qual: &str, tokens: &[Token], table: &str) -> Option<Link> {
                     expression: text_of(qual, other).unwrap_or_default(),
                 });
             }
+            if let (Some(column), Some(array)) = (column_of(one, table), any_operand(other)) {
+                return claims_only(array).then(|| Link::AmongClaims {
+                    column,
+                    expression: text_of(qual, array).unwrap_or_default(),
+                });
+            }
         }
         let ((column, cast), expression) = match (cast_column_of(left, table), cast_column_of(right, table)) {
             (Some(c), None) => (c, right),
@@ -93,7 +103,29 @@ fn link(qual: &str, tokens: &[Token], table: &str) -> Option<Link> {
             cast,
         });
     }
+    // `column IN ( SELECT <claims> AS x)`: the set as an array.
+    if let [column, in_, open, subquery @ .., close] = tokens {
+        let is_in = !in_.quoted && in_.text.eq_ignore_ascii_case("in") && open.text == "(" && close.text == ")";
+        if let (true, Some(column)) = (is_in, column_of(std::slice::from_ref(column), table)) {
+            if claims_only(subquery) && subquery.first().is_some_and(|t| t.text.eq_ignore_ascii_case("select")) {
+                return Some(Link::AmongClaims {
+                    column,
+                    expression: format!("ARRAY({})", text_of(qual, subquery)?),
+                });
+            }
+        }
+    }
     membership(qual, tokens, table)
+}
+
+/// What `ANY ( … )` holds.
+fn any_operand(tokens: &[Token]) -> Option<&[Token]> {
+    match tokens {
+        [any, open, inner @ .., close] if !any.quoted && any.text.eq_ignore_ascii_case("any") && open.text == "(" && close.text == ")" => {
+            Some(inner)
+        }
+        _ => None,
+    }
 }
 
 /// Membership, in both forms: `EXISTS ( SELECT 1 FROM t [m] WHERE ((m.key = table.column) AND
@@ -347,7 +379,9 @@ fn is_keyword(word: &str) -> bool {
 
 /// Functions whose value depends on the request's claims only (Supabase's `auth` helpers read
 /// `request.jwt.claims`), and the words and types that may surround them.
-pub(super) const CLAIMS_FUNCTIONS: [&str; 7] = [
+pub(super) const CLAIMS_FUNCTIONS: [&str; 9] = [
+    "jsonb_array_elements_text",
+    "json_array_elements_text",
     "auth.uid",
     "auth.jwt",
     "auth.role",
@@ -383,12 +417,16 @@ fn claims_only(tokens: &[Token]) -> bool {
         let fine = match text.chars().next() {
             Some('\'') | Some('0'..='9') => true,
             Some('(' | ')' | ',') => true,
+            // `::bigint[]`, `ARRAY['a'::text]`
+            Some('[') => previous.is_some_and(|p| CAST_TYPES.contains(&p.to_ascii_lowercase().as_str()) || p.eq_ignore_ascii_case("array")),
+            Some(']') => true,
+            _ if lower == "array" => matches!(next, Some("(" | "[")),
             _ if matches!(text, "::" | "->>" | "->" | "=") => true,
             _ if token.quoted => false,
-            _ if CLAIMS_FUNCTIONS.contains(&lower.as_str()) => next == Some("("),
-            _ if matches!(lower.as_str(), "select" | "true" | "false" | "null") => true,
             // `( SELECT auth.uid() AS uid)`: the alias after AS.
             _ if previous.is_some_and(|p| p.eq_ignore_ascii_case("as")) => true,
+            _ if CLAIMS_FUNCTIONS.contains(&lower.as_str()) => next == Some("("),
+            _ if matches!(lower.as_str(), "select" | "true" | "false" | "null") => true,
             _ if lower == "as" => true,
             // Type names, after `::`.
             _ if CAST_TYPES.contains(&lower.as_str()) => {
@@ -560,6 +598,37 @@ mod tests {
         ] {
             assert_eq!(on_messages(qual), None, "{qual}");
         }
+    }
+
+    /// Printed by `pg_get_expr` (Postgres 15) for the policies in the comments.
+    #[test]
+    fn nested_claims_and_lists_of_the_claims() {
+        let on_messages = |qual: &str| links(qual, "messages");
+        // (auth.jwt() -> 'app_metadata' ->> 'org') = body
+        assert_eq!(
+            on_messages("(((auth.jwt() -> 'app_metadata'::text) ->> 'org'::text) = body)"),
+            column("body", "((auth.jwt() -> 'app_metadata'::text) ->> 'org'::text)")
+        );
+        // ((auth.jwt() ->> 'user_metadata')::jsonb ->> 'team') = body
+        assert_eq!(
+            on_messages("((((auth.jwt() ->> 'user_metadata'::text))::jsonb ->> 'team'::text) = body)"),
+            column("body", "(((auth.jwt() ->> 'user_metadata'::text))::jsonb ->> 'team'::text)")
+        );
+        let among = |column: &str, expression: &str| Some(vec![Link::AmongClaims { column: column.into(), expression: expression.into() }]);
+        // room_id = any (array(select jsonb_array_elements_text(auth.jwt() -> 'app_metadata' -> 'rooms'))::bigint[])
+        assert_eq!(
+            on_messages("(room_id = ANY ((ARRAY( SELECT jsonb_array_elements_text(((auth.jwt() -> 'app_metadata'::text) -> 'rooms'::text)) AS jsonb_array_elements_text))::bigint[]))"),
+            among("room_id", "(ARRAY( SELECT jsonb_array_elements_text(((auth.jwt() -> 'app_metadata'::text) -> 'rooms'::text)) AS jsonb_array_elements_text))::bigint[]")
+        );
+        // room_id in (select jsonb_array_elements_text(auth.jwt() -> 'rooms')::bigint)
+        assert_eq!(
+            on_messages("(room_id IN ( SELECT (jsonb_array_elements_text((auth.jwt() -> 'rooms'::text)))::bigint AS jsonb_array_elements_text))"),
+            among("room_id", "ARRAY(SELECT (jsonb_array_elements_text((auth.jwt() -> 'rooms'::text)))::bigint AS jsonb_array_elements_text)")
+        );
+        // body in ('a', 'b')
+        assert_eq!(on_messages("(body = ANY (ARRAY['a'::text, 'b'::text]))"), among("body", "ARRAY['a'::text, 'b'::text]"));
+        // A list of the row's own columns is not of the claims.
+        assert_eq!(on_messages("(body = ANY (ARRAY[title, 'b'::text]))"), None);
     }
 
     #[test]

@@ -203,7 +203,7 @@ pub(super) fn tokens(sql: &str) -> Option<Vec<Token>> {
             });
             continue;
         }
-        let operator = ["->>", "::", "->", "(", ")", ",", "="]
+        let operator = ["->>", "::", "->", "(", ")", ",", "=", "[", "]"]
             .into_iter()
             .find(|op| sql[i..].starts_with(op))?;
         i += operator.len();
