@@ -107,7 +107,7 @@ describe('doctor against a broken database', () => {
       /^\[FAIL\] public\.nokey: UPDATE and DELETE on it fail \(no replica identity\): ALTER TABLE public\.nokey ADD PRIMARY KEY \(\.\.\.\) or ALTER TABLE public\.nokey REPLICA IDENTITY FULL; RLS is off/m,
       /^\[warn\] public\.open: RLS is off, every subscriber sees every row: ALTER TABLE public\.open ENABLE ROW LEVEL SECURITY and add policies; neither anon nor authenticated may SELECT it, their subscribers get Error 401: GRANT SELECT ON public\.open TO authenticated$/m,
       /^\[warn\] API roles: anon, authenticated, service_role do not exist/m,
-      /^\[warn\] public\.guarded policy by_helper: checked for every subscriber: calls lower\(\): functions are checked for every subscriber; write its condition in the policy, as `column = \(select auth\.uid\(\)\)`/m,
+      /^\[warn\] public\.guarded policy by_helper: checked for every subscriber: calls lower\(\), which is not a LANGUAGE sql helper whose body is one SELECT of these shapes; write its condition as `column = \(select auth\.uid\(\)\)`/m,
     ]) assert.match(stdout, line);
   });
 });

@@ -272,14 +272,12 @@ pub fn advice(qual: &str) -> String {
     };
     let tokens = unwrap(&all);
     let words = |w: &str| tokens.iter().any(|t| !t.quoted && t.text.eq_ignore_ascii_case(w));
-    let call = tokens.windows(2).find_map(|pair| {
-        let name = pair[0].text.to_ascii_lowercase();
-        let is_call = pair[1].text == "(" && !pair[0].quoted && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
-        (is_call && !CLAIMS_FUNCTIONS.contains(&name.as_str()) && !SQL_WORDS.contains(&name.as_str()))
-            .then_some(pair[0].text.clone())
-    });
+    let call = tokens
+        .windows(2)
+        .find(|pair| pair[1].text == "(" && !pair[0].quoted && super::helpers::is_function_name(&pair[0]))
+        .map(|pair| pair[0].text.clone());
     if let Some(function) = call {
-        return format!("calls {function}(): functions are checked for every subscriber; write its condition in the policy, as {SHAPES}");
+        return format!("calls {function}(), which is not a LANGUAGE sql helper whose body is one SELECT of these shapes; write its condition as {SHAPES}");
     }
     if words("select") {
         return format!("a subquery sluice does not index (one that does not tie the row to the subscriber, or of another shape); indexed are {SHAPES}");
