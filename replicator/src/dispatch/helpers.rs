@@ -59,7 +59,14 @@ pub fn inline(qual: &str, table: &str, helpers: &[Helper]) -> Result<String, Str
         if args.len() != helper.params.len() {
             return Err(format!("calls {}() with arguments sluice cannot match to its parameters", helper.name));
         }
-        let args: Vec<String> = args.iter().map(|a| argument(&sql, a, table)).collect::<Option<_>>().ok_or("an empty argument")?;
+        // Inside a subquery a bare name may be the subquery's column: only a call outside any
+        // (the policy's own condition) has its bare arguments read as the table's columns.
+        let top = !inside_subquery(&all[..at]);
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| argument(&sql, a, table, top))
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("calls {}() inside a subquery with a column whose table sluice cannot tell", helper.name))?;
         let body = substituted(helper, &args)?;
         let (start, end, text) = if helper.set_returning {
             // `( SELECT f(…) AS f )`: the whole subquery becomes the body.
@@ -220,15 +227,30 @@ fn closing(all: &[Token], open: usize) -> Option<usize> {
     None
 }
 
+/// Whether the tokens before a call leave a subquery's parenthesis open.
+fn inside_subquery(before: &[Token]) -> bool {
+    let mut open: Vec<bool> = Vec::new(); // per open parenthesis: does a SELECT follow it
+    for (i, t) in before.iter().enumerate() {
+        match t.text.as_str() {
+            "(" => open.push(before.get(i + 1).is_some_and(|n| !n.quoted && n.text.eq_ignore_ascii_case("select"))),
+            ")" => {
+                open.pop();
+            }
+            _ => {}
+        }
+    }
+    open.contains(&true)
+}
+
 /// An argument's text as it is put in place: a column of the policy's table qualified by the
 /// table's name (inside the helper's subquery a bare name would be the subquery's), anything
 /// else in parentheses.
-fn argument(sql: &str, arg: &[Token], table: &str) -> Option<String> {
+fn argument(sql: &str, arg: &[Token], table: &str, top: bool) -> Option<String> {
     if let [t] = arg {
         if let Some([column]) = parts(t).as_deref() {
             let is_name = !t.text.starts_with('$') && !matches!(column.as_str(), "true" | "false" | "null");
             if is_name {
-                return Some(format!("{}.{}", quote(table), quote(column)));
+                return top.then(|| format!("{}.{}", quote(table), quote(column)));
             }
         }
     }
@@ -411,6 +433,11 @@ mod tests {
             let bad = helper("f", &["a"], body, &[]);
             assert!(inline("f(room_id)", "messages", &[bad]).is_err(), "{body}");
         }
+        // Called inside a subquery with a bare name: whose column it is cannot be told.
+        let is_admin = helper("is_team_admin", &["t"], "select exists (select 1 from admins a where a.team = t and a.user_id = auth.uid())", &["team", "user_id"]);
+        let nested = helper("f", &["r"], "select exists (select 1 from rooms where id = r and is_team_admin(team))", &["id", "team"]);
+        assert!(inline("f(room_id)", "messages", &[nested, is_admin.clone()]).is_err());
+        assert!(inline("(EXISTS ( SELECT 1 FROM rooms r WHERE is_team_admin(r.team)))", "messages", &[is_admin]).is_ok());
         // Not a helper: left as it is.
         assert_eq!(inline("lower(body)", "messages", &[]).unwrap(), "lower(body)");
     }
