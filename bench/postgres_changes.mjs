@@ -14,12 +14,14 @@
 //   5. owners: per-user rows (`user_id = auth.uid()`, both forms) for S = 100, 1,000, 10,000
 //      subscribed users, each row visible to one, against the per-change-per-subscriber design;
 //   6. rooms: chat rooms whose audience is a membership table, the same comparison;
-//   7. steady: commit-to-hub p50/p99 at 100 changes/s with S = 1,000 per-user subscribers.
+//   7. steady: commit-to-hub p50/p99 at 100 changes/s with S = 1,000 per-user subscribers;
+//   8. forms: one row per RLS policy spelling (casts, helpers, OR with a role, arrays), each row
+//      visible to its owner, S = 1,000 and 10,000 (`--only forms`).
 //
 //   cargo build --release -p sluice-replicator && scripts/build-worker
-//   node_modules/.bin/node bench/postgres_changes.mjs [--only throughput,rls,latency,joins,owners,rooms,steady]
+//   node_modules/.bin/node bench/postgres_changes.mjs [--only throughput,rls,latency,joins,owners,rooms,steady,forms]
 //     [--rows 50000] [--seconds 5] [--users 100,1000,10000]
-//   owners, rooms, steady (RLS at scale, issue #13) are not in the default set: they take minutes.
+//   owners, rooms, steady, forms (RLS at scale) are not in the default set: they take minutes.
 //
 // It runs the release build of the replicator (target/release).
 // A program, not a test: numbers depend on the machine, which also runs the load generator.
@@ -392,7 +394,7 @@ async function rlsQueries(replicatorUrl) {
  * what is done once per subscriber (computing each one's claim value), the second is the steady
  * state — then the per-change-per-subscriber design on a sample of the same rows.
  */
-async function passesAndBaseline(database, db, ids, table, audience, insert) {
+async function passesAndBaseline(database, db, ids, table, audience, insert, { baseline = true } = {}) {
   const rows = [];
   const sink = await nullSink();
   const replicator = await startReplicator({ root: ROOT, databaseUrl: database.url, port: await freePort(), gatewayUrl: sink.url });
@@ -415,6 +417,7 @@ async function passesAndBaseline(database, db, ids, table, audience, insert) {
     await replicator.stop();
     await sink.stop();
   }
+  if (!baseline) return rows;
   const sample = Math.max(5, Math.min(200, Math.round(200_000 / ids.length)));
   log(`baseline: ${sample} changes × ${ids.length} subscribers`);
   const claims = ids.map((sub) => ({ role: 'authenticated', sub }));
@@ -455,6 +458,73 @@ async function owners() {
   }
   console.log('\n### 5. RLS, per-user rows: S users each subscribed to INSERT, each row visible to exactly one\n');
   console.log('| S | policy | design | changes | deliveries | RLS queries so far | seconds | deliveries/s |');
+  console.log('|---:|---|---|---:|---:|---:|---:|---:|');
+  for (const r of rows) {
+    console.log(`| ${r.users} | \`${r.form}\` | ${r.design} | ${r.changes} | ${r.deliveries} | ${r.queries} | ${fmt(r.secs, 2)} | ${Math.round(r.deliveries / r.secs)} |`);
+  }
+}
+
+/**
+ * The policy forms people write (issue #24), one row each: S users, each subscribed to INSERTs on
+ * `notes`, each row visible to its owner only, whatever the spelling — directly, through a cast,
+ * a SECURITY DEFINER helper, a membership table (one room per user), an OR with an (empty) admin
+ * role, an array column. The per-change-per-subscriber baseline once per S, with the first form.
+ */
+async function forms() {
+  const CLAIM = `current_setting('request.jwt.claims', true)::jsonb ->> 'sub'`;
+  const FORMS = {
+    'auth.uid() = user_id': 'auth.uid() = user_id',
+    [`user_id = (${CLAIM})::uuid`]: `user_id = (${CLAIM})::uuid`,
+    '(select auth.uid()) = user_id': '(select auth.uid()) = user_id',
+    [`user_id::text = (select ${CLAIM})`]: `user_id::text = (select ${CLAIM})`,
+    [`user_id::text = (${CLAIM})`]: `user_id::text = (${CLAIM})`,
+    "(auth.jwt() ->> 'sub') = user_id::text": "(auth.jwt() ->> 'sub') = user_id::text",
+    'public.is_owner(user_id) (SECURITY DEFINER)': 'public.is_owner(user_id)',
+    'auth.uid() = user_id OR exists (admins)': 'auth.uid() = user_id or exists (select 1 from public.admins a where a.user_id = auth.uid())',
+    'is_room_participant(room_id) (SECURITY DEFINER)': 'public.is_room_participant(room_id)',
+    "auth.uid() = user_id OR has_role(auth.uid(), 'admin')": "auth.uid() = user_id or public.has_role(auth.uid(), 'admin')",
+    'auth.uid() = ANY(readers)': 'auth.uid() = any (readers)',
+  };
+  const rows = [];
+  for (const users of (opts.users ?? '1000,10000').split(',').map(Number)) {
+    let first = true;
+    for (const [form, using] of Object.entries(FORMS)) {
+      await withDatabase(`forms-${users}`, async (database, db) => {
+        await db.query(`${AUTH}
+          create function auth.jwt() returns jsonb language sql stable as $$
+            select nullif(current_setting('request.jwt.claims', true), '')::jsonb $$;
+          create table notes (id bigint primary key, user_id uuid not null, room_id int not null, readers uuid[] not null);
+          create table admins (user_id uuid primary key);
+          create table user_roles (user_id uuid not null, role text not null);
+          create table room_participants (room_id int not null, user_id uuid not null, primary key (room_id, user_id));
+          create function public.is_owner(owner uuid) returns boolean language sql security definer as $$ select $1 = auth.uid() $$;
+          create function public.is_room_participant(_room_id int) returns boolean language sql security definer stable as $$
+            select exists (select 1 from public.room_participants where room_id = _room_id and user_id = auth.uid()) $$;
+          create function public.has_role(uid uuid, wanted text) returns boolean language sql security definer as $$
+            select exists (select 1 from public.user_roles r where r.user_id = $1 and r.role = $2) $$;
+          alter table notes enable row level security;
+          create policy own on notes for select to authenticated using (${using});
+          grant select on notes to authenticated;
+          grant usage on schema auth to authenticated;
+          alter publication supabase_realtime add table notes`);
+        const ids = (await db.query(`select gen_random_uuid()::text as id from generate_series(1, ${users})`)).rows.map((r) => r.id);
+        await db.query('insert into room_participants select i, u from unnest($1::uuid[]) with ordinality as x(u, i)', [ids]);
+        // One admin and one editor who subscribe to nothing: the admin check is decided, never true.
+        await db.query(`insert into admins values (gen_random_uuid()); insert into user_roles values (gen_random_uuid(), 'admin'), ($1, 'editor')`, [ids[0]]);
+        const ownerIndex = (i) => (i * 7919) % users;
+        log(`${users} users (${form})`);
+        const measured = await passesAndBaseline(database, db, ids, 'notes', 1,
+          (p, id) => {
+            const n = ownerIndex(id);
+            return p.query('insert into notes values ($1, $2, $3, array[$2::uuid])', [id, ids[n], n + 1]);
+          }, { baseline: first });
+        rows.push(...measured.map((r) => ({ users, form, ...r })));
+        first = false;
+      });
+    }
+  }
+  console.log('\n### 8. RLS, the policy forms people write: S users, each row visible to its owner only\n');
+  console.log('| S | policy `using (…)` | design | changes | deliveries | RLS queries so far | seconds | deliveries/s |');
   console.log('|---:|---|---|---:|---:|---:|---:|---:|');
   for (const r of rows) {
     console.log(`| ${r.users} | \`${r.form}\` | ${r.design} | ${r.changes} | ${r.deliveries} | ${r.queries} | ${fmt(r.secs, 2)} | ${Math.round(r.deliveries / r.secs)} |`);
@@ -603,3 +673,4 @@ if (only.has('joins')) { console.error('==> joins'); await joins(); }
 if (only.has('owners')) { console.error('==> owners'); await owners(); }
 if (only.has('rooms')) { console.error('==> rooms'); await rooms(); }
 if (only.has('steady')) { console.error('==> steady'); await steady(); }
+if (only.has('forms')) { console.error('==> forms'); await forms(); }
