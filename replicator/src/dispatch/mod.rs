@@ -169,6 +169,7 @@ fn match_subscriptions(
     stats: &Stats,
 ) -> Vec<Hit> {
     let mut hits = Vec::new();
+    let mut pairs = [0u64; 3]; // per RlsPath, counted once for the batch
     for (index, change) in batch.iter().enumerate() {
         let Some(audience) = audiences.get(&change.relation.relid) else {
             continue;
@@ -181,7 +182,7 @@ fn match_subscriptions(
         audience.reach(change, members, |sub, verdict, path| {
             if sub.wants(change.action) && all_pass(&sub.conditions, cell) {
                 if let Some(path) = path {
-                    Stats::count(&stats.rls_pairs[path as usize], 1);
+                    pairs[path as usize] += 1;
                 }
                 hits.push(Hit {
                     change: index,
@@ -190,6 +191,9 @@ fn match_subscriptions(
                 });
             }
         });
+    }
+    for (counter, n) in stats.rls_pairs.iter().zip(pairs) {
+        Stats::count(counter, n);
     }
     hits
 }

@@ -124,6 +124,11 @@ pub(super) struct Token {
 /// numbers, operators and parentheses. `None` on anything unexpected.
 pub(super) fn tokens(sql: &str) -> Option<Vec<Token>> {
     let bytes = sql.as_bytes();
+    let token = |start: usize, end: usize, quoted| Token {
+        text: sql[start..end].to_string(),
+        start,
+        quoted,
+    };
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
@@ -144,20 +149,12 @@ pub(super) fn tokens(sql: &str) -> Option<Vec<Token>> {
             while bytes.get(i).is_some_and(u8::is_ascii_digit) {
                 i += 1;
             }
-            out.push(Token {
-                text: sql[start..i].to_string(),
-                start,
-                quoted: false,
-            });
+            out.push(token(start, i, false));
             continue;
         }
         if c == '\'' {
             i = past_quoted(bytes, i)?;
-            out.push(Token {
-                text: sql[start..i].to_string(),
-                start,
-                quoted: false,
-            });
+            out.push(token(start, i, false));
             continue;
         }
         if c == '"' || c.is_ascii_alphabetic() || c == '_' {
@@ -185,33 +182,21 @@ pub(super) fn tokens(sql: &str) -> Option<Vec<Token>> {
                 }
                 break;
             }
-            out.push(Token {
-                text: sql[start..i].to_string(),
-                start,
-                quoted,
-            });
+            out.push(token(start, i, quoted));
             continue;
         }
         if c.is_ascii_digit() {
             while bytes.get(i).is_some_and(|b| b.is_ascii_digit() || *b == b'.') {
                 i += 1;
             }
-            out.push(Token {
-                text: sql[start..i].to_string(),
-                start,
-                quoted: false,
-            });
+            out.push(token(start, i, false));
             continue;
         }
         let operator = ["->>", "::", "->", "(", ")", ",", "=", "[", "]"]
             .into_iter()
             .find(|op| sql[i..].starts_with(op))?;
         i += operator.len();
-        out.push(Token {
-            text: operator.to_string(),
-            start,
-            quoted: false,
-        });
+        out.push(token(start, i, false));
     }
     Some(out)
 }
