@@ -15,7 +15,7 @@
 //      subscribed users, each row visible to one, against the per-change-per-subscriber design;
 //   6. rooms: chat rooms whose audience is a membership table, the same comparison;
 //   7. steady: commit-to-hub p50/p99 at 100 changes/s with S = 1,000 per-user subscribers;
-//   8. forms: one row per RLS policy spelling (casts, helpers, OR with a role, arrays), each row
+//   8. forms: one row per RLS policy spelling (casts, helpers, OR with a role, arrays, joins), each row
 //      visible to its owner, S = 1,000 and 10,000 (`--only forms`).
 //
 //   cargo build --release -p sluice-replicator && scripts/build-worker
@@ -468,7 +468,7 @@ async function owners() {
  * The policy forms people write (issue #24), one row each: S users, each subscribed to INSERTs on
  * `notes`, each row visible to its owner only, whatever the spelling — directly, through a cast,
  * a SECURITY DEFINER helper, a membership table (one room per user), an OR with an (empty) admin
- * role, an array column. The per-change-per-subscriber baseline once per S, with the first form.
+ * role, an array column, a membership two levels deep (a room's seats held by profiles of users). The per-change-per-subscriber baseline once per S, with the first form.
  */
 async function forms() {
   const CLAIM = `current_setting('request.jwt.claims', true)::jsonb ->> 'sub'`;
@@ -484,6 +484,7 @@ async function forms() {
     'is_room_participant(room_id) (SECURITY DEFINER)': 'public.is_room_participant(room_id)',
     "auth.uid() = user_id OR has_role(auth.uid(), 'admin')": "auth.uid() = user_id or public.has_role(auth.uid(), 'admin')",
     'auth.uid() = ANY(readers)': 'auth.uid() = any (readers)',
+    'two levels: exists (seats join profiles)': 'exists (select 1 from public.seats m join public.profiles u on u.id = m.profile_id where m.room_id = notes.room_id and u.auth_id = auth.uid())',
   };
   const rows = [];
   for (const users of (opts.users ?? '1000,10000').split(',').map(Number)) {
@@ -497,6 +498,8 @@ async function forms() {
           create table admins (user_id uuid primary key);
           create table user_roles (user_id uuid not null, role text not null);
           create table room_participants (room_id int not null, user_id uuid not null, primary key (room_id, user_id));
+          create table profiles (id int primary key, auth_id uuid not null);
+          create table seats (room_id int not null, profile_id int not null, primary key (room_id, profile_id));
           create function public.is_owner(owner uuid) returns boolean language sql security definer as $$ select $1 = auth.uid() $$;
           create function public.is_room_participant(_room_id int) returns boolean language sql security definer stable as $$
             select exists (select 1 from public.room_participants where room_id = _room_id and user_id = auth.uid()) $$;
@@ -509,6 +512,8 @@ async function forms() {
           alter publication supabase_realtime add table notes`);
         const ids = (await db.query(`select gen_random_uuid()::text as id from generate_series(1, ${users})`)).rows.map((r) => r.id);
         await db.query('insert into room_participants select i, u from unnest($1::uuid[]) with ordinality as x(u, i)', [ids]);
+        await db.query('insert into profiles select i, u from unnest($1::uuid[]) with ordinality as x(u, i)', [ids]);
+        await db.query('insert into seats select i, i from generate_series(1, $1::int) as i', [users]);
         // One admin and one editor who subscribe to nothing: the admin check is decided, never true.
         await db.query('insert into admins values (gen_random_uuid())');
         await db.query(`insert into user_roles values (gen_random_uuid(), 'admin'), ($1, 'editor')`, [ids[0]]);

@@ -2,7 +2,8 @@
 // write: a column equal to a claim, with and without `(select ...)`, the column cast to text,
 // an OR of such parts, membership through another
 // table in both forms (and with the membership table's own RLS on or off), helper functions
-// (SECURITY DEFINER, set-returning, of the subscriber alone), conditions of the claims alone, role-only, `using (true)`, arbitrary SQL), random subscribers (roles, claims) and
+// (SECURITY DEFINER, set-returning, of the subscriber alone), membership two levels deep
+// through a join, conditions of the claims alone, role-only, `using (true)`, arbitrary SQL), random subscribers (roles, claims) and
 // random changes. What the replicator delivers must be, set for set, what Postgres says when asked for
 // each (change, subscriber) pair on its own. Against the replicator directly (a stand-in gateway
 // records the batches), so that many rounds fit in seconds.
@@ -57,6 +58,10 @@ const PERMISSIVE = [
   ['owner_or_admin', `as permissive for select to authenticated using (owner = auth.uid() or has_role_in(auth.uid(), 'admin'))`],
   ['teams_of', `as permissive for select using (team in (select teams_of('lead')))`],
   ['editors', `as permissive for select using (exists (select 1 from roles r where r.user_id = auth.uid() and r.role = 'editor'))`],
+  // Membership two levels deep: a seat of the row's team held by the subscriber's profile, through
+  // a join (and through a comma with the join in the WHERE, with a filter on the second table).
+  ['seat_holder', `as permissive for select to authenticated using (exists (select 1 from seats s join profiles p on p.id = s.profile where s.team = docs.team and p.auth_id = auth.uid()))`],
+  ['staff_seat', `as permissive for select using (team in (select s.team from profiles p, seats s where s.profile = p.id and p.auth_id = (select auth.uid()) and p.kind = 'staff'))`],
   // Lists of the claims (nested too) and constant lists.
   ['team_in_claims', `as permissive for select using (team in (select jsonb_array_elements_text(auth.jwt() -> 'teams')::int))`],
   ['team_any_claims', `as permissive for select using (team = any (array(select jsonb_array_elements_text(auth.jwt() -> 'app_metadata' -> 'teams'))::int[]))`],
@@ -71,7 +76,7 @@ const PERMISSIVE = [
 /** The permissive families on the indexed path. */
 const RECOGNISED = new Set(['owner', 'owner_select', 'owner_text', 'team_claim', 'owner_cast', 'owner_cast_rev', 'team_cast',
   'owner_or_team', 'label_or_member', 'role_or_team_cast', 'reader', 'member', 'member_in', 'claims_role', 'open_anon',
-  'helper_member', 'owner_or_admin', 'teams_of', 'editors', 'team_in_claims', 'team_any_claims', 'label_in_list']);
+  'helper_member', 'owner_or_admin', 'teams_of', 'editors', 'seat_holder', 'staff_seat', 'team_in_claims', 'team_any_claims', 'label_in_list']);
 const RESTRICTIVE = [
   ['no_secret', `as restrictive for select using (body <> 'secret')`],
   ['small_team', `as restrictive for select using (team < 4)`],
@@ -124,7 +129,11 @@ before(async () => {
     create policy own_memberships on members for select using (user_id = auth.uid() or team = 2);
     create table roles (user_id uuid not null, role text not null);
     create policy own_roles on roles for select using (user_id = auth.uid());
-    grant select on docs, members, roles to anon, authenticated;
+    create table profiles (id int primary key, auth_id uuid, kind text not null);
+    create policy own_profile on profiles for select using (auth_id = auth.uid());
+    create table seats (team int not null, profile int not null);
+    create policy seats_of_team_1 on seats for select using (team = 1);
+    grant select on docs, members, roles, profiles, seats to anon, authenticated;
     create function is_team_member(t int) returns boolean language sql security definer stable as $$
       select exists (select 1 from members where team = t and user_id = auth.uid()) $$;
     create function has_role_in(uid uuid, wanted text) returns boolean language sql security definer as $$
@@ -194,10 +203,15 @@ test('deliveries equal what Postgres allows each subscriber, for random policies
     // The membership table's own policies apply inside a subscriber's: in some rounds a user
     // sees only its own memberships (and team 2's).
     await db.query(`alter table members ${rng.next() < 0.4 ? 'enable' : 'disable'} row level security`);
-    await db.query(`alter table roles ${rng.next() < 0.4 ? 'enable' : 'disable'} row level security`);
-    await db.query('delete from members; delete from roles');
+    for (const table of ['roles', 'profiles', 'seats']) {
+      await db.query(`alter table ${table} ${rng.next() < 0.4 ? 'enable' : 'disable'} row level security`);
+    }
+    await db.query('delete from members; delete from roles; delete from profiles; delete from seats');
     for (let m = 0; m < 6; m++) await db.query('insert into members values ($1, $2, $3)', [rng.int(6), rng.pick(USERS), rng.pick(['lead', 'member'])]);
     for (let m = 0; m < 3; m++) await db.query('insert into roles values ($1, $2)', [rng.pick(USERS), rng.pick(['admin', 'editor', 'viewer'])]);
+    // Profiles 1-8, some without a user, some users with two; seats of random teams.
+    for (let p = 1; p <= 8; p++) await db.query('insert into profiles values ($1, $2, $3)', [p, rng.next() < 0.8 ? rng.pick(USERS) : null, rng.pick(['staff', 'guest'])]);
+    for (let m = 0; m < 6; m++) await db.query('insert into seats values ($1, $2)', [rng.int(6), 1 + rng.int(9)]);
 
     const first = round * 100 + 1;
     const ids = [];

@@ -1,7 +1,8 @@
 // The RLS patterns apps write, end to end with supabase-js: per-user rows (`user_id =
 // auth.uid()`, each user subscribed, each sees only their own), and a chat room whose audience is
 // a membership table: a user added to the room starts receiving its messages, one removed stops.
-// "Does not receive" is shown by order: a later message the user may see arrives first.
+// Also the forms most projects write (a cast column, SECURITY DEFINER helpers, an OR with a
+// role, membership two levels deep). "Does not receive" is shown by order: a later message the user may see arrives first.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { tokenFor } from '../stack/keys.mjs';
@@ -56,9 +57,18 @@ before(async () => {
     create table public.tasks (id bigint primary key, user_id uuid not null, title text);
     alter table public.tasks enable row level security;
     create policy owner_or_admin on public.tasks for select to authenticated using (auth.uid() = user_id or has_role(auth.uid(), 'admin'));
+    -- Two levels: a channel's members are profiles, and a profile belongs to a user.
+    create table public.profiles (id bigint primary key, auth_id uuid not null);
+    create table public.channel_members (channel_id bigint not null, profile_id bigint not null references public.profiles);
+    create table public.posts (id bigint primary key, channel_id bigint not null, body text);
+    alter table public.posts enable row level security;
+    create policy channel_members_read on public.posts for select to authenticated using (exists (
+      select 1 from public.channel_members m join public.profiles u on u.id = m.profile_id
+      where m.channel_id = posts.channel_id and u.auth_id = auth.uid()));
+    grant select on public.profiles, public.channel_members, public.posts to authenticated, service_role;
     grant usage on schema auth to authenticated;
     grant select on public.diary, public.room_participants, public.messages, public.tasks to authenticated;
-    alter publication supabase_realtime add table public.diary, public.messages, public.tasks;
+    alter publication supabase_realtime add table public.diary, public.messages, public.tasks, public.posts;
     -- As on Supabase: service_role bypasses RLS and reads the tables (sluice reads memberships as it).
     alter role service_role bypassrls;
     grant select on public.room_participants, public.user_roles to service_role;`);
@@ -228,6 +238,27 @@ test('owner OR has_role(auth.uid(), \'admin\'): owners and admins receive; one m
     assert.equal((await bob.next()).id, 4, 'bob, made admin, receives carol\'s task');
     assert.equal((await bob.next()).id, 5);
     assert.equal((await alice.next()).id, 5, 'alice (an editor) receives only her own');
+    assert.equal(await unindexedPairs(), before, 'no pair was checked for every subscriber');
+  } finally {
+    await done(alice.client, bob.client);
+  }
+});
+
+test('membership two levels deep, through a join: members of the channel receive; a profile added starts within a batch', async () => {
+  await stack.pg.sql(`insert into public.profiles values (10, '${ALICE}'), (20, '${BOB}'), (21, '${BOB}');
+    insert into public.channel_members values (1, 10), (2, 21)`);
+  const before = await unindexedPairs();
+  const alice = await user(ALICE, 'posts', '1.0.0');
+  const bob = await user(BOB, 'posts', '2.0.0');
+  try {
+    await stack.pg.sql(`insert into public.posts values (1, 1, 'one'), (2, 2, 'two')`);
+    assert.equal((await alice.next()).id, 1);
+    assert.equal((await bob.next()).id, 2, 'bob (through his second profile) is in channel 2 only');
+    await stack.pg.sql('insert into public.channel_members values (1, 20)');
+    await stack.pg.sql(`insert into public.posts values (3, 1, 'one again'), (4, 2, 'two again')`);
+    assert.equal((await bob.next()).id, 3, 'bob\'s first profile, added to channel 1, receives its post');
+    assert.equal((await bob.next()).id, 4);
+    assert.equal((await alice.next()).id, 3, 'alice received nothing of channel 2');
     assert.equal(await unindexedPairs(), before, 'no pair was checked for every subscriber');
   } finally {
     await done(alice.client, bob.client);

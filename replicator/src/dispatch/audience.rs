@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use super::matching::Verdict;
 use super::helpers;
-use super::policies::{self, Link};
+use super::policies::{self, Field, Link};
 use super::tables::{TableInfo, Tables};
 use crate::source::change::{Relation, RowChange};
 use crate::stats::{RlsPath, Stats};
@@ -484,11 +484,12 @@ async fn rule(
                 },
                 Link::Membership {
                     column,
-                    table,
+                    tables,
                     key,
                     member,
                     expression,
                     filters,
+                    joins,
                 } => {
                     let column = match &column {
                         None => None,
@@ -500,7 +501,8 @@ async fn rule(
                             }
                         },
                     };
-                    let Some((read, ty)) = membership_read(conn, &table, key.as_deref(), &member, &filters).await? else {
+                    let Some((read, ty)) = membership_read(conn, &tables, key.as_ref(), &member, &filters, &joins).await? else {
+                        let table = tables.join(" and ");
                         *why = Some(format!(
                             "policy {name}: no role sluice may become reads every row of {table} (grant SELECT on it to service_role, which bypasses RLS), or a column it compares there is not compared by its text"
                         ));
@@ -521,72 +523,103 @@ async fn rule(
     Ok(Rule::Links { links, exact })
 }
 
-/// How to read the membership table `printed` (as the policy names it) and the member column's
-/// type. `None` when it cannot be read whole: no such table, a compared column is missing or its
-/// `=` is not text equality, or no role the replicator may use sees all of its rows (then the
+/// How to read the membership `tables` (as the policy names them) and the member column's type.
+/// `None` when they cannot be read whole: no such table, a compared column is missing or its `=`
+/// is not text equality, or no role the replicator may use sees all of their rows (then the
 /// policy is not narrowed).
 async fn membership_read(
     conn: &Client,
-    printed: &str,
-    key: Option<&str>,
-    member: &str,
-    filters: &[(String, String)],
+    tables: &[String],
+    key: Option<&Field>,
+    member: &Field,
+    filters: &[(Field, String)],
+    joins: &[(Field, Field)],
 ) -> Result<Option<(MembershipRead, String)>, tokio_postgres::Error> {
-    let table = conn
-        .query_opt(
-            "select c.oid, format('%I.%I', n.nspname, c.relname),
-               (select r.rolname::text from pg_roles r
-                where pg_has_role(current_user, r.oid, 'MEMBER') and has_table_privilege(r.oid, c.oid, 'SELECT')
-                  and (not c.relrowsecurity or r.rolbypassrls
-                       or (pg_has_role(r.oid, c.relowner, 'USAGE') and not c.relforcerowsecurity))
-                order by r.rolname <> current_user, r.rolname <> 'service_role', r.rolname limit 1)
-             from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = to_regclass($1)",
-            &[&printed],
+    let found = conn
+        .query(
+            "select c.oid, format('%I.%I', n.nspname, c.relname)
+             from unnest($1::text[]) with ordinality as p(printed, place)
+             join pg_class c on c.oid = to_regclass(p.printed) join pg_namespace n on n.oid = c.relnamespace
+             order by p.place",
+            &[&tables],
         )
         .await?;
-    let Some(table) = table else {
+    if found.len() != tables.len() {
+        return Ok(None);
+    }
+    let oids: Vec<u32> = found.iter().map(|row| row.get(0)).collect();
+    let reader = conn
+        .query_opt(
+            "select r.rolname::text from pg_roles r
+             where pg_has_role(current_user, r.oid, 'MEMBER')
+               and not exists (select from pg_class c where c.oid = any($1::oid[]) and not (
+                   has_table_privilege(r.oid, c.oid, 'SELECT')
+                   and (not c.relrowsecurity or r.rolbypassrls
+                        or (pg_has_role(r.oid, c.relowner, 'USAGE') and not c.relforcerowsecurity))))
+             order by r.rolname <> current_user, r.rolname <> 'service_role', r.rolname limit 1",
+            &[&oids],
+        )
+        .await?;
+    let Some(reader) = reader.map(|row| row.get::<_, String>(0)) else {
         return Ok(None);
     };
-    let Some(reader) = table.get::<_, Option<String>>(2) else {
-        return Ok(None);
-    };
-    let mut names: Vec<&str> = filters.iter().map(|(c, _)| c.as_str()).chain([member]).chain(key).collect();
-    names.dedup();
+    let names: Vec<&str> = filters
+        .iter()
+        .map(|(f, _)| f)
+        .chain(joins.iter().flat_map(|(a, b)| [a, b]))
+        .chain([member])
+        .chain(key)
+        .map(|f| f.column.as_str())
+        .collect();
     let columns = conn
         .query(
-            "select a.attname::text, quote_ident(a.attname), t.typname::text, format_type(a.atttypid, a.atttypmod),
+            "select a.attrelid, a.attname::text, quote_ident(a.attname), t.typname::text, format_type(a.atttypid, a.atttypmod),
                     coalesce(co.collisdeterministic, true), t.typtype = 'e' or t.typname = 'bool'
              from pg_attribute a join pg_type t on t.oid = a.atttypid
              left join pg_collation co on co.oid = a.attcollation
-             where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped and a.attname = any($2::text[])",
-            &[&table.get::<_, u32>(0), &names],
+             where a.attrelid = any($1::oid[]) and a.attnum > 0 and not a.attisdropped and a.attname = any($2::text[])",
+            &[&oids, &names],
         )
         .await?;
-    // (quoted name, type) of a column whose `=` is equality of its text (or, for a filter's,
-    // of its label: enums and booleans, compared in their own type below).
-    let column = |name: &str, labels: bool| {
+    // (`s<table>.<quoted name>`, type) of a column, if `compared` says it may be compared:
+    // (text-equal type, enum or boolean) of a column whose collation is deterministic.
+    let column = |field: &Field, compared: &dyn Fn(&str, bool) -> bool| {
         columns
             .iter()
-            .find(|c| c.get::<_, String>(0) == name)
-            .filter(|c| (policies::text_equal(c.get(2)) || (labels && c.get::<_, bool>(5))) && c.get::<_, bool>(4))
-            .map(|c| (c.get::<_, String>(1), c.get::<_, String>(3)))
+            .find(|c| c.get::<_, u32>(0) == oids[field.table] && c.get::<_, String>(1) == field.column)
+            .filter(|c| c.get::<_, bool>(5) && compared(c.get(3), c.get(6)))
+            .map(|c| (format!("s{}.{}", field.table, c.get::<_, String>(2)), c.get::<_, String>(4)))
     };
-    let Some((member, member_type)) = column(member, false) else {
+    let by_text = |typname: &str, _: bool| policies::text_equal(typname);
+    let Some((member, member_type)) = column(member, &by_text) else {
         return Ok(None);
     };
+    // The tables under aliases of ours (s0, s1), joined where the policy joins them (Postgres
+    // compares the joined columns itself, whatever their type).
+    let names: Vec<String> = found.iter().map(|row| row.get(1)).collect();
+    let mut from = format!("{} s0", names[0]);
+    if let Some(second) = names.get(1) {
+        from.push_str(&format!(" join {second} s1 on true"));
+    }
+    for (a, b) in joins {
+        let any = |_: &str, _: bool| true;
+        let (Some((a, _)), Some((b, _))) = (column(a, &any), column(b, &any)) else {
+            return Ok(None);
+        };
+        from.push_str(&format!(" and {a} = {b}"));
+    }
     let mut conditions = String::new();
-    for (n, (name, _)) in filters.iter().enumerate() {
-        let Some((name, ty)) = column(name, true) else {
+    for (n, (field, _)) in filters.iter().enumerate() {
+        let Some((name, ty)) = column(field, &|typname, labels| policies::text_equal(typname) || labels) else {
             return Ok(None);
         };
         // The literal's text read as the column's type: the policy's `m.column = 'value'`.
         conditions.push_str(&format!(" and {name} = ($2::text[])[{}]::{ty}", n + 1));
     }
     // Only catalog-quoted names are part of the text; keys, members and values are parameters.
-    let from = table.get::<_, String>(1);
     let select = match key {
         Some(key) => {
-            let Some((key, key_type)) = column(key, false) else {
+            let Some((key, key_type)) = column(key, &by_text) else {
                 return Ok(None);
             };
             format!("select {key}::text, {member}::text from {from} where {key} = any($1::text[]::{key_type}[]){conditions}")

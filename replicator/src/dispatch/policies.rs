@@ -29,19 +29,21 @@ pub enum Link {
         /// The type the column is cast to before the comparison, as printed (`text`).
         cast: Option<String>,
     },
-    /// A row is visible to the members of its `column`'s value in `table`: rows of `table` whose
-    /// `key` equals the column, whose `member` equals the expression, and whose `filters`
-    /// columns hold their values. Without a column (and key), every row is visible to the
-    /// subscribers `table` has a member row for: a condition of the subscriber alone.
+    /// A row is visible to the members of its `column`'s value in `tables`: rows of `tables`
+    /// (one, or two joined where the `joins` columns are equal) whose `key` equals the column,
+    /// whose `member` equals the expression, and whose `filters` columns hold their values.
+    /// Without a column (and key), every row is visible to the subscribers `tables` have a
+    /// member row for: a condition of the subscriber alone.
     Membership {
         column: Option<String>,
-        /// The table as printed (maybe schema-qualified, maybe quoted).
-        table: String,
-        key: Option<String>,
-        member: String,
+        /// The tables as printed (maybe schema-qualified, maybe quoted).
+        tables: Vec<String>,
+        key: Option<Field>,
+        member: Field,
         expression: String,
         /// `(column, value)`: conditions `m.column = <literal>` of the subquery.
-        filters: Vec<(String, String)>,
+        filters: Vec<(Field, String)>,
+        joins: Vec<(Field, Field)>,
     },
     /// `expression = ANY (column)`: the row is visible to each of its array's elements.
     AnyElement { column: String, expression: String },
@@ -130,13 +132,15 @@ fn any_operand(tokens: &[Token]) -> Option<&[Token]> {
 
 /// Membership, in both forms: `EXISTS ( SELECT 1 FROM t [m] WHERE ((m.key = table.column) AND
 /// (m.member = <claims>)))` and `column IN ( SELECT m.key FROM t [m] WHERE (m.member =
-/// <claims>))`; either may also hold conditions `m.other = <literal>` (kept as filters). An EXISTS
+/// <claims>))`; either may also hold conditions `m.other = <literal>` (kept as filters), and may
+/// read two tables joined by equal columns (`FROM (members m JOIN users u ON ((u.id =
+/// m.user_id)))`, or `FROM members m, users u WHERE u.id = m.user_id`: two levels). An EXISTS
 /// without the key condition depends on the subscriber alone (`EXISTS (SELECT 1 FROM admins a
 /// WHERE a.user_id = auth.uid())`): the whole row set is visible to the members it finds.
-/// Inside the subquery an unqualified column is the subquery's own (SQL resolves it there first,
-/// and the catalog check of the columns refuses it otherwise).
+/// Inside a one-table subquery an unqualified column is the subquery's own (SQL resolves it there
+/// first, and the catalog check of the columns refuses it otherwise); with two tables every
+/// column must be qualified.
 fn membership(qual: &str, tokens: &[Token], table: &str) -> Option<Link> {
-    let word = |t: Option<&Token>, w: &str| t.is_some_and(|t| !t.quoted && t.text.eq_ignore_ascii_case(w));
     // What follows EXISTS, or `column IN`.
     let (column, rest) = if word(tokens.first(), "exists") {
         (None, &tokens[1..])
@@ -145,38 +149,23 @@ fn membership(qual: &str, tokens: &[Token], table: &str) -> Option<Link> {
     } else {
         return None;
     };
-    // `( SELECT <one token> FROM <table> [[AS] alias] WHERE <condition> )`
-    let [open, select, item, from, name, after @ ..] = rest else {
+    // `( SELECT <one token> FROM <sources> WHERE <condition> )`
+    let [open, select, item, from, after @ .., close] = rest else {
         return None;
     };
-    if open.text != "(" || !word(Some(select), "select") || !word(Some(from), "from") {
-        return None;
-    }
-    let after = match after {
-        [as_, after @ ..] if word(Some(as_), "as") => after,
-        _ => after,
-    };
-    let (alias, after) = match after {
-        [alias, after @ ..] if !word(Some(alias), "where") => (Some(alias), after),
-        _ => (None, after),
-    };
-    let [where_, condition @ .., close] = after else {
-        return None;
-    };
-    if !word(Some(where_), "where") || close.text != ")" || name.text.starts_with('\'') || name.text == "(" {
+    if open.text != "(" || close.text != ")" || !word(Some(select), "select") || !word(Some(from), "from") {
         return None;
     }
-    let inner = match alias {
-        Some(alias) => parts(alias)?.pop()?,
-        None => parts(name)?.pop()?,
-    };
-    if inner == table {
+    let (sources, condition) = split_at(after, "WHERE")?;
+    let (tables, on) = self::sources(sources)?;
+    if tables.iter().any(|(_, name)| name == table) {
         return None; // a self-reference: which side is which cannot be told apart
     }
-    // A column of the subquery's table: qualified by its name or alias, or bare.
+    // A column of one of the subquery's tables: qualified by its name or alias, or bare when
+    // there is one table.
     let own = |token: &Token| match parts(token)?.as_slice() {
-        [q, c] if *q == inner => Some(c.clone()),
-        [c] if !is_keyword(c) && !token.text.starts_with('$') => Some(c.clone()),
+        [q, c] => tables.iter().position(|(_, name)| name == q).map(|table| Field { table, column: c.clone() }),
+        [c] if tables.len() == 1 && !is_keyword(c) && !token.text.starts_with('$') => Some(Field { table: 0, column: c.clone() }),
         _ => None,
     };
     // A column of the policy's table, qualified by its name.
@@ -187,12 +176,18 @@ fn membership(qual: &str, tokens: &[Token], table: &str) -> Option<Link> {
     let mut key = None; // (key, column)
     let mut member = None; // (member, expression)
     let mut filters = Vec::new();
-    for part in split_all(unwrap(condition), "AND") {
+    let mut joins = Vec::new();
+    // For an inner join, ON and WHERE say the same: every condition must hold.
+    let conditions = split_all(unwrap(condition), "AND").into_iter().chain(on.map(|on| split_all(unwrap(on), "AND")).unwrap_or_default());
+    for part in conditions {
         let (left, right) = split_at(unwrap(part), "=")?;
         let found = [(left, right), (right, left)].into_iter().find_map(|(one, other)| {
             let mine = single(one).and_then(own)?;
             if let Some(column) = single(other).and_then(outer) {
                 return Some(Condition::Key(mine, column));
+            }
+            if let Some(theirs) = single(other).and_then(own) {
+                return (theirs.table != mine.table).then_some(Condition::Join(mine, theirs));
             }
             if let Some(value) = literal(other) {
                 return Some(Condition::Filter(mine, value));
@@ -206,10 +201,17 @@ fn membership(qual: &str, tokens: &[Token], table: &str) -> Option<Link> {
                 filters.push((c, v));
                 false
             }
+            Condition::Join(a, b) => {
+                joins.push((a, b));
+                false
+            }
         };
         if replaced {
             return None; // two conditions of one kind: not a shape read here
         }
+    }
+    if tables.len() == 2 && joins.is_empty() {
+        return None; // every pair of the two tables' rows: not a membership
     }
     let (member, expression) = member?;
     let (column, key) = match (column, key) {
@@ -225,22 +227,77 @@ fn membership(qual: &str, tokens: &[Token], table: &str) -> Option<Link> {
     };
     Some(Link::Membership {
         column,
-        table: name.text.clone(),
+        tables: tables.into_iter().map(|(printed, _)| printed).collect(),
         key,
         member,
         expression,
         filters,
+        joins,
     })
 }
 
-/// One condition of a membership subquery's WHERE.
+/// The tables of a membership subquery's FROM, each as printed and with the name its columns are
+/// qualified by (its alias, else its own name), and the join's ON condition: `t [[AS] a]`,
+/// `(t [a] JOIN u [b] ON (…))` (an inner join, as `pg_get_expr` prints `INNER JOIN`) or `t [a], u [b]`.
+fn sources(tokens: &[Token]) -> Option<(Vec<(String, String)>, Option<&[Token]>)> {
+    // `name [[AS] alias]`, and what follows it.
+    let table = |tokens: &[Token]| -> Option<(String, String)> {
+        let (name, alias) = match tokens {
+            [name] => (name, None),
+            [name, as_, alias] if word(Some(as_), "as") => (name, Some(alias)),
+            [name, alias] => (name, Some(alias)),
+            _ => return None,
+        };
+        let not_alias = |a: &Token| !a.quoted && JOIN_WORDS.iter().chain(&SQL_WORDS).any(|w| a.text.eq_ignore_ascii_case(w));
+        if name.text.starts_with('\'') || name.text == "(" || alias.is_some_and(not_alias) {
+            return None;
+        }
+        let qualifier = parts(alias.unwrap_or(name))?.pop()?;
+        Some((name.text.clone(), qualifier))
+    };
+    if let Some((first, second)) = split_at(tokens, ",") {
+        return Some((vec![table(first)?, table(second)?], None));
+    }
+    if let [open, inner @ .., close] = tokens {
+        if open.text == "(" && close.text == ")" {
+            let (first, rest) = split_at(inner, "JOIN")?;
+            let first = match first {
+                [first @ .., inner_] if word(Some(inner_), "inner") => first,
+                _ => first,
+            };
+            let (second, on) = split_at(rest, "ON")?;
+            let tables = vec![table(first)?, table(second)?];
+            return (tables[0].1 != tables[1].1).then_some((tables, Some(on)));
+        }
+    }
+    Some((vec![table(tokens)?], None))
+}
+
+/// Words of joins other than the inner one (`LEFT JOIN`), which are not aliases.
+const JOIN_WORDS: [&str; 8] = ["left", "right", "full", "cross", "natural", "inner", "lateral", "outer"];
+
+/// Whether `token` is the unquoted keyword `w`.
+fn word(token: Option<&Token>, w: &str) -> bool {
+    token.is_some_and(|t| !t.quoted && t.text.eq_ignore_ascii_case(w))
+}
+
+/// A column of one of a membership subquery's tables (by its place in the FROM).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Field {
+    pub table: usize,
+    pub column: String,
+}
+
+/// One condition of a membership subquery's WHERE (or its join's ON).
 enum Condition {
     /// `m.key = table.column`
-    Key(String, String),
+    Key(Field, String),
     /// `m.member = <claims>`
-    Member(String, String),
+    Member(Field, String),
     /// `m.column = <literal>`: the column and the literal's text.
-    Filter(String, String),
+    Filter(Field, String),
+    /// `m.column = u.column`: the tables' rows that go together.
+    Join(Field, Field),
 }
 
 /// The value of a literal as `pg_get_expr` prints it (`'admin'::text`, `'admin'::app_role`,
@@ -498,11 +555,12 @@ mod tests {
         let rooms = |table: &str, expression: &str| {
             Some(vec![Link::Membership {
                 column: Some("room_id".into()),
-                table: table.into(),
-                key: Some("room_id".into()),
-                member: "user_id".into(),
+                tables: vec![table.into()],
+                key: Some(of(0, "room_id")),
+                member: of(0, "user_id"),
                 expression: expression.into(),
                 filters: vec![],
+                joins: vec![],
             }])
         };
         let on_messages = |qual: &str| links(qual, "messages");
@@ -530,6 +588,91 @@ mod tests {
         );
     }
 
+    /// The `index`th table's `column` in a membership subquery.
+    fn of(table: usize, column: &str) -> Field {
+        Field { table, column: column.into() }
+    }
+
+    /// Printed by `pg_get_expr` (Postgres 15) for the policies in the comments.
+    #[test]
+    fn membership_two_levels_through_a_join() {
+        let on_messages = |qual: &str| links(qual, "messages");
+        // exists (select 1 from channel_members m join users u on u.id = m.user_id
+        //         where m.channel_id = messages.channel_id and u.auth_id = auth.uid())
+        assert_eq!(
+            on_messages("(EXISTS ( SELECT 1\n   FROM (channel_members m\n     JOIN users u ON ((u.id = m.user_id)))\n  WHERE ((m.channel_id = messages.channel_id) AND (u.auth_id = auth.uid()))))"),
+            Some(vec![Link::Membership {
+                column: Some("channel_id".into()),
+                tables: vec!["channel_members".into(), "users".into()],
+                key: Some(of(0, "channel_id")),
+                member: of(1, "auth_id"),
+                expression: "auth.uid()".into(),
+                filters: vec![],
+                joins: vec![(of(1, "id"), of(0, "user_id"))],
+            }])
+        );
+        // The tables the other way round, the subscriber as a scalar subquery, a filter:
+        // ... from users u join channel_members m on m.user_id = u.id where … and m.role = 'admin'
+        assert_eq!(
+            on_messages("(EXISTS ( SELECT 1\n   FROM (users u\n     JOIN channel_members m ON ((m.user_id = u.id)))\n  WHERE ((m.channel_id = messages.channel_id) AND (u.auth_id = ( SELECT auth.uid() AS uid)) AND (m.role = 'admin'::text))))"),
+            Some(vec![Link::Membership {
+                column: Some("channel_id".into()),
+                tables: vec!["users".into(), "channel_members".into()],
+                key: Some(of(1, "channel_id")),
+                member: of(0, "auth_id"),
+                expression: "( SELECT auth.uid() AS uid)".into(),
+                filters: vec![(of(1, "role"), "admin".into())],
+                joins: vec![(of(1, "user_id"), of(0, "id"))],
+            }])
+        );
+        // channel_id in (select m.channel_id from channel_members m inner join users u on u.id = m.user_id where u.auth_id = auth.uid())
+        let two_levels = Some(vec![Link::Membership {
+            column: Some("channel_id".into()),
+            tables: vec!["channel_members".into(), "users".into()],
+            key: Some(of(0, "channel_id")),
+            member: of(1, "auth_id"),
+            expression: "auth.uid()".into(),
+            filters: vec![],
+            joins: vec![(of(1, "id"), of(0, "user_id"))],
+        }]);
+        assert_eq!(
+            on_messages("(channel_id IN ( SELECT m.channel_id\n   FROM (channel_members m\n     JOIN users u ON ((u.id = m.user_id)))\n  WHERE (u.auth_id = auth.uid())))"),
+            two_levels
+        );
+        // The join written in the WHERE: from channel_members m, users u where u.id = m.user_id and …
+        assert_eq!(
+            on_messages("(EXISTS ( SELECT 1\n   FROM channel_members m,\n    users u\n  WHERE ((u.id = m.user_id) AND (m.channel_id = messages.channel_id) AND (u.auth_id = auth.uid()))))"),
+            two_levels
+        );
+        // Without aliases, and with a filter in the ON.
+        assert!(on_messages("(EXISTS ( SELECT 1\n   FROM (channel_members\n     JOIN users ON ((users.id = channel_members.user_id)))\n  WHERE ((channel_members.channel_id = messages.channel_id) AND (users.auth_id = auth.uid()))))").is_some());
+        assert_eq!(
+            on_messages("(EXISTS ( SELECT 1\n   FROM (channel_members m\n     JOIN users u ON (((u.id = m.user_id) AND (u.role = 'member'::text))))\n  WHERE ((m.channel_id = messages.channel_id) AND (u.auth_id = auth.uid()))))"),
+            Some(vec![Link::Membership {
+                column: Some("channel_id".into()),
+                tables: vec!["channel_members".into(), "users".into()],
+                key: Some(of(0, "channel_id")),
+                member: of(1, "auth_id"),
+                expression: "auth.uid()".into(),
+                filters: vec![(of(1, "role"), "member".into())],
+                joins: vec![(of(1, "id"), of(0, "user_id"))],
+            }])
+        );
+        // Not these shapes: an outer join, no join condition, bare columns of two tables, three
+        // tables, a join of a table with itself under one name.
+        for qual in [
+            "(EXISTS ( SELECT 1\n   FROM (channel_members m\n     LEFT JOIN users u ON ((u.id = m.user_id)))\n  WHERE ((m.channel_id = messages.channel_id) AND (u.auth_id = auth.uid()))))",
+            "(EXISTS ( SELECT 1\n   FROM (channel_members\n     LEFT JOIN users ON ((users.id = channel_members.user_id)))\n  WHERE ((channel_members.channel_id = messages.channel_id) AND (users.auth_id = auth.uid()))))",
+            "(EXISTS ( SELECT 1\n   FROM channel_members m,\n    users u\n  WHERE ((m.channel_id = messages.channel_id) AND (u.auth_id = auth.uid()))))",
+            "(EXISTS ( SELECT 1\n   FROM channel_members m,\n    users u\n  WHERE ((id = user_id) AND (m.channel_id = messages.channel_id) AND (u.auth_id = auth.uid()))))",
+            "(EXISTS ( SELECT 1\n   FROM channel_members m,\n    users u,\n    teams t\n  WHERE ((u.id = m.user_id) AND (m.channel_id = messages.channel_id) AND (u.auth_id = auth.uid()))))",
+            "(EXISTS ( SELECT 1\n   FROM ((channel_members m\n     JOIN users u ON ((u.id = m.user_id)))\n     JOIN teams t ON ((t.id = u.team_id)))\n  WHERE ((m.channel_id = messages.channel_id) AND (u.auth_id = auth.uid()))))",
+            "(EXISTS ( SELECT 1\n   FROM (users\n     JOIN public.users ON ((users.id = users.id)))\n  WHERE ((users.channel_id = messages.channel_id) AND (users.auth_id = auth.uid()))))",
+        ] {
+            assert_eq!(on_messages(qual), None, "{qual}");
+        }
+    }
+
     /// Printed by `pg_get_expr` (Postgres 15) for the policies in the comments, and the text
     /// helper functions become when put in place (see `helpers`).
     #[test]
@@ -540,11 +683,12 @@ mod tests {
             on_messages("(EXISTS ( SELECT 1\n   FROM profiles\n  WHERE ((profiles.id = auth.uid()) AND (profiles.role = 'admin'::app_role))))"),
             Some(vec![Link::Membership {
                 column: None,
-                table: "profiles".into(),
+                tables: vec!["profiles".into()],
                 key: None,
-                member: "id".into(),
+                member: of(0, "id"),
                 expression: "auth.uid()".into(),
-                filters: vec![("role".into(), "admin".into())],
+                filters: vec![(of(0, "role"), "admin".into())],
+                joins: vec![],
             }])
         );
         // has_role(auth.uid(), 'admin') put in place, OR the owner.
@@ -554,11 +698,12 @@ mod tests {
                 Link::Column { column: "user_id".into(), expression: "auth.uid()".into(), cast: None },
                 Link::Membership {
                     column: None,
-                    table: "public.user_roles".into(),
+                    tables: vec!["public.user_roles".into()],
                     key: None,
-                    member: "user_id".into(),
+                    member: of(0, "user_id"),
                     expression: "(auth.uid())".into(),
-                    filters: vec![("role".into(), "admin".into())],
+                    filters: vec![(of(0, "role"), "admin".into())],
+                    joins: vec![],
                 },
             ])
         );
@@ -567,11 +712,12 @@ mod tests {
             on_messages("(exists (select 1 from room_participants where room_id = messages.room_id and user_id = auth.uid()))"),
             Some(vec![Link::Membership {
                 column: Some("room_id".into()),
-                table: "room_participants".into(),
-                key: Some("room_id".into()),
-                member: "user_id".into(),
+                tables: vec!["room_participants".into()],
+                key: Some(of(0, "room_id")),
+                member: of(0, "user_id"),
                 expression: "auth.uid()".into(),
                 filters: vec![],
+                joins: vec![],
             }])
         );
         // room_id in (select get_rooms('member')) put in place.
@@ -579,11 +725,12 @@ mod tests {
             on_messages("(room_id IN (select room_id from room_participants where user_id = auth.uid() and role = ('member'::text)))"),
             Some(vec![Link::Membership {
                 column: Some("room_id".into()),
-                table: "room_participants".into(),
-                key: Some("room_id".into()),
-                member: "user_id".into(),
+                tables: vec!["room_participants".into()],
+                key: Some(of(0, "room_id")),
+                member: of(0, "user_id"),
                 expression: "auth.uid()".into(),
-                filters: vec![("role".into(), "member".into())],
+                filters: vec![(of(0, "role"), "member".into())],
+                joins: vec![],
             }])
         );
         // is_owner(user_id) put in place: `select $1 = auth.uid()`.
@@ -717,7 +864,7 @@ mod tests {
             "((auth.uid() = user_id) OR (room_id IN ( SELECT m.room_id\n   FROM members m\n  WHERE (m.user_id = auth.uid()))))",
         )
         .expect("both parts are recognised");
-        assert!(matches!(&parts[1], Link::Membership { table, .. } if table == "members"), "{parts:?}");
+        assert!(matches!(&parts[1], Link::Membership { tables, .. } if tables == &["members"]), "{parts:?}");
         // An OR of claims alone: each part a condition of the claims.
         assert_eq!(
             on_notes("((auth.role() = 'service_role'::text) OR (auth.role() = 'admin'::text))"),
