@@ -20,7 +20,7 @@
 //
 //   cargo build --release -p sluice-replicator && scripts/build-worker
 //   node_modules/.bin/node bench/postgres_changes.mjs [--only throughput,rls,latency,joins,owners,rooms,steady,forms]
-//     [--rows 50000] [--seconds 5] [--users 100,1000,10000]
+//     [--rows 50000] [--seconds 5] [--users 100,1000,10000] [--form <text in a form's label>]
 //   owners, rooms, steady, forms (RLS at scale) are not in the default set: they take minutes.
 //
 // It runs the release build of the replicator (target/release).
@@ -39,6 +39,7 @@ import { ROOT, startStack } from '../tests/stack/stack.mjs';
 const { values: opts } = parseArgs({ options: {
   only: { type: 'string', default: 'throughput,rls,latency,joins' },
   users: { type: 'string' },
+  form: { type: 'string' }, // --only forms: just the forms whose label holds this text
   rows: { type: 'string', default: '50000' },
   seconds: { type: 'string', default: '5' },
 } });
@@ -489,7 +490,7 @@ async function forms() {
   const rows = [];
   for (const users of (opts.users ?? '1000,10000').split(',').map(Number)) {
     let first = true;
-    for (const [form, using] of Object.entries(FORMS)) {
+    for (const [form, using] of Object.entries(FORMS).filter(([label]) => !opts.form || label.includes(opts.form))) {
       await withDatabase(`forms-${users}`, async (database, db) => {
         await db.query(`${AUTH}
           create function auth.jwt() returns jsonb language sql stable as $$
@@ -498,7 +499,7 @@ async function forms() {
           create table admins (user_id uuid primary key);
           create table user_roles (user_id uuid not null, role text not null);
           create table room_participants (room_id int not null, user_id uuid not null, primary key (room_id, user_id));
-          create table profiles (id int primary key, auth_id uuid not null);
+          create table profiles (id int primary key, auth_id uuid not null unique);
           create table seats (room_id int not null, profile_id int not null, primary key (room_id, profile_id));
           create function public.is_owner(owner uuid) returns boolean language sql security definer as $$ select $1 = auth.uid() $$;
           create function public.is_room_participant(_room_id int) returns boolean language sql security definer stable as $$
@@ -507,7 +508,7 @@ async function forms() {
             select exists (select 1 from public.user_roles r where r.user_id = $1 and r.role = $2) $$;
           alter table notes enable row level security;
           create policy own on notes for select to authenticated using (${using});
-          grant select on notes, admins to authenticated;
+          grant select on notes, admins, seats, profiles to authenticated;
           grant usage on schema auth to authenticated;
           alter publication supabase_realtime add table notes`);
         const ids = (await db.query(`select gen_random_uuid()::text as id from generate_series(1, ${users})`)).rows.map((r) => r.id);

@@ -412,6 +412,7 @@ async fn rule(
         }
         let qual = policy.get::<_, Option<String>>(2).unwrap_or_else(|| "true".into());
         let name: String = policy.get(3);
+        let written = qual.clone();
         let qual = match helpers::inlined(conn, &qual, &relation.table).await? {
             Ok(inlined) => inlined,
             Err(reason) => {
@@ -501,14 +502,18 @@ async fn rule(
                             }
                         },
                     };
-                    let Some((read, ty)) = membership_read(conn, &tables, key.as_ref(), &member, &filters, &joins).await? else {
+                    let Some((read, ty, open)) = membership_read(conn, &tables, key.as_ref(), &member, &filters, &joins, role).await? else {
                         let table = tables.join(" and ");
                         *why = Some(format!(
                             "policy {name}: no role sluice may become reads every row of {table} (grant SELECT on it to service_role, which bypasses RLS), or a column it compares there is not compared by its text"
                         ));
                         return Ok(Rule::Unknown);
                     };
-                    exact = false; // the membership table's own policies apply inside the subscriber's
+                    // The read finds exactly who Postgres would let see the row when the
+                    // subscriber reads the tables as they are (no RLS of their own, SELECT
+                    // granted) and the policy names them itself: a helper function may run as
+                    // its owner, or be one the subscriber may not execute.
+                    exact &= open && qual == written;
                     Resolved::Membership {
                         column,
                         expression,
@@ -523,8 +528,9 @@ async fn rule(
     Ok(Rule::Links { links, exact })
 }
 
-/// How to read the membership `tables` (as the policy names them) and the member column's type.
-/// `None` when they cannot be read whole: no such table, a compared column is missing or its `=`
+/// How to read the membership `tables` (as the policy names them), the member column's type, and
+/// whether `role` reads them whole itself (SELECT granted, no RLS on any: then what the read finds
+/// is what the policy's subquery finds for the subscriber). `None` when they cannot be read whole: no such table, a compared column is missing or its `=`
 /// is not text equality, or no role the replicator may use sees all of their rows (then the
 /// policy is not narrowed).
 async fn membership_read(
@@ -534,14 +540,16 @@ async fn membership_read(
     member: &Field,
     filters: &[(Field, String)],
     joins: &[(Field, Field)],
-) -> Result<Option<(MembershipRead, String)>, tokio_postgres::Error> {
+    role: &str,
+) -> Result<Option<(MembershipRead, String, bool)>, tokio_postgres::Error> {
     let found = conn
         .query(
-            "select c.oid, format('%I.%I', n.nspname, c.relname)
+            "select c.oid, format('%I.%I', n.nspname, c.relname),
+                    not c.relrowsecurity and has_table_privilege($2::name, c.oid, 'SELECT')
              from unnest($1::text[]) with ordinality as p(printed, place)
              join pg_class c on c.oid = to_regclass(p.printed) join pg_namespace n on n.oid = c.relnamespace
              order by p.place",
-            &[&tables],
+            &[&tables, &role],
         )
         .await?;
     if found.len() != tables.len() {
@@ -629,7 +637,8 @@ async fn membership_read(
         ),
     };
     let filters = filters.iter().map(|(_, value)| value.clone()).collect();
-    Ok(Some((MembershipRead { select, reader, filters }, member_type)))
+    let open = found.iter().all(|row| row.get::<_, bool>(2));
+    Ok(Some((MembershipRead { select, reader, filters }, member_type, open)))
 }
 
 /// Element types of arrays whose text form is a plain comma-separated list (never quoted) and
