@@ -48,6 +48,7 @@ const gateway :Workerd.Worker = (
     (name = "CHANNEL_ERROR_BACKOFF_MS", fromEnvironment = "CHANNEL_ERROR_BACKOFF_MS"),
     (name = "IDLE_TIMEOUT_MS", fromEnvironment = "IDLE_TIMEOUT_MS"),
     (name = "REPLICATION_READY_TIMEOUT_MS", fromEnvironment = "REPLICATION_READY_TIMEOUT_MS"),
+    (name = "INSPECTOR", fromEnvironment = "INSPECTOR"),
   ],
   durableObjectNamespaces = [
     (className = "SocketHub", uniqueKey = "sluice-SocketHub", enableSql = true),

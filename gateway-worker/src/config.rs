@@ -97,6 +97,12 @@ pub fn replicator_url(env: &Env) -> std::result::Result<String, String> {
     Ok(url)
 }
 
+/// Whether `GET /inspector` serves the inspector page (`INSPECTOR=on`; off unless set, so a
+/// deployment shows it only where its operator chose to; `scripts/dev` turns it on).
+pub fn inspector_on(env: &Env) -> bool {
+    read(env, "INSPECTOR").is_some_and(|v| v.eq_ignore_ascii_case("on"))
+}
+
 /// How long a socket may stay silent before the server closes it (`IDLE_TIMEOUT_MS`, default
 /// 60 000, Phoenix's transport timeout). Clients heartbeat every 25 s.
 pub fn idle_timeout_ms(env: &Env) -> u64 {

@@ -1,8 +1,8 @@
 //! The sluice gateway: a Cloudflare Worker whose Durable Objects terminate Supabase Realtime
 //! WebSockets at the edge. The router below is the list of everything it serves.
 //!
-//! - [`routes`]: the Worker's own routes: socket upgrades, REST broadcast, tenant health, and the
-//!   internal API the replicator calls.
+//! - [`routes`]: the Worker's own routes: socket upgrades, REST broadcast, tenant health, the
+//!   internal API the replicator calls, and the pages a browser sees (the inspector).
 //! - [`hub`]: the SocketHub Durable Object, which holds sockets through the Hibernation API.
 //! - [`channel`]: the Channel Durable Object: which hubs have members, presence, relaying.
 //! - [`directory`]: the Directory Durable Object: the tenants, every hub, and refused
@@ -36,7 +36,7 @@ pub use channel::Channel;
 pub use directory::Directory;
 pub use hub::SocketHub;
 
-use routes::{broadcast, internal, metrics, tenants, websocket};
+use routes::{broadcast, internal, metrics, pages, tenants, websocket};
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
@@ -49,6 +49,8 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     match (req.method(), route) {
         (Method::Get, "/realtime/v1/websocket" | "/socket/websocket") => websocket::upgrade(req, &env).await,
         (Method::Get, "/healthcheck") => Response::ok("ok"),
+        (Method::Get, "/") => pages::front(&env),
+        (Method::Get, r) if r == "/inspector" || r.starts_with("/inspector/") => pages::inspector(&env, r),
         (Method::Get, "/metrics") => metrics::metrics(req, &env).await,
         (Method::Post, r) if r.starts_with("/internal/v1/changes/") => internal::changes(req, &env).await,
         (Method::Post, r) if r == "/internal/v1/broadcasts" || r.starts_with("/internal/v1/broadcasts/") => {

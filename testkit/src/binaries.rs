@@ -215,6 +215,7 @@ fn gateway_build(root: &Path) -> Result<PathBuf, Error> {
     let built = std::fs::metadata(&wasm).and_then(|m| m.modified()).ok();
     let sources = newest(&[
         root.join("gateway-worker/src"),
+        root.join("gateway-worker/inspector"),
         root.join("gateway-worker/Cargo.toml"),
         root.join("shared/src"),
         root.join("shared/Cargo.toml"),

@@ -5,10 +5,12 @@
 //! - [`tenants`]: the management API: tenants created, read, changed, deleted, their health.
 //! - [`metrics`]: Prometheus metrics for operators.
 //! - [`internal`]: what the replicator calls: row changes to hubs, database broadcasts to Channels.
+//! - [`pages`]: what a browser sees: the front page and the inspector (`gateway-worker/inspector/`).
 
 pub mod broadcast;
 pub mod internal;
 pub mod metrics;
+pub mod pages;
 pub mod tenants;
 pub mod websocket;
 

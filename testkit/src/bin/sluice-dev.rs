@@ -38,6 +38,7 @@ async fn run() -> Result<(), sluice_testkit::Error> {
         .with_jwt_secret(JWT_SECRET)
         .with_api_jwt_secret(API_SECRET)
         .with_env("METRICS_JWT_SECRET", METRICS_SECRET)
+        .with_env("INSPECTOR", "on")
         .start()
         .await?;
     // A table to try Postgres Changes with.
@@ -64,6 +65,7 @@ async fn run() -> Result<(), sluice_testkit::Error> {
 sluice is running (tenant {tenant}).
 
   Realtime URL      {url}   (WebSocket: {ws})
+  inspector         {url}/inspector   (paste the anon key, Connect, Join)
   anon key          {anon}
   service-role key  {service}
   JWT secret        {secret}
