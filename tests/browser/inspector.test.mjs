@@ -21,7 +21,9 @@ let js; // a supabase-js client in the same channel
 let room;
 
 before(async () => {
-  stack = await startStack({ name: 'browser-inspector', vars: { INSPECTOR: 'on' } });
+  // Events per second raised above upstream's 100 for the flood below (a thousand a second and more).
+  const limits = JSON.stringify({ '*': { max_events_per_second: 100_000 } });
+  stack = await startStack({ name: 'browser-inspector', vars: { INSPECTOR: 'on', TENANT_LIMITS: limits } });
   await stack.pg.createRoles('anon', 'authenticated', 'service_role');
   await stack.pg.sql(`
     create schema auth;
@@ -200,4 +202,14 @@ test('protocol 1.0.0: connects, joins and shows a broadcast from supabase-js', a
   await shows('Channel state', 'joined realtime:room1');
   await room.send({ type: 'broadcast', event: 'from-js', payload: { x: 'over-v1' } });
   await messageLog().getByText('over-v1').waitFor();
+});
+
+test('a flood of broadcasts is drawn in batches: the log keeps them all and draws only the newest few hundred', async () => {
+  const flood = 2000;
+  for (let n = 0; n < flood; n++) room.send({ type: 'broadcast', event: 'flood', payload: { n } });
+  await messageLog().getByText(`{"n":${flood - 1}}`).waitFor({ timeout: 30_000 });
+  assert.ok((await messageLog().locator('div').count()) <= 300, 'at most 300 rows drawn');
+  assert.ok(Number(await page.getByLabel('Messages kept').textContent()) >= flood);
+  // The page still answers at once (a script run between two of its frames).
+  assert.equal(await page.evaluate(() => document.getElementById('state').textContent.startsWith('open')), true);
 });

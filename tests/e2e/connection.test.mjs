@@ -166,3 +166,13 @@ test('the log_level connection parameter decides which of a socket\'s lines are 
     await done(loud, quiet);
   }
 });
+
+test('the inspector is off unless INSPECTOR=on: GET /inspector says how to turn it on, GET / does not link it', async () => {
+  const inspector = await fetch(`${stack.url}/inspector`);
+  assert.equal(inspector.status, 404);
+  assert.match(await inspector.text(), /INSPECTOR=on/);
+  assert.equal((await fetch(`${stack.url}/inspector/inspector.js`)).status, 404);
+  const front = await (await fetch(`${stack.url}/`)).text();
+  assert.match(front, /Supabase Realtime-compatible/);
+  assert.doesNotMatch(front, /href="\/inspector"/);
+});
