@@ -33,7 +33,10 @@ pub fn front(env: &Env) -> Result<Response> {
 
 pub fn inspector(env: &Env, route: &str) -> Result<Response> {
     if !config::inspector_on(env) {
-        return Response::error("The inspector is off on this server: set INSPECTOR=on (a var of the worker) to serve it.", 404);
+        return Response::error(
+            "The inspector is off on this server: set INSPECTOR=on (a var of the worker) to serve it.",
+            404,
+        );
     }
     match route {
         "/inspector" | "/inspector/" => page(INDEX, "text/html; charset=utf-8"),
