@@ -47,7 +47,7 @@ before(async () => {
 after(async () => {
   if (page) {
     mkdirSync(join(ROOT, '.local', 'browser'), { recursive: true });
-    await page.screenshot({ path: SCREENSHOT, fullPage: true }).catch(() => {});
+    await page.screenshot({ path: SCREENSHOT, fullPage: true }).then(() => console.log(`# the page after these steps: ${SCREENSHOT}`), () => {});
   }
   await browser?.close();
   if (js) await done(js);
