@@ -6,11 +6,14 @@ import assert from 'node:assert/strict';
 
 export const VSNS = ['1.0.0', '2.0.0'];
 
-/** An unmodified supabase-js client speaking protocol `vsn`. Close it with `done(client)`. */
-export function supabase(url, key, vsn = '2.0.0') {
+/**
+ * An unmodified supabase-js client speaking protocol `vsn`, with further `realtime` options if
+ * given (a `transport`, say). Close it with `done(client)`.
+ */
+export function supabase(url, key, vsn = '2.0.0', realtime = {}) {
   return createClient(url, key, {
     auth: { persistSession: false, autoRefreshToken: false },
-    realtime: { vsn, heartbeatIntervalMs: 5000 },
+    realtime: { vsn, heartbeatIntervalMs: 5000, ...realtime },
   });
 }
 

@@ -161,6 +161,13 @@ export class Postgres {
     await this.server?.stop('SIGINT', 30_000);
   }
 
+  /** Stops the server and starts it again on the same port: a fast shutdown, or with
+   *  `immediate` a crash-like one (SIGQUIT: no checkpoint, recovery from the WAL at start). */
+  async restart({ immediate = false } = {}) {
+    await (immediate ? this.server?.stop('SIGQUIT', 30_000) : this.stop());
+    await this.start();
+  }
+
   /** Stops the server and deletes the cluster. */
   async destroy() {
     await this.stop();

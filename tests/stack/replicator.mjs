@@ -26,33 +26,41 @@ export function replicatorBinary(root) {
 /**
  * Starts the replicator and resolves once its /healthz answers 200. `gatewayUrl` is where it
  * pushes changes (by default a closed port: changes then wait, as when the gateway is down).
+ * `start()` runs it again with the same settings after it exited (or was killed through `proc`);
+ * `start({ ready: false })` does not wait for /healthz (a kill during start).
  */
 export async function startReplicator({ root, databaseUrl, port, gatewayUrl = 'http://127.0.0.1:9', tls, env = {}, log = () => {} }) {
-  const proc = startProcess('replicator', replicatorBinary(root), [], {
-    env: {
-      SLUICE_DATABASE_URL: databaseUrl,
-      SLUICE_HTTP_ADDR: `127.0.0.1:${port}`,
-      SLUICE_INTERNAL_SECRET: DEV_INTERNAL_SECRET,
-      DB_ENC_KEY: DEV_DB_ENC_KEY,
-      SLUICE_GATEWAY_URL: gatewayUrl,
-      // `tls`: { cert, key, ca } files: the API over HTTPS, the gateway's certificate checked against `ca`.
-      ...(tls ? { SLUICE_TLS_CERT: tls.cert, SLUICE_TLS_KEY: tls.key, SLUICE_GATEWAY_CA: tls.ca } : {}),
-      RUST_LOG: 'info',
-      NO_COLOR: '1',
-      ...env,
-    },
-    onLine: (line) => log(`[replicator] ${line}`),
-  });
   const url = tls ? `https://localhost:${port}` : `http://127.0.0.1:${port}`;
-  const died = proc.exited.then(({ code }) => {
-    throw new Error(`the replicator exited (code ${code}) at start:\n${proc.lines.join('\n')}`);
-  });
-  await Promise.race([
-    died,
-    waitFor('the replicator /healthz', async () => (await get(`${url}/healthz`, tls?.ca)).status === 200),
-  ]);
-  died.catch(() => {});
-  return { url, proc, stop: () => proc.stop() };
+  const replicator = { url, proc: null, stop: () => replicator.proc.stop() };
+  replicator.start = async ({ ready = true } = {}) => {
+    const proc = startProcess('replicator', replicatorBinary(root), [], {
+      env: {
+        SLUICE_DATABASE_URL: databaseUrl,
+        SLUICE_HTTP_ADDR: `127.0.0.1:${port}`,
+        SLUICE_INTERNAL_SECRET: DEV_INTERNAL_SECRET,
+        DB_ENC_KEY: DEV_DB_ENC_KEY,
+        SLUICE_GATEWAY_URL: gatewayUrl,
+        // `tls`: { cert, key, ca } files: the API over HTTPS, the gateway's certificate checked against `ca`.
+        ...(tls ? { SLUICE_TLS_CERT: tls.cert, SLUICE_TLS_KEY: tls.key, SLUICE_GATEWAY_CA: tls.ca } : {}),
+        RUST_LOG: 'info',
+        NO_COLOR: '1',
+        ...env,
+      },
+      onLine: (line) => log(`[replicator] ${line}`),
+    });
+    replicator.proc = proc;
+    if (!ready) return;
+    const died = proc.exited.then(({ code }) => {
+      throw new Error(`the replicator exited (code ${code}) at start:\n${proc.lines.join('\n')}`);
+    });
+    await Promise.race([
+      died,
+      waitFor('the replicator /healthz', async () => (await get(`${url}/healthz`, tls?.ca)).status === 200),
+    ]);
+    died.catch(() => {});
+  };
+  await replicator.start();
+  return replicator;
 }
 
 /**

@@ -199,6 +199,7 @@ pub async fn recreate(
     stats: &Stats,
 ) -> Result<(), tokio_postgres::Error> {
     let _turn = alarm.busy.lock().await;
+    info!("recreating the slot {slot}: {reset}");
     let client = db.client().await?;
     client
         .execute(
