@@ -111,8 +111,8 @@ class Subscriber {
     this.received.get(stream).push({ n, at: now() });
   }
   /** The channel went out (error, close, timeout): an outage begins unless one is open. */
-  out() {
-    if (!this.outages.length || this.outages.at(-1).end) this.outages.push({ start: now(), end: null });
+  out(why) {
+    if (!this.outages.length || this.outages.at(-1).end) this.outages.push({ start: now(), end: null, why });
   }
   back() {
     const last = this.outages.at(-1);
@@ -126,7 +126,7 @@ class Subscriber {
         if (status === 'SUBSCRIBED') {
           joined = true;
           resolve();
-        } else if (joined) this.out();
+        } else if (joined) this.out(`${channel.topic}: ${status}${err ? `: ${err.message}` : ''}`);
         else reject(new Error(`channel ${channel.topic}: ${status}${err ? `: ${err.message}` : ''}`));
       });
     });
@@ -231,14 +231,16 @@ export async function startLoad({ url, pgConfig, count = 4, perSecond = 20, secr
 /**
  * What a window of the load shows: for commits made from `from` to `to` (ms), per subscriber and
  * in total, how many it should have received, got, missed, got twice and got out of order. A
- * change missed while the subscriber was out (from 2 s before its channel went out until it was
- * subscribed again), or before a `system` notice that changes were lost, is missed by design and
- * counted apart. Order is per stream: a number received after a higher one is a violation.
+ * change missed while the subscriber was out, or before a `system` notice that changes were lost,
+ * is missed by design and counted apart. Out means from the fault that closed its socket (one of
+ * `faults`, start times, up to 10 s before), else from 2 s before its channel went out, until it
+ * was subscribed again. Order is per stream: a number received after a higher one is a violation.
  */
-export function account(load, { from, to }) {
+export function account(load, { from, to, faults = [] }) {
+  const outFrom = (o) => Math.min(o.start - 2000, ...faults.filter((f) => f <= o.start && f >= o.start - 10_000));
   const rows = load.subscribers.map((s) => {
     const row = { subscriber: s.i, vsn: s.vsn, expected: 0, delivered: 0, lost: 0, byDesign: 0, duplicates: 0, outOfOrder: 0, lostExamples: [] };
-    const excused = (at) => s.outages.some((o) => at >= o.start - 2000 && at <= (o.end ?? Infinity))
+    const excused = (at) => s.outages.some((o) => at >= outFrom(o) && at <= (o.end ?? Infinity))
       || s.notices.some((notice) => at >= from && at <= notice.at);
     for (const stream of Object.values(load.streams)) {
       const got = s.received.get(stream.name) ?? [];
@@ -262,7 +264,7 @@ export function account(load, { from, to }) {
         else {
           row.expected++;
           row.lost++;
-          if (row.lostExamples.length < 5) row.lostExamples.push(`${stream.name}#${n}`);
+          if (row.lostExamples.length < 5) row.lostExamples.push(`${stream.name}#${n}@${Math.round(c.at - from)}ms`);
         }
       }
     }
