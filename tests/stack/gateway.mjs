@@ -83,6 +83,8 @@ export async function startGatewayWorkerd({ root, port, stateDir, jwtSecret, var
   return {
     url: `http://127.0.0.1:${port}`,
     logLines: () => lines,
+    /** The process id of workerd (for memory readings). */
+    pid: () => proc.child.pid,
     restart: async () => {
       await proc.stop();
       await start();
