@@ -185,8 +185,8 @@ ${xTicks.join('\n')}
 <text x="${(L + W - R) / 2}" y="${H - 6}" text-anchor="middle">minutes since the sockets were opened</text>
 ${line('gateway', '#1f77b4')}
 ${line('replicator', '#d62728')}
-<text x="${W - R - 150}" y="${T + 4}" fill="#1f77b4">gateway (workerd)</text>
-<text x="${W - R - 150}" y="${T + 20}" fill="#d62728">replicator</text>
+<text x="${W - R - 150}" y="${H - B - 44}" fill="#1f77b4">gateway (workerd)</text>
+<text x="${W - R - 150}" y="${H - B - 28}" fill="#d62728">replicator</text>
 </svg>
 `;
 }
