@@ -1,16 +1,58 @@
 // The gateway worker in workerd: under `wrangler dev` for the local stack, under wrangler's test
 // harness (Miniflare) for tests, which can also evict its Durable Objects from memory as
 // hibernation does, or as self-hosted production runs it (`scripts/serve gateway`).
+import { execFileSync } from 'node:child_process';
+import { readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createTestHarness } from 'wrangler';
 import { startProcess, waitFor } from './process.mjs';
+
+/** The newest modification time (ms) of the files at or under `paths` (0 if none exist). */
+function newest(paths) {
+  let latest = 0;
+  const visit = (path) => {
+    let stat;
+    try {
+      stat = statSync(path);
+    } catch {
+      return;
+    }
+    if (stat.isDirectory()) for (const entry of readdirSync(path)) visit(join(path, entry));
+    else latest = Math.max(latest, stat.mtimeMs);
+  };
+  paths.forEach(visit);
+  return latest;
+}
+
+/**
+ * The worker bundled as `wrangler deploy` uploads it, in .local/gateway-bundle, made again (which
+ * runs wrangler.toml's build, scripts/build-worker) only when a source of the worker or its build
+ * is newer. Without it the harness runs the build at every start: about 25 s of CPU each, mostly
+ * wasm-opt, for every stack a test starts.
+ */
+function workerBundle(root) {
+  const dir = join(root, '.local', 'gateway-bundle');
+  const sources = ['gateway-worker/src', 'gateway-worker/inspector', 'gateway-worker/Cargo.toml', 'gateway-worker/build',
+    'shared/src', 'shared/Cargo.toml', 'Cargo.lock', 'wrangler.toml'].map((p) => join(root, p));
+  if (newest([dir]) > newest(sources)) return dir;
+  rmSync(dir, { recursive: true, force: true });
+  execFileSync(join(root, 'node_modules/.bin/node'), [join(root, 'node_modules/wrangler/bin/wrangler.js'), 'deploy', '--dry-run', '--outdir', dir], {
+    cwd: root, stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, WRANGLER_SEND_METRICS: 'false', FORCE_COLOR: '0' },
+  });
+  return dir;
+}
 
 /** Runs the worker of wrangler.toml in wrangler's test harness, with test-only vars and secrets. */
 export async function startGatewayHarness({ root, jwtSecret, vars = {} }) {
   const server = createTestHarness({
     root,
-    // Refused joins wait 100 ms, as in upstream's test configuration (production: 5 s).
-    workers: [{ configPath: 'wrangler.toml', vars: { CHANNEL_ERROR_BACKOFF_MS: '100', ...vars }, secrets: { JWT_SECRET: jwtSecret } }],
+    workers: [{
+      configPath: 'wrangler.toml',
+      prebuiltWorkerDir: workerBundle(root),
+      // Refused joins wait 100 ms, as in upstream's test configuration (production: 5 s).
+      vars: { CHANNEL_ERROR_BACKOFF_MS: '100', ...vars },
+      secrets: { JWT_SECRET: jwtSecret },
+    }],
   });
   const { url } = await server.listen();
   const worker = server.getWorker();
