@@ -8,7 +8,8 @@
 //                Postgres restarted, the slot invalidated, hubs and channels evicted
 //   self-hosted  the gateway as production runs it (workerd, storage on disk), its process restarted
 //   tenants      one replicator serving two tenants' databases (a tenants file), on two clusters:
-//                one cluster stopped while the other tenant flows; kills while the tenants start
+//                one cluster stopped while the other tenant flows; kills while the tenants start.
+//                Both tenants' subscribers are counted: they stay connected throughout
 //
 // `runMatrix({ short })` runs the short version (the test suite's), else the long one
 // (bench/faults.mjs), and resolves with the rows; `table(rows)` prints them.
@@ -50,7 +51,7 @@ const SELF_HOSTED = [
   ['gateway process restarted (self-hosted)', { short: 1, long: 3 }, (ctx) => restartGateway(ctx), { reconnects: true }],
 ];
 const TENANTS = [
-  ["one tenant's Postgres stopped and started (the other tenant's load)", { short: 1, long: 2 }, (ctx) => stopOtherCluster(ctx)],
+  ["one of two tenants' Postgres stopped and started (both tenants' loads)", { short: 1, long: 2 }, (ctx) => stopOtherCluster(ctx)],
   ["replicator kill -9 during the tenants' start (tenants file)", { short: 1, long: 4 }, (ctx) => killDuringStart(ctx)],
 ];
 /** How long the faults that last (cut, slowed, 500s) last, in seconds. */
@@ -203,7 +204,7 @@ async function restartGateway(ctx) {
   return at;
 }
 
-/** Stops the other tenant's cluster for a while and starts it again; `ctx.load` is the one watched. */
+/** Stops the second tenant's cluster for a while (3 s short, 10 s long) and starts it again. */
 async function stopOtherCluster(ctx) {
   await ctx.other.pg.stop();
   await sleep(ctx.short ? 3000 : 10_000);
@@ -229,16 +230,18 @@ async function killDuringStart(ctx) {
 // ---- running a row ----
 
 /**
- * Runs one fault `times` times under the load, then lets the load finish and reads the ledger.
- * The row holds the totals, the recovery times (from each fault's end to the first change
- * committed after it reaching every subscriber) and whether presence is whole again.
+ * Runs one fault `times` times under the loads (one per tenant), then lets them finish and reads
+ * their ledgers. The row holds the totals, each subscriber's figures, the recovery times (from
+ * each fault's end to the first change committed after it reaching every subscriber of every
+ * load) and whether presence is whole again.
  */
-async function runRow(ctx, load, [name, reps, inject, expect = {}], options) {
+async function runRow(ctx, loads, [name, reps, inject, expect = {}], options) {
   const { short, log } = options;
   const times = reps[short ? 'short' : 'long'];
   const seconds = HOLD[short ? 'short' : 'long'];
+  const subscribers = loads.flatMap((load) => load.subscribers);
   log(`fault: ${name} (${times}×)`);
-  load.run();
+  for (const load of loads) load.run();
   await sleep(1000);
   const from = now();
   const starts = [];
@@ -255,24 +258,30 @@ async function runRow(ctx, load, [name, reps, inject, expect = {}], options) {
   }
   await sleep(2000);
   const to = now();
-  await load.pause();
+  await Promise.all(loads.map((load) => load.pause()));
   const window = { from, to, faults: expect.reconnects ? starts : [] };
-  const settled = await waitFor('every change delivered', () => caughtUp(load, window), { timeoutMs: expect.notice ? 60_000 : 90_000 })
+  const settled = await waitFor('every change delivered', () => loads.every((load) => caughtUp(load, window)), { timeoutMs: expect.notice ? 60_000 : 90_000 })
     .then(() => true, () => false);
-  const presence = await waitFor('presence whole again', () => load.subscribers.every((s) => s.presenceComplete()), { timeoutMs: 20_000 })
+  const presence = await waitFor('presence whole again', () => subscribers.every((s) => s.presenceComplete()), { timeoutMs: 20_000 })
     .then(() => true, () => false);
-  const acc = account(load, window);
-  const recoveries = ends.map((t) => recoveryMs(load, t)).filter((r) => r !== null).sort((a, b) => a - b);
-  const told = expect.notice ? load.subscribers.every((s) => s.notices.some((n) => n.at >= from && n.message === LOST)) : null;
+  const accounts = loads.map((load) => account(load, window));
+  const sum = (key) => accounts.reduce((total, acc) => total + acc[key], 0);
+  const perSubscriber = accounts.flatMap((acc) => acc.rows);
+  const recoveries = ends.map((t) => {
+    const each = loads.map((load) => recoveryMs(load, t));
+    return each.includes(null) ? null : Math.max(...each);
+  }).filter((r) => r !== null).sort((a, b) => a - b);
+  const told = expect.notice ? subscribers.every((s) => s.notices.some((n) => n.at >= from && n.message === LOST)) : null;
   const row = {
-    fault: name, times, ...pick(acc, ['expected', 'delivered', 'lost', 'byDesign', 'duplicates', 'outOfOrder']),
+    fault: name, times, ...Object.fromEntries(['expected', 'delivered', 'lost', 'byDesign', 'duplicates', 'outOfOrder'].map((k) => [k, sum(k)])),
     recoveryP50: recoveries[Math.floor(recoveries.length / 2)] ?? null, recoveryMax: recoveries.at(-1) ?? null,
     presence, told, settled, error,
-    lostExamples: acc.rows.flatMap((r) => r.lostExamples.map((e) => `s${r.subscriber}:${e}`)).slice(0, 8),
+    subscribers: perSubscriber.map((r) => pick(r, ['subscriber', 'vsn', 'expected', 'delivered', 'lost', 'byDesign', 'duplicates', 'outOfOrder'])),
+    lostExamples: perSubscriber.flatMap((r) => r.lostExamples.map((e) => `s${r.subscriber}:${e}`)).slice(0, 8),
     // What explains a failure: the notices the subscribers got, when they were out, who they see.
-    notices: [...new Set(load.subscribers.flatMap((s) => s.notices.filter((n) => n.at >= from).map((n) => n.message)))],
-    outages: load.subscribers.map((s) => s.outages.filter((o) => o.start >= from).map((o) => [Math.round(o.start - from), o.end && Math.round(o.end - from), o.why])),
-    present: load.subscribers.map((s) => Object.keys(s.room.presenceState()).sort().join(',')),
+    notices: [...new Set(subscribers.flatMap((s) => s.notices.filter((n) => n.at >= from).map((n) => n.message)))],
+    outages: subscribers.map((s) => s.outages.filter((o) => o.start >= from).map((o) => [Math.round(o.start - from), o.end && Math.round(o.end - from), o.why])),
+    present: subscribers.map((s) => Object.keys(s.room.presenceState()).sort().join(',')),
   };
   // By design only where the fault's outcome says so: a notice given, or the socket was closed.
   row.ok = !error && row.lost === 0 && row.duplicates === 0 && row.outOfOrder === 0 && presence && told !== false
@@ -306,7 +315,7 @@ async function mainStack(rows, options) {
     await prepare(stack.pg);
     await stack.pg.sql(`create table public.ballast (body text); alter table public.ballast alter column body set storage external`);
     load = await startLoad({ url: stack.url, pgConfig: stack.pg.clientConfig(), count: options.subscribers, perSecond: options.rate });
-    for (const fault of faults) rows.push(await runRow(ctx, load, fault, options));
+    for (const fault of faults) rows.push(await runRow(ctx, [load], fault, options));
   } finally {
     await load?.stop();
     await stack.stop();
@@ -322,7 +331,7 @@ async function selfHostedStack(rows, options) {
   try {
     await prepare(stack.pg);
     load = await startLoad({ url: stack.url, pgConfig: stack.pg.clientConfig(), count: options.subscribers, perSecond: options.rate });
-    for (const fault of faults) rows.push(await runRow(ctx, load, fault, options));
+    for (const fault of faults) rows.push(await runRow(ctx, [load], fault, options));
   } finally {
     await load?.stop();
     await stack.stop();
@@ -375,12 +384,8 @@ async function tenantsStack(rows, options) {
     }
     const [north, south] = parts;
     Object.assign(ctx, { replicator, other: south, gateway: stack.gateway });
-    for (const fault of faults) {
-      // The row's figures are north's; south's load runs beside it (and is stopped by the fault).
-      south.load.run();
-      rows.push(await runRow(ctx, north.load, fault, options));
-      await south.load.pause();
-    }
+    // Both tenants' subscribers stay connected through every fault here: nothing may be missed.
+    for (const fault of faults) rows.push(await runRow(ctx, [north.load, south.load], fault, options));
   } finally {
     for (const part of parts.reverse()) {
       await part.load?.stop().catch(() => {});
@@ -420,16 +425,20 @@ export async function runMatrix({ short = false, only, subscribers = 4, rate = 2
   return rows;
 }
 
-/** The rows as a Markdown table. */
+/**
+ * The rows as a Markdown table: totals over the subscribers, and each subscriber's delivered /
+ * expected (its vsn: 2 for 2.0.0, 1 for 1.0.0).
+ */
 export function table(rows) {
   const ms = (v) => (v === null ? '-' : `${(v / 1000).toFixed(1)} s`);
   const lines = [
-    '| fault | times | expected | delivered | lost | missed by design | duplicates | out of order | recovery p50 / max | presence | result |',
-    '|---|--:|--:|--:|--:|--:|--:|--:|--:|---|---|',
+    '| fault | times | expected | delivered | lost | missed by design | duplicates | out of order | per subscriber (vsn: delivered / expected) | recovery p50 / max | presence | result |',
+    '|---|--:|--:|--:|--:|--:|--:|--:|---|--:|---|---|',
   ];
   for (const r of rows) {
     const design = r.byDesign ? `${r.byDesign}${r.told ? ' (told)' : ''}` : '0';
-    lines.push(`| ${r.fault} | ${r.times} | ${r.expected} | ${r.delivered} | ${r.lost} | ${design} | ${r.duplicates} | ${r.outOfOrder} | ${ms(r.recoveryP50)} / ${ms(r.recoveryMax)} | ${r.presence ? 'whole' : 'NOT whole'} | ${r.ok ? 'ok' : `FAILED${r.error ? `: ${r.error}` : ''}`} |`);
+    const each = r.subscribers.map((s) => `${s.vsn[0]}: ${s.delivered} / ${s.expected}`).join(' · ');
+    lines.push(`| ${r.fault} | ${r.times} | ${r.expected} | ${r.delivered} | ${r.lost} | ${design} | ${r.duplicates} | ${r.outOfOrder} | ${each} | ${ms(r.recoveryP50)} / ${ms(r.recoveryMax)} | ${r.presence ? 'whole' : 'NOT whole'} | ${r.ok ? 'ok' : `FAILED${r.error ? `: ${r.error}` : ''}`} |`);
   }
   return lines.join('\n');
 }
