@@ -92,8 +92,9 @@ struct Transaction {
 }
 
 impl Pipeline {
-    /// Streams until shutdown, reconnecting after errors: soon (1 s doubling to 30 s) when the
-    /// database or network failed, every 30 s when a setting is wrong.
+    /// Streams until shutdown, reconnecting after errors: soon (1 s doubling to 30 s, from 1 s
+    /// again once a connection streamed) when the database or network failed, every 30 s when a
+    /// setting is wrong.
     pub async fn run(mut self) {
         let mut backoff = Duration::from_secs(1);
         while !self.shutdown.requested() {
@@ -101,7 +102,10 @@ impl Pipeline {
                 Ok(()) => self.stream_once().await,
                 Err(e) => Err(e),
             };
-            self.stats.connected.store(false, std::sync::atomic::Ordering::Relaxed);
+            // A new outage starts its retries at 1 s, not where the last outage's left off.
+            if self.stats.connected.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                backoff = Duration::from_secs(1);
+            }
             self.stats
                 .unconfirmed_since
                 .store(0, std::sync::atomic::Ordering::Relaxed);

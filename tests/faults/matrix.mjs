@@ -240,6 +240,11 @@ async function runRow(ctx, loads, [name, reps, inject, expect = {}], options) {
   const times = reps[short ? 'short' : 'long'];
   const seconds = HOLD[short ? 'short' : 'long'];
   const subscribers = loads.flatMap((load) => load.subscribers);
+  /** Recovery from `end`: until the first change committed after it reached every subscriber. */
+  const recovery = (end) => {
+    const each = loads.map((load) => recoveryMs(load, end));
+    return each.includes(null) ? null : Math.max(...each);
+  };
   log(`fault: ${name} (${times}×)`);
   for (const load of loads) load.run();
   await sleep(1000);
@@ -250,7 +255,10 @@ async function runRow(ctx, loads, [name, reps, inject, expect = {}], options) {
   try {
     for (let k = 0; k < times; k++) {
       starts.push(now());
-      ends.push(await inject(ctx, seconds));
+      const end = await inject(ctx, seconds);
+      ends.push(end);
+      // Each repetition meets a recovered stack, so each recovery is measured on its own.
+      await waitFor('the load to flow again', () => recovery(end) !== null, { timeoutMs: 60_000, intervalMs: 50 }).catch(() => {});
       await sleep(between(500, 1500));
     }
   } catch (e) {
@@ -267,10 +275,7 @@ async function runRow(ctx, loads, [name, reps, inject, expect = {}], options) {
   const accounts = loads.map((load) => account(load, window));
   const sum = (key) => accounts.reduce((total, acc) => total + acc[key], 0);
   const perSubscriber = accounts.flatMap((acc) => acc.rows);
-  const recoveries = ends.map((t) => {
-    const each = loads.map((load) => recoveryMs(load, t));
-    return each.includes(null) ? null : Math.max(...each);
-  }).filter((r) => r !== null).sort((a, b) => a - b);
+  const recoveries = ends.map(recovery).filter((r) => r !== null).sort((a, b) => a - b);
   const told = expect.notice ? subscribers.every((s) => s.notices.some((n) => n.at >= from && n.message === LOST)) : null;
   const row = {
     fault: name, times, ...Object.fromEntries(['expected', 'delivered', 'lost', 'byDesign', 'duplicates', 'outOfOrder'].map((k) => [k, sum(k)])),
