@@ -16,7 +16,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import WebSocket from 'ws';
-import { DEV_API_SECRET, signJwt } from '../stack/keys.mjs';
+import { DEV_API_SECRET } from '../stack/keys.mjs';
 import { Postgres } from '../stack/postgres.mjs';
 import { freePort, waitFor } from '../stack/process.mjs';
 import { startReplicator } from '../stack/replicator.mjs';
@@ -30,7 +30,11 @@ const LOST = "Changes were lost: the replication slot was recreated to protect t
 // Subscribers rejoin all at once after a gateway restart; the load sends a few events a second.
 const LIMITS = JSON.stringify({ '*': { max_joins_per_second: 1000, max_events_per_second: 10000 } });
 
-/** The faults of each stack: [name, { short, long } repetitions or seconds, inject(ctx, seconds)]. */
+/**
+ * The faults of each stack: [name, { short, long } repetitions, inject(ctx, seconds held) resolving
+ * with the time the fault ended, expectations: `notice` (a `system` notice excuses what is missed)
+ * or `reconnects` (closed sockets do)].
+ */
 const MAIN = [
   ['replicator kill -9 at a random moment', { short: 3, long: 30 }, (ctx) => killAt(ctx, 'random')],
   ['replicator kill -9 before a delivery reaches the gateway', { short: 1, long: 4 }, (ctx) => killAt(ctx, 'before delivery')],
