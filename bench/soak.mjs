@@ -146,7 +146,7 @@ await sleep(3000); // the last broadcasts in flight
 const last = { ...samples.at(-1), ...counts };
 samples[samples.length - 1] = last;
 
-console.log(`\nSoak: ${SOCKETS} sockets (realtime-js ${'2.119'}, heartbeat every 25 s, vsn 1.0.0 and 2.0.0), ${ROOMS} rooms, ${opts.minutes} min, 2-core machine shared with the load generator\n`);
+console.log(`\nSoak: ${SOCKETS} sockets (realtime-js 2.119, heartbeat every 25 s, vsn 1.0.0 and 2.0.0), ${ROOMS} rooms, ${opts.minutes} min, 2-core machine shared with the load generator\n`);
 console.log('| minute | gateway MiB | replicator MiB | load generator MiB | load avg | heartbeats ok | missed | unexpected closes |');
 console.log('|--:|--:|--:|--:|--:|--:|--:|--:|');
 for (const s of samples) {

@@ -76,7 +76,7 @@ class Writer {
         const n = this.next;
         const started = now();
         try {
-          if (!unsure || !(await this.exists(client, n))) await this.write(client, n, this.to?.(n));
+          if (!unsure || !(await this.exists(client, n))) await this.write(client, n);
           this.stream.commit(n, unsure ? started : now(), this.to?.(n) ?? null);
           this.next++;
           unsure = false;
