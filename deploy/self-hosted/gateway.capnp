@@ -47,6 +47,7 @@ const gateway :Workerd.Worker = (
     (name = "CONNECT_ERROR_BACKOFF_MS", fromEnvironment = "CONNECT_ERROR_BACKOFF_MS"),
     (name = "CHANNEL_ERROR_BACKOFF_MS", fromEnvironment = "CHANNEL_ERROR_BACKOFF_MS"),
     (name = "IDLE_TIMEOUT_MS", fromEnvironment = "IDLE_TIMEOUT_MS"),
+    (name = "MAX_FRAME_BYTES", fromEnvironment = "MAX_FRAME_BYTES"),
     (name = "REPLICATION_READY_TIMEOUT_MS", fromEnvironment = "REPLICATION_READY_TIMEOUT_MS"),
     (name = "INSPECTOR", fromEnvironment = "INSPECTOR"),
   ],

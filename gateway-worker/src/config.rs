@@ -33,6 +33,16 @@ pub fn keys(env: &Env) -> Result<Keys, String> {
     }
 }
 
+/// The largest WebSocket frame a client may send (`MAX_FRAME_BYTES`, default 3 MiB: a little
+/// above upstream's 3,000 KB payload limit). A larger frame is refused before it is parsed and
+/// its socket closed with 1009.
+pub fn max_frame_bytes(env: &Env) -> usize {
+    read(env, "MAX_FRAME_BYTES")
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(3 * 1024 * 1024)
+}
+
 /// How long a refused connection waits before its HTTP answer, as upstream
 /// (`CONNECT_ERROR_BACKOFF_MS`, default 2000), so a client cannot probe tokens quickly.
 pub fn connect_error_backoff_ms(env: &Env) -> u64 {

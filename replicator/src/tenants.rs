@@ -276,6 +276,11 @@ fn slot_of(id: &str) -> String {
 fn read_file(path: &str) -> Result<BTreeMap<String, BTreeMap<String, String>>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot be read ({e})"))?;
     let doc: Value = serde_json::from_str(&text).map_err(|e| format!("is not JSON ({e})"))?;
+    file_tenants(&doc)
+}
+
+/// The tenants of a tenants file's document: id → settings (variable → value).
+pub(crate) fn file_tenants(doc: &Value) -> Result<BTreeMap<String, BTreeMap<String, String>>, String> {
     let tenants = doc
         .get("tenants")
         .and_then(Value::as_object)

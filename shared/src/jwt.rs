@@ -30,7 +30,14 @@ pub enum AuthError {
     Expired {
         seconds_ago: i64,
     },
+    /// `nbf` is later than now (beyond [`NBF_LEEWAY_SECS`] of clock skew).
+    NotYetValid {
+        seconds_early: i64,
+    },
 }
+
+/// Clock skew forgiven on `nbf`: an issuer's clock a little ahead must not lock users out.
+pub const NBF_LEEWAY_SECS: i64 = 30;
 
 impl AuthError {
     /// The text of an HTTP rejection of the WebSocket upgrade.
@@ -51,6 +58,7 @@ impl AuthError {
             AuthError::Signer => texts::JWT_SIGNER.into(),
             AuthError::MissingRoleOrExp => texts::JWT_ROLE_AND_EXP.into(),
             AuthError::Expired { seconds_ago } => texts::token_expired_ago(*seconds_ago),
+            AuthError::NotYetValid { seconds_early } => texts::token_not_yet_valid(*seconds_early),
         }
     }
 
@@ -60,7 +68,9 @@ impl AuthError {
             AuthError::Malformed | AuthError::Missing => "MalformedJWT",
             AuthError::BadSignature => "JwtSignatureError",
             AuthError::Signer => "JwtSignerError",
-            AuthError::MissingRoleOrExp | AuthError::Expired { .. } => "InvalidJWTToken",
+            AuthError::MissingRoleOrExp | AuthError::Expired { .. } | AuthError::NotYetValid { .. } => {
+                "InvalidJWTToken"
+            }
         }
     }
 
@@ -117,8 +127,11 @@ impl Keys {
                     RsaPublicKey::try_from(&jwk).map_err(|e| format!("JWKS key {i}: {e}"))?,
                 )),
                 JsonWebKey::EllipticCurve { curve, x, y, .. } if curve == "P-256" => {
-                    let point =
-                        p256::EncodedPoint::from_affine_coordinates(x.as_ref().into(), y.as_ref().into(), false);
+                    // Found by fuzzing: coordinates of another length panicked in the conversion.
+                    let (Ok(x), Ok(y)) = (<[u8; 32]>::try_from(x.as_ref()), <[u8; 32]>::try_from(y.as_ref())) else {
+                        return Err(format!("JWKS key {i}: a P-256 key's x and y are 32 bytes each"));
+                    };
+                    let point = p256::EncodedPoint::from_affine_coordinates(&x.into(), &y.into(), false);
                     PublicKey::P256(
                         p256::ecdsa::VerifyingKey::from_encoded_point(&point)
                             .map_err(|e| format!("JWKS key {i}: {e}"))?,
@@ -197,12 +210,21 @@ impl Keys {
             _ => AuthError::Malformed,
         })?;
         let (_, claims) = verified.into_parts();
-        match claims.expiration.map(|e| e.timestamp()) {
-            Some(exp) if exp <= now_secs => Err(AuthError::Expired {
-                seconds_ago: now_secs - exp,
-            }),
-            _ => Ok(claims),
+        if let Some(exp) = claims.expiration.map(|e| e.timestamp()) {
+            if exp <= now_secs {
+                return Err(AuthError::Expired {
+                    seconds_ago: now_secs - exp,
+                });
+            }
         }
+        if let Some(nbf) = claims.not_before.map(|n| n.timestamp()) {
+            if nbf > now_secs + NBF_LEEWAY_SECS {
+                return Err(AuthError::NotYetValid {
+                    seconds_early: nbf - now_secs,
+                });
+            }
+        }
+        Ok(claims)
     }
 }
 
@@ -317,6 +339,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_token_used_before_its_nbf_is_refused_beyond_the_leeway() {
+        let with_nbf = |nbf: i64| {
+            let mut c = C::new(json!({"role": "anon"}).as_object().unwrap().clone());
+            c.expiration = Some(chrono_from(NOW + 3600));
+            c.not_before = Some(chrono_from(nbf));
+            Hs256.token(&Header::empty(), &c, &Hs256Key::new(SECRET)).unwrap()
+        };
+        let early = verify(&with_nbf(NOW + 600), SECRET, NOW).unwrap_err();
+        assert_eq!(early, AuthError::NotYetValid { seconds_early: 600 });
+        assert_eq!(
+            early.join_reason(),
+            "InvalidJWTToken: Token is not valid yet: it becomes valid in 600 seconds"
+        );
+        assert!(verify(&with_nbf(NOW + NBF_LEEWAY_SECS), SECRET, NOW).is_ok());
+        assert!(verify(&with_nbf(NOW - 60), SECRET, NOW).is_ok());
+    }
+
+    #[test]
     fn alg_none_and_unknown_algs_are_refused() {
         // {"alg":"none"} . {"role":"service_role","exp":9999999999} . (empty signature)
         let none = "eyJhbGciOiJub25lIn0.eyJyb2xlIjoic2VydmljZV9yb2xlIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
@@ -329,6 +369,13 @@ pub(crate) mod tests {
         assert!(Keys::new(vec![]).with_jwks("{}").unwrap_err().contains("\"keys\""));
         let p384 = r#"{"keys":[{"kty":"EC","crv":"P-384","x":"AA","y":"AA"}]}"#;
         assert!(Keys::new(vec![]).with_jwks(p384).unwrap_err().starts_with("JWKS key 0"));
+        // Found by fuzzing (fuzz/corpus/jwt/regression-ec-short-coordinate): a P-256 x of 33 bytes
+        // panicked.
+        let long_x = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF10Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m18HLN_tue659LNpXW2pCyStikYjKIWI5a0"}]}"#;
+        assert_eq!(
+            Keys::new(vec![]).with_jwks(long_x).unwrap_err(),
+            "JWKS key 0: a P-256 key's x and y are 32 bytes each"
+        );
     }
 
     #[test]

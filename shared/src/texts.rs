@@ -44,6 +44,8 @@ pub const CLOSE_IDLE: &str = "idle timeout";
 pub const CLOSE_DISCONNECTED: &str = "disconnected by the server";
 /// The server's answer to a client's close.
 pub const CLOSE_ANSWERED: &str = "closed";
+/// Close 1009 to a socket that sent a frame over `MAX_FRAME_BYTES` (not read, not parsed).
+pub const CLOSE_FRAME_TOO_BIG: &str = "message too big";
 
 // --- Tokens (`user_socket.ex`, `realtime_channel.ex`, `channels/auth/channels_authorization.ex`) ---
 
@@ -55,6 +57,11 @@ pub const JWT_ROLE_AND_EXP: &str = "Fields `role` and `exp` are required in JWT"
 /// A channel's token expired (`system` error before the channel closes; join error).
 pub fn token_expired_ago(seconds: i64) -> String {
     format!("Token has expired {seconds} seconds ago")
+}
+
+/// sluice's own (upstream does not read `nbf`): a token used before its `nbf`.
+pub fn token_not_yet_valid(seconds: i64) -> String {
+    format!("Token is not valid yet: it becomes valid in {seconds} seconds")
 }
 
 // --- Joining (`phx_reply` error reasons, `lib/realtime_web/channels/realtime_channel.ex`) ---

@@ -159,6 +159,19 @@ impl DurableObject for SocketHub {
     }
 
     async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
+        let size = match &message {
+            WebSocketIncomingMessage::String(text) => text.len(),
+            WebSocketIncomingMessage::Binary(bytes) => bytes.len(),
+        };
+        let max = config::max_frame_bytes(&self.env);
+        if size > max {
+            // Not parsed: a frame this large is an attack or a bug; only its socket goes.
+            console_warn!("a socket sent a frame of {size} bytes, over MAX_FRAME_BYTES ({max}): closing it");
+            self.ensure_roster().await?;
+            return self
+                .socket_gone(&ws, Some((1009, texts::CLOSE_FRAME_TOO_BIG)))
+                .await;
+        }
         // The roster and the settings are brought up to date inside, under the socket's hold:
         // a message awaiting them must not be overtaken by the socket's next one.
         self.receive_message(&ws, message).await
