@@ -62,6 +62,8 @@ pub const SESSION_HEADER: &str = "x-sluice-session";
 pub struct SocketHub {
     state: State,
     env: Env,
+    /// `MAX_FRAME_BYTES`, read once: every client frame is checked against it.
+    max_frame_bytes: usize,
     /// `None` after a (re)start until the first event needs it ([`SocketHub::ensure_roster`]).
     roster: RefCell<Option<Roster<WebSocket>>>,
     /// Per room, how many other hubs have members, as its Channel last said. Unknown: relay.
@@ -96,6 +98,7 @@ impl DurableObject for SocketHub {
     fn new(state: State, env: Env) -> Self {
         let counts = traffic::saved_counts(&state);
         Self {
+            max_frame_bytes: config::max_frame_bytes(&env),
             state,
             env,
             roster: RefCell::new(None),
@@ -163,7 +166,7 @@ impl DurableObject for SocketHub {
             WebSocketIncomingMessage::String(text) => text.len(),
             WebSocketIncomingMessage::Binary(bytes) => bytes.len(),
         };
-        let max = config::max_frame_bytes(&self.env);
+        let max = self.max_frame_bytes;
         if size > max {
             // Not parsed: a frame this large is an attack or a bug; only its socket goes.
             console_warn!("a socket sent a frame of {size} bytes, over MAX_FRAME_BYTES ({max}): closing it");
