@@ -39,7 +39,10 @@ const withUrl = (url) => ({ SLUICE_DATABASE_URL: url, SLUICE_INTERNAL_SECRET: DE
 test('the replicator runs as the printed role: not a superuser, with REPLICATION, NOINHERIT', async () => {
   const [role] = await stack.pg.sql(`select rolsuper, rolreplication, rolinherit from pg_roles where rolname = 'sluice'`);
   assert.deepEqual(role, { rolsuper: false, rolreplication: true, rolinherit: false });
-  const [seen] = await stack.pg.sql(`select usename, ssl from pg_stat_replication join pg_stat_ssl using (pid)`);
+  // The replicator answers /healthz (the stack's ready signal) just before its replication stream
+  // opens: wait for the stream, then check who it is.
+  const seen = await waitFor('the replicator\'s replication connection', async () =>
+    (await stack.pg.sql(`select usename, ssl from pg_stat_replication join pg_stat_ssl using (pid)`))[0]);
   assert.deepEqual(seen, { usename: 'sluice', ssl: true });
 });
 
