@@ -116,7 +116,7 @@ fn resolve(env: &Env, tenants: &[Tenant], default: Option<&str>, id: String) -> 
     match config::limits(env, &id) {
         Ok(limits) => Resolved::Found(Settings {
             tenant: id,
-            keys: Rc::new(keys),
+            keys: Rc::new(keys.allowing_roles(&limits.allowed_roles)),
             limits: Rc::new(limits),
             suspended: false,
             replicator: Rc::new(Target::from_env(env)),

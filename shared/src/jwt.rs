@@ -27,6 +27,10 @@ pub enum AuthError {
     /// The header names an algorithm sluice has no key for.
     Signer,
     MissingRoleOrExp,
+    /// The token's `role` is not one the tenant lets clients use ([`Keys::allowing_roles`]).
+    RoleNotAllowed {
+        role: String,
+    },
     Expired {
         seconds_ago: i64,
     },
@@ -57,6 +61,7 @@ impl AuthError {
             AuthError::BadSignature => texts::JWT_BAD_SIGNATURE.into(),
             AuthError::Signer => texts::JWT_SIGNER.into(),
             AuthError::MissingRoleOrExp => texts::JWT_ROLE_AND_EXP.into(),
+            AuthError::RoleNotAllowed { role } => texts::role_not_allowed(role),
             AuthError::Expired { seconds_ago } => texts::token_expired_ago(*seconds_ago),
             AuthError::NotYetValid { seconds_early } => texts::token_not_yet_valid(*seconds_early),
         }
@@ -68,9 +73,10 @@ impl AuthError {
             AuthError::Malformed | AuthError::Missing => "MalformedJWT",
             AuthError::BadSignature => "JwtSignatureError",
             AuthError::Signer => "JwtSignerError",
-            AuthError::MissingRoleOrExp | AuthError::Expired { .. } | AuthError::NotYetValid { .. } => {
-                "InvalidJWTToken"
-            }
+            AuthError::MissingRoleOrExp
+            | AuthError::RoleNotAllowed { .. }
+            | AuthError::Expired { .. }
+            | AuthError::NotYetValid { .. } => "InvalidJWTToken",
         }
     }
 
@@ -81,11 +87,23 @@ impl AuthError {
 }
 
 /// The keys a tenant's tokens are verified with: its HS secret, and a JWKS for asymmetric
-/// algorithms (and HS keys by `kid`).
-#[derive(Clone, Debug, Default)]
+/// algorithms (and HS keys by `kid`); and the roles its clients' tokens may carry.
+#[derive(Clone, Debug)]
 pub struct Keys {
     secret: Vec<u8>,
     jwks: Vec<Jwk>,
+    allowed_roles: Vec<String>,
+}
+
+/// The roles clients' tokens may carry unless a tenant says otherwise: Supabase's API roles. A
+/// token signed for another role (`postgres`, a role with a careless grant) is refused, since the
+/// replicator checks RLS as the token's role and may be able to become any.
+pub const DEFAULT_ALLOWED_ROLES: [&str; 3] = ["anon", "authenticated", "service_role"];
+
+impl Default for Keys {
+    fn default() -> Keys {
+        Keys::new(Vec::new())
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -107,7 +125,15 @@ impl Keys {
         Keys {
             secret,
             jwks: Vec::new(),
+            allowed_roles: DEFAULT_ALLOWED_ROLES.map(String::from).to_vec(),
         }
+    }
+
+    /// The roles [`Keys::verify`] accepts, instead of [`DEFAULT_ALLOWED_ROLES`] (the tenant's
+    /// `allowed_roles`).
+    pub fn allowing_roles(mut self, roles: &[String]) -> Keys {
+        self.allowed_roles = roles.to_vec();
+        self
     }
 
     /// Adds the keys of a JWKS document (`{"keys": [...]}`). Keys of types sluice cannot use
@@ -151,10 +177,13 @@ impl Keys {
         Ok(self)
     }
 
-    /// Verifies `token` and checks `role` and `exp` at `now_secs`.
+    /// Verifies `token` and checks `role` (present and allowed) and `exp` at `now_secs`.
     pub fn verify(&self, token: &str, now_secs: i64) -> Result<Claims, AuthError> {
-        let claims = self.verify_any(token, now_secs)?;
-        claims_of(&claims, now_secs)
+        let claims = claims_of(&self.verify_any(token, now_secs)?, now_secs)?;
+        if !self.allowed_roles.contains(&claims.role) {
+            return Err(AuthError::RoleNotAllowed { role: claims.role });
+        }
+        Ok(claims)
     }
 
     /// Verifies the signature (and `exp`, when present) of a token with any claims: admin tokens
@@ -336,6 +365,33 @@ pub(crate) mod tests {
             verify("", SECRET, NOW).unwrap_err().connect_message(),
             "API key is missing"
         );
+    }
+
+    #[test]
+    fn only_the_allowed_roles_pass() {
+        let token = |role: &str| sign(json!({"role": role, "exp": NOW + 60}));
+        for role in DEFAULT_ALLOWED_ROLES {
+            assert!(verify(&token(role), SECRET, NOW).is_ok(), "{role}");
+        }
+        let postgres = verify(&token("postgres"), SECRET, NOW).unwrap_err();
+        assert_eq!(
+            postgres,
+            AuthError::RoleNotAllowed {
+                role: "postgres".into()
+            }
+        );
+        assert_eq!(
+            postgres.join_reason(),
+            "InvalidJWTToken: Role \"postgres\" is not allowed for clients of this project: sign tokens for one of the tenant's allowed_roles (by default anon, authenticated, service_role)"
+        );
+        let keys = Keys::new(SECRET.to_vec()).allowing_roles(&["reader".into()]);
+        assert!(keys.verify(&token("reader"), NOW).is_ok());
+        assert!(matches!(
+            keys.verify(&token("anon"), NOW),
+            Err(AuthError::RoleNotAllowed { .. })
+        ));
+        // Admin and metrics tokens are checked by signature only.
+        assert!(keys.verify_any(&token("supabase_admin"), NOW).is_ok());
     }
 
     #[test]

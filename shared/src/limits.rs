@@ -23,6 +23,9 @@ pub struct Limits {
     pub private_only: bool,
     /// A tenant setting: presence is on for every channel, whether or not the client enables it.
     pub presence_enabled: bool,
+    /// A tenant setting (sluice's own): the roles clients' tokens may carry; a token for any other
+    /// is refused at connect, join, `access_token` and REST broadcast.
+    pub allowed_roles: Vec<String>,
 }
 
 impl Default for Limits {
@@ -39,6 +42,7 @@ impl Default for Limits {
             max_bytes_per_second: 100_000,
             private_only: false,
             presence_enabled: false,
+            allowed_roles: crate::jwt::DEFAULT_ALLOWED_ROLES.map(String::from).to_vec(),
         }
     }
 }
@@ -62,7 +66,24 @@ impl Limits {
                 }
             }
         }
-        serde_json::from_value(merged).map_err(|e| format!("TENANT_LIMITS: {e}"))
+        let limits: Limits = serde_json::from_value(merged).map_err(|e| format!("TENANT_LIMITS: {e}"))?;
+        limits.checked().map_err(|e| format!("TENANT_LIMITS: {e}"))
+    }
+
+    /// These limits, or what is wrong with them (a value serde cannot catch).
+    pub fn checked(self) -> Result<Limits, String> {
+        if self.allowed_roles.is_empty() {
+            return Err(
+                "allowed_roles must list at least one role (default: anon, authenticated, service_role)".into(),
+            );
+        }
+        // Postgres role names are at most 63 bytes; an empty or longer one can never match.
+        if let Some(bad) = self.allowed_roles.iter().find(|r| r.is_empty() || r.len() > 63) {
+            return Err(format!(
+                "allowed_roles: {bad:?} is not a Postgres role name (1 to 63 bytes)"
+            ));
+        }
+        Ok(self)
     }
 
     /// Upstream's size check: over `max_payload_size_in_kb * 1000 + 500` bytes is too big.
@@ -153,6 +174,22 @@ mod tests {
             .unwrap_err()
             .contains("unknown limit \"max_things\""));
         assert!(Limits::for_tenant(Some(r#"{"*": {"max_events_per_second": "x"}}"#), "t").is_err());
+    }
+
+    #[test]
+    fn allowed_roles_default_to_the_api_roles_and_are_checked() {
+        assert_eq!(
+            Limits::default().allowed_roles,
+            ["anon", "authenticated", "service_role"]
+        );
+        let custom = Limits::for_tenant(Some(r#"{"t": {"allowed_roles": ["anon", "reader"]}}"#), "t").unwrap();
+        assert_eq!(custom.allowed_roles, ["anon", "reader"]);
+        let empty = Limits::for_tenant(Some(r#"{"*": {"allowed_roles": []}}"#), "t").unwrap_err();
+        assert!(empty.contains("allowed_roles must list at least one role"), "{empty}");
+        let long = format!(r#"{{"*": {{"allowed_roles": ["{}"]}}}}"#, "r".repeat(64));
+        assert!(Limits::for_tenant(Some(&long), "t")
+            .unwrap_err()
+            .contains("is not a Postgres role name"));
     }
 
     #[test]

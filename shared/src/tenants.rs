@@ -109,7 +109,10 @@ pub fn from_params(
             limits[key] = value.clone();
         }
     }
-    tenant.limits = serde_json::from_value(limits).map_err(|e| Invalid(format!("a limit is not valid: {e}")))?;
+    tenant.limits = serde_json::from_value::<Limits>(limits)
+        .map_err(|e| format!("a limit is not valid: {e}"))
+        .and_then(Limits::checked)
+        .map_err(Invalid)?;
     if let Some(url) = text("replicator_url")? {
         if crate::signature::cleartext_off_loopback(&url) || !url.starts_with("http") {
             return Err(Invalid(format!(
@@ -186,7 +189,8 @@ fn valid_id(id: &str) -> bool {
 impl Tenant {
     /// The keys its users' tokens are verified with; `Err` says what is wrong with them.
     pub fn keys(&self) -> Result<Keys, String> {
-        let keys = Keys::new(self.jwt_secret.clone().unwrap_or_default().into_bytes());
+        let keys = Keys::new(self.jwt_secret.clone().unwrap_or_default().into_bytes())
+            .allowing_roles(&self.limits.allowed_roles);
         match &self.jwt_jwks {
             Some(jwks) => keys
                 .with_jwks(&jwks.to_string())
@@ -395,6 +399,27 @@ mod tests {
             json!({"tenant": {"jwt_secret": "a", "max_concurrent_users": "many"}})
         )
         .contains("limit"));
+        assert!(
+            refused(Some("a"), json!({"tenant": {"jwt_secret": "a", "allowed_roles": []}}))
+                .contains("allowed_roles must list at least one role")
+        );
+        let reader = from_params(
+            Some("a"),
+            &json!({"tenant": {"jwt_secret": "a", "allowed_roles": ["reader"]}}),
+            None,
+            NOW,
+            None,
+        )
+        .unwrap();
+        assert_eq!(reader.limits.allowed_roles, ["reader"]);
+        let anon = crate::jwt::sign_hs256(
+            json!({"role": "anon", "exp": 9_999_999_999_i64})
+                .as_object()
+                .unwrap()
+                .clone(),
+            b"a",
+        );
+        assert!(reader.keys().unwrap().verify(&anon, 0).is_err());
         assert!(refused(
             Some("a"),
             json!({"tenant": {"jwt_secret": "a", "extensions": [{"settings": {"db_password": "pw"}}]}})

@@ -64,6 +64,12 @@ pub fn token_not_yet_valid(seconds: i64) -> String {
     format!("Token is not valid yet: it becomes valid in {seconds} seconds")
 }
 
+/// sluice's own: a verified token whose `role` the tenant does not let clients use.
+pub fn role_not_allowed(role: &str) -> String {
+    let role: String = role.chars().take(64).collect();
+    format!("Role {role:?} is not allowed for clients of this project: sign tokens for one of the tenant's allowed_roles (by default anon, authenticated, service_role)")
+}
+
 // --- Joining (`phx_reply` error reasons, `lib/realtime_web/channels/realtime_channel.ex`) ---
 
 /// Phoenix's answer to a message for a topic the socket has not joined

@@ -132,13 +132,10 @@ async fn upsert(env: &Env, id: Option<&str>, body: &Value) -> Result<Response> {
     let location = format!("/api/tenants/{}", tenant.external_id);
     // As upstream: sockets reconnect when what admitted them changed.
     let disconnect = existing.as_ref().is_some_and(|old| {
-        (&old.jwt_secret, &old.jwt_jwks, old.limits.private_only, old.suspend)
-            != (
-                &tenant.jwt_secret,
-                &tenant.jwt_jwks,
-                tenant.limits.private_only,
-                tenant.suspend,
-            )
+        fn admitted(t: &Tenant) -> impl PartialEq + '_ {
+            (&t.jwt_secret, &t.jwt_jwks, &t.limits.allowed_roles, t.limits.private_only, t.suspend)
+        }
+        admitted(old) != admitted(&tenant)
     });
     let id = tenant.external_id.clone();
     directory::put_tenant(env, tenant).await?;
