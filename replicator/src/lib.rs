@@ -252,6 +252,7 @@ async fn serve(config: config::Config, asked: shutdown::Shutdown, listen: Listen
         stats,
         registry: registry.clone(),
         slot: config.slot.clone(),
+        exposure: http::Exposure::of(&config),
     };
     let subscriptions_api = subscriptions::api::Api {
         db: db.clone(),

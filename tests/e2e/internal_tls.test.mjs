@@ -18,8 +18,9 @@ const tls = makeCertificates(join(ROOT, '.local', 'e2e-internal-tls', 'tls'));
 process.env.NODE_EXTRA_CA_CERTS = tls.ca;
 setDefaultCACertificates([...getCACertificates('default'), readFileSync(tls.ca, 'utf8')]);
 const { startStack } = await import('../stack/stack.mjs');
-const { get, replicatorBinary } = await import('../stack/replicator.mjs');
-const { DEV_INTERNAL_SECRET } = await import('../stack/keys.mjs');
+const { get, replicatorBinary, startReplicator } = await import('../stack/replicator.mjs');
+const { DEV_INTERNAL_SECRET, signJwt } = await import('../stack/keys.mjs');
+const { freePort } = await import('../stack/process.mjs');
 const { done, Inbox, pgChannel, supabase } = await import('./clients.mjs');
 const { execFile } = await import('node:child_process');
 
@@ -76,5 +77,38 @@ test('the gateway does not send internal requests in clear text off loopback', a
   } finally {
     await done(client);
     await plain.stop();
+  }
+});
+
+test('a replicator listening off loopback: /healthz says up or down only, /metrics needs a token signed with SLUICE_METRICS_JWT_SECRET', async () => {
+  // On loopback (the stack's replicator) both are open and /healthz says why.
+  const local = JSON.parse((await get(`${stack.replicator.url}/healthz`, tls.ca)).body);
+  assert.equal(local.database, 'connected');
+  assert.equal((await get(`${stack.replicator.url}/metrics`, tls.ca)).status, 200);
+
+  const port = await freePort();
+  const exposed = (env) => startReplicator({ root: ROOT, databaseUrl: stack.pg.replicatorUrl, port, tls,
+    env: { SLUICE_HTTP_ADDR: `0.0.0.0:${port}`, SLUICE_SLOT: 'sluice_exposed', ...env } });
+  const url = `https://localhost:${port}`;
+  let replicator = await exposed({});
+  try {
+    assert.deepEqual(await get(`${url}/healthz`, tls.ca), { status: 200, body: '{"status":"ok"}' });
+    const open = await get(`${url}/metrics`, tls.ca);
+    assert.equal(open.status, 403, 'no metrics secret: nobody reads /metrics off loopback');
+    assert.match(JSON.parse(open.body).error, /set SLUICE_METRICS_JWT_SECRET/);
+    await replicator.stop();
+
+    const secret = 'a-metrics-secret-of-at-least-32-characters';
+    replicator = await exposed({ SLUICE_METRICS_JWT_SECRET: secret });
+    const metrics = (token) => get(`${url}/metrics`, tls.ca, token ? { authorization: `Bearer ${token}` } : {});
+    assert.equal((await metrics()).status, 403);
+    assert.equal((await metrics(signJwt({ role: 'metrics' }, 'another-secret-of-at-least-32-characters'))).status, 403);
+    assert.equal((await metrics(signJwt({ role: 'metrics', exp: Math.floor(Date.now() / 1000) - 10 }, secret))).status, 403, 'expired');
+    const scraped = await metrics(signJwt({ role: 'metrics' }, secret));
+    assert.equal(scraped.status, 200);
+    assert.match(scraped.body, /^sluice_changes_total \d+$/m);
+  } finally {
+    await replicator.stop();
+    await stack.pg.sql(`select pg_drop_replication_slot('sluice_exposed') from pg_replication_slots where slot_name = 'sluice_exposed'`);
   }
 });

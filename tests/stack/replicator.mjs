@@ -8,10 +8,10 @@ import { DEV_DB_ENC_KEY, DEV_INTERNAL_SECRET } from './keys.mjs';
 import { startProcess, waitFor } from './process.mjs';
 
 /** GET `url`, over HTTPS trusting the CA file `ca` if given; resolves with `{ status, body }`. */
-export function get(url, ca) {
+export function get(url, ca, headers = {}) {
   const client = url.startsWith('https:') ? https : http;
   return new Promise((resolve, reject) => {
-    client.get(url, ca ? { ca: readFileSync(ca) } : {}, (res) => {
+    client.get(url, { headers, ...(ca ? { ca: readFileSync(ca) } : {}) }, (res) => {
       let body = '';
       res.on('data', (c) => (body += c)).on('end', () => resolve({ status: res.statusCode, body }));
     }).on('error', reject);

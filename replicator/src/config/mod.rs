@@ -15,6 +15,9 @@ pub struct Config {
     /// `SLUICE_HTTP_ADDR`: where `/healthz`, `/metrics` and the internal API are served (default
     /// 127.0.0.1:9187). Off loopback only with TLS.
     pub http_addr: SocketAddr,
+    /// `SLUICE_METRICS_JWT_SECRET` (upstream's `METRICS_JWT_SECRET`): `/metrics` answers a
+    /// bearer JWT signed with it. Unset, `/metrics` is open on loopback and refused elsewhere.
+    pub metrics_secret: Option<String>,
     /// `SLUICE_TLS_CERT` and `SLUICE_TLS_KEY`: PEM files; when set, the server speaks HTTPS.
     pub tls: Option<(String, String)>,
     /// `SLUICE_GATEWAY_CA`: a PEM file of CA certificates the gateway's certificate is verified
@@ -132,6 +135,7 @@ impl Config {
                 "SLUICE_HTTP_ADDR={http_addr} is not loopback, and without TLS the internal API would travel in clear text: set SLUICE_TLS_CERT and SLUICE_TLS_KEY to serve HTTPS, or keep 127.0.0.1 and expose it through a tunnel (cloudflared; docs/deploy.md)"
             )));
         }
+        let metrics_secret = get("SLUICE_METRICS_JWT_SECRET").filter(|v| !v.is_empty());
         let gateway_ca = get("SLUICE_GATEWAY_CA").filter(|v| !v.is_empty());
         let publication = Config::publication_from_lookup(&get)?;
         let slot = identifier(&get, "SLUICE_SLOT", "sluice_changes")?;
@@ -200,6 +204,7 @@ impl Config {
             database,
             slot_limits,
             http_addr,
+            metrics_secret,
             tls,
             gateway_ca,
             publication,

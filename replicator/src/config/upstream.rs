@@ -1,9 +1,9 @@
 //! Upstream's environment variable names (a compose file written for the `supabase/realtime`
 //! image), read as sluice's own where those are not set: the database (`DB_HOST`, `DB_PORT`,
 //! `DB_NAME`, `DB_USER`, `DB_PASSWORD`, `DB_SSL`, `DB_SSL_CA_CERT`), `SLOT_NAME`,
-//! `PUBLICATIONS`, the tenant (`SELF_HOST_TENANT_NAME` or `TENANT_ID`), and the secrets a
-//! replicator needs to register its tenant with the gateway (`API_JWT_SECRET`, `JWT_SECRET`,
-//! `API_JWT_JWKS`). What sluice does differently (`TEMPORARY_SLOT`, `SECURE_CHANNELS`,
+//! `PUBLICATIONS`, the tenant (`SELF_HOST_TENANT_NAME` or `TENANT_ID`), `METRICS_JWT_SECRET`,
+//! and the secrets a replicator needs to register its tenant with the gateway (`API_JWT_SECRET`,
+//! `JWT_SECRET`, `API_JWT_JWKS`). What sluice does differently (`TEMPORARY_SLOT`, `SECURE_CHANNELS`,
 //! `SECRET_KEY_BASE`, `REGION`, a second publication, `PORT`, `DB_IP_VERSION`,
 //! `DB_AFTER_CONNECT_QUERY`) becomes a note the replicator logs at start. `DB_ENC_KEY` opens the database passwords the gateway's API stores sealed
 //! ([`crate::tenants`]).
@@ -41,6 +41,9 @@ pub fn translate(get: &impl Fn(&str) -> Option<String>) -> Translated {
         }
         let text: Vec<String> = conninfo.iter().map(|(k, v)| format!("{k}={}", quoted(v))).collect();
         out.vars.insert("SLUICE_DATABASE_URL", text.join(" "));
+    }
+    if let Some(secret) = set("METRICS_JWT_SECRET") {
+        out.vars.insert("SLUICE_METRICS_JWT_SECRET", secret);
     }
     if let Some(slot) = set("SLOT_NAME") {
         out.vars.insert("SLUICE_SLOT", slot.to_ascii_lowercase());
@@ -151,6 +154,7 @@ mod tests {
             ("PORT", "4000"),
             ("SECRET_KEY_BASE", "phoenix"),
             ("REGION", "local"),
+            ("METRICS_JWT_SECRET", "metrics-secret"),
         ]);
         assert_eq!(
             t.vars["SLUICE_DATABASE_URL"],
@@ -161,6 +165,7 @@ mod tests {
         assert_eq!(t.vars["SLUICE_TENANT"], "realtime-dev");
         assert_eq!(t.vars["SLUICE_TENANT_JWT_SECRET"], "admin-secret", "as upstream's seed");
         assert_eq!(t.vars["SLUICE_INTERNAL_SECRET"].len(), 64);
+        assert_eq!(t.vars["SLUICE_METRICS_JWT_SECRET"], "metrics-secret");
         assert_eq!(t.notes.len(), 6, "{:?}", t.notes);
         assert!(t
             .notes

@@ -1,5 +1,6 @@
 //! The replicator's HTTP server: `/healthz` (200 when the database answers, with the stream's
-//! state; 503 with the reason when not), `/metrics` (Prometheus text), and the internal API hubs
+//! state; 503 with the reason when not), `/metrics` (Prometheus text; both as [`Exposure`]
+//! allows), and the internal API hubs
 //! call, every route of it behind a signature made with the internal secret
 //! (`sluice_shared::signature`: recent, and each accepted once):
 //!
@@ -35,9 +36,56 @@ pub struct Health {
     pub stats: Arc<Stats>,
     pub registry: Arc<Registry>,
     pub slot: String,
+    pub exposure: Exposure,
 }
 
-/// Every route: health and metrics open, the internal API behind signatures made with `secret`.
+/// Who may read `/healthz` and `/metrics`: anyone who reaches a loopback listener; off loopback
+/// (`SLUICE_HTTP_ADDR` on a network) `/healthz` says only up or down and `/metrics` needs a
+/// bearer JWT signed with the metrics secret. With a metrics secret `/metrics` always needs one.
+#[derive(Clone)]
+pub struct Exposure {
+    pub off_loopback: bool,
+    pub metrics_secret: Option<Arc<str>>,
+}
+
+impl Exposure {
+    pub fn of(config: &crate::config::Config) -> Exposure {
+        Exposure {
+            off_loopback: !config.http_addr.ip().is_loopback(),
+            metrics_secret: config.metrics_secret.as_deref().map(Arc::from),
+        }
+    }
+
+    /// `Err` with the answer when `/metrics` may not be read with these request headers.
+    fn metrics_refusal(&self, headers: &axum::http::HeaderMap) -> Result<(), Response> {
+        let Some(secret) = &self.metrics_secret else {
+            return match self.off_loopback {
+                false => Ok(()),
+                true => Err((
+                    StatusCode::FORBIDDEN,
+                    Json(json!({"error": "/metrics is not served off loopback without a token: set SLUICE_METRICS_JWT_SECRET and scrape with a bearer JWT signed with it"})),
+                )
+                    .into_response()),
+            };
+        };
+        let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+        let token = sluice_shared::rest::caller_token(authorization, None).unwrap_or("");
+        let now_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        match sluice_shared::jwt::Keys::new(secret.as_bytes().to_vec()).verify_any(token, now_secs) {
+            Ok(_) => Ok(()),
+            Err(_) => Err((
+                StatusCode::FORBIDDEN,
+                Json(json!({"error": "/metrics needs Authorization: Bearer <JWT signed with SLUICE_METRICS_JWT_SECRET>"})),
+            )
+                .into_response()),
+        }
+    }
+}
+
+/// Every route: health and metrics as [`Exposure`] allows, the internal API behind signatures
+/// made with `secret`.
 pub fn router(health: Health, subscriptions: subscriptions::api::Api, secret: Arc<str>) -> Router {
     let signed = Signed {
         secret,
@@ -241,6 +289,13 @@ async fn healthz(State(state): State<Health>) -> (StatusCode, Json<Value>) {
         true => "connected",
         false => "disconnected",
     };
+    if state.exposure.off_loopback {
+        // Whoever reaches a listener on a network learns up or down, not why.
+        return match answer {
+            Ok(()) => (StatusCode::OK, Json(json!({"status": "ok"}))),
+            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "error"}))),
+        };
+    }
     match answer {
         Ok(()) => {
             let mut body = json!({"status": "ok", "database": "connected", "replication": replication});
@@ -261,7 +316,14 @@ async fn healthz(State(state): State<Health>) -> (StatusCode, Json<Value>) {
     }
 }
 
-async fn metrics(State(state): State<Health>) -> String {
+async fn metrics(State(state): State<Health>, headers: axum::http::HeaderMap) -> Response {
+    if let Err(refusal) = state.exposure.metrics_refusal(&headers) {
+        return refusal;
+    }
+    metrics_text(&state).await.into_response()
+}
+
+async fn metrics_text(state: &Health) -> String {
     let lag = match state.db.client().await {
         Ok(client) => client
             .query_opt(
