@@ -1,15 +1,26 @@
 // Attacks, end to end: what an attacker sends and what the server must answer, written next to
-// each case: forged and misused tokens, roles the project does not let clients use, oversized
-// frames.
+// each case: forged and misused tokens, roles the project does not let clients use, the
+// internal API of both components and the management API without the right credentials,
+// oversized frames. (Another tenant's replicator credential: tenant_databases.test.mjs.)
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { startStack } from '../stack/stack.mjs';
-import { signJwt, tokenFor } from '../stack/keys.mjs';
-import { refusedUpgrade, rawSocket, until, VSNS } from './clients.mjs';
+import { DEV_INTERNAL_SECRET, DEV_JWT_SECRET, internalSignature, signedRequest, signJwt, tokenFor } from '../stack/keys.mjs';
+import { done, Inbox, pgChannel, refusedUpgrade, rawSocket, supabase, until, VSNS } from './clients.mjs';
 
 let stack;
-before(async () => (stack = await startStack({ name: 'e2e-attacks' })));
+before(async () => {
+  stack = await startStack({ name: 'e2e-attacks' });
+  await stack.pg.createRoles('authenticated');
+  // Notes a user sees only when the token's `sub` is the row's owner: claims reach the policy.
+  await stack.pg.sql(`create table public.attack_notes (id int primary key, owner text, body text);
+    alter table public.attack_notes enable row level security;
+    create policy own on public.attack_notes for select to authenticated
+      using (owner = current_setting('request.jwt.claims', true)::json->>'sub');
+    grant select on public.attack_notes to authenticated;
+    alter publication supabase_realtime add table public.attack_notes`);
+});
 after(async () => stack?.stop());
 
 const nowSecs = () => Math.floor(Date.now() / 1000);
@@ -102,6 +113,136 @@ describe('a validly signed token for a role clients may not use is refused every
     });
     assert.equal(res.status, 401);
   });
+});
+
+describe('the internal API of both components refuses requests not signed just now with the secret', () => {
+  // Every route, with: no signature, the bearer secret instead, another secret, a signature made
+  // 60 s ago (a captured request replayed later), a signature for another path. Expected: 401 and
+  // nothing done.
+  const attempts = (method, path, body) => {
+    const text = body === undefined ? '' : JSON.stringify(body);
+    const headers = (signature) => ({ 'content-type': 'application/json', ...(signature ? { 'x-sluice-signature': signature } : {}) });
+    return {
+      unsigned: { method, headers: headers() },
+      bearer: { method, headers: { ...headers(), authorization: `Bearer ${DEV_INTERNAL_SECRET}` } },
+      'another secret': { method, headers: headers(internalSignature(method, path, text, { secret: 'an-attackers-secret-of-at-least-32-characters' })) },
+      'signed 60 s ago': { method, headers: headers(internalSignature(method, path, text, { time: nowSecs() - 60 })) },
+      'signed for another path': { method, headers: headers(internalSignature(method, '/internal/v1/ping', text)) },
+    };
+  };
+  const withBody = (init, body) => (body === undefined ? init : { ...init, body: JSON.stringify(body) });
+  const change = { lsn: '0/1', changes: [] };
+
+  test("the gateway's routes", async () => {
+    const routes = [
+      ['POST', '/internal/v1/changes/hub:127:0', change],
+      ['POST', '/internal/v1/broadcasts', { broadcasts: [] }],
+      ['POST', '/internal/v1/broadcasts/127', { broadcasts: [] }],
+      ['GET', '/internal/v1/databases'],
+      ['GET', '/internal/v1/ping'],
+      ['GET', '/internal/v1/ping/127'],
+    ];
+    for (const [method, path, body] of routes) {
+      for (const [how, init] of Object.entries(attempts(method, path, body))) {
+        if (how === 'signed for another path' && path === '/internal/v1/ping') continue;
+        const res = await fetch(`${stack.url}${path}`, withBody(init, body));
+        assert.equal(res.status, 401, `${method} ${path} ${how}`);
+      }
+    }
+    // The gateway takes a signed request again within the window: what it receives is idempotent
+    // (hubs drop changes by position), so a replay within 30 s changes nothing.
+    const ping = signedRequest('GET', `${stack.url}/internal/v1/ping`);
+    assert.equal((await fetch(`${stack.url}/internal/v1/ping`, ping)).status, 204);
+  });
+
+  test("the replicator's routes, and a replay within the window", async () => {
+    const routes = [
+      ['POST', '/v1/subscriptions', { hub: 'h', socket: 's', topic: 't', bindings: [] }],
+      ['PATCH', '/v1/subscriptions', { hub: 'h', socket: 's', topic: 't', claims: {} }],
+      ['DELETE', '/v1/subscriptions', { hub: 'h', socket: 's' }],
+      ['DELETE', '/v1/tenant'],
+      ['POST', '/v1/tenant/reconnect'],
+      ['POST', '/v1/authorize', { topic: 't', claims: { role: 'anon' } }],
+      ['POST', '/v1/replay', { topic: 't', claims: { role: 'anon' }, since: 0, limit: 10 }],
+    ];
+    for (const [method, path, body] of routes) {
+      for (const [how, init] of Object.entries(attempts(method, path, body))) {
+        const res = await fetch(`${stack.replicator.url}${path}`, withBody(init, body));
+        assert.equal(res.status, 401, `${method} ${path} ${how}`);
+      }
+    }
+    // A request captured and sent again within the window: the replicator remembers signatures.
+    const url = `${stack.replicator.url}/v1/subscriptions`;
+    const captured = signedRequest('DELETE', url, { hub: 'h', socket: 'nobody' });
+    assert.equal((await fetch(url, captured)).status, 200);
+    assert.equal((await fetch(url, captured)).status, 401);
+    // The replicator still serves (the refused DELETE /v1/tenant retired nothing).
+    assert.equal((await fetch(`${stack.replicator.url}/healthz`)).status, 200);
+  });
+});
+
+describe('the management API refuses forged admin tokens and bodies that are not a tenant', () => {
+  const api = (method, path, { token = stack.adminKey, body } = {}) => fetch(`${stack.url}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }),
+  });
+  const tenant = { tenant: { external_id: 'intruder', jwt_secret: 'x'.repeat(40) } };
+
+  test('admin tokens: alg none, the users\' JWT secret (a service_role key), a tampered one: 403, nothing created', async () => {
+    const none = `${b64url(JSON.stringify({ alg: 'none', typ: 'JWT' }))}.${b64url(JSON.stringify({ role: 'supabase_admin' }))}.`;
+    const [head, , sig] = stack.adminKey.split('.');
+    const tampered = `${head}.${b64url(JSON.stringify({ role: 'supabase_admin', iat: nowSecs() }))}.${sig}`;
+    for (const token of [none, signJwt({ role: 'service_role', exp: nowSecs() + 3600 }, DEV_JWT_SECRET), stack.keys.serviceRole, tampered]) {
+      assert.equal((await api('POST', '/api/tenants', { token, body: tenant })).status, 403);
+      assert.equal((await api('GET', '/api/tenants', { token })).status, 403);
+      assert.equal((await api('DELETE', '/api/tenants/127', { token })).status, 403);
+    }
+    assert.equal((await api('GET', '/api/tenants/intruder')).status, 404, 'nothing was created');
+  });
+
+  test('bodies that are not a tenant: 4xx with what is wrong, nothing created, the gateway keeps serving', async () => {
+    for (const body of ['not json', '[]', 'null', '{"tenant": "x"}', { tenant: { external_id: "x'; drop table tenants; --", jwt_secret: 'x'.repeat(40) } },
+      { tenant: { external_id: 'intruder' } }, { tenant: { external_id: 'intruder', jwt_secret: 7 } },
+      { tenant: { external_id: 'intruder', jwt_secret: 'x'.repeat(40), max_concurrent_users: -1 } },
+      { tenant: { external_id: 'intruder', jwt_secret: 'x'.repeat(40), allowed_roles: [] } },
+      { tenant: { external_id: 'intruder', jwt_jwks: { keys: [{ kty: 'EC', crv: 'P-256', x: 'AA', y: 'AA' }] } } }]) {
+      const res = await api('POST', '/api/tenants', { body });
+      assert.ok(res.status >= 400 && res.status < 500, `${JSON.stringify(body)}: ${res.status}`);
+    }
+    assert.equal((await api('GET', '/api/tenants/intruder')).status, 404);
+    const { ws } = await rawSocket(stack.url, { apikey: stack.keys.anon });
+    ws.close();
+  });
+});
+
+describe('SQL metacharacters in filters, table names, topics and claims are data, never SQL', () => {
+  // Expected: a filter value or a claim with quotes and semicolons matches only rows holding that
+  // exact text; a table name with them is a table that does not exist; the table survives.
+  const evil = "x'); drop table public.attack_notes; --";
+
+  for (const vsn of VSNS) {
+    test(`vsn ${vsn}: a filter value and a sub claim with quotes match exactly; a table name with them is refused`, async () => {
+      const token = signJwt({ role: 'authenticated', sub: evil, exp: nowSecs() + 3600 });
+      const client = supabase(stack.url, stack.keys.anon, vsn);
+      client.realtime.setAuth(token);
+      const inbox = new Inbox('attack_notes');
+      try {
+        await pgChannel(client, `realtime:${evil}`, [{ binding: { event: 'INSERT', schema: 'public', table: 'attack_notes', filter: `body=eq.${evil}` }, inbox }]);
+        const id = vsn === '2.0.0' ? 20 : 10;
+        await stack.pg.sql(`insert into public.attack_notes values (${id}, $1, 'plain'), (${id + 1}, $1, $1), (${id + 2}, 'someone else', $1)`, [evil]);
+        const got = await inbox.next(15_000);
+        assert.deepEqual([got.new.id, got.new.owner, got.new.body], [id + 1, evil, evil]);
+        await assert.rejects(inbox.next(1_000), /nothing arrived/, 'not the plain row, not another owner\'s');
+        await assert.rejects(pgChannel(client, 'evil-table', [{ binding: { event: '*', schema: 'public', table: `attack_notes"; drop table public.attack_notes; --` }, inbox: new Inbox() }]));
+        await assert.rejects(pgChannel(client, 'evil-schema', [{ binding: { event: '*', schema: `public'; drop table public.attack_notes; --`, table: 'attack_notes' }, inbox: new Inbox() }]));
+        const [{ n }] = await stack.pg.sql(`select count(*)::int as n from public.attack_notes`);
+        assert.ok(n >= 3, 'the table is still there');
+      } finally {
+        await done(client);
+      }
+    });
+  }
 });
 
 for (const vsn of VSNS) {
