@@ -151,6 +151,38 @@ impl Condition {
     }
 }
 
+/// Whether sluice evaluates `op` on a column of type `type_oid` exactly as Postgres does (the
+/// filter differential fuzz target checks it against Postgres). Registration refuses the others
+/// rather than deliver by another rule: equality by text is wrong where equal values print
+/// differently (`jsonb`, `citext`, `interval`, arrays of numbers), and byte order is wrong for
+/// most types' `<`. `enum_type`: the column's type is an enum (labels are unique, so equality by
+/// text is exact; their order is the declaration's, so `lt`/`gt` are not).
+pub fn evaluated_exactly(op: Op, type_oid: u32, enum_type: bool) -> bool {
+    let scalar = matches!(
+        type_oid,
+        oid::BOOL
+            | oid::INT2
+            | oid::INT4
+            | oid::INT8
+            | oid::OID
+            | oid::FLOAT4
+            | oid::FLOAT8
+            | oid::NUMERIC
+            | oid::TEXT
+            | oid::VARCHAR
+            | oid::UUID
+            | oid::DATE
+            | oid::TIMESTAMP
+            | oid::TIMESTAMPTZ
+    );
+    match op {
+        Op::Is => true,
+        Op::Like | Op::Ilike | Op::Match | Op::Imatch => matches!(type_oid, oid::TEXT | oid::VARCHAR),
+        Op::Eq | Op::Neq | Op::In | Op::Isdistinct => scalar || enum_type,
+        Op::Lt | Op::Lte | Op::Gt | Op::Gte => scalar,
+    }
+}
+
 /// Whether every condition passes for a row; `cell(column)` gives a column's type and value.
 pub fn all_pass<'a>(conditions: &[Condition], cell: impl Fn(&str) -> (u32, Cell<'a>)) -> bool {
     conditions.iter().all(|c| {
@@ -167,7 +199,9 @@ fn is_true(text: &str) -> bool {
 fn compare(type_oid: u32, a: &str, b: &str) -> Option<std::cmp::Ordering> {
     match type_oid {
         oid::INT2 | oid::INT4 | oid::INT8 | oid::OID => Some(a.parse::<i128>().ok()?.cmp(&b.parse::<i128>().ok()?)),
-        oid::FLOAT4 | oid::FLOAT8 | oid::NUMERIC => {
+        oid::NUMERIC => compare_numeric(a, b),
+        oid::DATE | oid::TIMESTAMP | oid::TIMESTAMPTZ => Some(date_key(a).cmp(&date_key(b))),
+        oid::FLOAT4 | oid::FLOAT8 => {
             if let (Ok(x), Ok(y)) = (a.parse::<i128>(), b.parse::<i128>()) {
                 return Some(x.cmp(&y));
             }
@@ -188,6 +222,63 @@ fn compare(type_oid: u32, a: &str, b: &str) -> Option<std::cmp::Ordering> {
         oid::BOOL => Some(is_true(a).cmp(&is_true(b))),
         _ => Some(a.as_bytes().cmp(b.as_bytes())),
     }
+}
+
+/// Orders two `numeric` texts exactly, as Postgres: `-Infinity` < numbers < `Infinity` < `NaN`
+/// (NaN equal to itself); any number of digits (an `f64` would make 10^30 + 1 equal to 10^30).
+fn compare_numeric(a: &str, b: &str) -> Option<std::cmp::Ordering> {
+    use std::cmp::Ordering;
+    // (class, negative, integer digits without leading zeros, fraction digits without trailing).
+    fn parts(t: &str) -> Option<(u8, bool, &str, &str)> {
+        match t {
+            "NaN" => return Some((3, false, "", "")),
+            "Infinity" => return Some((2, false, "", "")),
+            "-Infinity" => return Some((0, false, "", "")),
+            _ => {}
+        }
+        let (negative, digits) = match t.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, t.strip_prefix('+').unwrap_or(t)),
+        };
+        let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        let all_digits = |s: &str| s.bytes().all(|c| c.is_ascii_digit());
+        if int.is_empty() && frac.is_empty() || !all_digits(int) || !all_digits(frac) {
+            return None;
+        }
+        let (int, frac) = (int.trim_start_matches('0'), frac.trim_end_matches('0'));
+        // Zero has no sign.
+        let negative = negative && !(int.is_empty() && frac.is_empty());
+        Some((1, negative, int, frac))
+    }
+    let (x, y) = (parts(a)?, parts(b)?);
+    if x.0 != y.0 || x.0 != 1 {
+        return Some(x.0.cmp(&y.0));
+    }
+    let magnitude = x.2.len().cmp(&y.2.len()).then_with(|| x.2.cmp(y.2)).then_with(|| x.3.cmp(y.3));
+    Some(match (x.1, y.1) {
+        (false, false) => magnitude,
+        (true, true) => magnitude.reverse(),
+        (true, false) => Ordering::Less,
+        (false, true) => Ordering::Greater,
+    })
+}
+
+/// A sort key for ISO date and timestamp texts: `-infinity` first, `infinity` last, BC years
+/// before AD ones, years of any number of digits (`10000-01-01` after `9999-12-31`).
+fn date_key(text: &str) -> (u8, i64, &str) {
+    match text {
+        "-infinity" => return (0, 0, ""),
+        "infinity" => return (2, 0, ""),
+        _ => {}
+    }
+    let (text, bc) = match text.strip_suffix(" BC") {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    };
+    let (year, rest) = text.split_once('-').unwrap_or((text, ""));
+    let year: i64 = year.parse().unwrap_or(0);
+    // 1 BC is year 0; within a year, BC or AD, the rest orders as text.
+    (1, if bc { 1 - year } else { year }, rest)
 }
 
 /// A LIKE pattern as an anchored regex: `%` any run, `_` one character, `\` escapes.
@@ -249,6 +340,43 @@ mod tests {
             oid::INT8,
             Cell::Text("9223372036854775807")
         ));
+    }
+
+    #[test]
+    fn numerics_compare_exactly_at_any_precision() {
+        let n = oid::NUMERIC;
+        assert!(!passes("eq", "1000000000000000000000000000000", n, Cell::Text("1000000000000000000000000000001")));
+        assert!(passes("gt", "1000000000000000000000000000000", n, Cell::Text("1000000000000000000000000000001")));
+        assert!(passes("eq", "0.10", n, Cell::Text("0.1")));
+        assert!(passes("eq", "0", n, Cell::Text("-0.000")));
+        assert!(passes("lt", "-1.5", n, Cell::Text("-2")));
+        assert!(passes("gt", "99.99", n, Cell::Text("100")));
+        assert!(passes("gt", "Infinity", n, Cell::Text("NaN")));
+        assert!(passes("lt", "-99999999999999999999999999999999999999999", n, Cell::Text("-Infinity")));
+        assert!(passes("eq", "NaN", n, Cell::Text("NaN")));
+    }
+
+    #[test]
+    fn dates_order_across_eras_and_infinities() {
+        let d = oid::DATE;
+        assert!(passes("gt", "9999-12-31", d, Cell::Text("10000-01-01")));
+        assert!(passes("lt", "0001-01-01", d, Cell::Text("0001-12-31 BC")));
+        assert!(passes("lt", "0044-03-15 BC", d, Cell::Text("0045-03-15 BC")));
+        assert!(passes("gt", "0044-03-15 BC", d, Cell::Text("0044-03-16 BC")));
+        assert!(passes("lt", "0001-01-01 BC", oid::TIMESTAMPTZ, Cell::Text("-infinity")));
+        assert!(passes("gt", "294276-12-31 23:59:59+00", oid::TIMESTAMPTZ, Cell::Text("infinity")));
+    }
+
+    #[test]
+    fn only_exact_evaluations_are_accepted() {
+        assert!(evaluated_exactly(Op::Gt, oid::NUMERIC, false));
+        assert!(evaluated_exactly(Op::Eq, oid::UUID, false));
+        assert!(evaluated_exactly(Op::Eq, 77_777, true), "an enum's labels compare as text");
+        assert!(!evaluated_exactly(Op::Lt, 77_777, true), "an enum orders by declaration");
+        assert!(!evaluated_exactly(Op::Eq, oid::JSONB, false), "1.0 and 1 are equal jsonb");
+        assert!(!evaluated_exactly(Op::Gt, 1007, false), "int4[] does not order as text");
+        assert!(!evaluated_exactly(Op::Like, oid::INT4, false));
+        assert!(evaluated_exactly(Op::Is, oid::JSONB, false));
     }
 
     #[test]

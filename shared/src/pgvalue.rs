@@ -18,6 +18,9 @@ pub mod oid {
     pub const TEXT: u32 = 25;
     pub const OID: u32 = 26;
     pub const JSON: u32 = 114;
+    pub const VARCHAR: u32 = 1043;
+    pub const DATE: u32 = 1082;
+    pub const UUID: u32 = 2950;
     pub const FLOAT4: u32 = 700;
     pub const FLOAT8: u32 = 701;
     pub const TIMESTAMP: u32 = 1114;

@@ -70,6 +70,12 @@ pub fn role_not_allowed(role: &str) -> String {
     format!("Role {role:?} is not allowed for clients of this project: sign tokens for one of the tenant's allowed_roles (by default anon, authenticated, service_role)")
 }
 
+/// sluice's own: a filter sluice cannot evaluate as Postgres would on the column's type
+/// (`sluice_shared::filter::evaluated_exactly`); refused rather than delivered by another rule.
+pub fn filter_not_exact(column: &str, op: &str, type_name: &str) -> String {
+    format!("`{op}` on column {column} of type {type_name} is not supported by this server (it would not compare as Postgres does): filter on a column of a scalar type, or subscribe without this filter")
+}
+
 // --- Joining (`phx_reply` error reasons, `lib/realtime_web/channels/realtime_channel.ex`) ---
 
 /// Phoenix's answer to a message for a topic the socket has not joined

@@ -12,7 +12,9 @@ import { waitFor } from '../stack/process.mjs';
 
 let stack;
 before(async () => {
-  stack = await startStack({ name: 'e2e-postgres-changes' });
+  // `limited` (a role that cannot select a table's key) signs tokens here too: allowed for clients.
+  const allowed_roles = ['anon', 'authenticated', 'service_role', 'limited'];
+  stack = await startStack({ name: 'e2e-postgres-changes', vars: { TENANT_LIMITS: JSON.stringify({ '*': { allowed_roles } }) } });
   await stack.pg.createRoles('anon', 'authenticated', 'limited');
   await stack.pg.sql(`
     create table public.items (id bigint primary key, n int, name text, flag bool, price numeric, meta jsonb,

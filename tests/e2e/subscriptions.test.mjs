@@ -14,7 +14,7 @@ before(async () => {
   pg = await Postgres.create({ dir: join(ROOT, '.local', 'e2e-subscriptions', 'postgres') });
   await pg.sql('create publication supabase_realtime');
   await pg.sql('create role authenticated nologin');
-  await pg.sql('create table public.todos (id int primary key, task text, done bool)');
+  await pg.sql('create table public.todos (id int primary key, task text, done bool, meta jsonb)');
   await pg.sql('create table public.private_notes (id int primary key)');
   await pg.sql('alter publication supabase_realtime add table public.todos');
   replicator = await startReplicator({ root: ROOT, databaseUrl: pg.url, port: await freePort() });
@@ -78,6 +78,9 @@ test('refusals carry the system texts', async () => {
   );
   assert.match(await err({ schema: 'public', table: 'todos', filter: 'nope=eq.1' }), /An exception happened so please check your connect parameters: \[.*\]\. Exception: invalid column for filter nope$/);
   assert.match(await err({ schema: 'public', table: 'todos', filter: 'id=eq.abc' }), /Exception: invalid input syntax for type integer: "abc"$/);
+  // sluice's own: a filter it could not evaluate as Postgres does is refused, not approximated.
+  assert.match(await err({ schema: 'public', table: 'todos', filter: 'meta=eq.{"n": 1}' }), /Exception: `eq` on column meta of type jsonb is not supported by this server \(it would not compare as Postgres does\)/);
+  assert.match(await err({ schema: 'public', table: 'todos', filter: 'id=like.1%' }), /Exception: `like` on column id of type integer is not supported/);
   const many = Array.from({ length: 101 }, (_, i) => i).join(',');
   assert.match(await err({ schema: 'public', table: 'todos', filter: `id=in.(${many})` }), /too many values for `in` filter on id: 101 \(at most 100\)/);
   assert.match(await err({ schema: 'public', table: 'todos', select: ['id', 'ghost'] }), /invalid column for filter ghost/);

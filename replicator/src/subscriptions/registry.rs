@@ -130,7 +130,7 @@ pub fn sub_from_row(row: &Row) -> Result<(u32, Sub), String> {
 }
 
 /// A stored filter: `{column, op, negate, values}` (`values` canonical, see `sluice.canonical`).
-fn condition(stored: &Value) -> Result<Condition, String> {
+pub(crate) fn condition(stored: &Value) -> Result<Condition, String> {
     let text = |key: &str| stored.get(key).and_then(Value::as_str).unwrap_or_default();
     let op = Op::parse(text("op")).ok_or_else(|| format!("unknown operator in stored filter {stored}"))?;
     let values = match stored.get("values").and_then(Value::as_array) {

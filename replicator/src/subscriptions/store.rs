@@ -6,7 +6,7 @@
 
 use serde_json::{json, Map, Value};
 use sluice_shared::bindings::{self, binding_id, params_to_log, SubscriptionParams};
-use sluice_shared::filter::{Condition, Op};
+use sluice_shared::filter::{self, Condition, Op};
 use sluice_shared::texts;
 use tokio_postgres::{GenericClient, Transaction};
 
@@ -206,7 +206,7 @@ async fn role_exists(db: &impl GenericClient, role: &str) -> Result<bool, tokio_
 
 /// The filters as stored (`{column, op, negate, values}`, values canonical), or why the bindings
 /// cannot apply to table `relid` (a message as Postgres would word it).
-async fn check(
+pub(crate) async fn check(
     db: &impl GenericClient,
     relid: u32,
     role: &str,
@@ -247,6 +247,22 @@ async fn check(
                 )));
             }
         }
+        let op = Op::parse(&filter.op).unwrap_or(Op::Eq);
+        let column_type = db
+            .query_one(
+                "select t.oid, t.typtype = 'e', format_type(t.oid, null)
+                 from pg_attribute a join pg_type t on t.oid = a.atttypid
+                 where a.attrelid = $1 and a.attname = $2",
+                &[&relid, &filter.column],
+            )
+            .await?;
+        if !filter::evaluated_exactly(op, column_type.get(0), column_type.get(1)) {
+            return Ok(Err(texts::filter_not_exact(
+                &filter.column,
+                &filter.op,
+                &column_type.get::<_, String>(2),
+            )));
+        }
         let values = if filter.op == "is" {
             vec![filter.value.clone()] // a keyword, checked below
         } else {
@@ -265,7 +281,6 @@ async fn check(
             }
             row.get::<_, Option<Vec<String>>>(1).unwrap_or_default()
         };
-        let op = Op::parse(&filter.op).unwrap_or(Op::Eq);
         if let Err(problem) = Condition::new(&filter.column, op, filter.negate, values.clone()) {
             return Ok(Err(problem));
         }
