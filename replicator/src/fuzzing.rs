@@ -98,8 +98,9 @@ pub const FILTER_TYPES: [&str; 17] = [
 pub struct FilterOracle {
     runtime: tokio::runtime::Runtime,
     db: crate::db::Db,
-    /// `pg_class` oid of `sluice_fuzz.t<i>`, by index into [`FILTER_TYPES`].
-    tables: Vec<u32>,
+    /// (`pg_class` oid of `sluice_fuzz.t<i>`, `pg_type` oid of its column), by index into
+    /// [`FILTER_TYPES`].
+    tables: Vec<(u32, u32)>,
 }
 
 impl FilterOracle {
@@ -127,12 +128,14 @@ impl FilterOracle {
                     .batch_execute(&format!("create table if not exists sluice_fuzz.t{i} (c {typ}{collation})"))
                     .await
                     .map_err(|e| e.to_string())?;
-                let oid: u32 = client
-                    .query_one("select $1::text::regclass::oid", &[&format!("sluice_fuzz.t{i}")])
+                let row = client
+                    .query_one(
+                        "select $1::text::regclass::oid, atttypid from pg_attribute where attrelid = $1::text::regclass and attname = 'c'",
+                        &[&format!("sluice_fuzz.t{i}")],
+                    )
                     .await
-                    .map_err(|e| e.to_string())?
-                    .get(0);
-                tables.push(oid);
+                    .map_err(|e| e.to_string())?;
+                tables.push((row.get(0), row.get(1)));
             }
             Ok::<_, String>((db, tables))
         })?;
@@ -154,7 +157,8 @@ impl FilterOracle {
         }
         self.runtime.block_on(async {
             let Ok(client) = self.db.client().await else { return };
-            let Ok(Ok(stored)) = crate::subscriptions::store::check(&*client, self.tables[index], "postgres", &params).await
+            let (table, type_oid) = self.tables[index];
+            let Ok(Ok(stored)) = crate::subscriptions::store::check(&*client, table, "postgres", &params).await
             else {
                 return;
             };
@@ -165,10 +169,6 @@ impl FilterOracle {
                     Ok(row) => Some(row.get::<_, String>(0)),
                     Err(_) => return,
                 },
-            };
-            let type_oid: u32 = match client.query_one(&format!("select '{typ}'::regtype::oid"), &[]).await {
-                Ok(row) => row.get(0),
-                Err(_) => return,
             };
             for (filter, stored) in params.filters.iter().zip(&stored) {
                 let Ok(condition) = crate::subscriptions::registry::condition(stored) else { return };
