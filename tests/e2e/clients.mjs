@@ -8,12 +8,18 @@ export const VSNS = ['1.0.0', '2.0.0'];
 
 /**
  * An unmodified supabase-js client speaking protocol `vsn`, with further `realtime` options if
- * given (a `transport`, say). Close it with `done(client)`.
+ * given (a `transport`, say). With `accessToken`, the client sends that user token, as an app
+ * with its own auth does (supabase-js's `accessToken` option; `await client.realtime.setAuth()`
+ * before the first join, or it joins without the token). Close it with `done(client)`.
  */
-export function supabase(url, key, vsn = '2.0.0', realtime = {}) {
+export function supabase(url, key, vsn = '2.0.0', realtime = {}, { accessToken } = {}) {
   return createClient(url, key, {
     auth: { persistSession: false, autoRefreshToken: false },
     realtime: { vsn, heartbeatIntervalMs: 5000, ...realtime },
+    // Not `realtime.setAuth(token)`: supabase-js always gives realtime-js its own token callback,
+    // so realtime-js takes that token for a fetched one and, on the join's reply and on every
+    // heartbeat, asks the callback again, which answers the anon key when nobody signed in.
+    ...(accessToken ? { accessToken: async () => accessToken } : {}),
   });
 }
 
