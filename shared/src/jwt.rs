@@ -262,6 +262,15 @@ pub fn verify(token: &str, secret: &[u8], now_secs: i64) -> Result<Claims, AuthE
     Keys::new(secret.to_vec()).verify(token, now_secs)
 }
 
+/// Whether an `Authorization` header holds `Bearer <JWT>` signed with one of `secrets` (HS*;
+/// `exp` checked when present), as upstream checks admin and metrics tokens. No secret: no one.
+pub fn bearer_signed_by(authorization: Option<&str>, secrets: &[&str], now_secs: i64) -> bool {
+    let token = crate::rest::caller_token(authorization, None).unwrap_or("");
+    secrets
+        .iter()
+        .any(|secret| Keys::new(secret.as_bytes().to_vec()).verify_any(token, now_secs).is_ok())
+}
+
 fn claims_of(claims: &JwtClaims<Map<String, Value>>, now_secs: i64) -> Result<Claims, AuthError> {
     let role = claims.custom.get("role").and_then(Value::as_str);
     let (Some(role), Some(exp)) = (role, claims.expiration) else {
@@ -330,6 +339,18 @@ pub(crate) mod tests {
         assert_eq!(c.exp, NOW + 60);
         assert_eq!(c.all["sub"], json!("u1"));
         assert_eq!(c.all["exp"], json!(NOW + 60));
+    }
+
+    #[test]
+    fn bearer_tokens_of_admin_and_metrics_callers() {
+        let secret = std::str::from_utf8(SECRET).unwrap();
+        let header = format!("Bearer {}", sign(json!({"exp": NOW + 60})));
+        assert!(bearer_signed_by(Some(&header), &["another-secret", secret], NOW));
+        assert!(!bearer_signed_by(Some(&header), &["another-secret"], NOW));
+        assert!(!bearer_signed_by(Some(&header), &[], NOW), "no secret: no one");
+        assert!(!bearer_signed_by(Some(&header), &[secret], NOW + 61), "expired");
+        assert!(!bearer_signed_by(None, &[secret], NOW));
+        assert!(!bearer_signed_by(Some(&sign(json!({}))), &[secret], NOW), "not a bearer header");
     }
 
     #[test]

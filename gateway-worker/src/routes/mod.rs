@@ -16,15 +16,11 @@ pub mod websocket;
 
 use worker::{Date, Request, Result};
 
-/// Whether the request carries `Authorization: Bearer <JWT>` signed with one of `secrets` (HS*;
-/// `exp` checked when present), as upstream checks admin and metrics tokens. No secret: no one.
+/// Whether the request carries `Authorization: Bearer <JWT>` signed with one of `secrets`
+/// (`sluice_shared::jwt::bearer_signed_by`).
 pub fn signed_by(req: &Request, secrets: &[String]) -> Result<bool> {
     let authorization = req.headers().get("authorization")?;
-    let token = sluice_shared::rest::caller_token(authorization.as_deref(), None).unwrap_or("");
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
     let now_secs = (Date::now().as_millis() / 1000) as i64;
-    Ok(secrets.iter().any(|secret| {
-        sluice_shared::jwt::Keys::new(secret.clone().into_bytes())
-            .verify_any(token, now_secs)
-            .is_ok()
-    }))
+    Ok(sluice_shared::jwt::bearer_signed_by(authorization.as_deref(), &secrets, now_secs))
 }

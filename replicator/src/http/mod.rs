@@ -69,13 +69,12 @@ impl Exposure {
             };
         };
         let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
-        let token = sluice_shared::rest::caller_token(authorization, None).unwrap_or("");
         let now_secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        match sluice_shared::jwt::Keys::new(secret.as_bytes().to_vec()).verify_any(token, now_secs) {
-            Ok(_) => Ok(()),
-            Err(_) => Err((
+        match sluice_shared::jwt::bearer_signed_by(authorization, &[secret], now_secs) {
+            true => Ok(()),
+            false => Err((
                 StatusCode::FORBIDDEN,
                 Json(json!({"error": "/metrics needs Authorization: Bearer <JWT signed with SLUICE_METRICS_JWT_SECRET>"})),
             )
