@@ -1,7 +1,8 @@
 // Attacks, end to end: what an attacker sends and what the server must answer, written next to
 // each case: forged and misused tokens, roles the project does not let clients use, the
 // internal API of both components and the management API without the right credentials,
-// oversized frames. (Another tenant's replicator credential: tenant_databases.test.mjs.)
+// SQL metacharacters, oversized frames, floods of connections and joins. (Another tenant's
+// replicator credential: tenant_databases.test.mjs; each limit at its own value: limits.test.mjs.)
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
@@ -269,3 +270,59 @@ for (const vsn of VSNS) {
     bystander.ws.close();
   });
 }
+
+// Last in this file: the join flood trips the tenant's joins-per-second counter, which then
+// refuses every connect of the tenant for up to a minute (upstream counts joins per tenant).
+describe('floods from one client', () => {
+  const heartbeat = (socket, ref) => {
+    socket.ws.send(JSON.stringify([null, ref, 'phoenix', 'heartbeat', {}]));
+    return until(socket.inbox, (m) => Array.isArray(m) && m[1] === ref, 10_000).then((m) => m[4].status);
+  };
+
+  test('300 connections at once: each is upgraded or refused with a status, and a bystander is served throughout', async () => {
+    // Expected: no upgrade hangs or fails with a 5xx; unjoined sockets are not users (upstream
+    // counts users at join), so they are upgraded; the bystander's heartbeats are answered while
+    // they are open and after they close.
+    const bystander = await rawSocket(stack.url, { apikey: stack.keys.anon, vsn: '2.0.0' });
+    try {
+      const outcomes = await Promise.all(Array.from({ length: 300 }, () => rawSocket(stack.url, { apikey: stack.keys.anon, vsn: '2.0.0' }).then(
+        (socket) => ({ socket, status: 101 }),
+        (refusal) => ({ status: refusal.status ?? `error: ${refusal.message}` }),
+      )));
+      const statuses = [...new Set(outcomes.map((o) => o.status))];
+      assert.deepEqual(statuses, [101], `every connection upgraded (${statuses.join(', ')})`);
+      assert.equal(await heartbeat(bystander, 'during'), 'ok');
+      for (const { socket } of outcomes) socket?.ws.close();
+      assert.equal(await heartbeat(bystander, 'after'), 'ok');
+    } finally {
+      bystander.ws.close();
+    }
+  });
+
+  test('7,000 joins in one burst on one socket: refused past the limits, the socket disconnected, a bystander served', async () => {
+    // Expected, with the defaults: 100 joins admitted (max_channels_per_client), the next refused
+    // with "Too many channels"; once the hub's joins average over 100 per second (its rate
+    // counter averages over the last 5 to 60 s, as upstream's: at most 6,000 joins) the join is
+    // refused with upstream's ClientJoinRateLimitReached and the server closes the flooding
+    // socket (1001); a bystander
+    // socket, connected before, still gets its heartbeat answered; new connects get 429 until
+    // the counter's window has passed.
+    const bystander = await rawSocket(stack.url, { apikey: stack.keys.anon, vsn: '2.0.0' });
+    const attacker = await rawSocket(stack.url, { apikey: stack.keys.anon, vsn: '2.0.0' });
+    try {
+      const closed = new Promise((resolve) => attacker.ws.on('close', (code) => resolve(code)));
+      for (let i = 0; i < 7000; i++) attacker.ws.send(JSON.stringify([`${i}`, `${i}`, `realtime:flood-${i}`, 'phx_join', { config: {} }]));
+      const timeout = new Promise((resolve) => setTimeout(() => resolve('not closed within 20 s'), 20_000).unref());
+      const outcome = await Promise.race([closed, timeout]);
+      assert.equal(outcome, 1001, 'the server closed the flooding socket');
+      const replies = attacker.inbox.items.filter((m) => Array.isArray(m) && m[3] === 'phx_reply');
+      const reasons = new Set(replies.filter((m) => m[4].status !== 'ok').map((m) => m[4].response.reason));
+      assert.equal(replies.filter((m) => m[4].status === 'ok').length, 100, 'joins admitted');
+      assert.deepEqual([...reasons], ['ChannelRateLimitReached: Too many channels', 'ClientJoinRateLimitReached: Too many joins per second']);
+      assert.equal(await heartbeat(bystander, 'flood'), 'ok');
+      assert.deepEqual(await refusedUpgrade(stack.url, { apikey: stack.keys.anon }), { status: 429, body: { error: 'Too many joins per second' } });
+    } finally {
+      bystander.ws.close();
+    }
+  });
+});
