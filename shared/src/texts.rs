@@ -38,6 +38,12 @@ pub fn headers_too_big(bytes: usize, limit: usize) -> String {
 
 // --- Closing a socket (the close frame's reason; sluice's own, upstream's Phoenix sends none) ---
 
+/// 413 for a request body over the limit of its route (sluice's own; upstream's parser answers
+/// 413 too).
+pub fn body_too_large(max: usize) -> String {
+    format!("Request body too large: at most {max} bytes")
+}
+
 /// Close 1000 to a socket silent for `IDLE_TIMEOUT_MS`.
 pub const CLOSE_IDLE: &str = "idle timeout";
 /// Close 1001 when the server disconnects a socket (e.g. too many joins per second).

@@ -5,6 +5,7 @@
 // replicator credential: tenant_databases.test.mjs; each limit at its own value: limits.test.mjs.)
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
+import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { startStack } from '../stack/stack.mjs';
 import { DEV_INTERNAL_SECRET, DEV_JWT_SECRET, internalSignature, signedRequest, signJwt, tokenFor } from '../stack/keys.mjs';
@@ -270,6 +271,76 @@ for (const vsn of VSNS) {
     bystander.ws.close();
   });
 }
+
+describe('request bodies over the APIs\' limit (8,000,000 bytes, as upstream\'s parser)', () => {
+  // Expected: 413 with sluice's text, answered without reading the body whole (by its
+  // content-length, or counted as it streams in when it has none); the gateway keeps serving.
+  const text = { message: 'Request body too large: at most 8000000 bytes' };
+
+  /**
+   * Posts a body of `size` bytes over a raw TCP connection; its status and JSON. With `declare`
+   * the request says its content-length and sends only its first 64 KiB, then waits: an answer
+   * shows the server did not wait for the rest. Without, it is sent whole, chunked (no length).
+   */
+  const sendUntilAnswered = (path, headers, size, { declare }) => new Promise((resolve, reject) => {
+    const url = new URL(path, stack.url);
+    const socket = net.connect(Number(url.port), url.hostname);
+    const head = [`POST ${url.pathname} HTTP/1.1`, `host: ${url.host}`, 'connection: close',
+      ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
+      declare ? `content-length: ${size}` : 'transfer-encoding: chunked'];
+    let received = '';
+    let sent = 0;
+    const answer = () => {
+      const [status, ...rest] = received.split('\r\n\r\n');
+      const code = Number(status.split(' ')[1]);
+      const body = rest.join('\r\n\r\n');
+      const chunkedAnswer = /transfer-encoding: chunked/i.test(status);
+      const json = chunkedAnswer ? body.split('\r\n').filter((_, i) => i % 2 === 1).join('') : body;
+      try {
+        return { status: code, body: JSON.parse(json) };
+      } catch {
+        return null; // not all of it yet
+      }
+    };
+    socket.on('data', (d) => {
+      received += d;
+      const done = received.includes('\r\n\r\n') && answer();
+      if (done) {
+        socket.destroy();
+        resolve({ ...done, sentBytes: sent });
+      }
+    });
+    socket.setTimeout(10_000, () => reject(new Error(`${path} (content-length: ${declare}): no answer within 10 s`)));
+    socket.on('error', () => {}); // the server may close while we write: its answer is what counts
+    socket.on('close', () => reject(new Error(`${path} (content-length: ${declare}): closed without an answer after ${sent} bytes: ${received.slice(0, 300)}`)));
+    socket.on('connect', () => {
+      socket.write(`${head.join('\r\n')}\r\n\r\n`);
+      const chunk = Buffer.alloc(1 << 16, 'x');
+      const more = () => {
+        while (!socket.destroyed && sent < (declare ? chunk.length : size)) {
+          sent += chunk.length;
+          const ok = socket.write(declare ? chunk : Buffer.concat([Buffer.from(`${chunk.length.toString(16)}\r\n`), chunk, Buffer.from('\r\n')]));
+          if (!ok) return socket.once('drain', more);
+        }
+        if (!socket.destroyed && !declare) socket.write('0\r\n\r\n');
+      };
+      more();
+    });
+  });
+
+  test('REST broadcast and the management API, with and without a content-length', async () => {
+    const rest = { apikey: stack.keys.anon, authorization: `Bearer ${stack.keys.anon}`, 'content-type': 'application/json' };
+    const admin = { authorization: `Bearer ${stack.adminKey}`, 'content-type': 'application/json' };
+    for (const [path, headers] of [['/api/broadcast', rest], ['/api/broadcast/big/events/e', rest], ['/api/tenants', admin]]) {
+      for (const declare of [true, false]) {
+        const { status, body } = await sendUntilAnswered(path, headers, 9_000_000, { declare });
+        assert.deepEqual({ status, body }, { status: 413, body: text }, `${path}, content-length: ${declare}`);
+      }
+    }
+    const small = await fetch(`${stack.url}/api/broadcast`, { method: 'POST', headers: rest, body: JSON.stringify({ messages: [{ topic: 'big', event: 'e', payload: {} }] }) });
+    assert.equal(small.status, 202, 'the gateway keeps serving');
+  });
+});
 
 // Last in this file: the join flood trips the tenant's joins-per-second counter, which then
 // refuses every connect of the tenant for up to a minute (upstream counts joins per tenant).

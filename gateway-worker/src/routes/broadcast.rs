@@ -26,7 +26,9 @@ pub async fn broadcast_batch(mut req: Request, env: &Env) -> Result<Response> {
         Ok(caller) => caller,
         Err(refusal) => return answer(refusal),
     };
-    let body = req.bytes().await?;
+    let Some(body) = super::body_up_to(&mut req, super::MAX_API_BODY_BYTES).await? else {
+        return cors(super::too_large(super::MAX_API_BODY_BYTES)?);
+    };
     let messages = match rest::parse_batch(&body) {
         Ok(messages) => messages,
         Err(refusal) => return answer(refusal),
@@ -73,7 +75,9 @@ pub async fn broadcast_single(mut req: Request, env: &Env, topic: String, event:
     }
     let access = if private { Access::Private } else { Access::Public };
     let content_type = req.headers().get("content-type")?;
-    let body = req.bytes().await?;
+    let Some(body) = super::body_up_to(&mut req, super::MAX_API_BODY_BYTES).await? else {
+        return cors(super::too_large(super::MAX_API_BODY_BYTES)?);
+    };
     match rest::single_broadcast(&event, content_type.as_deref(), &body) {
         Ok(broadcast) => {
             relay(env, &caller.tenant, access, topic, vec![broadcast]).await?;

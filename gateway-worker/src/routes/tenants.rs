@@ -26,7 +26,9 @@ pub async fn route(mut req: Request, env: &Env, path: &str) -> Result<Response> 
             Response::from_json(&json!({"data": tenants.iter().map(Tenant::view).collect::<Vec<_>>()}))
         }
         (Method::Post, []) => {
-            let body = body_of(&mut req).await?;
+            let Some(body) = body_of(&mut req).await? else {
+                return super::too_large(super::MAX_API_BODY_BYTES);
+            };
             upsert(env, None, &body).await
         }
         (Method::Get, [id]) => match find(env, id).await? {
@@ -34,7 +36,9 @@ pub async fn route(mut req: Request, env: &Env, path: &str) -> Result<Response> 
             None => not_found(),
         },
         (Method::Put | Method::Patch, [id]) => {
-            let body = body_of(&mut req).await?;
+            let Some(body) = body_of(&mut req).await? else {
+                return super::too_large(super::MAX_API_BODY_BYTES);
+            };
             upsert(env, Some(id), &body).await
         }
         (Method::Delete, [id]) => {
@@ -87,8 +91,10 @@ async fn reconnect(env: &Env, tenant: &Tenant) {
     }
 }
 
-async fn body_of(req: &mut Request) -> Result<Value> {
-    Ok(serde_json::from_str(&req.text().await?).unwrap_or(Value::Null))
+/// The body as JSON (`Null` when it is not: refused as not a tenant); `None` when over the limit.
+async fn body_of(req: &mut Request) -> Result<Option<Value>> {
+    let body = super::body_up_to(req, super::MAX_API_BODY_BYTES).await?;
+    Ok(body.map(|b| serde_json::from_slice(&b).unwrap_or(Value::Null)))
 }
 
 async fn find(env: &Env, id: &str) -> Result<Option<Tenant>> {
