@@ -86,16 +86,16 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Checks a request's header against the secret, in constant time. An empty secret accepts
-/// nothing.
-pub fn verify(
-    header: Option<&str>,
-    secret: &str,
-    now_secs: u64,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> Result<(), SignatureError> {
+/// A request's signature header, read and checked for all but the body: well formed, a secret
+/// to check it with, within the window. The receiver reads the body only then.
+pub struct Signature {
+    time: u64,
+    nonce: u64,
+    tag: Vec<u8>,
+}
+
+/// Reads `header` (see [`Signature`]). An empty secret accepts nothing.
+pub fn read(header: Option<&str>, secret: &str, now_secs: u64) -> Result<Signature, SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let mut fields = header.split(',');
     let mut field = |name: &str| fields.next().and_then(|f| f.strip_prefix(name));
@@ -112,9 +112,28 @@ pub fn verify(
     if time.abs_diff(now_secs) > WINDOW_SECS {
         return Err(SignatureError::OutsideWindow);
     }
-    mac(secret, time, nonce, method, path, body)
-        .verify_slice(&tag)
-        .map_err(|_| SignatureError::Invalid)
+    Ok(Signature { time, nonce, tag })
+}
+
+impl Signature {
+    /// Whether it signs this method, path and body with `secret`, in constant time.
+    pub fn verify(&self, secret: &str, method: &str, path: &str, body: &[u8]) -> Result<(), SignatureError> {
+        mac(secret, self.time, self.nonce, method, path, body)
+            .verify_slice(&self.tag)
+            .map_err(|_| SignatureError::Invalid)
+    }
+}
+
+/// Checks a request's header against the secret: [`read`], then [`Signature::verify`].
+pub fn verify(
+    header: Option<&str>,
+    secret: &str,
+    now_secs: u64,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<(), SignatureError> {
+    read(header, secret, now_secs)?.verify(secret, method, path, body)
 }
 
 pub fn decode_hex(text: &str) -> Option<Vec<u8>> {

@@ -36,7 +36,6 @@ async fn tenant_of(req: &Request, env: &Env, prefix: &str) -> Result<Resolved> {
 /// The request's body, if it is signed recently by the replicator of `tenant` (with its secret);
 /// otherwise the 401 to answer, saying what to check.
 async fn from_replicator(req: &mut Request, tenant: Resolved) -> Result<std::result::Result<Vec<u8>, Response>> {
-    let body = req.bytes().await.unwrap_or_default();
     let secret = match tenant {
         Resolved::Found(settings) => settings.replicator.secret.clone().unwrap_or_default(),
         Resolved::NotFound(tenant) => {
@@ -48,28 +47,41 @@ async fn from_replicator(req: &mut Request, tenant: Resolved) -> Result<std::res
             return Ok(Err(Response::error("Unauthorized: the gateway is misconfigured", 401)?));
         }
     };
-    signed_with(req, &secret, body)
+    signed_with(req, &secret).await
 }
 
-/// `body` if `req` is signed recently with `secret`; otherwise the 401 saying what to check.
-fn signed_with(req: &Request, secret: &str, body: Vec<u8>) -> Result<std::result::Result<Vec<u8>, Response>> {
+/// The most an internal request body may hold: well above a replicator's batch (rows are cut to
+/// 1 MiB), and read only once the signature header is well formed and fresh.
+const MAX_INTERNAL_BODY_BYTES: usize = 64 << 20;
+
+/// The body if `req` is signed recently with `secret`; otherwise the answer (401 saying what to
+/// check, 413 over [`MAX_INTERNAL_BODY_BYTES`]). The body is not read unless the header passes.
+async fn signed_with(req: &mut Request, secret: &str) -> Result<std::result::Result<Vec<u8>, Response>> {
     let header = req.headers().get(signature::HEADER)?;
     let now = Date::now().as_millis() / 1000;
-    let method = req.method().to_string();
-    match signature::verify(header.as_deref(), secret, now, &method, &req.path(), &body) {
+    let refused = |req: &Request, e: signature::SignatureError| {
+        console_warn!("internal request {} refused: {}", req.path(), e.explain());
+        Response::error(format!("Unauthorized: {}", e.explain()), 401)
+    };
+    let signed = match signature::read(header.as_deref(), secret, now) {
+        Ok(signed) => signed,
+        Err(e) => return Ok(Err(refused(req, e)?)),
+    };
+    let Some(body) = super::body_up_to(req, MAX_INTERNAL_BODY_BYTES).await? else {
+        console_warn!("internal request {} refused: its body is over {MAX_INTERNAL_BODY_BYTES} bytes", req.path());
+        return Ok(Err(super::too_large(MAX_INTERNAL_BODY_BYTES)?));
+    };
+    match signed.verify(secret, &req.method().to_string(), &req.path(), &body) {
         Ok(()) => Ok(Ok(body)),
-        Err(e) => {
-            console_warn!("internal request {} refused: {}", req.path(), e.explain());
-            Ok(Err(Response::error(format!("Unauthorized: {}", e.explain()), 401)?))
-        }
+        Err(e) => Ok(Err(refused(req, e)?)),
     }
 }
 
 /// `GET /internal/v1/databases`, from the deployment's replicator (signed with `INTERNAL_SECRET`):
 /// the tenants whose databases it serves, `{"tenants": {"<id>": {<settings>}}}`, passwords sealed.
-pub async fn databases(req: Request, env: &Env) -> Result<Response> {
+pub async fn databases(mut req: Request, env: &Env) -> Result<Response> {
     let secret = crate::config::internal_secret(env).unwrap_or_default();
-    if let Err(refused) = signed_with(&req, &secret, Vec::new())? {
+    if let Err(refused) = signed_with(&mut req, &secret).await? {
         return Ok(refused);
     }
     let tenants = crate::directory::tenants(env).await?;
@@ -121,9 +133,8 @@ pub async fn changes(mut req: Request, env: &Env) -> Result<Response> {
 /// told that every socket of the batch is gone, it forgets them, and its stream goes on rather
 /// than retrying a refused delivery forever.
 async fn changes_for_deleted_tenant(mut req: Request, env: &Env, tenant: &str, hub: &str) -> Result<Response> {
-    let body = req.bytes().await.unwrap_or_default();
     let secret = crate::config::internal_secret(env).unwrap_or_default();
-    let Ok(body) = signed_with(&req, &secret, body)? else {
+    let Ok(body) = signed_with(&mut req, &secret).await? else {
         return Response::error(format!("Unauthorized: no tenant {tenant}"), 401);
     };
     let batch: ChangeBatch = serde_json::from_slice(&body)?;
