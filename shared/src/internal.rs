@@ -255,6 +255,48 @@ pub struct ChangeBatch {
     pub lost: Vec<ChannelOfSocket>,
 }
 
+/// The most a request between the components should carry: a quarter of what the gateway reads
+/// (64 MiB), so that a batch of large rows goes in parts rather than being refused.
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
+impl ChangeBatch {
+    /// The batch in order, in parts of at most `max_bytes` of JSON each (a change larger than that
+    /// goes alone); the channels to tell of lost changes go with the first part.
+    pub fn parts(&self, max_bytes: usize) -> Vec<ChangeBatch> {
+        let mut parts = in_parts(&self.changes, max_bytes)
+            .into_iter()
+            .map(|changes| ChangeBatch {
+                stream: self.stream.clone(),
+                changes,
+                lost: Vec::new(),
+            })
+            .collect::<Vec<_>>();
+        match parts.first_mut() {
+            Some(first) => first.lost = self.lost.clone(),
+            None => parts.push(self.clone()),
+        }
+        parts
+    }
+}
+
+/// `items` in order, in runs of at most `max_bytes` of JSON each (one item larger than that alone).
+fn in_parts<T: Clone + Serialize>(items: &[T], max_bytes: usize) -> Vec<Vec<T>> {
+    let mut parts: Vec<Vec<T>> = Vec::new();
+    let mut size = 0;
+    for item in items {
+        let bytes = serde_json::to_vec(item).map_or(0, |v| v.len()) + 1;
+        match parts.last_mut() {
+            Some(part) if size + bytes <= max_bytes => part.push(item.clone()),
+            _ => {
+                parts.push(vec![item.clone()]);
+                size = 0;
+            }
+        }
+        size += bytes;
+    }
+    parts
+}
+
 /// One channel of one socket on a hub.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChannelOfSocket {
@@ -271,6 +313,22 @@ pub struct DbBroadcasts {
     pub topic: String,
     pub access: Access,
     pub messages: Vec<DbMessage>,
+}
+
+impl DbBroadcasts {
+    /// The messages in order, in parts of at most `max_bytes` of JSON each (see
+    /// [`ChangeBatch::parts`]).
+    pub fn parts(&self, max_bytes: usize) -> Vec<DbBroadcasts> {
+        in_parts(&self.messages, max_bytes)
+            .into_iter()
+            .map(|messages| DbBroadcasts {
+                stream: self.stream.clone(),
+                topic: self.topic.clone(),
+                access: self.access,
+                messages,
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -375,6 +433,36 @@ mod tests {
             .gone
             .iter()
             .all(|u| u.topic.is_none() && u.hub == "hub:x:default:0"));
+    }
+
+    #[test]
+    fn large_batches_go_in_parts_in_order_lost_channels_first() {
+        let change = |seq: u32, pad: usize| Change {
+            lsn: Lsn(7),
+            seq,
+            payloads: vec![ChangePayload {
+                data: json!({"pad": "x".repeat(pad)}),
+                to: Vec::new(),
+            }],
+        };
+        let lost = vec![ChannelOfSocket {
+            socket: "c".into(),
+            topic: "realtime:t".into(),
+        }];
+        let batch = ChangeBatch {
+            stream: "s".into(),
+            changes: vec![change(0, 600), change(1, 600), change(2, 2_000), change(3, 10)],
+            lost: lost.clone(),
+        };
+        let parts = batch.parts(1_500);
+        let seqs: Vec<Vec<u32>> = parts.iter().map(|p| p.changes.iter().map(|c| c.seq).collect()).collect();
+        assert_eq!(seqs, [vec![0, 1], vec![2], vec![3]], "in order; one too large alone");
+        assert_eq!(parts[0].lost, lost);
+        assert!(parts[1..].iter().all(|p| p.lost.is_empty() && p.stream == "s"));
+        assert!(parts.iter().all(|p| serde_json::to_vec(p).unwrap().len() <= 1_500 + 200 || p.changes.len() == 1));
+        assert_eq!(batch.parts(usize::MAX), [batch.clone()]);
+        let empty = ChangeBatch { lost, ..ChangeBatch::default() };
+        assert_eq!(empty.parts(10), [empty.clone()], "lost channels alone still go");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Serialize;
-use sluice_shared::internal::{Access, ChangeBatch, ChangeReceipt, DbBroadcasts, DbMessage, Unsubscribe};
+use sluice_shared::internal::{Access, ChangeBatch, ChangeReceipt, DbBroadcasts, DbMessage, Unsubscribe, MAX_REQUEST_BYTES};
 use sluice_shared::signature;
 use tracing::{error, info, warn};
 
@@ -87,15 +87,21 @@ impl Gateway {
         receipts.into_iter().flat_map(|r| r.gone).collect()
     }
 
-    /// Delivers `batch` to `hub`; its receipt.
+    /// Delivers `batch` to `hub`, in order, in requests of at most `MAX_REQUEST_BYTES`; its
+    /// receipt.
     async fn deliver(&self, hub: &str, batch: &ChangeBatch) -> ChangeReceipt {
         let path = format!("/internal/v1/changes/{}", utf8_percent_encode(hub, NON_ALPHANUMERIC));
-        let what = format!("{} changes to {hub}", batch.changes.len());
-        let answer = self.post_until_taken(&path, batch, &what).await;
-        serde_json::from_str(&answer).unwrap_or_else(|e| {
-            warn!("{hub} answered with an unreadable receipt ({e}); assuming no channel is gone");
-            ChangeReceipt::default()
-        })
+        let mut receipt = ChangeReceipt::default();
+        for part in batch.parts(MAX_REQUEST_BYTES) {
+            let what = format!("{} changes to {hub}", part.changes.len());
+            let answer = self.post_until_taken(&path, &part, &what).await;
+            let taken: ChangeReceipt = serde_json::from_str(&answer).unwrap_or_else(|e| {
+                warn!("{hub} answered with an unreadable receipt ({e}); assuming no channel is gone");
+                ChangeReceipt::default()
+            });
+            receipt.gone.extend(taken.gone);
+        }
+        receipt
     }
 
     /// Hands database broadcasts to their channels, one request per channel (in order within
@@ -112,10 +118,12 @@ impl Gateway {
                 access,
                 messages,
             };
-            let what = format!("{} database broadcasts to {}", batch.messages.len(), batch.topic);
             let path = format!("/internal/v1/broadcasts{}", self.tenant_path);
-            self.post_until_taken(&path, &batch, &what).await;
-            Stats::count(&self.stats.db_broadcasts, batch.messages.len() as u64);
+            for part in batch.parts(MAX_REQUEST_BYTES) {
+                let what = format!("{} database broadcasts to {}", part.messages.len(), part.topic);
+                self.post_until_taken(&path, &part, &what).await;
+                Stats::count(&self.stats.db_broadcasts, part.messages.len() as u64);
+            }
         });
         join_all(sends).await;
     }
