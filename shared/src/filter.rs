@@ -128,6 +128,8 @@ impl Condition {
             }),
             (Op::Isdistinct, None) => Some(true),
             (Op::Isdistinct, Some(v)) => Some(compare(type_oid, v, first) != Some(std::cmp::Ordering::Equal)),
+            // `NULL = any('{}')` is false, not unknown: no element to compare with.
+            (Op::In, None) if self.values.is_empty() => Some(false),
             (_, None) => None,
             (Op::In, Some(v)) => Some(
                 self.values
@@ -407,6 +409,11 @@ mod tests {
         assert!(c.passes(oid::INT8, Cell::Text("2")));
         assert!(!c.passes(oid::INT8, Cell::Text("4")));
         assert!(cond("in", true, &["1", "2"]).passes(oid::INT8, Cell::Text("4")));
+        // An empty list holds nothing, NULL included (`NULL = any('{}')` is false in Postgres;
+        // found by filter_pg): `not.in.()` passes a NULL.
+        assert!(!cond("in", false, &[]).passes(oid::BOOL, Cell::Null));
+        assert!(cond("in", true, &[]).passes(oid::BOOL, Cell::Null));
+        assert!(!cond("in", true, &["t"]).passes(oid::BOOL, Cell::Null), "a list: still unknown");
     }
 
     #[test]
