@@ -277,6 +277,25 @@ impl ChangeBatch {
         }
         parts
     }
+
+    /// The batch as JSON request bodies of at most `max_bytes` each (see [`ChangeBatch::parts`]),
+    /// with the number of changes in each: serialized once, and split only when it does not fit.
+    pub fn requests(&self, max_bytes: usize) -> Vec<(usize, Vec<u8>)> {
+        requests(self, self.changes.len(), max_bytes, || {
+            self.parts(max_bytes).into_iter().map(|p| (p.changes.len(), p)).collect()
+        })
+    }
+}
+
+/// `whole` (of `items` items) as one JSON body if it fits in `max_bytes`, else `split()`'s parts,
+/// each with its number of items.
+fn requests<T: Serialize>(whole: &T, items: usize, max_bytes: usize, split: impl FnOnce() -> Vec<(usize, T)>) -> Vec<(usize, Vec<u8>)> {
+    let json = |value: &T| serde_json::to_vec(value).expect("batches serialize as JSON (string keys, finite numbers)");
+    let body = json(whole);
+    if body.len() <= max_bytes || items <= 1 {
+        return vec![(items, body)];
+    }
+    split().iter().map(|(n, part)| (*n, json(part))).collect()
 }
 
 /// `items` in order, in runs of at most `max_bytes` of JSON each (one item larger than that alone).
@@ -328,6 +347,13 @@ impl DbBroadcasts {
                 messages,
             })
             .collect()
+    }
+
+    /// The messages as JSON request bodies (see [`ChangeBatch::requests`]).
+    pub fn requests(&self, max_bytes: usize) -> Vec<(usize, Vec<u8>)> {
+        requests(self, self.messages.len(), max_bytes, || {
+            self.parts(max_bytes).into_iter().map(|p| (p.messages.len(), p)).collect()
+        })
     }
 }
 
@@ -461,6 +487,11 @@ mod tests {
         assert!(parts[1..].iter().all(|p| p.lost.is_empty() && p.stream == "s"));
         assert!(parts.iter().all(|p| serde_json::to_vec(p).unwrap().len() <= 1_500 + 200 || p.changes.len() == 1));
         assert_eq!(batch.parts(usize::MAX), [batch.clone()]);
+        let bodies = batch.requests(1_500);
+        assert_eq!(bodies.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [2, 1, 1]);
+        let back: ChangeBatch = serde_json::from_slice(&bodies[1].1).unwrap();
+        assert_eq!(back, parts[1]);
+        assert_eq!(batch.requests(usize::MAX), [(4, serde_json::to_vec(&batch).unwrap())], "fits: one body");
         let empty = ChangeBatch { lost, ..ChangeBatch::default() };
         assert_eq!(empty.parts(10), [empty.clone()], "lost channels alone still go");
     }

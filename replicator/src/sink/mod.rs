@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
-use serde::Serialize;
 use sluice_shared::internal::{Access, ChangeBatch, ChangeReceipt, DbBroadcasts, DbMessage, Unsubscribe, MAX_REQUEST_BYTES};
 use sluice_shared::signature;
 use tracing::{error, info, warn};
@@ -92,9 +91,9 @@ impl Gateway {
     async fn deliver(&self, hub: &str, batch: &ChangeBatch) -> ChangeReceipt {
         let path = format!("/internal/v1/changes/{}", utf8_percent_encode(hub, NON_ALPHANUMERIC));
         let mut receipt = ChangeReceipt::default();
-        for part in batch.parts(MAX_REQUEST_BYTES) {
-            let what = format!("{} changes to {hub}", part.changes.len());
-            let answer = self.post_until_taken(&path, &part, &what).await;
+        for (changes, body) in batch.requests(MAX_REQUEST_BYTES) {
+            let what = format!("{changes} changes to {hub}");
+            let answer = self.post_until_taken(&path, &body, &what).await;
             let taken: ChangeReceipt = serde_json::from_str(&answer).unwrap_or_else(|e| {
                 warn!("{hub} answered with an unreadable receipt ({e}); assuming no channel is gone");
                 ChangeReceipt::default()
@@ -119,17 +118,17 @@ impl Gateway {
                 messages,
             };
             let path = format!("/internal/v1/broadcasts{}", self.tenant_path);
-            for part in batch.parts(MAX_REQUEST_BYTES) {
-                let what = format!("{} database broadcasts to {}", part.messages.len(), part.topic);
-                self.post_until_taken(&path, &part, &what).await;
-                Stats::count(&self.stats.db_broadcasts, part.messages.len() as u64);
+            for (messages, body) in batch.requests(MAX_REQUEST_BYTES) {
+                let what = format!("{messages} database broadcasts to {}", batch.topic);
+                self.post_until_taken(&path, &body, &what).await;
+                Stats::count(&self.stats.db_broadcasts, messages as u64);
             }
         });
         join_all(sends).await;
     }
 
-    /// POSTs `body` as JSON until the gateway takes it; the answer's text.
-    async fn post_until_taken(&self, path: &str, body: &impl Serialize, what: &str) -> String {
+    /// POSTs `body` (JSON) until the gateway takes it; the answer's text.
+    async fn post_until_taken(&self, path: &str, body: &[u8], what: &str) -> String {
         let mut wait = FIRST_RETRY;
         let mut attempts = 0u32;
         loop {
@@ -250,10 +249,9 @@ impl Gateway {
     }
 
     /// One POST: the answer's text, or why the gateway did not take it.
-    async fn post(&self, path: &str, body: &impl Serialize) -> Result<String, DeliveryError> {
-        let body = serde_json::to_vec(body).map_err(|e| DeliveryError::Unavailable(e.to_string()))?;
+    async fn post(&self, path: &str, body: &[u8]) -> Result<String, DeliveryError> {
         let response = self
-            .signed(reqwest::Method::POST, path, body)?
+            .signed(reqwest::Method::POST, path, body.to_vec())?
             .send()
             .await
             .map_err(unavailable)?;
