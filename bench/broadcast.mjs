@@ -10,8 +10,8 @@
 // built on sluice-client) runs the same load against the same gateway right after, for a second row.
 import { execFileSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
-import WebSocket from 'ws';
 import { startGatewayWranglerDev } from '../tests/stack/gateway.mjs';
+import { join, open, push } from './sockets.mjs';
 import { devKeys, DEV_JWT_SECRET } from '../tests/stack/keys.mjs';
 import { freePort } from '../tests/stack/process.mjs';
 import { ROOT } from '../tests/stack/stack.mjs';
@@ -29,41 +29,11 @@ const rate = Number(opts.rate); // messages per second per channel
 const perChannel = Number(opts['per-channel']);
 const limits = JSON.stringify({ '*': { max_concurrent_users: 1e6, max_joins_per_second: 1e6, max_events_per_second: 1e9, max_bytes_per_second: 4e9, max_channels_per_client: 100 } });
 
-/** Kind-3 frame, as realtime-js sends broadcasts. */
-function push(joinRef, ref, topic, event, payload) {
-  const fields = [joinRef, ref, topic, event, ''].map((f) => Buffer.from(f));
-  const body = Buffer.from(JSON.stringify(payload));
-  return Buffer.concat([Buffer.from([3, ...fields.map((f) => f.length), 1]), ...fields, body]);
-}
-
 /** Decodes a kind-4 frame's JSON payload. */
 function userBroadcast(buf) {
   if (buf[0] !== 4) return null;
   const [topicLen, eventLen, metaLen] = [buf[1], buf[2], buf[3]];
   return JSON.parse(buf.subarray(5 + topicLen + eventLen + metaLen).toString());
-}
-
-function open(url) {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`${url.replace('http', 'ws')}/realtime/v1/websocket?apikey=${devKeys().anon}&vsn=2.0.0`);
-    ws.once('open', () => resolve(ws));
-    ws.once('error', reject);
-  });
-}
-
-function join(ws, topic) {
-  return new Promise((resolve, reject) => {
-    const onMessage = (data, binary) => {
-      if (binary) return;
-      const [, ref, , event, payload] = JSON.parse(data.toString());
-      if (ref === 'j' && event === 'phx_reply') {
-        ws.off('message', onMessage);
-        payload.status === 'ok' ? resolve() : reject(new Error(JSON.stringify(payload)));
-      }
-    };
-    ws.on('message', onMessage);
-    ws.send(JSON.stringify(['j', 'j', topic, 'phx_join', { config: { broadcast: { self: false } } }]));
-  });
 }
 
 const percentile = (sorted, p) => sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] : NaN;
@@ -72,7 +42,7 @@ async function run(url, sockets) {
   const channels = Math.max(1, Math.floor(sockets / perChannel));
   const conns = [];
   for (let i = 0; i < sockets; i += 50) {
-    conns.push(...(await Promise.all(Array.from({ length: Math.min(50, sockets - i) }, () => open(url)))));
+    conns.push(...(await Promise.all(Array.from({ length: Math.min(50, sockets - i) }, () => open(url, devKeys().anon)))));
   }
   await Promise.all(conns.map((ws, i) => join(ws, `realtime:bench-${sockets}-${i % channels}`)));
   const latencies = [];

@@ -12,11 +12,12 @@
 // joined to one room (of --rooms) with a presence key; each second a few sockets broadcast to
 // their room and a few change their presence, and one row is inserted into a table one socket in
 // a hundred watches. A program, not a test: it runs on the machine that also runs the load.
-import { readFileSync, writeFileSync, mkdirSync, readdirSync } from 'node:fs';
+import { writeFileSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
 import { RealtimeClient } from '@supabase/supabase-js';
+import { treeMiB } from '../tests/stack/process.mjs';
 import { ROOT, startStack } from '../tests/stack/stack.mjs';
 
 const { values: opts } = parseArgs({ options: {
@@ -31,21 +32,6 @@ const SAMPLE_MS = 30_000;
 const log = (line) => console.error(`    ${line}`);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const now = () => performance.timeOrigin + performance.now();
-
-/** Resident memory of `pid` and its descendants, in MiB (from /proc). */
-function treeMiB(pid) {
-  let kb = 0;
-  const visit = (p) => {
-    try {
-      kb += Number(readFileSync(`/proc/${p}/status`, 'utf8').match(/^VmRSS:\s+(\d+)/m)?.[1] ?? 0);
-      for (const task of readdirSync(`/proc/${p}/task`)) {
-        for (const child of readFileSync(`/proc/${p}/task/${task}/children`, 'utf8').split(' ').filter(Boolean)) visit(child);
-      }
-    } catch { /* gone meanwhile */ }
-  };
-  visit(pid);
-  return kb / 1024;
-}
 
 const limits = { '*': { max_concurrent_users: SOCKETS * 2, max_joins_per_second: 5000, max_events_per_second: 1_000_000, max_presence_events_per_second: 100_000, max_client_presence_events_per_window: 1_000_000 } };
 log(`starting the stack (self-hosted gateway, ${Math.ceil(SOCKETS / 1000)} hubs)`);

@@ -12,11 +12,11 @@
 // in the gateway (workerd queues a WebSocket's outgoing messages without bound and offers no
 // bufferedAmount), with the tenant's rate limits raised out of the way.
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { parseArgs } from 'node:util';
-import WebSocket from 'ws';
+import { treeMiB } from '../tests/stack/process.mjs';
 import { startStack } from '../tests/stack/stack.mjs';
+import { join, open, push } from './sockets.mjs';
 
 const { values: opts } = parseArgs({ options: {
   seconds: { type: 'string', default: '30' },
@@ -27,42 +27,10 @@ const [seconds, rate, size] = [Number(opts.seconds), Number(opts.rate), Number(o
 const log = (line) => console.error(`    ${line}`);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Resident memory of `pid` and its descendants, in MiB (from /proc). */
-function treeMiB(pid) {
-  let kb = 0;
-  const visit = (p) => {
-    try {
-      kb += Number(readFileSync(`/proc/${p}/status`, 'utf8').match(/^VmRSS:\s+(\d+)/m)?.[1] ?? 0);
-      for (const task of readdirSync(`/proc/${p}/task`)) {
-        for (const child of readFileSync(`/proc/${p}/task/${task}/children`, 'utf8').split(' ').filter(Boolean)) visit(child);
-      }
-    } catch { /* gone meanwhile */ }
-  };
-  visit(pid);
-  return kb / 1024;
-}
-
-/** Kind-3 frame, as realtime-js sends broadcasts. */
-function push(topic, payload) {
-  const fields = ['j', 'p', topic, 'tick', ''].map((f) => Buffer.from(f));
-  return Buffer.concat([Buffer.from([3, ...fields.map((f) => f.length), 1]), ...fields, Buffer.from(JSON.stringify(payload))]);
-}
-
+/** A V2 socket joined to `topic`. */
 async function socket(url, apikey, topic) {
-  const ws = new WebSocket(`${url.replace(/^http/, 'ws')}/realtime/v1/websocket?apikey=${apikey}&vsn=2.0.0`);
-  await new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject));
-  await new Promise((resolve, reject) => {
-    const onMessage = (data, binary) => {
-      if (binary) return;
-      const [, ref, , event, payload] = JSON.parse(data.toString());
-      if (ref === 'j' && event === 'phx_reply') {
-        ws.off('message', onMessage);
-        payload.status === 'ok' ? resolve() : reject(new Error(JSON.stringify(payload)));
-      }
-    };
-    ws.on('message', onMessage);
-    ws.send(JSON.stringify(['j', 'j', topic, 'phx_join', { config: { broadcast: { self: false } } }]));
-  });
+  const ws = await open(url, apikey);
+  await join(ws, topic);
   return ws;
 }
 
@@ -130,7 +98,7 @@ try {
     const started = performance.now();
     const timer = setInterval(() => {
       for (let i = 0; i < rate / 100; i++) {
-        sender.send(push(topic, payload));
+        sender.send(push('j', 'p', topic, 'tick', payload));
         sent += size;
       }
     }, 10);

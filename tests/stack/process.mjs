@@ -1,6 +1,7 @@
 // Small helpers to run the stack's processes: free ports, child processes that die with us,
 // and waiting for a condition without fixed sleeps.
 import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 
 /** A TCP port that was free a moment ago on 127.0.0.1. */
@@ -83,4 +84,19 @@ export function startProcess(name, cmd, args, { env = {}, cwd, uid, gid, onLine 
       return result;
     },
   };
+}
+
+/** Resident memory of `pid` and its descendants, in MiB (from /proc). */
+export function treeMiB(pid) {
+  let kb = 0;
+  const visit = (p) => {
+    try {
+      kb += Number(readFileSync(`/proc/${p}/status`, 'utf8').match(/^VmRSS:\s+(\d+)/m)?.[1] ?? 0);
+      for (const task of readdirSync(`/proc/${p}/task`)) {
+        for (const child of readFileSync(`/proc/${p}/task/${task}/children`, 'utf8').split(' ').filter(Boolean)) visit(child);
+      }
+    } catch { /* gone meanwhile */ }
+  };
+  visit(pid);
+  return kb / 1024;
 }
